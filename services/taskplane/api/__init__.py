@@ -1,0 +1,42 @@
+"""The HTTP API's application factory.
+
+``create_app(settings)`` builds everything from the frozen settings: nothing runs
+at import, so tests build as many apps as they like, and gunicorn calls
+``taskplane.api:create_app()`` in each worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from ..celery_app import create_celery, runtime_for
+from ..settings import Settings
+from . import auth, errors, health, routes, seed
+from .context import ApiContext
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tokens = settings.tokens()
+    app = Flask("taskplane")
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    auth.init_app(app, tokens, settings.auth_disabled)
+    errors.init_app(app, settings.retry_after)
+    celery = create_celery(settings)
+    app.extensions["taskplane"] = ApiContext(
+        settings=settings,
+        celery=celery,
+        runtime=runtime_for(celery),
+        tokens=tokens,
+        auth_disabled=settings.auth_disabled,
+        submit_validator=routes.submit_validator(settings.max_countdown),
+    )
+    app.register_blueprint(health.bp)
+    app.register_blueprint(routes.bp)
+    app.register_blueprint(seed.bp)
+    return app

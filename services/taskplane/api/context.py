@@ -1,0 +1,26 @@
+"""What the API's views share: settings, the Celery app and its Taskplane runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jsonschema
+from celery import Celery
+from flask import current_app
+
+from ..celery_app import Runtime
+from ..settings import Settings
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    settings: Settings
+    celery: Celery
+    runtime: Runtime
+    tokens: dict[str, str]
+    auth_disabled: bool
+    submit_validator: jsonschema.protocols.Validator
+
+
+def api_context() -> ApiContext:
+    return current_app.extensions["taskplane"]  # type: ignore[no-any-return]

@@ -1,0 +1,31 @@
+"""gunicorn settings for the API, from Taskplane's settings.
+
+``gthread`` workers: the enqueue path spends its time waiting on Redis, so a few
+processes with several threads each serve more requests than many sync workers,
+without an async rewrite. Use it with ``gunicorn -c python:taskplane.api.gunicorn_conf``.
+"""
+
+from __future__ import annotations
+
+from taskplane.settings import Settings
+
+_settings = Settings.from_env()
+
+bind = [f"{_settings.api_host}:{_settings.api_port}"]
+workers = _settings.api_workers
+threads = _settings.api_threads
+worker_class = "gthread"
+timeout = _settings.api_timeout
+graceful_timeout = 20
+keepalive = 5
+# Bounded request size at the HTTP layer too (the app enforces MAX_BODY_BYTES itself).
+limit_request_line = 8190
+limit_request_fields = 100
+# Each gunicorn on a machine would otherwise share ~/.gunicorn/gunicorn.ctl.
+control_socket_disable = True
+accesslog = "-"
+# No query string, no headers: tokens and task arguments never reach the logs.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+wsgi_app = "taskplane.api:create_app()"

@@ -1,0 +1,35 @@
+"""Probes and the API description: no token needed, no tenant data served."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from .context import api_context
+from .errors import error_response
+from .openapi import openapi_document
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process serves requests. Never touches Redis: a Redis outage must not restart us."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Redis answers, so a request routed here can be accepted."""
+    ctx = api_context()
+    try:
+        ctx.runtime.broker.ping()
+    except Exception as exc:
+        return error_response(503, "broker_unavailable", "Redis is unreachable",
+                              {"reason": type(exc).__name__},
+                              {"Retry-After": str(ctx.settings.retry_after)})
+    return jsonify({"status": "ready"})
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document(api_context().settings))

@@ -1,0 +1,134 @@
+"""The OpenAPI 3.1 description of every route, built from the same schemas the views use.
+
+A unit test checks that its paths and methods are exactly Flask's url map, so
+the document cannot drift from the code; the fuzz tests read it to attack us.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from ..settings import Settings
+from . import schemas
+
+_ERRORS = {
+    400: "Malformed JSON, or a malformed header.",
+    401: "Missing, malformed or unknown bearer token.",
+    404: "No such task, task type or dead letter (or it belongs to another tenant).",
+    405: "Method not allowed on this path.",
+    409: "Conflicts with the resource's state.",
+    413: "Body larger than MAX_BODY_BYTES.",
+    415: "Body is not JSON.",
+    422: "Valid JSON that breaks the schema; details name each field.",
+    503: "Redis is unreachable; nothing was accepted. Retry after Retry-After seconds.",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, ok: int, ok_schema: dict[str, Any], errors: tuple[int, ...],
+        *, auth: bool = True, **extra: Any) -> dict[str, Any]:
+    responses: dict[str, Any] = {str(ok): _json(ok_schema, "Success.")}
+    codes = set(errors) | ({401, 503} if auth else set())
+    for code in sorted(codes):
+        responses[str(code)] = _json(_ref("Error"), _ERRORS[code])
+    if ok == 202:
+        responses["202"]["headers"] = {"Location": {"schema": {"type": "string"}}}
+    for code in (503,):
+        if str(code) in responses:
+            responses[str(code)]["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+    op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
+    if not auth:
+        op["security"] = []
+    return op
+
+
+_TASK_ID = {"name": "task_id", "in": "path", "required": True,
+            "schema": {"type": "string", "maxLength": 128}}
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    items = lambda ref: {"type": "object", "required": ["items"],  # noqa: E731
+                         "properties": {"items": {"type": "array", "items": _ref(ref)}}}
+    paths: dict[str, Any] = {
+        "/v1/tasks": {"post": _op(
+            "Submit a task", 202, _ref("Task"), (400, 404, 409, 413, 415, 422),
+            requestBody={"required": True, "content": {
+                "application/json": {"schema": _ref("SubmitTask")}}},
+            parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
+                         "schema": {"type": "string",
+                                    "maxLength": schemas.MAX_IDEMPOTENCY_KEY}}],
+        )},
+        "/v1/tasks/{task_id}": {
+            "get": _op("A task's state, result or error", 200, _ref("Task"), (404,),
+                       parameters=[_TASK_ID]),
+            "delete": _op("Revoke a task", 202, _ref("Task"), (404, 409), parameters=[
+                _TASK_ID,
+                {"name": "terminate", "in": "query", "required": False,
+                 "schema": {"type": "boolean"},
+                 "description": "Also stop the task if it is running."},
+            ]),
+        },
+        "/v1/task-types": {"get": _op("The task registry", 200, items("TaskType"), ())},
+        "/v1/queues": {"get": _op("Waiting and reserved messages per queue", 200,
+                                  items("Queue"), ())},
+        "/v1/dead-letters": {"get": _op(
+            "Tasks that failed for good", 200,
+            {**items("DeadLetter"), "properties": {
+                "items": {"type": "array", "items": _ref("DeadLetter")},
+                "total": {"type": "integer"}, "limit": {"type": "integer"},
+                "offset": {"type": "integer"}}},
+            (422,), parameters=[
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                {"name": "offset", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 1_000_000}},
+            ])},
+        "/v1/dead-letters/{task_id}/retry": {"post": _op(
+            "Enqueue a dead letter again under its id", 202, _ref("Task"), (404, 409),
+            parameters=[_TASK_ID])},
+        "/start_task/{data}": {"get": _op(
+            "The blog post's enqueue route (long_running_task)", 200,
+            {"type": "object", "required": ["task_id", "message"],
+             "properties": {"task_id": {"type": "string"}, "message": {"type": "string"}}},
+            (404, 422), parameters=[{"name": "data", "in": "path", "required": True,
+                                     "schema": {"type": "string"}}])},
+        "/task_status/{task_id}": {"get": _op(
+            "The blog post's status route", 200,
+            {"type": "object", "required": ["state"],
+             "properties": {"state": {"type": "string"}, "status": {"type": "string"},
+                            "result": {}}},
+            (404,), parameters=[_TASK_ID])},
+        "/healthz": {"get": _op("Liveness: the process serves requests", 200,
+                                {"type": "object"}, (), auth=False)},
+        "/readyz": {"get": _op("Readiness: Redis answers", 200, {"type": "object"}, (503,),
+                               auth=False)},
+        "/openapi.json": {"get": _op("This document", 200, {"type": "object"}, (),
+                                     auth=False)},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Taskplane API", "version": __version__,
+                 "description": "Submit Python background tasks to Celery workers on Redis."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "SubmitTask": schemas.submit_schema(settings.max_countdown),
+                "Task": schemas.TASK,
+                "TaskType": schemas.TASK_TYPE,
+                "Queue": schemas.QUEUE,
+                "DeadLetter": schemas.DEAD_LETTER,
+                "Error": schemas.ERROR,
+            },
+        },
+    }

@@ -1,0 +1,226 @@
+"""The ``/v1`` API: submit, inspect and revoke tasks; list task types, queues, dead letters."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import jsonschema
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from .. import broker
+from ..celery_app import new_task_id, submit
+from ..store import fingerprint
+from . import schemas
+from .auth import authenticate, current_tenant
+from .body import json_body, validate
+from .context import api_context
+from .errors import ApiError
+from .status import TaskStatus, iso, load, represent
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+bp.before_request(authenticate)
+
+_TASK_ID = re.compile(schemas.TASK_ID_PATTERN)
+_IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{schemas.MAX_IDEMPOTENCY_KEY}}}$")
+
+
+def _not_found(task_id: str) -> ApiError:
+    return ApiError(404, "task_not_found", f"no task with id {task_id!r}", {"id": task_id})
+
+
+def _owned(task_id: str) -> TaskStatus:
+    """The task if it exists and belongs to the caller; another tenant's task is 404 too."""
+    if not _TASK_ID.match(task_id):
+        raise _not_found(task_id)
+    status = load(api_context().celery, task_id)
+    if status is None or status.record.tenant != current_tenant():
+        raise _not_found(task_id)
+    return status
+
+
+def task_url(task_id: str) -> str:
+    return url_for("v1.get_task", task_id=task_id)
+
+
+def accepted(status: TaskStatus, replayed: bool = False) -> Response:
+    response = jsonify(represent(status, task_url(status.record.id)))
+    response.status_code = 202
+    response.headers["Location"] = task_url(status.record.id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.post("/tasks")
+def submit_task() -> Response:
+    ctx = api_context()
+    body = json_body()
+    validate(body, ctx.submit_validator, "request body")
+    spec = ctx.runtime.registry.get(body["task"])
+    if spec is None:
+        raise ApiError(404, "unknown_task", f"no task type named {body['task']!r}",
+                       {"task": body["task"], "see": url_for("v1.task_types")})
+    args, kwargs = body.get("args", []), body.get("kwargs", {})
+    queue = body.get("queue") or spec.queue or ctx.settings.default_queue
+    if queue not in ctx.runtime.known_queues():
+        raise ApiError(422, "validation_failed", "request body is invalid",
+                       {"fields": [{"field": "queue",
+                                    "message": f"unknown queue {queue!r}; known: "
+                                               f"{', '.join(ctx.runtime.known_queues())}"}]})
+    problems = spec.argument_errors(args, kwargs)
+    if problems:
+        raise ApiError(422, "validation_failed", f"arguments do not match {spec.name!r}",
+                       {"fields": problems, "schema": spec.schema})
+    tenant = current_tenant()
+    key = _idempotency_key()
+    task_id = new_task_id()
+    fp = ""
+    if key is not None:
+        fp = fingerprint(body)
+        claim = ctx.runtime.store.claim_idempotency(tenant, key, fp, task_id)
+        if claim.conflict:
+            raise ApiError(409, "idempotency_conflict",
+                           "this Idempotency-Key was used with a different body",
+                           {"id": claim.task_id})
+        if claim.in_progress:
+            raise ApiError(409, "idempotency_in_progress",
+                           "a request with this Idempotency-Key is still being accepted",
+                           {"id": claim.task_id}, {"Retry-After": "1"})
+        if not claim.claimed:
+            status = load(ctx.celery, claim.task_id)
+            if status is not None:
+                return accepted(status, replayed=True)
+            # the first task's record expired: this request starts afresh under the key
+            ctx.runtime.store.release_idempotency(tenant, key)
+            claim = ctx.runtime.store.claim_idempotency(tenant, key, fp, task_id)
+    try:
+        record = submit(ctx.celery, tenant=tenant, name=spec.name, args=args, kwargs=kwargs,
+                        queue=queue, priority=body.get("priority", broker.DEFAULT_PRIORITY),
+                        countdown=body.get("countdown"), task_id=task_id)
+    except BaseException:
+        if key is not None:
+            _release_quietly(tenant, key)
+        raise
+    if key is not None:
+        ctx.runtime.store.confirm_idempotency(tenant, key, fp, record.id)
+    return accepted(TaskStatus(record, None))
+
+
+def _release_quietly(tenant: str, key: str) -> None:
+    try:
+        api_context().runtime.store.release_idempotency(tenant, key)
+    except Exception:  # noqa: S110 - Redis is away; the key's TTL cleans up
+        pass
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(400, "invalid_idempotency_key",
+                       f"Idempotency-Key must be 1-{schemas.MAX_IDEMPOTENCY_KEY} printable "
+                       "ASCII characters without spaces", None)
+    return key
+
+
+@bp.get("/tasks/<task_id>")
+def get_task(task_id: str) -> Response:
+    return jsonify(represent(_owned(task_id), task_url(task_id)))
+
+
+@bp.delete("/tasks/<task_id>")
+def revoke_task(task_id: str) -> Response:
+    ctx = api_context()
+    status = _owned(task_id)
+    terminate = request.args.get("terminate", "false").lower() in ("1", "true", "yes")
+    state = status.state
+    if state in schemas.TERMINAL_STATES:
+        raise ApiError(409, "task_finished", f"task already ended in state {state}",
+                       {"state": state})
+    if state in ("STARTED", "PROGRESS") and not terminate:
+        raise ApiError(409, "task_running",
+                       "task is running; DELETE with ?terminate=true to stop it",
+                       {"state": state})
+    ctx.runtime.store.mark_revoked(task_id)
+    ctx.celery.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
+    if state not in ("STARTED", "PROGRESS"):
+        # Not yet running: it ends now. A worker that later receives it skips it.
+        ctx.celery.backend.mark_as_revoked(task_id, reason="revoked via API")
+    response = jsonify(represent(load(ctx.celery, task_id) or status, task_url(task_id)))
+    response.status_code = 202
+    return response
+
+
+@bp.get("/task-types")
+def task_types() -> Response:
+    ctx = api_context()
+    return jsonify({"items": [spec.public(ctx.settings.default_queue)
+                              for spec in ctx.runtime.registry]})
+
+
+@bp.get("/queues")
+def queues() -> Response:
+    runtime = api_context().runtime
+    now = time.time()
+    return jsonify({"items": [
+        {"name": q.name, "waiting": q.waiting, "reserved": q.reserved,
+         "oldest_age_seconds": round(q.oldest_age(now), 3)}
+        for q in runtime.broker.queue_stats(runtime.known_queues())
+    ]})
+
+
+def _page() -> tuple[int, int]:
+    try:
+        limit = int(request.args.get("limit", 50))
+        offset = int(request.args.get("offset", 0))
+    except ValueError:
+        raise ApiError(422, "validation_failed", "limit and offset must be integers",
+                       {"fields": [{"field": "limit", "message": "integer 1-500"},
+                                   {"field": "offset", "message": "integer >= 0"}]}) from None
+    if not 1 <= limit <= 500 or not 0 <= offset <= 1_000_000:
+        raise ApiError(422, "validation_failed", "limit must be 1-500 and offset 0-1000000",
+                       {"fields": [{"field": "limit", "message": "integer 1-500"}]})
+    return limit, offset
+
+
+def _dead_letter(entry: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in entry.items() if k != "tenant"}
+    out["submitted_at"] = iso(entry.get("submitted_at"))
+    out["failed_at"] = iso(entry.get("failed_at"))
+    return out
+
+
+@bp.get("/dead-letters")
+def dead_letters() -> Response:
+    limit, offset = _page()
+    total, entries = api_context().runtime.store.dead_letters(current_tenant(), limit, offset)
+    return jsonify({"items": [_dead_letter(e) for e in entries], "total": total,
+                    "limit": limit, "offset": offset})
+
+
+@bp.post("/dead-letters/<task_id>/retry")
+def retry_dead_letter(task_id: str) -> Response:
+    ctx = api_context()
+    tenant = current_tenant()
+    entry = ctx.runtime.store.get_dead_letter(tenant, task_id) if _TASK_ID.match(task_id) else None
+    if entry is None:
+        raise ApiError(404, "dead_letter_not_found", f"no dead letter with id {task_id!r}",
+                       {"id": task_id})
+    if ctx.runtime.registry.get(entry["task"]) is None:
+        raise ApiError(409, "unknown_task",
+                       f"task type {entry['task']!r} is no longer registered", None)
+    ctx.celery.backend.forget(task_id)  # the old FAILURE must not show through
+    record = submit(ctx.celery, tenant=tenant, name=entry["task"], args=entry["args"],
+                    kwargs=entry["kwargs"], queue=entry["queue"], priority=entry["priority"],
+                    task_id=task_id)
+    ctx.runtime.store.remove_dead_letter(tenant, task_id)
+    return accepted(TaskStatus(record, None))
+
+
+def submit_validator(max_countdown: int) -> jsonschema.protocols.Validator:
+    schema = schemas.submit_schema(max_countdown)
+    return jsonschema.validators.validator_for(schema)(schema)
+

@@ -1,0 +1,130 @@
+"""JSON Schemas of the API's bodies: the validator and the OpenAPI document both read these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import broker
+from ..settings import QUEUE_NAME_RE
+
+#: Task ids are ours (UUIDs) but clients may send anything in a path: this bounds it.
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+MAX_ARGS = 1000
+MAX_IDEMPOTENCY_KEY = 255
+
+TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+STATES = ("PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", *TERMINAL_STATES)
+
+
+def submit_schema(max_countdown: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["task"],
+        "properties": {
+            "task": {"type": "string", "minLength": 1, "maxLength": 200,
+                     "description": "Registered task name (see GET /v1/task-types)."},
+            "args": {"type": "array", "maxItems": MAX_ARGS,
+                     "description": "Positional arguments."},
+            "kwargs": {"type": "object", "maxProperties": MAX_ARGS,
+                       "description": "Keyword arguments."},
+            "queue": {"type": "string", "pattern": QUEUE_NAME_RE.pattern,
+                      "description": "Queue to use instead of the task's default."},
+            "countdown": {"type": "number", "minimum": 0, "maximum": max_countdown,
+                          "description": "Seconds to wait before the task may run."},
+            "priority": {"type": "integer", "minimum": broker.MIN_PRIORITY,
+                         "maximum": broker.MAX_PRIORITY,
+                         "description": f"0-9, 9 most urgent; default {broker.DEFAULT_PRIORITY}."},
+        },
+    }
+
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {},
+            },
+        },
+    },
+}
+
+TIMESTAMP = {"type": "string", "format": "date-time"}
+
+TASK = {
+    "type": "object",
+    "required": ["id", "task", "state", "retries", "submitted_at", "links"],
+    "properties": {
+        "id": {"type": "string"},
+        "task": {"type": "string"},
+        "state": {"type": "string", "enum": list(STATES)},
+        "queue": {"type": "string"},
+        "priority": {"type": "integer"},
+        "result": {"description": "The task's return value (state SUCCESS)."},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "progress": {
+            "type": "object",
+            "properties": {"percent": {"type": "number"}, "message": {"type": "string"}},
+        },
+        "retries": {"type": "integer"},
+        "submitted_at": TIMESTAMP,
+        "eta": TIMESTAMP,
+        "started_at": TIMESTAMP,
+        "finished_at": TIMESTAMP,
+        "links": {"type": "object", "properties": {"self": {"type": "string"}}},
+    },
+}
+
+TASK_TYPE = {
+    "type": "object",
+    "required": ["name", "queue", "schema"],
+    "properties": {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "queue": {"type": "string"},
+        "schema": {"type": "object"},
+        "time_limit": {"type": ["integer", "null"]},
+        "soft_time_limit": {"type": ["integer", "null"]},
+        "max_retries": {"type": "integer"},
+    },
+}
+
+QUEUE = {
+    "type": "object",
+    "required": ["name", "waiting", "reserved"],
+    "properties": {
+        "name": {"type": "string"},
+        "waiting": {"type": "integer", "description": "Messages in the queue, all priorities."},
+        "reserved": {"type": "integer",
+                     "description": "Delivered to a worker, not yet acknowledged."},
+        "oldest_age_seconds": {"type": "number"},
+    },
+}
+
+DEAD_LETTER = {
+    "type": "object",
+    "required": ["id", "task", "error", "reason", "failed_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "task": {"type": "string"},
+        "queue": {"type": "string"},
+        "priority": {"type": "integer"},
+        "args": {"type": "array"},
+        "kwargs": {"type": "object"},
+        "error": TASK["properties"]["error"],
+        "reason": {"type": "string"},
+        "retries": {"type": "integer"},
+        "submitted_at": TIMESTAMP,
+        "failed_at": TIMESTAMP,
+    },
+}

@@ -1,0 +1,93 @@
+"""A task's state as a client sees it: the Taskplane record joined with Celery's result.
+
+The record says whether the id was ever submitted (else 404, never Celery's
+eternal PENDING) and by whom; the result backend says how it is going. Both are
+read in one Redis round trip when results live in the broker's Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+
+from ..celery_app import runtime_for
+from ..store import TaskRecord
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    record: TaskRecord
+    meta: dict[str, Any] | None  # Celery's stored result, None until a worker writes one
+
+    @property
+    def state(self) -> str:
+        if self.meta and self.meta.get("status"):
+            return str(self.meta["status"])
+        return "REVOKED" if self.record.revoked else "PENDING"
+
+
+def load(app: Celery, task_id: str) -> TaskStatus | None:
+    runtime = runtime_for(app)
+    store, backend = runtime.store, app.backend
+    meta_key = backend.get_key_for_task(task_id)
+    if runtime.settings.results_url == runtime.settings.redis_url:
+        with store.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(store.record_key(task_id))
+            pipe.get(meta_key)
+            raw_record, raw_meta = pipe.execute()
+    else:
+        raw_record = store.client.hgetall(store.record_key(task_id))
+        raw_meta = backend.get(meta_key) if raw_record else None
+    if not raw_record:
+        return None
+    meta = backend.decode_result(raw_meta) if raw_meta else None
+    return TaskStatus(TaskRecord.from_hash(task_id, raw_record), meta)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def error_of(result: Any) -> dict[str, str]:
+    """Celery's JSON-serialised exception (``exc_type``, ``exc_message``) as ``{type, message}``."""
+    if isinstance(result, dict) and "exc_type" in result:
+        message = result.get("exc_message", "")
+        if isinstance(message, list | tuple):
+            message = " ".join(str(m) for m in message)
+        return {"type": str(result["exc_type"]), "message": str(message)}
+    return {"type": type(result).__name__, "message": str(result)}
+
+
+def represent(status: TaskStatus, self_url: str) -> dict[str, Any]:
+    rec, meta, state = status.record, status.meta, status.state
+    body: dict[str, Any] = {
+        "id": rec.id,
+        "task": rec.task,
+        "state": state,
+        "queue": rec.queue,
+        "priority": rec.priority,
+        "retries": rec.retries,
+        "submitted_at": iso(rec.submitted_at),
+        "links": {"self": self_url},
+    }
+    result = meta.get("result") if meta else None
+    if state == "SUCCESS":
+        body["result"] = result
+    elif state in ("FAILURE", "RETRY"):
+        body["error"] = error_of(result)
+    elif state == "REVOKED":
+        body["error"] = {"type": "TaskRevokedError", "message": "revoked"}
+    elif state == "PROGRESS" and isinstance(result, dict):
+        body["progress"] = {"percent": result.get("percent", 0.0),
+                            "message": result.get("message", "")}
+    for name in ("eta", "started_at", "finished_at"):
+        value = iso(getattr(rec, name))
+        if value:
+            body[name] = value
+    return body

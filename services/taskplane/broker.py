@@ -1,0 +1,146 @@
+"""How kombu's Redis transport lays out a queue, and the one place that reads it.
+
+Routes, metrics and the exporter ask this module; nothing else knows a broker
+key. A second broker (Sentinel, RabbitMQ) is a second module with the same
+``QueueStats``-returning surface.
+
+Layout (``kombu/transport/redis.py``, with the transport options set below):
+
+==================================  ======  ==================================================
+key                                 type    holds
+==================================  ======  ==================================================
+``{queue}``                         list    waiting messages of transport priority 0 (served
+                                            first); producers LPUSH, consumers BRPOP, so the
+                                            oldest message is at index -1
+``{queue}:{n}`` for n in 1..9       list    waiting messages of transport priority n
+``unacked``                         hash    delivery tag → JSON ``[message, exchange,
+                                            routing_key]`` for every message a worker holds
+                                            and has not acknowledged (all queues together)
+``unacked_index``                   zset    delivery tag → time of delivery; entries older
+                                            than the visibility timeout are restored to
+                                            their queue
+``unacked_mutex``                   string  lock around that restore
+==================================  ======  ==================================================
+
+Priorities: Taskplane's API takes 0-9 with 9 the most urgent (as AMQP does). The
+Redis transport serves its *lowest* number first, so the API value p is sent as
+transport priority ``9 - p``; this module is the only place that flips it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+#: One list per priority level, so every API priority is distinct on the broker.
+PRIORITY_STEPS: tuple[int, ...] = tuple(range(10))
+#: Separator between queue name and priority step; queue names cannot contain it.
+SEP = ":"
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
+UNACKED_MUTEX_KEY = "unacked_mutex"
+#: API priority range and the priority of a task submitted without one.
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
+#: Message header carrying the epoch time a task was enqueued (oldest-age, queue wait).
+ENQUEUED_AT_HEADER = "taskplane_enqueued_at"
+
+# One round trip for every queue's figures: LLEN of each priority list, the enqueue
+# time of the oldest message at the tail of each, and the routing key of every
+# unacknowledged delivery. Returns {name, waiting, reserved, oldest_enqueued_at}.
+_QUEUE_STATS = """
+local sep, unacked, nsteps = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local header = ARGV[4]
+local out, index = {}, {}
+for q = 5 + nsteps, #ARGV do
+  local name, waiting, oldest = ARGV[q], 0, ''
+  for s = 1, nsteps do
+    local pri = ARGV[4 + s]
+    local key = name
+    if pri ~= '0' then key = name .. sep .. pri end
+    local n = redis.call('LLEN', key)
+    if n > 0 then
+      waiting = waiting + n
+      local ok, msg = pcall(cjson.decode, redis.call('LINDEX', key, -1))
+      if ok and type(msg) == 'table' and type(msg['headers']) == 'table' then
+        local t = tonumber(msg['headers'][header])
+        if t and (oldest == '' or t < tonumber(oldest)) then oldest = string.format('%.6f', t) end
+      end
+    end
+  end
+  out[#out + 1] = {name, waiting, 0, oldest}
+  index[name] = #out
+end
+for _, raw in ipairs(redis.call('HVALS', unacked)) do
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' then
+    local i = index[entry[3]]
+    if i then out[i][3] = out[i][3] + 1 end
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A queue as the broker holds it right now."""
+
+    name: str
+    waiting: int  # in the queue's lists, all priorities
+    reserved: int  # delivered to a worker and not yet acknowledged
+    oldest_enqueued_at: float | None  # epoch seconds of the oldest waiting message
+
+    def oldest_age(self, now: float) -> float:
+        return max(0.0, now - self.oldest_enqueued_at) if self.oldest_enqueued_at else 0.0
+
+
+def transport_options(visibility_timeout: int) -> dict[str, Any]:
+    """``broker_transport_options`` that give the layout documented above."""
+    return {
+        "priority_steps": list(PRIORITY_STEPS),
+        "sep": SEP,
+        "queue_order_strategy": "priority",
+        "visibility_timeout": visibility_timeout,
+    }
+
+
+def transport_priority(api_priority: int) -> int:
+    """API priority (9 most urgent) → Redis transport priority (0 served first)."""
+    return MAX_PRIORITY - api_priority
+
+
+def queue_keys(queue: str) -> list[str]:
+    """Every Redis list that holds waiting messages of ``queue``."""
+    return [queue if step == 0 else f"{queue}{SEP}{step}" for step in PRIORITY_STEPS]
+
+
+class RedisBroker:
+    """Reads queue figures from a kombu Redis broker."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._stats = client.register_script(_QUEUE_STATS)
+
+    def queue_stats(self, queues: Iterable[str]) -> list[QueueStats]:
+        names = sorted(set(queues))
+        if not names:
+            return []
+        rows = self._stats(args=[SEP, UNACKED_KEY, len(PRIORITY_STEPS), ENQUEUED_AT_HEADER,
+                                 *PRIORITY_STEPS, *names])
+        return [
+            QueueStats(
+                name=_text(name), waiting=int(waiting), reserved=int(reserved),
+                oldest_enqueued_at=float(oldest) if oldest else None,
+            )
+            for name, waiting, reserved, oldest in rows
+        ]
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,161 @@
+"""The Celery application factory and the one function that puts a task on a queue.
+
+Defaults favour not losing work over raw speed: JSON only, acknowledgement after
+the task ends (``acks_late``), a task whose pool process dies is handed back
+(``reject_on_worker_lost``), one message reserved per pool process, and a SIGTERM
+that lets running tasks finish (soft shutdown) before handing the rest back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+
+from . import broker
+from .settings import Settings
+from .store import Store, TaskRecord
+from .tasks.registry import Registry, load_task_modules
+
+#: Publishing gives up fast when Redis is away, so the API can answer 503 quickly
+#: instead of holding the client; nothing is accepted that was not published.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                        "interval_max": 0.5}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every Taskplane process derives from its settings, hung on the Celery app."""
+
+    settings: Settings
+    registry: Registry
+    store: Store
+    broker: broker.RedisBroker
+
+    def known_queues(self) -> list[str]:
+        queues = {self.settings.default_queue, *self.settings.queues}
+        queues |= self.registry.queues(self.settings.default_queue)
+        return sorted(queues)
+
+
+def redis_client(url: str, settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings``, with every task module loaded."""
+    registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
+    app = Celery("taskplane", broker=settings.redis_url, backend=settings.results_url,
+                 set_as_current=True)
+    routes = {spec.name: {"queue": spec.queue} for spec in registry if spec.queue}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_track_started=True,
+        task_time_limit=settings.default_time_limit,
+        task_soft_time_limit=settings.default_soft_time_limit,
+        task_default_queue=settings.default_queue,
+        task_default_priority=broker.transport_priority(broker.DEFAULT_PRIORITY),
+        task_routes=routes,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        result_expires=settings.result_expires,
+        result_extended=False,  # arguments stay out of results: they may be large or private
+        worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
+        worker_concurrency=settings.worker_concurrency,
+        worker_soft_shutdown_timeout=settings.worker_soft_shutdown_timeout,
+        worker_enable_soft_shutdown_on_idle=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_transport_options=broker.transport_options(settings.visibility_timeout),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.redis_timeout,
+        broker_pool_limit=settings.api_threads + 2,
+        redis_socket_timeout=settings.redis_timeout,
+        redis_socket_connect_timeout=settings.redis_timeout,
+        redis_retry_on_timeout=False,
+        result_backend_transport_options={"retry_policy": {"timeout": settings.redis_timeout}},
+    )
+    client = redis_client(settings.redis_url, settings)
+    app.taskplane = Runtime(  # type: ignore[attr-defined]
+        settings=settings,
+        registry=registry,
+        store=Store(client, record_ttl=settings.task_record_ttl,
+                    result_ttl=settings.result_expires,
+                    idempotency_ttl=settings.idempotency_ttl,
+                    dead_letter_ttl=settings.dead_letter_ttl),
+        broker=broker.RedisBroker(client),
+    )
+    return app
+
+
+def runtime_for(app: Celery) -> Runtime:
+    return app.taskplane  # type: ignore[attr-defined,no-any-return]
+
+
+def store_for(app: Celery) -> Store:
+    return runtime_for(app).store
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def enqueue(app: Celery, *, task_id: str, name: str, args: Sequence[Any],
+            kwargs: Mapping[str, Any], queue: str, priority: int,
+            countdown: float | None = None) -> None:
+    """Publish one task message; raises a connection error if Redis did not take it."""
+    app.send_task(
+        name,
+        args=list(args),
+        kwargs=dict(kwargs),
+        task_id=task_id,
+        queue=queue,
+        routing_key=queue,
+        priority=broker.transport_priority(priority),
+        countdown=countdown or None,
+        headers={broker.ENQUEUED_AT_HEADER: time.time()},
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
+    )
+
+
+def submit(app: Celery, *, tenant: str, name: str, args: Sequence[Any],
+           kwargs: Mapping[str, Any], queue: str, priority: int,
+           countdown: float | None = None, task_id: str | None = None) -> TaskRecord:
+    """Record and publish a task. The record is written first, so a worker always finds
+    it; if publishing fails the record is removed and the error propagates (nothing is
+    accepted that is not on the queue)."""
+    store = store_for(app)
+    now = time.time()
+    record = TaskRecord(id=task_id or new_task_id(), tenant=tenant, task=name, queue=queue,
+                        priority=priority, submitted_at=now,
+                        eta=now + countdown if countdown else None)
+    store.create(record)
+    try:
+        enqueue(app, task_id=record.id, name=name, args=args, kwargs=kwargs, queue=queue,
+                priority=priority, countdown=countdown)
+    except BaseException:
+        try:
+            store.delete(record.id)
+        except redis.RedisError:
+            pass  # Redis is away: the record expires by its TTL and the id stays unknown
+        raise
+    return record

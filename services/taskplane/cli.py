@@ -1,0 +1,59 @@
+"""``taskplane``: one command for each process of the platform.
+
+``taskplane api`` runs gunicorn, ``taskplane worker`` a Celery worker,
+``taskplane dev`` the whole local stack, and ``taskplane settings`` prints the
+settings table the README carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _api(extra: Sequence[str]) -> None:
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c",  # noqa: S606
+                               "python:taskplane.api.gunicorn_conf", *extra])
+
+
+def _worker(extra: Sequence[str]) -> None:
+    # billiard reads REMAP_SIGTERM when first imported: SIGTERM then means soft shutdown.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    from .settings import Settings
+    from .worker import run
+
+    run(Settings.from_env(), extra)
+
+
+def _dev(extra: Sequence[str]) -> None:
+    from .devstack import main as dev_main
+
+    dev_main(list(extra))
+
+
+def _settings_table(extra: Sequence[str]) -> None:
+    from .settings import settings_table
+
+    print(settings_table())
+
+
+COMMANDS = {
+    "api": (_api, "serve the HTTP API under gunicorn (extra arguments go to gunicorn)"),
+    "worker": (_worker, "run a Celery worker (extra arguments go to 'celery worker')"),
+    "dev": (_dev, "run the whole local stack: Redis, API, worker"),
+    "settings": (_settings_table, "print the settings table (Markdown)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="taskplane", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=sorted(COMMANDS),
+                        help="; ".join(f"{k}: {v[1]}" for k, v in sorted(COMMANDS.items())))
+    args, extra = parser.parse_known_args(argv)
+    COMMANDS[args.command][0](extra)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Every Taskplane setting, read once from the environment into one frozen object.
+
+The API, the worker, the exporter, the chart and the README all read their
+configuration from here: each field carries its environment variable, its
+default and a sentence of documentation, and ``settings_table()`` renders the
+README table from those fields (a test checks the README is current).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+#: Queue names become Redis keys and label values: keep them short and plain.
+QUEUE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message names it."""
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration for every Taskplane process. Build it with ``Settings.from_env()``."""
+
+    redis_url: str = _setting(
+        "REDIS_URL", "redis://127.0.0.1:6379/0",
+        "Redis used as Celery broker, result store and Taskplane's own records.",
+    )
+    result_backend_url: str = _setting(
+        "RESULT_BACKEND_URL", "",
+        "Separate Redis for results; empty means `REDIS_URL`.",
+    )
+    api_tokens: str = _setting(
+        "API_TOKENS", "",
+        "Bearer tokens as `tenant:token,tenant:token`, or the path of a file with one "
+        "`tenant:token` per line (a mounted Secret). A value without `:` is a path.",
+    )
+    auth_disabled: bool = _setting(
+        "AUTH_DISABLED", False,
+        "Serve without authentication (every caller is tenant `local`). Local development only.",
+    )
+    api_host: str = _setting("API_HOST", "127.0.0.1", "Address gunicorn binds.")
+    api_port: int = _setting("API_PORT", 8000, "Port gunicorn binds.")
+    api_workers: int = _setting("API_WORKERS", 2, "gunicorn worker processes.")
+    api_threads: int = _setting(
+        "API_THREADS", 8,
+        "Threads per gunicorn worker (`gthread`): the enqueue path waits on Redis, not CPU.",
+    )
+    api_timeout: int = _setting("API_TIMEOUT", 30, "gunicorn worker timeout, seconds.")
+    max_body_bytes: int = _setting(
+        "MAX_BODY_BYTES", 1_048_576, "Largest request body accepted; larger is 413.",
+    )
+    task_modules: tuple[str, ...] = _setting(
+        "TASK_MODULES", (),
+        "Comma-separated modules imported at start-up to register extra tasks "
+        "(`myco.tasks,other.tasks`).",
+    )
+    builtin_tasks: bool = _setting(
+        "BUILTIN_TASKS", True, "Register the built-in tasks (`long_running_task`, ...).",
+    )
+    default_queue: str = _setting("DEFAULT_QUEUE", "default", "Queue of tasks that name none.")
+    queues: tuple[str, ...] = _setting(
+        "QUEUES", (),
+        "Extra queue names a client may choose, beyond the tasks' own default queues.",
+    )
+    worker_queues: tuple[str, ...] = _setting(
+        "WORKER_QUEUES", (),
+        "Queues a worker consumes; empty means every known queue.",
+    )
+    worker_concurrency: int = _setting(
+        "WORKER_CONCURRENCY", 2, "Prefork pool processes per worker.",
+    )
+    worker_prefetch_multiplier: int = _setting(
+        "WORKER_PREFETCH_MULTIPLIER", 1,
+        "Messages each pool process reserves ahead. 1 keeps long tasks from hiding work "
+        "from idle workers.",
+    )
+    worker_soft_shutdown_timeout: float = _setting(
+        "WORKER_SOFT_SHUTDOWN_TIMEOUT", 30.0,
+        "Seconds a worker told to stop (SIGTERM) lets running tasks finish before it "
+        "hands the rest back to the queue.",
+    )
+    visibility_timeout: int = _setting(
+        "VISIBILITY_TIMEOUT", 3600,
+        "Seconds before Redis redelivers a task whose worker has not acknowledged it. "
+        "Must exceed the longest hard time limit plus the longest countdown, or a "
+        "still-running task is delivered twice.",
+    )
+    result_expires: int = _setting(
+        "RESULT_EXPIRES", 86_400, "Seconds results and finished task records are kept.",
+    )
+    task_record_ttl: int = _setting(
+        "TASK_RECORD_TTL", 7 * 86_400,
+        "Seconds a submitted task's record lives while it has not finished.",
+    )
+    idempotency_ttl: int = _setting(
+        "IDEMPOTENCY_TTL", 86_400, "Seconds an `Idempotency-Key` is remembered.",
+    )
+    dead_letter_ttl: int = _setting(
+        "DEAD_LETTER_TTL", 14 * 86_400, "Seconds a dead letter is kept for inspection and retry.",
+    )
+    default_time_limit: int = _setting(
+        "DEFAULT_TIME_LIMIT", 300, "Hard time limit, seconds, of tasks that declare none.",
+    )
+    default_soft_time_limit: int = _setting(
+        "DEFAULT_SOFT_TIME_LIMIT", 240,
+        "Soft time limit, seconds, of tasks that declare none.",
+    )
+    max_countdown: int = _setting(
+        "MAX_COUNTDOWN", 86_400, "Largest `countdown` a client may ask for, seconds.",
+    )
+    redis_timeout: float = _setting(
+        "REDIS_TIMEOUT", 2.0,
+        "Seconds the API waits for Redis before answering 503.",
+    )
+    retry_after: int = _setting(
+        "RETRY_AFTER", 5, "`Retry-After` seconds sent with a 503 when Redis is unreachable.",
+    )
+    redis_allow_no_password: bool = _setting(
+        "REDIS_ALLOW_NO_PASSWORD", False,
+        "Accept a Redis URL without a password on a non-loopback host (refused otherwise).",
+    )
+    log_level: str = _setting("LOG_LEVEL", "INFO", "Log level of every process.")
+
+    # --- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``environ`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+            elif name in env and env[name] != "":
+                values[f.name] = _parse(f, name, env[name])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse combinations that would lose or duplicate work, with one clear message."""
+        for q in (self.default_queue, *self.queues, *self.worker_queues):
+            if not QUEUE_NAME_RE.match(q):
+                raise SettingsError(f"queue name {q!r} must match {QUEUE_NAME_RE.pattern}")
+        if self.default_soft_time_limit >= self.default_time_limit:
+            raise SettingsError("DEFAULT_SOFT_TIME_LIMIT must be below DEFAULT_TIME_LIMIT")
+        for name in ("api_workers", "api_threads", "worker_concurrency",
+                     "worker_prefetch_multiplier", "visibility_timeout", "result_expires",
+                     "idempotency_ttl", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_env(name)} must be at least 1")
+        if self.visibility_timeout <= self.default_time_limit:
+            raise SettingsError(
+                "VISIBILITY_TIMEOUT must exceed DEFAULT_TIME_LIMIT, or a running task is "
+                "redelivered while it still runs")
+        for name, url in (("REDIS_URL", self.redis_url),
+                          ("RESULT_BACKEND_URL", self.result_backend_url)):
+            if url:
+                _check_redis_url(name, url, self.redis_allow_no_password)
+
+    # --- derived values ---------------------------------------------------------------
+
+    @property
+    def results_url(self) -> str:
+        return self.result_backend_url or self.redis_url
+
+    def tokens(self) -> dict[str, str]:
+        """Map each bearer token to its tenant, reading the token file if one is named."""
+        raw = self.api_tokens.strip()
+        if not raw:
+            return {}
+        if ":" not in raw:
+            try:
+                with open(raw, encoding="utf-8") as fh:
+                    entries = [ln.strip() for ln in fh if ln.strip() and not ln.startswith("#")]
+            except OSError as exc:
+                raise SettingsError(f"API_TOKENS file {raw!r} cannot be read: {exc}") from exc
+        else:
+            entries = [e.strip() for e in raw.split(",") if e.strip()]
+        tokens: dict[str, str] = {}
+        for entry in entries:
+            tenant, sep, token = entry.partition(":")
+            if not sep or not tenant or len(token) < 16:
+                raise SettingsError(
+                    "API_TOKENS entries must be tenant:token with a token of 16+ characters")
+            tokens[token] = tenant
+        return tokens
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log: passwords and tokens replaced."""
+        out = dataclasses.asdict(self)
+        out["api_tokens"] = "<set>" if self.api_tokens else ""
+        for key in ("redis_url", "result_backend_url"):
+            parts = urlsplit(out[key])
+            if parts.password:
+                out[key] = out[key].replace(parts.password, "***", 1)
+        return out
+
+
+def _env(field_name: str) -> str:
+    return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field_name)
+
+
+def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+    except ValueError:
+        kind = type(default).__name__
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw.strip()
+
+
+def _check_redis_url(name: str, url: str, allow_no_password: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"{name} must be a redis://, rediss:// or unix:// URL")
+    if parts.scheme == "unix":
+        return
+    if not parts.hostname:
+        raise SettingsError(f"{name} has no host")
+    if not parts.password and not is_loopback(parts.hostname) and not allow_no_password:
+        raise SettingsError(
+            f"{name} points at {parts.hostname}, which is not loopback, and has no password; "
+            "set one (redis://:PASSWORD@host:6379/0) or REDIS_ALLOW_NO_PASSWORD=true")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_table() -> str:
+    """The README's settings table, rendered from the fields above."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        elif isinstance(default, bool):
+            default = "true" if default else "false"
+        shown = f"`{default}`" if default != "" else "(empty)"
+        rows.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(rows)

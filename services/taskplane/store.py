@@ -1,0 +1,265 @@
+"""Taskplane's own Redis keys: task records, idempotency keys and dead letters.
+
+Celery's keys (queue lists, unacked deliveries, results) belong to the broker
+and result backend and are read only through ``broker.py``. The keys here are
+Taskplane's, all under one prefix:
+
+============================================  ======  ==============================================
+key                                           type    holds
+============================================  ======  ==============================================
+``taskplane:task:{id}``                       hash    the task record: tenant, task, queue, priority,
+                                                      submitted_at, started_at, finished_at, retries,
+                                                      revoked. Its existence is what makes an id
+                                                      "submitted" (else 404). TTL ``TASK_RECORD_TTL``,
+                                                      then ``RESULT_EXPIRES`` once finished.
+``taskplane:idem:{tenant}:{sha256(key)}``     string  JSON ``{fp, id, done}`` for an Idempotency-Key;
+                                                      TTL ``IDEMPOTENCY_TTL``.
+``taskplane:dead:{id}``                       string  JSON dead letter (arguments, error, reason);
+                                                      TTL ``DEAD_LETTER_TTL``.
+``taskplane:dead-letters:{tenant}``           zset    dead-letter ids by time of death.
+============================================  ======  ==============================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+PREFIX = "taskplane:"
+
+# Stamp a record only if it exists (a task sent around the API has none, and an
+# HSET would create one without a TTL). Returns the revoked flag, or false.
+_START = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'started_at', ARGV[1], 'retries', ARGV[2])
+redis.call('HDEL', KEYS[1], 'finished_at')
+return redis.call('HGET', KEYS[1], 'revoked') or 0
+"""
+
+_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'finished_at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+@dataclass
+class TaskRecord:
+    """What Taskplane knows of a submitted task beyond Celery's result."""
+
+    id: str
+    tenant: str
+    task: str
+    queue: str
+    priority: int
+    submitted_at: float
+    eta: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    retries: int = 0
+    revoked: bool = False
+
+    @classmethod
+    def from_hash(cls, task_id: str, raw: dict[bytes, bytes]) -> TaskRecord:
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+
+        def num(name: str) -> float | None:
+            return float(h[name]) if h.get(name) else None
+
+        return cls(
+            id=task_id,
+            tenant=h.get("tenant", ""),
+            task=h.get("task", ""),
+            queue=h.get("queue", ""),
+            priority=int(h.get("priority", 0)),
+            submitted_at=float(h.get("submitted_at", 0)),
+            eta=num("eta"),
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            retries=int(h.get("retries", 0)),
+            revoked=h.get("revoked") == "1",
+        )
+
+    def to_hash(self) -> dict[str, str]:
+        out = {}
+        for k, v in asdict(self).items():
+            if k == "id" or v is None:
+                continue
+            out[k] = ("1" if v else "0") if isinstance(v, bool) else str(v)
+        return out
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """Outcome of claiming an Idempotency-Key: ours to use, a replay, or a conflict."""
+
+    task_id: str
+    claimed: bool  # this request owns the key and must enqueue
+    conflict: bool = False  # the key was used with a different body
+    in_progress: bool = False  # the first request with this key has not finished enqueuing
+
+
+def fingerprint(body: Any) -> str:
+    """Stable hash of a request body, so key reuse with a different body is detected."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Store:
+    """Reads and writes Taskplane's keys. Cheap to create; holds one connection pool."""
+
+    def __init__(self, client: redis.Redis, *, record_ttl: int, result_ttl: int,
+                 idempotency_ttl: int, dead_letter_ttl: int) -> None:
+        self.client = client
+        self.record_ttl = record_ttl
+        self.result_ttl = result_ttl
+        self.idempotency_ttl = idempotency_ttl
+        self.dead_letter_ttl = dead_letter_ttl
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+        self._set_if_exists = client.register_script(_SET_IF_EXISTS)
+
+    # --- keys ---------------------------------------------------------------------------
+
+    @staticmethod
+    def record_key(task_id: str) -> str:
+        return f"{PREFIX}task:{task_id}"
+
+    @staticmethod
+    def idempotency_key(tenant: str, key: str) -> str:
+        return f"{PREFIX}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    @staticmethod
+    def dead_key(task_id: str) -> str:
+        return f"{PREFIX}dead:{task_id}"
+
+    @staticmethod
+    def dead_index_key(tenant: str) -> str:
+        return f"{PREFIX}dead-letters:{tenant}"
+
+    # --- records ------------------------------------------------------------------------
+
+    def create(self, record: TaskRecord) -> None:
+        key = self.record_key(record.id)
+        ttl = self.record_ttl + int(max(0.0, (record.eta or 0) - time.time()))
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=record.to_hash())
+            pipe.expire(key, ttl)
+            pipe.execute()
+
+    def delete(self, task_id: str) -> None:
+        self.client.delete(self.record_key(task_id))
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        raw = self.client.hgetall(self.record_key(task_id))
+        return TaskRecord.from_hash(task_id, raw) if raw else None
+
+    def start(self, task_id: str, retries: int) -> bool:
+        """Stamp ``started_at``; True when the record says the task was revoked."""
+        revoked = self._start(keys=[self.record_key(task_id)], args=[time.time(), retries])
+        return revoked in (b"1", 1, "1")
+
+    def finish(self, task_id: str) -> None:
+        self._finish(keys=[self.record_key(task_id)], args=[time.time(), self.result_ttl])
+
+    def set_retries(self, task_id: str, retries: int) -> None:
+        self._set_if_exists(keys=[self.record_key(task_id)], args=["retries", retries])
+
+    def mark_revoked(self, task_id: str) -> None:
+        self._set_if_exists(keys=[self.record_key(task_id)],
+                            args=["revoked", "1", "finished_at", time.time()])
+
+    # --- idempotency --------------------------------------------------------------------
+
+    def claim_idempotency(self, tenant: str, key: str, fp: str, task_id: str) -> IdempotencyClaim:
+        ikey = self.idempotency_key(tenant, key)
+        value = json.dumps({"fp": fp, "id": task_id, "done": False})
+        if self.client.set(ikey, value, nx=True, ex=self.idempotency_ttl):
+            return IdempotencyClaim(task_id=task_id, claimed=True)
+        raw = self.client.get(ikey)
+        if raw is None:  # expired between the two calls: claim again
+            return self.claim_idempotency(tenant, key, fp, task_id)
+        held = json.loads(raw)
+        if held["fp"] != fp:
+            return IdempotencyClaim(task_id=held["id"], claimed=False, conflict=True)
+        return IdempotencyClaim(task_id=held["id"], claimed=False, in_progress=not held["done"])
+
+    def confirm_idempotency(self, tenant: str, key: str, fp: str, task_id: str) -> None:
+        value = json.dumps({"fp": fp, "id": task_id, "done": True})
+        self.client.set(self.idempotency_key(tenant, key), value, xx=True, keepttl=True)
+
+    def release_idempotency(self, tenant: str, key: str) -> None:
+        self.client.delete(self.idempotency_key(tenant, key))
+
+    # --- dead letters -------------------------------------------------------------------
+
+    def dead_letter(self, task_id: str, task: str, args: Any, kwargs: Any,
+                    error: dict[str, str], reason: str) -> bool:
+        """File a task that failed for good; False if it has no record (sent around the API)."""
+        record = self.get(task_id)
+        if record is None:
+            return False
+        now = time.time()
+        entry = {
+            "id": task_id, "task": task, "tenant": record.tenant, "queue": record.queue,
+            "priority": record.priority, "args": list(args or ()), "kwargs": dict(kwargs or {}),
+            "error": error, "reason": reason, "retries": record.retries,
+            "submitted_at": record.submitted_at, "failed_at": now,
+        }
+        try:
+            payload = json.dumps(entry)
+        except (TypeError, ValueError):
+            entry["args"], entry["kwargs"] = [], {}
+            entry["reason"] = reason + " (arguments not JSON-serialisable, not kept)"
+            payload = json.dumps(entry)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.dead_key(task_id), payload, ex=self.dead_letter_ttl)
+            pipe.zadd(self.dead_index_key(record.tenant), {task_id: now})
+            pipe.zremrangebyscore(self.dead_index_key(record.tenant), 0,
+                                  now - self.dead_letter_ttl)
+            pipe.expire(self.dead_index_key(record.tenant), self.dead_letter_ttl)
+            pipe.execute()
+        return True
+
+    def dead_letters(self, tenant: str, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+        index = self.dead_index_key(tenant)
+        ids = [i.decode() for i in self.client.zrevrange(index, offset, offset + limit - 1)]
+        total = self.client.zcard(index)
+        if not ids:
+            return total, []
+        raws = self.client.mget([self.dead_key(i) for i in ids])
+        entries, gone = [], []
+        for task_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                gone.append(task_id)
+            else:
+                entries.append(json.loads(raw))
+        if gone:  # expired entries: drop them from the index too
+            self.client.zrem(index, *gone)
+        return total - len(gone), entries
+
+    def get_dead_letter(self, tenant: str, task_id: str) -> dict[str, Any] | None:
+        raw = self.client.get(self.dead_key(task_id))
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        return entry if entry.get("tenant") == tenant else None
+
+    def remove_dead_letter(self, tenant: str, task_id: str) -> None:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.dead_key(task_id))
+            pipe.zrem(self.dead_index_key(tenant), task_id)
+            pipe.execute()
