@@ -41,9 +41,11 @@ class TaskSpec:
     validator: jsonschema.protocols.Validator = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
 
     def bind_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Name every argument as the task function would, so one schema covers both forms."""
-        sig = inspect.signature(self.func)
-        bound = sig.bind(*args, **kwargs)  # TypeError names the mismatch
+        """Name every argument as the task function would, so one schema covers both forms.
+
+        Missing arguments are left to the schema's ``required``, which names them.
+        """
+        bound = inspect.signature(self.func).bind_partial(*args, **kwargs)
         return dict(bound.arguments)
 
     def argument_errors(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -51,7 +53,8 @@ class TaskSpec:
         try:
             named = self.bind_arguments(args, kwargs)
         except TypeError as exc:
-            return [{"field": "args", "message": str(exc)}]
+            field = "args" if "positional" in str(exc) else "kwargs"
+            return [{"field": field, "message": str(exc)}]
         errors = sorted(self.validator.iter_errors(named), key=lambda e: list(e.absolute_path))
         return [describe_error(err, "kwargs") for err in errors]
 
@@ -129,6 +132,9 @@ def task(
     retry_for = tuple(retry_for)
 
     def decorate(func: Callable[..., Any]) -> Any:
+        existing = REGISTRY.get(name)
+        if existing is not None and existing.func is not func:
+            raise ValueError(f"task {name!r} is registered twice")
         options: dict[str, Any] = {
             "name": name,
             "base": TaskplaneTask,

@@ -1,0 +1,50 @@
+# Taskplane: the targets a newcomer would guess. Every target installs what it needs.
+SHELL := /bin/bash
+VENV  ?= .venv
+BIN   := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help install run test unit integration lint docs chart manifests lock clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install:  ## create .venv and install Taskplane with dev and test extras (pinned)
+	@scripts/bootstrap.sh
+
+run: install  ## start Redis, the API on :8000 and a worker; Ctrl-C stops them all
+	@$(BIN)/taskplane dev
+
+test: install  ## the whole suite: lint, unit, integration, chart checks
+	@scripts/chart-tools.sh
+	$(BIN)/ruff check services tests
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
+
+unit: install  ## unit tests only (no services)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: install  ## integration tests: real redis-server, Celery workers, gunicorn
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+lint: install  ## ruff
+	$(BIN)/ruff check services tests
+
+docs: install  ## regenerate the settings table in README.md
+	$(BIN)/python scripts/update_docs.py
+
+chart: install  ## helm lint/template, schema and security checks of the chart and images
+	@scripts/chart-tools.sh
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest tests/chart -q
+
+manifests: install  ## render k8s/ and the chart's generated files from the chart
+	@scripts/chart-tools.sh
+	PATH="$(CURDIR)/.tools/bin:$$PATH" scripts/render-manifests.sh
+
+lock:  ## re-pin requirements.lock from a clean virtualenv
+	rm -rf /tmp/taskplane-lock && python3 -m venv /tmp/taskplane-lock
+	/tmp/taskplane-lock/bin/pip install -q '.[dev,test]'
+	(echo "# Pinned versions of every dependency (runtime, dev, test). Regenerate with: make lock"; \
+	 /tmp/taskplane-lock/bin/pip freeze --exclude taskplane) > requirements.lock
+
+clean:  ## remove the virtualenv, tool cache and local stack data
+	rm -rf $(VENV) .tools .run .pytest_cache .ruff_cache

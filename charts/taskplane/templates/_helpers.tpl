@@ -1,0 +1,345 @@
+{{/*
+Names, labels and the values every template derives from. Object names are
+"<fullname>-<component>", cut to 63 characters.
+*/}}
+
+{{- define "taskplane.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "taskplane.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<suffix>": call with (dict "ctx" $ "suffix" "api"). */}}
+{{- define "taskplane.componentName" -}}
+{{- printf "%s-%s" (include "taskplane.fullname" .ctx) .suffix | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "taskplane.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "taskplane.namespace" -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+
+{{/* Selector labels: call with (dict "ctx" $ "component" "api" ["pool" "default"]). */}}
+{{- define "taskplane.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "taskplane.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- if .pool }}
+taskplane.io/pool: {{ .pool }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of every object: call like taskplane.selectorLabels. */}}
+{{- define "taskplane.labels" -}}
+helm.sh/chart: {{ include "taskplane.chart" .ctx }}
+{{ include "taskplane.selectorLabels" . }}
+app.kubernetes.io/part-of: taskplane
+{{- with .ctx.Chart.AppVersion }}
+app.kubernetes.io/version: {{ . | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "taskplane.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "taskplane.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An image reference: call with (dict "image" .Values.image.api "ctx" $). */}}
+{{- define "taskplane.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "taskplane.imagePullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The metric names and broker layout the chart depends on (files/contract.yaml). */}}
+{{- define "taskplane.contract" -}}
+{{- .Files.Get "files/contract.yaml" -}}
+{{- end -}}
+
+{{/*
+Recursive merge of two maps where the second wins, explicit false/0/"" included
+(sprig's mergeOverwrite skips those). Returns YAML: call with
+(dict "base" $a "over" $b) and pipe through fromYaml.
+*/}}
+{{- define "taskplane.merge" -}}
+{{- $out := deepCopy .base -}}
+{{- range $key, $value := .over -}}
+{{- if and (kindIs "map" $value) (hasKey $out $key) (kindIs "map" (get $out $key)) -}}
+{{- $_ := set $out $key (include "taskplane.merge" (dict "base" (get $out $key) "over" $value) | fromYaml) -}}
+{{- else -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/*
+Every worker pool with workers.defaults merged in, plus derived fields:
+  fullname     the pool's Deployment (and autoscaler) name
+  gracePeriod  maxTaskTimeLimit + softShutdownTimeout + extraGracePeriodSeconds
+Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
+*/}}
+{{- define "taskplane.pools" -}}
+{{- $pools := list -}}
+{{- range $pool := .Values.workers.pools -}}
+{{- $merged := include "taskplane.merge" (dict "base" $.Values.workers.defaults "over" $pool) | fromYaml -}}
+{{- $_ := set $merged "fullname" (include "taskplane.componentName" (dict "ctx" $ "suffix" (printf "worker-%s" $pool.name))) -}}
+{{- $grace := add (int $merged.maxTaskTimeLimit) (int $merged.softShutdownTimeout) (int $merged.extraGracePeriodSeconds) -}}
+{{- $_ := set $merged "gracePeriod" $grace -}}
+{{- $pools = append $pools $merged -}}
+{{- end -}}
+{{- toYaml (dict "pools" $pools) -}}
+{{- end -}}
+
+{{/* Every queue some pool consumes, sorted and unique: the QUEUES setting. */}}
+{{- define "taskplane.allQueues" -}}
+{{- $queues := list -}}
+{{- range $pool := .Values.workers.pools -}}
+{{- $queues = concat $queues $pool.queues -}}
+{{- end -}}
+{{- $queues | uniq | sortAlpha | join "," -}}
+{{- end -}}
+
+{{/* Secrets and Redis addresses. */}}
+{{- define "taskplane.tokensSecretName" -}}
+{{- default (include "taskplane.componentName" (dict "ctx" . "suffix" "api-tokens")) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "taskplane.tokensSecretKey" -}}
+{{- if .Values.auth.existingSecret -}}{{ .Values.auth.existingSecretKey }}{{- else -}}tokens{{- end -}}
+{{- end -}}
+
+{{- define "taskplane.redisName" -}}
+{{- include "taskplane.componentName" (dict "ctx" . "suffix" "redis") -}}
+{{- end -}}
+
+{{/* Secret with the password of the in-release Redis. */}}
+{{- define "taskplane.redisSecretName" -}}
+{{- default (include "taskplane.redisName" .) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "taskplane.redisPasswordKey" -}}
+{{- if .Values.redis.auth.existingSecret -}}{{ .Values.redis.auth.existingSecretPasswordKey }}{{- else -}}redis-password{{- end -}}
+{{- end -}}
+
+{{/* Secret with the URL of an external Redis. */}}
+{{- define "taskplane.externalRedisSecretName" -}}
+{{- default (include "taskplane.componentName" (dict "ctx" . "suffix" "redis-external")) .Values.redis.external.existingSecret -}}
+{{- end -}}
+
+{{/* host:port of the in-release Redis, as KEDA (in its own namespace) resolves it. */}}
+{{- define "taskplane.redisAddress" -}}
+{{- if .Values.autoscaling.keda.redisAddress -}}
+{{- .Values.autoscaling.keda.redisAddress -}}
+{{- else if .Values.redis.enabled -}}
+{{- printf "%s.%s.svc.%s:6379" (include "taskplane.redisName" .) (include "taskplane.namespace" .) .Values.clusterDomain -}}
+{{- else if .Values.redis.external.url -}}
+{{- $u := urlParse .Values.redis.external.url -}}
+{{- if contains ":" $u.host -}}{{ $u.host }}{{- else -}}{{ printf "%s:6379" $u.host }}{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* REDIS_URL (and the password it is built from) for a Taskplane container. */}}
+{{- define "taskplane.redisEnv" -}}
+{{- if .Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskplane.redisSecretName" . }}
+      key: {{ include "taskplane.redisPasswordKey" . }}
+- name: REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "taskplane.redisName" .) | quote }}
+{{- else }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskplane.externalRedisSecretName" . }}
+      key: {{ .Values.redis.external.existingSecretUrlKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment shared by the API, worker and exporter containers. */}}
+{{- define "taskplane.commonEnv" -}}
+{{ include "taskplane.redisEnv" . }}
+{{- end -}}
+
+{{/* Volume and mount of the token file (API_TOKENS points at it). */}}
+{{- define "taskplane.tokensVolume" -}}
+- name: api-tokens
+  secret:
+    secretName: {{ include "taskplane.tokensSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "taskplane.tokensSecretKey" . }}
+        path: tokens
+{{- end -}}
+
+{{- define "taskplane.tokensMount" -}}
+- name: api-tokens
+  mountPath: /etc/taskplane/tokens
+  readOnly: true
+{{- end -}}
+
+{{/* Label matchers of one pool's queue metrics, as a map (HPA selector, KEDA query). */}}
+{{- define "taskplane.metricLabels" -}}
+{{- $labels := dict -}}
+{{- if .ctx.Values.autoscaling.matchExporterJob -}}
+{{- $_ := set $labels "job" (include "taskplane.componentName" (dict "ctx" .ctx "suffix" "exporter")) -}}
+{{- end -}}
+{{- range $k, $v := .ctx.Values.autoscaling.extraMetricLabels -}}
+{{- $_ := set $labels $k $v -}}
+{{- end -}}
+{{- toYaml $labels -}}
+{{- end -}}
+
+{{/* PromQL label matchers for one pool: call with (dict "ctx" $ "pool" $pool). */}}
+{{- define "taskplane.promMatchers" -}}
+{{- $m := list (printf "namespace=%q" (include "taskplane.namespace" .ctx)) -}}
+{{- $labels := include "taskplane.metricLabels" . | fromYaml -}}
+{{- range $k := keys $labels | sortAlpha -}}
+{{- $m = append $m (printf "%s=%q" $k (get $labels $k)) -}}
+{{- end -}}
+{{- $queues := list -}}
+{{- range .pool.queues -}}{{- $queues = append $queues (regexQuoteMeta .) -}}{{- end -}}
+{{- $m = append $m (printf "queue=~%q" (join "|" $queues)) -}}
+{{- join "," $m -}}
+{{- end -}}
+
+{{/* The autoscaling/v2 behavior of a pool: fast up, slow down. */}}
+{{- define "taskplane.scalingBehavior" -}}
+scaleUp:
+  stabilizationWindowSeconds: {{ int .autoscaling.scaleUp.stabilizationWindowSeconds }}
+  selectPolicy: Max
+  policies:
+    - type: Pods
+      value: {{ int .autoscaling.scaleUp.maxPods }}
+      periodSeconds: {{ int .autoscaling.scaleUp.periodSeconds }}
+    - type: Percent
+      value: {{ int .autoscaling.scaleUp.maxPercent }}
+      periodSeconds: {{ int .autoscaling.scaleUp.periodSeconds }}
+scaleDown:
+  stabilizationWindowSeconds: {{ int .autoscaling.scaleDown.stabilizationWindowSeconds }}
+  selectPolicy: Max
+  policies:
+    - type: Percent
+      value: {{ int .autoscaling.scaleDown.maxPercent }}
+      periodSeconds: {{ int .autoscaling.scaleDown.periodSeconds }}
+{{- end -}}
+
+{{/* Volumes every Taskplane container writes to: /tmp and the metrics directory. */}}
+{{- define "taskplane.scratchVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+- name: prometheus-multiproc
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end -}}
+
+{{- define "taskplane.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: prometheus-multiproc
+  mountPath: /run/taskplane/metrics
+{{- end -}}
+
+{{/*
+One readable message for a values combination the schema cannot express, then fail.
+Included by NOTES.txt (as bitnami charts do) and by configmap.yaml, so `helm template`
+fails too.
+*/}}
+{{- define "taskplane.validateValues" -}}
+{{- $messages := list -}}
+{{- $pools := (include "taskplane.pools" . | fromYaml).pools -}}
+{{- $names := list -}}
+{{- $consumed := list -}}
+{{- range $pool := $pools -}}
+{{- if has $pool.name $names -}}
+{{- $messages = append $messages (printf "workers.pools: the pool name %q is used twice" $pool.name) -}}
+{{- end -}}
+{{- $names = append $names $pool.name -}}
+{{- $consumed = concat $consumed $pool.queues -}}
+{{- if and $pool.autoscaling.hpa.enabled $pool.autoscaling.keda.enabled -}}
+{{- $messages = append $messages (printf "workers.pools[%s]: autoscaling.hpa.enabled and autoscaling.keda.enabled are both true; a pool takes one autoscaler, so disable one of them (KEDA creates its own HPA, and two HPAs on one Deployment fight)" $pool.name) -}}
+{{- end -}}
+{{- if lt (int $pool.maxTaskTimeLimit) (int $.Values.config.defaultTimeLimit) -}}
+{{- $messages = append $messages (printf "workers.pools[%s]: maxTaskTimeLimit (%d) is below config.defaultTimeLimit (%d), which every task without its own limit gets" $pool.name (int $pool.maxTaskTimeLimit) (int $.Values.config.defaultTimeLimit)) -}}
+{{- end -}}
+{{- if le (int $.Values.config.visibilityTimeout) (int $pool.maxTaskTimeLimit) -}}
+{{- $messages = append $messages (printf "config.visibilityTimeout (%d) must exceed workers.pools[%s].maxTaskTimeLimit (%d), or Redis redelivers a task that is still running" (int $.Values.config.visibilityTimeout) $pool.name (int $pool.maxTaskTimeLimit)) -}}
+{{- end -}}
+{{- if and $pool.autoscaling.hpa.enabled (gt (int $pool.autoscaling.hpa.minReplicas) (int $pool.autoscaling.hpa.maxReplicas)) -}}
+{{- $messages = append $messages (printf "workers.pools[%s]: autoscaling.hpa.minReplicas exceeds maxReplicas" $pool.name) -}}
+{{- end -}}
+{{- if and $pool.autoscaling.keda.enabled (gt (int $pool.autoscaling.keda.minReplicaCount) (int $pool.autoscaling.keda.maxReplicaCount)) -}}
+{{- $messages = append $messages (printf "workers.pools[%s]: autoscaling.keda.minReplicaCount exceeds maxReplicaCount" $pool.name) -}}
+{{- end -}}
+{{- if and $pool.autoscaling.keda.enabled (eq $pool.autoscaling.keda.trigger "redis-list") (not $.Values.redis.enabled) (not $.Values.autoscaling.keda.redisAddress) (not $.Values.redis.external.url) -}}
+{{- $messages = append $messages (printf "workers.pools[%s]: the KEDA redis-list trigger needs autoscaling.keda.redisAddress when the Redis URL is in redis.external.existingSecret" $pool.name) -}}
+{{- end -}}
+{{- if and $pool.autoscaling.keda.enabled (eq $pool.autoscaling.keda.trigger "redis-list") (not $.Values.redis.enabled) $.Values.redis.external.existingSecret (not $.Values.redis.external.existingSecretPasswordKey) -}}
+{{- $messages = append $messages (printf "workers.pools[%s]: the KEDA redis-list trigger needs redis.external.existingSecretPasswordKey (the bare password's key in redis.external.existingSecret)" $pool.name) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (has .Values.config.defaultQueue $consumed) -}}
+{{- $messages = append $messages (printf "config.defaultQueue %q is consumed by no worker pool: tasks sent there would wait forever" .Values.config.defaultQueue) -}}
+{{- end -}}
+{{- if ge (int .Values.config.defaultSoftTimeLimit) (int .Values.config.defaultTimeLimit) -}}
+{{- $messages = append $messages "config.defaultSoftTimeLimit must be below config.defaultTimeLimit" -}}
+{{- end -}}
+{{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) (not .Values.redis.external.existingSecret) -}}
+{{- $messages = append $messages "redis.enabled is false: set redis.external.url or redis.external.existingSecret" -}}
+{{- end -}}
+{{- if and .Values.redis.enabled (or .Values.redis.external.url .Values.redis.external.existingSecret) -}}
+{{- $messages = append $messages "redis.external is set while redis.enabled is true: set redis.enabled=false to use the external Redis" -}}
+{{- end -}}
+{{- if and .Values.redis.external.url .Values.redis.external.existingSecret -}}
+{{- $messages = append $messages "set one of redis.external.url and redis.external.existingSecret, not both" -}}
+{{- end -}}
+{{- if .Values.redis.external.url -}}
+{{- $u := urlParse .Values.redis.external.url -}}
+{{- if not (has $u.scheme (list "redis" "rediss")) -}}
+{{- $messages = append $messages "redis.external.url must start with redis:// or rediss://" -}}
+{{- else if not (contains ":" (default "" $u.userinfo)) -}}
+{{- $messages = append $messages "redis.external.url has no password (redis://:PASSWORD@host:6379/0); Taskplane refuses a remote Redis without one" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.api.autoscaling.enabled (gt (int .Values.api.autoscaling.minReplicas) (int .Values.api.autoscaling.maxReplicas)) -}}
+{{- $messages = append $messages "api.autoscaling.minReplicas exceeds maxReplicas" -}}
+{{- end -}}
+{{- if $messages -}}
+{{- printf "\nVALUES VALIDATION:\n  - %s" (join "\n  - " $messages) | fail -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,117 @@
+"""helm lint, checkov and hadolint, each with zero findings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import CASES, CHART, CI_VALUES, ROOT, Render, find_tool, missing
+
+DOCKERFILES = [ROOT / "Dockerfile.api", ROOT / "Dockerfile.worker"]
+CHECKOV_CONFIG = CHART / ".checkov.yaml"
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["default", *(p.name for p in CI_VALUES)])
+def test_helm_lint_strict(helm: str, values: Path | None) -> None:
+    cmd = [helm, "lint", "--strict", str(CHART)]
+    if values is not None:
+        cmd += ["--values", str(values)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+def test_checkov_finds_nothing(renders: dict[str, Render], tmp_path: Path) -> None:
+    """One checkov run over every render and both Dockerfiles (a run costs ~3 s)."""
+    checkov = find_tool("checkov")
+    if checkov is None:
+        missing("checkov")
+    for case in CASES:
+        (tmp_path / f"{case}.yaml").write_text(renders[case].text)
+    for dockerfile in DOCKERFILES:
+        shutil.copy(dockerfile, tmp_path / dockerfile.name)
+    env = {**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"}
+    proc = subprocess.run(
+        [checkov, "--config-file", str(CHECKOV_CONFIG), "--directory", str(tmp_path), "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    reports = json.loads(proc.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    by_type = {r["check_type"]: r for r in reports}
+    assert set(by_type) == {"kubernetes", "dockerfile"}, f"checkov scanned {sorted(by_type)}: {proc.stderr}"
+    assert by_type["dockerfile"]["summary"]["resource_count"] == len(DOCKERFILES)
+    failures = []
+    for report in reports:
+        summary = report["summary"]
+        assert summary["parsing_errors"] == 0, f"{report['check_type']}: parsing errors"
+        assert summary["passed"] > 0
+        for check in report["results"]["failed_checks"]:
+            failures.append(
+                f"{check['check_id']} {check['check_name']}: {check['file_path']} {check['resource']}"
+            )
+    assert proc.returncode == 0 and not failures, "\n".join(failures) or proc.stderr
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = find_tool("hadolint")
+    if hadolint is None:
+        missing("hadolint")
+    proc = subprocess.run(
+        [hadolint, "--no-color", *map(str, DOCKERFILES)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfiles_follow_the_image_rules() -> None:
+    """Pinned slim base, non-root user, lock installed before the source, exec-form entrypoint."""
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+        assert len(froms) == 2 and all(
+            f.startswith("python:3.") and "-slim" in f and f.count(".") >= 2 for f in froms
+        ), froms
+        runtime = text.split("\nFROM ")[-1]
+        assert "USER 10001" in runtime and "PYTHONUNBUFFERED=1" in runtime
+        assert "COPY --from=build" in runtime and "pip install" not in runtime
+        assert text.index("COPY requirements.lock") < text.index("COPY services")
+        assert "--no-deps ." in text
+        assert 'ENTRYPOINT ["taskplane", ' in text
+
+
+def test_compose_runs_the_same_stack(yaml_module: Any) -> None:
+    """docker-compose.yml: the four services, persistent non-evicting Redis, a worker stop
+    grace as long as the chart's default pool gets."""
+    compose = yaml_module.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"api", "worker", "exporter", "redis"}
+    redis_command = " ".join(services["redis"]["command"])
+    for flag in (
+        "--appendonly yes",
+        "--appendfsync everysec",
+        "--maxmemory-policy noeviction",
+        "--requirepass",
+    ):
+        assert flag in redis_command, flag
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+    assert services["api"]["build"]["dockerfile"] == "Dockerfile.api"
+    assert services["worker"]["build"]["dockerfile"] == "Dockerfile.worker"
+    assert services["worker"]["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
+    grace = int(services["worker"]["stop_grace_period"].removesuffix("s"))
+    values = yaml_module.safe_load((CHART / "values.yaml").read_text())
+    default_pool = values["workers"]["pools"][0]
+    soft = values["workers"]["defaults"]["softShutdownTimeout"]
+    assert grace >= default_pool["maxTaskTimeLimit"] + soft
+    for name in ("api", "worker", "exporter", "redis"):
+        service = services[name]
+        assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"], name
+        assert str(service.get("user", "0")).split(":")[0] not in ("0", "root"), name

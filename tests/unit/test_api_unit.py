@@ -1,0 +1,55 @@
+"""Pure pieces of the API: token matching, body depth, the OpenAPI document vs. the routes."""
+
+from __future__ import annotations
+
+from taskplane import broker
+from taskplane.api import create_app
+from taskplane.api.auth import match_token
+from taskplane.api.body import MAX_DEPTH, _too_deep
+from taskplane.settings import Settings
+from taskplane.store import fingerprint
+
+
+def test_match_token_finds_the_tenant_or_none() -> None:
+    tokens = {"a" * 20: "acme", "b" * 20: "globex"}
+    assert match_token(tokens, "a" * 20) == "acme"
+    assert match_token(tokens, "a" * 19) is None
+    assert match_token(tokens, "") is None
+
+
+def test_depth_scan_ignores_brackets_inside_strings() -> None:
+    assert _too_deep("[" * (MAX_DEPTH + 1))
+    assert not _too_deep('{"a": "' + "[" * 500 + '"}')
+    assert not _too_deep("[" * MAX_DEPTH + "]" * MAX_DEPTH)
+
+
+def test_fingerprint_ignores_key_order() -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_priorities_flip_for_the_redis_transport() -> None:
+    assert broker.transport_priority(9) == 0  # most urgent is served first
+    assert broker.transport_priority(0) == 9
+    assert broker.queue_keys("q")[:3] == ["q", "q:1", "q:2"]
+    assert len(broker.queue_keys("q")) == len(broker.PRIORITY_STEPS)
+
+
+def test_openapi_document_matches_the_routes_exactly() -> None:
+    app = create_app(Settings.from_env({"AUTH_DISABLED": "true"}))
+    doc = app.test_client().get("/openapi.json").get_json()
+    documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
+    routed = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        routed |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    assert documented == routed
+
+
+def test_the_api_refuses_to_start_without_tokens() -> None:
+    import pytest
+
+    with pytest.raises(RuntimeError, match="API_TOKENS"):
+        create_app(Settings.from_env({}))

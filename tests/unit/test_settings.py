@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from taskplane.settings import Settings, SettingsError, settings_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_valid_and_frozen() -> None:
+    s = Settings.from_env({})
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.results_url == s.redis_url
+    with pytest.raises(AttributeError):
+        s.redis_url = "x"  # type: ignore[misc]
+
+
+def test_environment_is_parsed_by_type() -> None:
+    s = Settings.from_env({"API_PORT": "9000", "AUTH_DISABLED": "yes", "REDIS_TIMEOUT": "0.5",
+                           "TASK_MODULES": "a.tasks, b.tasks,", "QUEUES": "heavy"})
+    assert (s.api_port, s.auth_disabled, s.redis_timeout) == (9000, True, 0.5)
+    assert s.task_modules == ("a.tasks", "b.tasks")
+    assert s.queues == ("heavy",)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"API_PORT": "eighty"}, "API_PORT"),
+    ({"AUTH_DISABLED": "maybe"}, "AUTH_DISABLED"),
+    ({"QUEUES": "Bad Queue"}, "queue name"),
+    ({"DEFAULT_SOFT_TIME_LIMIT": "400"}, "DEFAULT_SOFT_TIME_LIMIT"),
+    ({"VISIBILITY_TIMEOUT": "100"}, "VISIBILITY_TIMEOUT"),
+    ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://redis.prod:6379/0"}, "password"),
+    ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY"),
+])
+def test_bad_settings_are_refused_with_their_name(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_remote_redis_needs_a_password_or_an_explicit_override() -> None:
+    assert Settings.from_env({"REDIS_URL": "redis://:pw@redis.prod:6379/0"})
+    assert Settings.from_env({"REDIS_URL": "redis://redis.prod:6379/0",
+                              "REDIS_ALLOW_NO_PASSWORD": "true"})
+    assert Settings.from_env({"REDIS_URL": "redis://localhost:6379/0"})
+
+
+def test_tokens_from_value_and_from_file(tmp_path: Path) -> None:
+    s = Settings.from_env({"API_TOKENS": "acme:aaaaaaaaaaaaaaaa1, globex:bbbbbbbbbbbbbbbb2"})
+    assert s.tokens() == {"aaaaaaaaaaaaaaaa1": "acme", "bbbbbbbbbbbbbbbb2": "globex"}
+    f = tmp_path / "tokens"
+    f.write_text("# mounted secret\nacme:cccccccccccccccc3\n\n")
+    assert Settings.from_env({"API_TOKENS": str(f)}).tokens() == {"cccccccccccccccc3": "acme"}
+    with pytest.raises(SettingsError, match="16"):
+        Settings.from_env({"API_TOKENS": "acme:short"}).tokens()
+    with pytest.raises(SettingsError, match="cannot be read"):
+        Settings.from_env({"API_TOKENS": str(tmp_path / "missing")}).tokens()
+
+
+def test_redacted_hides_secrets() -> None:
+    s = Settings.from_env({"REDIS_URL": "redis://:hunter2@localhost:6379/0",
+                           "API_TOKENS": "acme:aaaaaaaaaaaaaaaa1"})
+    text = repr(s.redacted())
+    assert "hunter2" not in text and "aaaaaaaaaaaaaaaa1" not in text
+
+
+def test_readme_settings_table_is_current() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert settings_table() in readme, "README settings table is stale: run `make docs`"
