@@ -19,9 +19,19 @@ def redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
+#: Logs of the session's long-lived processes, shown at the end of a run that failed.
+_LOGS: dict[str, str] = {}
+
+
 def _show_log_if_failed(request: pytest.FixtureRequest, proc: Process) -> None:
-    if request.session.testsfailed:
-        print(f"\n----- last lines of {proc.name} log -----\n{proc.log()[-6000:]}")
+    _LOGS[proc.name] = proc.log()[-8000:]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
+        for name, text in _LOGS.items():
+            terminalreporter.write_sep("-", f"last lines of the {name} log")
+            terminalreporter.write(text + "\n")
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ key                                 type    holds
 ``unacked``                         hash    delivery tag → JSON ``[message, exchange,
                                             routing_key]`` for every message a worker holds
                                             and has not acknowledged (all queues together)
+                                            (countdown/ETA tasks wait here, unacknowledged,
+                                            until due)
 ``unacked_index``                   zset    delivery tag → time of delivery; entries older
                                             than the visibility timeout are restored to
                                             their queue
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -48,16 +51,18 @@ MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
 ENQUEUED_AT_HEADER = "taskplane_enqueued_at"
 
 # One round trip for every queue's figures: LLEN of each priority list, the enqueue
-# time of the oldest message at the tail of each, and the routing key of every
-# unacknowledged delivery. Returns {name, waiting, reserved, oldest_enqueued_at}.
+# time of the oldest message at the tail of each, and the routing key and ETA of
+# every unacknowledged delivery (a worker holds countdown/ETA tasks unacknowledged
+# until due: those are "scheduled", the rest "reserved").
+# Returns {name, waiting, reserved, oldest_enqueued_at, scheduled} per queue.
 _QUEUE_STATS = """
 local sep, unacked, nsteps = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local header = ARGV[4]
+local header, now = ARGV[4], ARGV[5]
 local out, index = {}, {}
-for q = 5 + nsteps, #ARGV do
+for q = 6 + nsteps, #ARGV do
   local name, waiting, oldest = ARGV[q], 0, ''
   for s = 1, nsteps do
-    local pri = ARGV[4 + s]
+    local pri = ARGV[5 + s]
     local key = name
     if pri ~= '0' then key = name .. sep .. pri end
     local n = redis.call('LLEN', key)
@@ -70,14 +75,23 @@ for q = 5 + nsteps, #ARGV do
       end
     end
   end
-  out[#out + 1] = {name, waiting, 0, oldest}
+  out[#out + 1] = {name, waiting, 0, oldest, 0}
   index[name] = #out
 end
 for _, raw in ipairs(redis.call('HVALS', unacked)) do
   local ok, entry = pcall(cjson.decode, raw)
   if ok and type(entry) == 'table' then
     local i = index[entry[3]]
-    if i then out[i][3] = out[i][3] + 1 end
+    if i then
+      local msg, eta = entry[1], nil
+      if type(msg) == 'table' and type(msg['headers']) == 'table' then eta = msg['headers']['eta'] end
+      -- ISO-8601 UTC timestamps of one format compare correctly as strings
+      if type(eta) == 'string' and eta > now then
+        out[i][5] = out[i][5] + 1
+      else
+        out[i][3] = out[i][3] + 1
+      end
+    end
   end
 end
 return out
@@ -90,8 +104,9 @@ class QueueStats:
 
     name: str
     waiting: int  # in the queue's lists, all priorities
-    reserved: int  # delivered to a worker and not yet acknowledged
+    reserved: int  # delivered to a worker, due, not yet acknowledged (running or prefetched)
     oldest_enqueued_at: float | None  # epoch seconds of the oldest waiting message
+    scheduled: int = 0  # held by a worker until a future countdown/ETA
 
     def oldest_age(self, now: float) -> float:
         return max(0.0, now - self.oldest_enqueued_at) if self.oldest_enqueued_at else 0.0
@@ -128,14 +143,15 @@ class RedisBroker:
         names = sorted(set(queues))
         if not names:
             return []
-        rows = self._stats(args=[SEP, UNACKED_KEY, len(PRIORITY_STEPS), ENQUEUED_AT_HEADER,
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        rows = self._stats(args=[SEP, UNACKED_KEY, len(PRIORITY_STEPS), ENQUEUED_AT_HEADER, now,
                                  *PRIORITY_STEPS, *names])
         return [
             QueueStats(
                 name=_text(name), waiting=int(waiting), reserved=int(reserved),
-                oldest_enqueued_at=float(oldest) if oldest else None,
+                oldest_enqueued_at=float(oldest) if oldest else None, scheduled=int(scheduled),
             )
-            for name, waiting, reserved, oldest in rows
+            for name, waiting, reserved, oldest, scheduled in rows
         ]
 
     def ping(self) -> bool:

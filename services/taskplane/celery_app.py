@@ -82,7 +82,8 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
         worker_concurrency=settings.worker_concurrency,
         worker_soft_shutdown_timeout=settings.worker_soft_shutdown_timeout,
-        worker_enable_soft_shutdown_on_idle=True,
+        # An idle worker stops at once: tasks it holds for a countdown go back to the queue.
+        worker_enable_soft_shutdown_on_idle=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_transport_options=broker.transport_options(settings.visibility_timeout),

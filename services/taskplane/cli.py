@@ -27,6 +27,13 @@ def _worker(extra: Sequence[str]) -> None:
     run(Settings.from_env(), extra)
 
 
+def _exporter(extra: Sequence[str]) -> None:
+    from .exporter import run
+    from .settings import Settings
+
+    run(Settings.from_env())
+
+
 def _dev(extra: Sequence[str]) -> None:
     from .devstack import main as dev_main
 
@@ -42,6 +49,7 @@ def _settings_table(extra: Sequence[str]) -> None:
 COMMANDS = {
     "api": (_api, "serve the HTTP API under gunicorn (extra arguments go to gunicorn)"),
     "worker": (_worker, "run a Celery worker (extra arguments go to 'celery worker')"),
+    "exporter": (_exporter, "serve the queue metrics read from Redis"),
     "dev": (_dev, "run the whole local stack: Redis, API, worker"),
     "settings": (_settings_table, "print the settings table (Markdown)"),
 }

@@ -85,6 +85,7 @@ def plan(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str], str]:
     taskplane = shlex.quote(str(Path(sys.executable).parent / "taskplane"))
     procs["api"] = f"{taskplane} api"
     procs["worker"] = f"{taskplane} worker"
+    procs["exporter"] = f"{taskplane} exporter"
     return procs, env, token
 
 

@@ -58,6 +58,16 @@ class Settings:
         "Threads per gunicorn worker (`gthread`): the enqueue path waits on Redis, not CPU.",
     )
     api_timeout: int = _setting("API_TIMEOUT", 30, "gunicorn worker timeout, seconds.")
+    metrics_host: str = _setting(
+        "METRICS_HOST", "127.0.0.1", "Address the worker's and the exporter's HTTP servers bind.",
+    )
+    exporter_port: int = _setting(
+        "EXPORTER_PORT", 9808, "Port of the queue exporter's `/metrics` and `/healthz`.",
+    )
+    worker_metrics_port: int = _setting(
+        "WORKER_METRICS_PORT", 9809,
+        "Port of a worker's `/metrics`, `/livez` and `/readyz` (0: no server).",
+    )
     max_body_bytes: int = _setting(
         "MAX_BODY_BYTES", 1_048_576, "Largest request body accepted; larger is 413.",
     )

@@ -12,26 +12,87 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, signals, states
 from celery.exceptions import Retry
 
+from . import broker, httpserver, metrics
 from .celery_app import create_celery, runtime_for
 from .settings import Settings
 
 log = logging.getLogger("taskplane.worker")
 _connected = False
+#: Per pool process: task id → (monotonic start, wall-clock start) of the run in progress.
+_runs: dict[str, tuple[float, float]] = {}
+#: Main process: what the probes look at.
+_probe: dict[str, Any] = {}
 
 
 def _store(sender: Any) -> Any:
     return runtime_for(sender.app).store
 
 
-def _on_postrun(sender: Any = None, task_id: str | None = None, state: str | None = None,
-                **_: Any) -> None:
-    if task_id and state in states.READY_STATES:
+def _queue_of(task: Any) -> str:
+    info = getattr(task.request, "delivery_info", None) or {}
+    return str(info.get("routing_key") or runtime_for(task.app).settings.default_queue)
+
+
+def _submitted_at(request: Any) -> float | None:
+    """When the API enqueued the task (a header that retries carry along)."""
+    headers = getattr(request, "headers", None) or {}
+    value = getattr(request, broker.ENQUEUED_AT_HEADER, None) or headers.get(broker.ENQUEUED_AT_HEADER)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _due_at(request: Any) -> float | None:
+    """When the task became due: its ETA (countdown or retry back-off) if any, else its enqueue."""
+    eta = getattr(request, "eta", None)
+    if eta:
+        try:
+            return datetime.fromisoformat(str(eta)).timestamp()
+        except ValueError:
+            pass
+    return _submitted_at(request)
+
+
+def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if not task_id:
+        return
+    now = time.time()
+    _runs[task_id] = (time.monotonic(), now)
+    m = metrics.instruments()
+    m.worker_running.inc()
+    request = task.request
+    due = _due_at(request)
+    if due is not None:
+        m.task_queue_wait.labels(task.name, _queue_of(task)).observe(max(0.0, now - due))
+
+
+def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None,
+                state: str | None = None, **_: Any) -> None:
+    if not task_id:
+        return
+    m = metrics.instruments()
+    started = _runs.pop(task_id, None)
+    if started is not None:
+        m.worker_running.dec()
+        queue = _queue_of(task)
+        m.task_runtime.labels(task.name, queue).observe(time.monotonic() - started[0])
+        submitted = _submitted_at(task.request)
+        if state in states.READY_STATES and submitted is not None:
+            m.task_end_to_end.labels(task.name, queue).observe(max(0.0, time.time() - submitted))
+        outcome = {states.SUCCESS: "succeeded", states.RETRY: "retried",
+                   states.REVOKED: "revoked", states.IGNORED: "revoked"}.get(state or "")
+        if outcome:  # failures are counted once, by _on_failure, wherever they happen
+            m.tasks.labels(task.name, queue, outcome).inc()
+    if state in states.READY_STATES:
         _store(sender).finish(task_id)
 
 
@@ -40,18 +101,28 @@ def _on_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
         _store(sender).set_retries(request.id, (request.retries or 0) + 1)
 
 
-def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-                args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None,
-                **_: Any) -> None:
+def _on_failure(sender: Any = None, task_id: str | None = None,
+                exception: BaseException | None = None, args: Sequence[Any] | None = None,
+                kwargs: dict[str, Any] | None = None, **_: Any) -> None:
     if not task_id or isinstance(exception, Retry):
         return
     store = _store(sender)
+    queue = _queue_of(sender) if sender.request and sender.request.id == task_id else (
+        _record_queue(store, task_id, runtime_for(sender.app).settings.default_queue))
+    m = metrics.instruments()
+    m.tasks.labels(sender.name, queue, "failed").inc()
     error = {"type": type(exception).__name__, "message": str(exception)[:2000]}
     retried = bool(getattr(sender, "autoretry_for", ()))
     reason = "retries exhausted" if retried and _declared(sender, exception) else "failed"
-    store.dead_letter(task_id, sender.name, args, kwargs, error, reason)
+    if store.dead_letter(task_id, sender.name, args, kwargs, error, reason):
+        m.tasks.labels(sender.name, queue, "dead_lettered").inc()
     store.finish(task_id)
     log.info("task %s[%s] dead-lettered: %s", sender.name, task_id, error["type"])
+
+
+def _record_queue(store: Any, task_id: str, default: str) -> str:
+    record = store.get(task_id)
+    return record.queue if record is not None and record.queue else default
 
 
 def _declared(task: Any, exception: BaseException | None) -> bool:
@@ -63,6 +134,65 @@ def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         store = _store(sender)
         store.mark_revoked(request.id)
         store.finish(request.id)
+        queue = _record_queue(store, request.id, runtime_for(sender.app).settings.default_queue)
+        metrics.instruments().tasks.labels(sender.name, queue, "revoked").inc()
+
+
+def _on_rejected(**_: Any) -> None:
+    # The message names no registered task or cannot be decoded: its name is not a
+    # bounded label value, so all such messages count under one.
+    metrics.instruments().tasks.labels("<unknown>", "<unknown>", "rejected").inc()
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    metrics.mark_process_dead(os.getpid())
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """In the main process: zero every counter series, mark the worker up, start the probes."""
+    app = sender.app
+    runtime = runtime_for(app)
+    m = metrics.instruments()
+    for spec in runtime.registry:
+        for outcome in metrics.OUTCOMES:
+            m.tasks.labels(spec.name, spec.queue or runtime.settings.default_queue, outcome)
+    hostname = getattr(sender, "hostname", None) or "worker"
+    m.worker_up.labels(hostname).set(1)
+    _probe.update(consumer=sender, broker=runtime.broker, hostname=hostname)
+    settings = runtime.settings
+    if settings.worker_metrics_port and "server" not in _probe:
+        _probe["server"] = httpserver.serve(settings.metrics_host, settings.worker_metrics_port, {
+            "/metrics": _metrics_answer,
+            "/livez": _livez,
+            "/readyz": _readyz,
+        }, "worker")
+
+
+def _on_worker_shutdown(**_: Any) -> None:
+    hostname = _probe.get("hostname")
+    if hostname:
+        metrics.instruments().worker_up.labels(hostname).set(0)
+
+
+def _metrics_answer() -> tuple[int, str, bytes]:
+    body, ctype = metrics.scrape()
+    return 200, ctype, body
+
+
+def _livez() -> tuple[int, str, bytes]:
+    return httpserver.json_answer(200, {"status": "alive"})
+
+
+def _readyz() -> tuple[int, str, bytes]:
+    consumer = _probe.get("consumer")
+    try:
+        _probe["broker"].ping()
+    except Exception as exc:
+        return httpserver.json_answer(503, {"status": "broker unreachable",
+                                            "reason": type(exc).__name__})
+    if consumer is None or getattr(consumer, "connection", None) is None:
+        return httpserver.json_answer(503, {"status": "not consuming"})
+    return httpserver.json_answer(200, {"status": "ready"})
 
 
 def connect_signals() -> None:
@@ -70,14 +200,21 @@ def connect_signals() -> None:
     global _connected
     if _connected:
         return
+    signals.task_prerun.connect(_on_prerun, weak=False)
     signals.task_postrun.connect(_on_postrun, weak=False)
     signals.task_retry.connect(_on_retry, weak=False)
     signals.task_failure.connect(_on_failure, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
+    signals.task_rejected.connect(_on_rejected, weak=False)
+    signals.task_unknown.connect(_on_rejected, weak=False)
+    signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)
+    signals.worker_ready.connect(_on_worker_ready, weak=False)
+    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
     _connected = True
 
 
 def create_worker_app(settings: Settings) -> Celery:
+    metrics.prepare_multiprocess_dir("worker")
     app = create_celery(settings)
     connect_signals()
     return app

@@ -105,6 +105,7 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
         "LOG_LEVEL": "INFO",
+        "WORKER_SOFT_SHUTDOWN_TIMEOUT": "5",
     })
     env.update(extra)
     return env

@@ -12,7 +12,7 @@ from typing import Any
 
 import kombu.exceptions
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("taskplane.api")
@@ -57,6 +57,7 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str, details: Any = None,
                    headers: dict[str, str] | None = None) -> Response:
+    g.error_code = code  # for the rejection counter; a bounded set of codes
     response = jsonify({"error": {"code": code, "message": message, "details": details}})
     response.status_code = status
     for name, value in (headers or {}).items():

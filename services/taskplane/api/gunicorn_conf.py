@@ -7,9 +7,15 @@ without an async rewrite. Use it with ``gunicorn -c python:taskplane.api.gunicor
 
 from __future__ import annotations
 
+from typing import Any
+
+from taskplane import metrics
 from taskplane.settings import Settings
 
 _settings = Settings.from_env()
+# Every gunicorn worker of this pod writes its metrics under one directory, emptied now,
+# before any worker is forked (and before prometheus_client is imported anywhere).
+metrics.prepare_multiprocess_dir("api")
 
 bind = [f"{_settings.api_host}:{_settings.api_port}"]
 workers = _settings.api_workers
@@ -29,3 +35,8 @@ access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms'
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 wsgi_app = "taskplane.api:create_app()"
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead gunicorn worker's live gauges from the merged exposition."""
+    metrics.mark_process_dead(worker.pid)

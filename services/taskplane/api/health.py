@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from .. import metrics
 from .context import api_context
 from .errors import error_response
 from .openapi import openapi_document
@@ -28,6 +29,13 @@ def readyz() -> Response:
                               {"reason": type(exc).__name__},
                               {"Retry-After": str(ctx.settings.retry_after)})
     return jsonify({"status": "ready"})
+
+
+@bp.get("/metrics")
+def metrics_endpoint() -> Response:
+    """Prometheus exposition of every gunicorn worker of this pod."""
+    body, content_type = metrics.scrape()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/openapi.json")

@@ -110,6 +110,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                 {"type": "object"}, (), auth=False)},
         "/readyz": {"get": _op("Readiness: Redis answers", 200, {"type": "object"}, (503,),
                                auth=False)},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics of this API pod", "security": [],
+            "responses": {"200": {"description": "Prometheus text exposition.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": _op("This document", 200, {"type": "object"}, (),
                                      auth=False)},
     }

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from .. import broker
 from ..celery_app import new_task_id, submit
 from ..store import fingerprint
-from . import schemas
+from . import observe, schemas
 from .auth import authenticate, current_tenant
 from .body import json_body, validate
 from .context import api_context
@@ -105,6 +105,7 @@ def submit_task() -> Response:
         raise
     if key is not None:
         ctx.runtime.store.confirm_idempotency(tenant, key, fp, record.id)
+    observe.accepted(spec.name)
     return accepted(TaskStatus(record, None))
 
 
@@ -167,7 +168,7 @@ def queues() -> Response:
     now = time.time()
     return jsonify({"items": [
         {"name": q.name, "waiting": q.waiting, "reserved": q.reserved,
-         "oldest_age_seconds": round(q.oldest_age(now), 3)}
+         "scheduled": q.scheduled, "oldest_age_seconds": round(q.oldest_age(now), 3)}
         for q in runtime.broker.queue_stats(runtime.known_queues())
     ]})
 
@@ -217,6 +218,7 @@ def retry_dead_letter(task_id: str) -> Response:
                     kwargs=entry["kwargs"], queue=entry["queue"], priority=entry["priority"],
                     task_id=task_id)
     ctx.runtime.store.remove_dead_letter(tenant, task_id)
+    observe.accepted(record.task)
     return accepted(TaskStatus(record, None))
 
 

@@ -101,12 +101,14 @@ TASK_TYPE = {
 
 QUEUE = {
     "type": "object",
-    "required": ["name", "waiting", "reserved"],
+    "required": ["name", "waiting", "reserved", "scheduled"],
     "properties": {
         "name": {"type": "string"},
         "waiting": {"type": "integer", "description": "Messages in the queue, all priorities."},
         "reserved": {"type": "integer",
                      "description": "Delivered to a worker, not yet acknowledged."},
+        "scheduled": {"type": "integer",
+                      "description": "Held by a worker until a future countdown/ETA; not backlog."},
         "oldest_age_seconds": {"type": "number"},
     },
 }

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify
 
 from .. import broker
 from ..celery_app import submit
+from . import observe
 from .auth import authenticate, current_tenant
 from .context import api_context
 from .errors import ApiError
@@ -35,6 +36,7 @@ def start_task(data: str) -> Response:
     record = submit(ctx.celery, tenant=current_tenant(), name=SEED_TASK, args=[],
                     kwargs=kwargs, queue=spec.queue or ctx.settings.default_queue,
                     priority=broker.DEFAULT_PRIORITY)
+    observe.accepted(SEED_TASK)
     return jsonify({"task_id": record.id, "message": "Task enqueued!"})
 
 

@@ -15,6 +15,7 @@ from celery import Celery
 
 from ..celery_app import runtime_for
 from ..store import TaskRecord
+from .schemas import TERMINAL_STATES
 
 
 @dataclass(frozen=True)
@@ -90,4 +91,18 @@ def represent(status: TaskStatus, self_url: str) -> dict[str, Any]:
         value = iso(getattr(rec, name))
         if value:
             body[name] = value
+    if "finished_at" not in body and state in TERMINAL_STATES and meta and meta.get("date_done"):
+        # The result is stored a moment before the worker stamps the record.
+        body["finished_at"] = _iso_text(str(meta["date_done"]))
     return body
+
+
+def _iso_text(value: str) -> str:
+    """Celery's ``date_done`` in the API's timestamp format."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return iso(parsed.timestamp()) or value

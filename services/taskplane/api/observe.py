@@ -1,0 +1,46 @@
+"""Request metrics: count and time every request by route template, never by raw path.
+
+Submissions also count as accepted (by task name) or rejected (by error code), so a
+dashboard shows what clients get wrong without reading logs.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, g, request
+
+from .. import metrics
+
+#: Endpoints that submit tasks: their refusals are counted as rejections.
+SUBMITTING = frozenset({"v1.submit_task", "v1.retry_dead_letter", "seed.start_task"})
+
+
+def accepted(task_name: str) -> None:
+    g.accepted_task = task_name
+
+
+def init_app(app: Flask) -> None:
+    m = metrics.instruments()
+
+    @app.before_request
+    def _start() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _record(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        method = request.method if request.method in _METHODS else "OTHER"
+        m.http_requests.labels(route, method, str(response.status_code)).inc()
+        started = g.get("request_started")
+        if started is not None:
+            m.http_duration.labels(route, method).observe(time.perf_counter() - started)
+        if request.endpoint in SUBMITTING:
+            if response.status_code < 300 and g.get("accepted_task"):
+                m.tasks_accepted.labels(g.accepted_task).inc()
+            elif response.status_code >= 400:
+                m.tasks_rejected.labels(g.get("error_code", "error")).inc()
+        return response
+
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})

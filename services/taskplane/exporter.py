@@ -1,0 +1,94 @@
+"""The queue exporter: per-queue depth and age read from Redis at scrape time.
+
+One replica serves these series, so every queue appears once however many API and
+worker pods run. Each scrape is one Redis round trip (``broker.RedisBroker.queue_stats``);
+when Redis cannot be read, ``taskplane_redis_up`` is 0 and the queue series are absent
+rather than stale, and the scrape itself still succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from . import httpserver, metrics
+from .broker import RedisBroker
+from .settings import Settings
+
+log = logging.getLogger("taskplane.exporter")
+
+
+class QueueCollector(Collector):
+    def __init__(self, broker: RedisBroker, queues: list[str]) -> None:
+        self.broker = broker
+        self.queues = queues
+        self.last_ok = False
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        started = time.perf_counter()
+        try:
+            stats = self.broker.queue_stats(self.queues)
+            self.last_ok = True
+        except Exception as exc:
+            log.warning("reading queues failed: %s", type(exc).__name__)
+            stats = []
+            self.last_ok = False
+        families = {
+            spec.name: GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+            for spec in (metrics.QUEUE_WAITING, metrics.QUEUE_RESERVED, metrics.QUEUE_SCHEDULED,
+                         metrics.QUEUE_OLDEST_AGE)
+        }
+        now = time.time()
+        for q in stats:
+            families[metrics.QUEUE_WAITING.name].add_metric([q.name], q.waiting)
+            families[metrics.QUEUE_RESERVED.name].add_metric([q.name], q.reserved)
+            families[metrics.QUEUE_SCHEDULED.name].add_metric([q.name], q.scheduled)
+            families[metrics.QUEUE_OLDEST_AGE.name].add_metric([q.name], q.oldest_age(now))
+        yield from families.values()
+        yield GaugeMetricFamily(metrics.REDIS_UP.name, metrics.REDIS_UP.help,
+                                value=1 if self.last_ok else 0)
+        yield GaugeMetricFamily(metrics.EXPORTER_SCRAPE_SECONDS.name,
+                                metrics.EXPORTER_SCRAPE_SECONDS.help,
+                                value=time.perf_counter() - started)
+
+
+def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollector]:
+    from .celery_app import create_celery, runtime_for
+
+    runtime = runtime_for(create_celery(settings))
+    collector = QueueCollector(runtime.broker, runtime.known_queues())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry, collector
+
+
+def run(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry, collector = create_registry(settings)
+
+    def metrics_answer() -> tuple[int, str, bytes]:
+        return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(registry)
+
+    def healthz() -> tuple[int, str, bytes]:
+        return httpserver.json_answer(200, {"status": "ok", "redis_up": collector.last_ok})
+
+    server = httpserver.serve(settings.metrics_host, settings.exporter_port,
+                              {"/metrics": metrics_answer, "/healthz": healthz}, "exporter")
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    stop.wait()
+    server.shutdown()

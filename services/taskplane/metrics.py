@@ -1,0 +1,279 @@
+"""Every Prometheus metric Taskplane exports: names, types, labels, buckets, gauge modes.
+
+This module is the one source of metric names. The alert and recording rules, the
+Grafana dashboard, the Helm chart's autoscaler queries and the README's reference
+table are all checked against ``CATALOGUE`` by tests.
+
+Three kinds of process export metrics, each on its own endpoint:
+
+* the API (gunicorn, several worker processes) serves ``/metrics`` on its own port;
+* each worker pod (Celery main process plus prefork children) serves ``/metrics``
+  on ``WORKER_METRICS_PORT``;
+* the exporter (one replica) serves the queue metrics on ``EXPORTER_PORT``, read
+  from Redis at scrape time, so per-queue series are not repeated by every pod.
+
+API and worker record from several processes, so they use prometheus-client's
+multiprocess mode: each process writes its own files under
+``PROMETHEUS_MULTIPROC_DIR``, which is emptied when the pod starts, and the files
+are merged at scrape time. ``PROMETHEUS_MULTIPROC_DIR`` must be set before
+``prometheus_client`` is first imported: :func:`prepare_multiprocess_dir` does it for
+every entry point.
+
+Labels are bounded by construction: ``task`` is a registered task name (unknown
+names are rejected before anything is counted), ``queue`` a configured queue,
+``route`` a URL rule template (never a raw path or an id), ``reason`` an error code.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Task wait, run and end-to-end times span a few milliseconds (a no-op task on an
+#: idle worker) to the longest hard time limits (tens of minutes). Roughly x2-x2.5 steps
+#: keep quantile error below ~25 % across that whole range with 18 buckets.
+TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                120.0, 300.0, 600.0, 1800.0, 3600.0)
+#: The API answers from one or two Redis round trips: a millisecond to a few hundred;
+#: anything near the top buckets is an outage (REDIS_TIMEOUT is 2 s by default).
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: How a task ended, as counted in ``taskplane_tasks_total``.
+OUTCOMES = ("succeeded", "failed", "retried", "revoked", "dead_lettered", "rejected")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    type: str  # counter, gauge, histogram
+    labels: tuple[str, ...]
+    help: str
+    use: str  # what an operator or autoscaler uses it for
+    endpoint: str  # api, worker, exporter
+    multiprocess_mode: str = ""  # gauges only
+
+
+def _m(name: str, type_: str, labels: tuple[str, ...], help_: str, use: str, endpoint: str,
+       mode: str = "") -> MetricSpec:
+    return MetricSpec(name, type_, labels, help_, use, endpoint, mode)
+
+
+QUEUE_WAITING = _m(
+    "taskplane_queue_waiting", "gauge", ("queue",),
+    "Messages waiting in the queue, all priority lists together.",
+    "Backlog; with reserved, the autoscaling signal.", "exporter")
+QUEUE_RESERVED = _m(
+    "taskplane_queue_reserved", "gauge", ("queue",),
+    "Messages delivered to a worker and not yet acknowledged (running or prefetched).",
+    "Work in hand; backlog = waiting + reserved.", "exporter")
+QUEUE_SCHEDULED = _m(
+    "taskplane_queue_scheduled", "gauge", ("queue",),
+    "Messages held by a worker until their countdown/ETA; not backlog.",
+    "Delayed work; excluded from autoscaling.", "exporter")
+QUEUE_OLDEST_AGE = _m(
+    "taskplane_queue_oldest_waiting_age_seconds", "gauge", ("queue",),
+    "Age of the oldest waiting message, from its enqueue time; 0 when none waits.",
+    "Latency signal for autoscaling and the stale-queue alert.", "exporter")
+REDIS_UP = _m(
+    "taskplane_redis_up", "gauge", (),
+    "1 when the exporter's last read of Redis succeeded, else 0.",
+    "Redis-down alert.", "exporter")
+EXPORTER_SCRAPE_SECONDS = _m(
+    "taskplane_exporter_scrape_duration_seconds", "gauge", (),
+    "Seconds the exporter took to read the queues from Redis.",
+    "Exporter health.", "exporter")
+
+TASK_QUEUE_WAIT = _m(
+    "taskplane_task_queue_wait_seconds", "histogram", ("task", "queue"),
+    "Seconds from enqueue (or countdown/ETA) to start of a run.",
+    "p95 queue wait: are there enough workers?", "worker")
+TASK_RUNTIME = _m(
+    "taskplane_task_runtime_seconds", "histogram", ("task", "queue"),
+    "Seconds a run took, start to end, whatever its outcome.",
+    "Task latency; capacity planning.", "worker")
+TASK_END_TO_END = _m(
+    "taskplane_task_end_to_end_seconds", "histogram", ("task", "queue"),
+    "Seconds from enqueue to the end of the run that finished the task.",
+    "What clients experience.", "worker")
+TASKS = _m(
+    "taskplane_tasks_total", "counter", ("task", "queue", "outcome"),
+    f"Task runs by how they ended: {', '.join(OUTCOMES)}.",
+    "Throughput and failure ratio.", "worker")
+WORKER_RUNNING = _m(
+    "taskplane_worker_tasks_running", "gauge", (),
+    "Tasks running in this worker pod now.",
+    "Busy workers; no-consumer alert.", "worker", "livesum")
+WORKER_UP = _m(
+    "taskplane_worker_up", "gauge", ("worker",),
+    "1 while the worker's main process runs and consumes.",
+    "Workers per queue; no-consumer alert.", "worker", "livemax")
+
+HTTP_REQUESTS = _m(
+    "taskplane_http_requests_total", "counter", ("route", "method", "status"),
+    "HTTP requests by route template, method and status.",
+    "API traffic and error ratio.", "api")
+HTTP_DURATION = _m(
+    "taskplane_http_request_duration_seconds", "histogram", ("route", "method"),
+    "Seconds the API took to answer, by route template.",
+    "API latency.", "api")
+TASKS_ACCEPTED = _m(
+    "taskplane_api_tasks_accepted_total", "counter", ("task",),
+    "Tasks accepted (202) by task name.",
+    "Submission rate per task type.", "api")
+TASKS_REJECTED = _m(
+    "taskplane_api_tasks_rejected_total", "counter", ("reason",),
+    "Submissions refused, by error code (validation_failed, unknown_task, ...).",
+    "Client errors and broker outages at the door.", "api")
+
+CATALOGUE_SPECS: tuple[MetricSpec, ...] = (
+    QUEUE_WAITING, QUEUE_RESERVED, QUEUE_SCHEDULED, QUEUE_OLDEST_AGE, REDIS_UP,
+    EXPORTER_SCRAPE_SECONDS, TASK_QUEUE_WAIT, TASK_RUNTIME, TASK_END_TO_END, TASKS,
+    WORKER_RUNNING, WORKER_UP, HTTP_REQUESTS, HTTP_DURATION, TASKS_ACCEPTED, TASKS_REJECTED,
+)
+#: Metric name → type, as the chart, rules and dashboard tests read it.
+CATALOGUE: dict[str, str] = {m.name: m.type for m in CATALOGUE_SPECS}
+
+
+def exposed_names() -> set[str]:
+    """Every series name Prometheus will see (histograms and counters expand)."""
+    names: set[str] = set()
+    for m in CATALOGUE_SPECS:
+        if m.type == "histogram":
+            names |= {f"{m.name}_bucket", f"{m.name}_sum", f"{m.name}_count"}
+        elif m.type == "counter":
+            names.add(m.name)
+            names.add(m.name.removesuffix("_total") + "_created")
+        else:
+            names.add(m.name)
+    return names
+
+
+def reference_table() -> str:
+    """The README's metrics reference, rendered from the catalogue."""
+    rows = ["| Metric | Type | Labels | Endpoint | Meaning | Used for |", "|---|---|---|---|---|---|"]
+    for m in CATALOGUE_SPECS:
+        labels = ", ".join(f"`{label}`" for label in m.labels) or "—"
+        rows.append(f"| `{m.name}` | {m.type} | {labels} | {m.endpoint} | {m.help} | {m.use} |")
+    return "\n".join(rows)
+
+
+def prepare_multiprocess_dir(role: str, clean: bool = True) -> Path:
+    """Point prometheus-client at a per-pod directory and empty it; call before importing it.
+
+    A value already in the environment wins (the chart mounts an emptyDir there);
+    otherwise a fresh temporary directory is made for this process tree.
+    """
+    current = os.environ.get(MULTIPROC_ENV)
+    if current:
+        path = Path(current)
+        if clean and path.exists():
+            for child in path.iterdir():
+                if child.is_file() and child.suffix == ".db":
+                    child.unlink()
+    else:
+        path = Path(tempfile.mkdtemp(prefix=f"taskplane-{role}-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def remove_multiprocess_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Instruments:
+    """The live prometheus-client objects, built on first use (after the directory is set)."""
+
+    task_queue_wait: Any
+    task_runtime: Any
+    task_end_to_end: Any
+    tasks: Any
+    worker_running: Any
+    worker_up: Any
+    http_requests: Any
+    http_duration: Any
+    tasks_accepted: Any
+    tasks_rejected: Any
+
+
+@functools.cache
+def instruments() -> Instruments:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    def histogram(spec: MetricSpec, buckets: tuple[float, ...]) -> Any:
+        return Histogram(spec.name, spec.help, spec.labels, buckets=buckets)
+
+    def counter(spec: MetricSpec) -> Any:
+        return Counter(spec.name, spec.help, spec.labels)
+
+    def gauge(spec: MetricSpec) -> Any:
+        return Gauge(spec.name, spec.help, spec.labels, multiprocess_mode=spec.multiprocess_mode)
+
+    return Instruments(
+        task_queue_wait=histogram(TASK_QUEUE_WAIT, TASK_BUCKETS),
+        task_runtime=histogram(TASK_RUNTIME, TASK_BUCKETS),
+        task_end_to_end=histogram(TASK_END_TO_END, TASK_BUCKETS),
+        tasks=counter(TASKS),
+        worker_running=gauge(WORKER_RUNNING),
+        worker_up=gauge(WORKER_UP),
+        http_requests=counter(HTTP_REQUESTS),
+        http_duration=histogram(HTTP_DURATION, HTTP_BUCKETS),
+        tasks_accepted=counter(TASKS_ACCEPTED),
+        tasks_rejected=counter(TASKS_REJECTED),
+    )
+
+
+_LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def scrape() -> tuple[bytes, str]:
+    """The exposition of every process of this pod (multiprocess mode), or of this process.
+
+    Live gauges of processes that died without saying so (a SIGKILLed pool child)
+    are dropped first, so ``taskplane_worker_tasks_running`` does not count ghosts.
+    """
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        REGISTRY,
+        CollectorRegistry,
+        generate_latest,
+        multiprocess,
+    )
+
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    for entry in os.listdir(directory):
+        match = _LIVE_FILE.match(entry)
+        if match and not _pid_alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), directory)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, directory)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)
