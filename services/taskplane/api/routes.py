@@ -146,7 +146,8 @@ def revoke_task(task_id: str) -> Response:
                        "task is running; DELETE with ?terminate=true to stop it",
                        {"state": state})
     ctx.runtime.store.mark_revoked(task_id)
-    ctx.celery.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
+    # SIGKILL: pool children ignore SIGTERM once it is remapped to soft shutdown.
+    ctx.celery.control.revoke(task_id, terminate=terminate, signal="SIGKILL")
     if state not in ("STARTED", "PROGRESS"):
         # Not yet running: it ends now. A worker that later receives it skips it.
         ctx.celery.backend.mark_as_revoked(task_id, reason="revoked via API")
