@@ -4,7 +4,7 @@ VENV  ?= .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install run test unit integration lint docs chart manifests lock clean
+.PHONY: help install run monitor test unit integration lint docs chart manifests lock clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -14,6 +14,10 @@ install:  ## create .venv and install Taskplane with dev and test extras (pinned
 
 run: install  ## start Redis, the API on :8000 and a worker; Ctrl-C stops them all
 	@$(BIN)/taskplane dev
+
+monitor: install  ## the local stack plus a Prometheus loaded with the rules; prints its URL
+	@scripts/monitoring-tools.sh
+	@$(BIN)/taskplane dev --monitor
 
 test: install  ## the whole suite: lint, unit, integration, chart checks
 	@scripts/chart-tools.sh

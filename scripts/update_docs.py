@@ -1,4 +1,4 @@
-"""Rewrite the generated parts of README.md between their markers (settings table)."""
+"""Rewrite the generated parts of README.md between their markers (settings, metrics)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import re
 import sys
 from pathlib import Path
 
+from taskplane.metrics import reference_table
 from taskplane.settings import settings_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = {"settings": settings_table}
+BLOCKS = {"settings": settings_table, "metrics": reference_table}
 
 
 def render(text: str) -> str:

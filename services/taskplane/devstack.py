@@ -58,7 +58,35 @@ def find_redis_server() -> str:
     return str(bundled)
 
 
-def plan(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str], str]:
+#: Rule files a local Prometheus loads (paths relative to the repository root).
+RULE_FILES = ("monitoring/rules/taskplane.rules.yaml",)
+
+
+def prometheus_config(targets: dict[str, str], rule_files: list[str], interval: str = "5s") -> str:
+    """A Prometheus configuration scraping each ``job → host:port`` of the local stack.
+
+    Job names follow the chart's (``taskplane-api``, ``taskplane-worker``,
+    ``taskplane-exporter``), so rules and dashboards read the same series here and
+    in a cluster.
+    """
+    lines = ["global:", f"  scrape_interval: {interval}", f"  evaluation_interval: {interval}",
+             "rule_files:"]
+    lines += [f"  - {path}" for path in rule_files] or ["  []"]
+    lines.append("scrape_configs:")
+    for job, target in targets.items():
+        lines += [f"  - job_name: {job}", "    static_configs:", f"      - targets: ['{target}']"]
+    return "\n".join(lines) + "\n"
+
+
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus")
+    if not found:
+        raise SystemExit("prometheus is not on PATH: run scripts/monitoring-tools.sh "
+                         "(Debian's prometheus package)")
+    return found
+
+
+def plan(env: dict[str, str], monitor: bool = False) -> tuple[dict[str, str], dict[str, str], str]:
     """Work out the processes to run and the environment they share."""
     env = dict(env)
     procs: dict[str, str] = {}
@@ -86,6 +114,19 @@ def plan(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str], str]:
     procs["api"] = f"{taskplane} api"
     procs["worker"] = f"{taskplane} worker"
     procs["exporter"] = f"{taskplane} exporter"
+    if monitor:
+        env.setdefault("PROMETHEUS_PORT", str(9090 if port_free(9090) else free_port()))
+        config = RUN_DIR / "prometheus.yml"
+        host = "127.0.0.1"
+        config.write_text(prometheus_config({
+            "taskplane-api": f"{host}:{env['API_PORT']}",
+            "taskplane-worker": f"{host}:{env.get('WORKER_METRICS_PORT', '9809')}",
+            "taskplane-exporter": f"{host}:{env.get('EXPORTER_PORT', '9808')}",
+        }, [str(Path(p).resolve()) for p in RULE_FILES]))
+        procs["prometheus"] = shlex.join([
+            prometheus_binary(), f"--config.file={config}",
+            f"--storage.tsdb.path={RUN_DIR / 'prometheus'}",
+            f"--web.listen-address=127.0.0.1:{env['PROMETHEUS_PORT']}"])
     return procs, env, token
 
 
@@ -97,6 +138,8 @@ def banner(env: dict[str, str], token: str) -> str:
         "Taskplane local stack",
         f"  API      {base}   (OpenAPI: {base}/openapi.json)",
         f"  Redis    {env['REDIS_URL']}",
+        *([f"  Prometheus http://127.0.0.1:{env['PROMETHEUS_PORT']}"]
+          if "PROMETHEUS_PORT" in env else []),
         f"  Token    {token}   (tenant 'dev'; kept in {RUN_DIR}/dev-token)" if token
         else "  Token    (yours, from API_TOKENS)",
         "",
@@ -114,7 +157,7 @@ def banner(env: dict[str, str], token: str) -> str:
 def main(argv: list[str]) -> None:
     from honcho.manager import Manager
 
-    procs, env, token = plan(dict(os.environ))
+    procs, env, token = plan(dict(os.environ), monitor="--monitor" in argv)
     print(banner(env, token), flush=True)
     manager = Manager()
     for name, cmd in procs.items():

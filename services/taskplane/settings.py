@@ -88,6 +88,10 @@ class Settings:
         "WORKER_QUEUES", (),
         "Queues a worker consumes; empty means every known queue.",
     )
+    liveness_timeout: float = _setting(
+        "LIVENESS_TIMEOUT", 60.0,
+        "Seconds without a tick of the worker's consumer loop before its `/livez` fails.",
+    )
     worker_concurrency: int = _setting(
         "WORKER_CONCURRENCY", 2, "Prefork pool processes per worker.",
     )

@@ -25,6 +25,8 @@ from .celery_app import create_celery, runtime_for
 from .settings import Settings
 
 log = logging.getLogger("taskplane.worker")
+#: How often the consumer loop proves it turns (see /livez).
+LOOP_BEAT_SECONDS = 1.0
 _connected = False
 #: Per pool process: task id → (monotonic start, wall-clock start) of the run in progress.
 _runs: dict[str, tuple[float, float]] = {}
@@ -158,7 +160,11 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
             m.tasks.labels(spec.name, spec.queue or runtime.settings.default_queue, outcome)
     hostname = getattr(sender, "hostname", None) or "worker"
     m.worker_up.labels(hostname).set(1)
-    _probe.update(consumer=sender, broker=runtime.broker, hostname=hostname)
+    _probe.update(consumer=sender, broker=runtime.broker, hostname=hostname,
+                  beat=time.monotonic(), liveness_timeout=runtime.settings.liveness_timeout)
+    # The consumer's event loop runs this timer: if the loop stops turning, the beat
+    # goes stale and /livez fails, whatever Redis is doing.
+    sender.timer.call_repeatedly(LOOP_BEAT_SECONDS, _beat)
     settings = runtime.settings
     if settings.worker_metrics_port and "server" not in _probe:
         _probe["server"] = httpserver.serve(settings.metrics_host, settings.worker_metrics_port, {
@@ -179,8 +185,31 @@ def _metrics_answer() -> tuple[int, str, bytes]:
     return 200, ctype, body
 
 
+def _beat() -> None:
+    _probe["beat"] = time.monotonic()
+
+
 def _livez() -> tuple[int, str, bytes]:
-    return httpserver.json_answer(200, {"status": "alive"})
+    """Alive while the consumer loop keeps ticking.
+
+    While Redis is unreachable the loop blocks in its reconnect attempts; that is not a
+    stuck worker, and restarting every worker would not bring Redis back. So a stale
+    beat counts only once Redis has been reachable for ``LIVENESS_TIMEOUT`` seconds:
+    the probe asks Redis only when the beat is stale, never on the healthy path.
+    """
+    now = time.monotonic()
+    timeout = _probe.get("liveness_timeout", 60.0)
+    idle = now - _probe.get("beat", 0.0)
+    if idle > timeout:
+        try:
+            _probe["broker"].ping()
+        except Exception:
+            _probe["broker_down_at"] = now
+        since_outage = now - _probe.get("broker_down_at", float("-inf"))
+        if since_outage > timeout:
+            return httpserver.json_answer(503, {"status": "stuck",
+                                                "loop_idle_seconds": round(idle, 1)})
+    return httpserver.json_answer(200, {"status": "alive", "loop_idle_seconds": round(idle, 1)})
 
 
 def _readyz() -> tuple[int, str, bytes]:

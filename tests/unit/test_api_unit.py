@@ -53,3 +53,17 @@ def test_the_api_refuses_to_start_without_tokens() -> None:
 
     with pytest.raises(RuntimeError, match="API_TOKENS"):
         create_app(Settings.from_env({}))
+
+
+def test_metric_catalogue_follows_the_naming_rules() -> None:
+    from taskplane import metrics
+
+    for spec in metrics.CATALOGUE_SPECS:
+        assert spec.name.startswith("taskplane_")
+        if spec.type == "counter":
+            assert spec.name.endswith("_total"), spec.name
+        if spec.type == "histogram" or "seconds" in spec.name:
+            assert spec.name.endswith("_seconds"), spec.name
+        if spec.type == "gauge" and spec.endpoint in ("api", "worker"):
+            assert spec.multiprocess_mode, f"{spec.name} needs a multiprocess mode"
+    assert list(metrics.TASK_BUCKETS) == sorted(metrics.TASK_BUCKETS)

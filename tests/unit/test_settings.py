@@ -69,3 +69,9 @@ def test_redacted_hides_secrets() -> None:
 def test_readme_settings_table_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
     assert settings_table() in readme, "README settings table is stale: run `make docs`"
+
+
+def test_readme_metrics_table_is_current() -> None:
+    from taskplane.metrics import reference_table
+
+    assert reference_table() in (ROOT / "README.md").read_text(), "run `make docs`"
