@@ -150,24 +150,30 @@ def enqueue(app: Celery, *, task_id: str, name: str, args: Sequence[Any],
     )
 
 
+class TenantCapReached(Exception):
+    """The tenant already has ``MAX_OPEN_TASKS_PER_TENANT`` unfinished tasks."""
+
+
 def submit(app: Celery, *, tenant: str, name: str, args: Sequence[Any],
            kwargs: Mapping[str, Any], queue: str, priority: int,
            countdown: float | None = None, task_id: str | None = None) -> TaskRecord:
     """Record and publish a task. The record is written first, so a worker always finds
     it; if publishing fails the record is removed and the error propagates (nothing is
     accepted that is not on the queue)."""
-    store = store_for(app)
+    runtime = runtime_for(app)
+    store = runtime.store
     now = time.time()
     record = TaskRecord(id=task_id or new_task_id(), tenant=tenant, task=name, queue=queue,
                         priority=priority, submitted_at=now,
                         eta=now + countdown if countdown else None)
-    store.create(record)
+    if not store.create(record, cap=runtime.settings.max_open_tasks_per_tenant):
+        raise TenantCapReached(tenant)
     try:
         enqueue(app, task_id=record.id, name=name, args=args, kwargs=kwargs, queue=queue,
                 priority=priority, countdown=countdown)
     except BaseException:
         try:
-            store.delete(record.id)
+            store.delete(record)
         except redis.RedisError:
             pass  # Redis is away: the record expires by its TTL and the id stays unknown
         raise

@@ -71,6 +71,17 @@ class Settings:
     max_body_bytes: int = _setting(
         "MAX_BODY_BYTES", 1_048_576, "Largest request body accepted; larger is 413.",
     )
+    rate_limit: float = _setting(
+        "RATE_LIMIT", 100.0,
+        "Requests a second each tenant may make (token bucket shared by all API pods); 0: no limit.",
+    )
+    rate_limit_burst: int = _setting(
+        "RATE_LIMIT_BURST", 200, "Requests a tenant may make at once before `RATE_LIMIT` applies.",
+    )
+    max_open_tasks_per_tenant: int = _setting(
+        "MAX_OPEN_TASKS_PER_TENANT", 100_000,
+        "Unfinished tasks a tenant may have; more submissions are 429. 0: no cap.",
+    )
     task_modules: tuple[str, ...] = _setting(
         "TASK_MODULES", (),
         "Comma-separated modules imported at start-up to register extra tasks "

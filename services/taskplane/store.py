@@ -17,6 +17,9 @@ key                                           type    holds
 ``taskplane:dead:{id}``                       string  JSON dead letter (arguments, error, reason);
                                                       TTL ``DEAD_LETTER_TTL``.
 ``taskplane:dead-letters:{tenant}``           zset    dead-letter ids by time of death.
+``taskplane:open:{tenant}``                   zset    ids of the tenant's unfinished tasks by
+                                                      submission time (the per-tenant cap).
+``taskplane:rate:{tenant}``                   hash    token bucket of the tenant's request rate.
 ============================================  ======  ==============================================
 """
 
@@ -45,7 +48,42 @@ _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'finished_at', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if tenant then redis.call('ZREM', ARGV[3] .. tenant, ARGV[4]) end
 return 1
+"""
+
+# Create a record unless the tenant already has ``cap`` unfinished tasks (0: no cap).
+# Entries older than the record TTL are pruned first: their records have expired.
+# KEYS: record, open set. ARGV: id, ttl, now, cap, then the record's field/value pairs.
+_CREATE = """
+local id, ttl, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], now, id)
+redis.call('EXPIRE', KEYS[2], ttl)
+return 1
+"""
+
+# A token bucket per tenant: ``rate`` tokens a second up to ``burst``; Redis' clock.
+# Returns {allowed, seconds until a token is available}.
+_RATE = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local allowed = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+if allowed == 1 then return {1, '0'} end
+return {0, tostring((1 - tokens) / rate)}
 """
 
 _SET_IF_EXISTS = """
@@ -130,6 +168,8 @@ class Store:
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._set_if_exists = client.register_script(_SET_IF_EXISTS)
+        self._create = client.register_script(_CREATE)
+        self._rate = client.register_script(_RATE)
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -151,17 +191,35 @@ class Store:
 
     # --- records ------------------------------------------------------------------------
 
-    def create(self, record: TaskRecord) -> None:
-        key = self.record_key(record.id)
+    @staticmethod
+    def open_key(tenant: str) -> str:
+        return f"{PREFIX}open:{tenant}"
+
+    @staticmethod
+    def rate_key(tenant: str) -> str:
+        return f"{PREFIX}rate:{tenant}"
+
+    def create(self, record: TaskRecord, cap: int = 0) -> bool:
+        """Write the record; False (nothing written) if the tenant has ``cap`` open tasks."""
         ttl = self.record_ttl + int(max(0.0, (record.eta or 0) - time.time()))
+        fields = [x for pair in record.to_hash().items() for x in pair]
+        created = self._create(keys=[self.record_key(record.id), self.open_key(record.tenant)],
+                               args=[record.id, ttl, time.time(), cap, *fields])
+        return bool(created)
+
+    def open_count(self, tenant: str) -> int:
+        return int(self.client.zcard(self.open_key(tenant)))
+
+    def delete(self, record: TaskRecord) -> None:
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping=record.to_hash())
-            pipe.expire(key, ttl)
+            pipe.delete(self.record_key(record.id))
+            pipe.zrem(self.open_key(record.tenant), record.id)
             pipe.execute()
 
-    def delete(self, task_id: str) -> None:
-        self.client.delete(self.record_key(task_id))
+    def take_token(self, tenant: str, rate: float, burst: int) -> float:
+        """Spend one of the tenant's request tokens; 0.0 if granted, else seconds to wait."""
+        allowed, wait = self._rate(keys=[self.rate_key(tenant)], args=[rate, burst])
+        return 0.0 if int(allowed) else float(wait)
 
     def get(self, task_id: str) -> TaskRecord | None:
         raw = self.client.hgetall(self.record_key(task_id))
@@ -173,7 +231,8 @@ class Store:
         return revoked in (b"1", 1, "1")
 
     def finish(self, task_id: str) -> None:
-        self._finish(keys=[self.record_key(task_id)], args=[time.time(), self.result_ttl])
+        self._finish(keys=[self.record_key(task_id)],
+                     args=[time.time(), self.result_ttl, f"{PREFIX}open:", task_id])
 
     def set_retries(self, task_id: str, retries: int) -> None:
         self._set_if_exists(keys=[self.record_key(task_id)], args=["retries", retries])

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Celery, signals, states
+from celery.app import trace as celery_trace
 from celery.exceptions import Retry
 
 from . import broker, httpserver, metrics
@@ -244,6 +245,9 @@ def connect_signals() -> None:
 
 def create_worker_app(settings: Settings) -> Celery:
     metrics.prepare_multiprocess_dir("worker")
+    # Celery logs each task's return value on success; results can hold anything a
+    # tenant sent, and task data never reaches Taskplane's logs.
+    celery_trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
     app = create_celery(settings)
     connect_signals()
     return app

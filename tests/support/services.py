@@ -106,6 +106,7 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "LOG_LEVEL": "INFO",
         "WORKER_SOFT_SHUTDOWN_TIMEOUT": "5",
+        "RATE_LIMIT": "0",  # tests that check the limit turn it on
     })
     env.update(extra)
     return env

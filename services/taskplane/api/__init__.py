@@ -13,7 +13,7 @@ from flask import Flask
 
 from ..celery_app import create_celery, runtime_for
 from ..settings import Settings
-from . import auth, errors, health, observe, routes, seed
+from . import auth, errors, health, limits, observe, routes, seed
 from .context import ApiContext
 
 
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_app(app, tokens, settings.auth_disabled)
     errors.init_app(app, settings.retry_after)
     observe.init_app(app)
+    limits.init_app(app)
     celery = create_celery(settings)
     app.extensions["taskplane"] = ApiContext(
         settings=settings,

@@ -21,6 +21,7 @@ _ERRORS = {
     413: "Body larger than MAX_BODY_BYTES.",
     415: "Body is not JSON.",
     422: "Valid JSON that breaks the schema; details name each field.",
+    429: "Tenant over its request rate or its cap of unfinished tasks; retry after Retry-After.",
     503: "Redis is unreachable; nothing was accepted. Retry after Retry-After seconds.",
 }
 
@@ -36,12 +37,12 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _op(summary: str, ok: int, ok_schema: dict[str, Any], errors: tuple[int, ...],
         *, auth: bool = True, **extra: Any) -> dict[str, Any]:
     responses: dict[str, Any] = {str(ok): _json(ok_schema, "Success.")}
-    codes = set(errors) | ({401, 503} if auth else set())
+    codes = set(errors) | ({401, 429, 503} if auth else set())
     for code in sorted(codes):
         responses[str(code)] = _json(_ref("Error"), _ERRORS[code])
     if ok == 202:
         responses["202"]["headers"] = {"Location": {"schema": {"type": "string"}}}
-    for code in (503,):
+    for code in (429, 503):
         if str(code) in responses:
             responses[str(code)]["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
     op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}

@@ -17,10 +17,12 @@ from .auth import authenticate, current_tenant
 from .body import json_body, validate
 from .context import api_context
 from .errors import ApiError
+from .limits import enforce_rate
 from .status import TaskStatus, iso, load, represent
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
+bp.before_request(enforce_rate)
 
 _TASK_ID = re.compile(schemas.TASK_ID_PATTERN)
 _IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{schemas.MAX_IDEMPOTENCY_KEY}}}$")
@@ -151,6 +153,7 @@ def revoke_task(task_id: str) -> Response:
     if state not in ("STARTED", "PROGRESS"):
         # Not yet running: it ends now. A worker that later receives it skips it.
         ctx.celery.backend.mark_as_revoked(task_id, reason="revoked via API")
+        ctx.runtime.store.finish(task_id)
     response = jsonify(represent(load(ctx.celery, task_id) or status, task_url(task_id)))
     response.status_code = 202
     return response

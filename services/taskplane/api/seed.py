@@ -14,11 +14,13 @@ from . import observe
 from .auth import authenticate, current_tenant
 from .context import api_context
 from .errors import ApiError
+from .limits import enforce_rate
 from .routes import _owned
 from .status import error_of
 
 bp = Blueprint("seed", __name__)
 bp.before_request(authenticate)
+bp.before_request(enforce_rate)
 
 SEED_TASK = "long_running_task"
 
