@@ -18,9 +18,10 @@ key                                 type    holds
                                             and has not acknowledged (all queues together)
                                             (countdown/ETA tasks wait here, unacknowledged,
                                             until due)
-``unacked_index``                   zset    delivery tag → time of delivery; entries older
-                                            than the visibility timeout are restored to
-                                            their queue
+``unacked_index``                   zset    delivery tag → time of delivery, renewed by
+                                            the holding worker every LEASE_INTERVAL (its
+                                            lease); entries older than the visibility
+                                            timeout are restored to their queue
 ``unacked_mutex``                   string  lock around that restore
 ==================================  ======  ==================================================
 
@@ -31,6 +32,7 @@ transport priority ``9 - p``; this module is the only place that flips it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,13 +114,22 @@ class QueueStats:
         return max(0.0, now - self.oldest_enqueued_at) if self.oldest_enqueued_at else 0.0
 
 
-def transport_options(visibility_timeout: int) -> dict[str, Any]:
-    """``broker_transport_options`` that give the layout documented above."""
+def transport_options(visibility_timeout: int, restore_interval: int) -> dict[str, Any]:
+    """``broker_transport_options`` that give the layout documented above.
+
+    Every worker sweeps ``unacked_index`` each ``restore_interval`` seconds (throttle 1:
+    kombu's default sweeps only every tenth tick) and hands back messages whose lease is
+    older than ``visibility_timeout``. The sweep's lock expires quickly, so a worker that
+    dies holding it delays the next sweep by seconds, not minutes.
+    """
     return {
         "priority_steps": list(PRIORITY_STEPS),
         "sep": SEP,
         "queue_order_strategy": "priority",
         "visibility_timeout": visibility_timeout,
+        "unacked_restore_interval": restore_interval,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": max(10, 3 * restore_interval),
     }
 
 
@@ -153,6 +164,22 @@ class RedisBroker:
             )
             for name, waiting, reserved, oldest, scheduled in rows
         ]
+
+    def renew_leases(self, delivery_tags: Iterable[str]) -> int:
+        """Reset the lease clock of messages this worker holds; returns how many it renewed.
+
+        ``XX``: a tag acknowledged (or handed back) meanwhile is not brought back to life.
+        """
+        now = time.time()
+        tags = {tag: now for tag in delivery_tags}
+        if not tags:
+            return 0
+        return int(self.client.zadd(UNACKED_INDEX_KEY, tags, xx=True, ch=True))
+
+    def oldest_lease_at(self) -> float | None:
+        """Epoch seconds of the stalest lease among all unacknowledged messages."""
+        oldest = self.client.zrange(UNACKED_INDEX_KEY, 0, 0, withscores=True)
+        return float(oldest[0][1]) if oldest else None
 
     def ping(self) -> bool:
         return bool(self.client.ping())

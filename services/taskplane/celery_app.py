@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 
 from . import broker
-from .settings import Settings, SettingsError
+from .settings import Settings
 from .store import Store, TaskRecord
 from .tasks.registry import Registry, load_task_modules
 
@@ -56,7 +56,6 @@ def redis_client(url: str, settings: Settings) -> redis.Redis:
 def create_celery(settings: Settings) -> Celery:
     """A Celery app configured from ``settings``, with every task module loaded."""
     registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
-    check_time_limits(settings, registry)
     app = Celery("taskplane", broker=settings.redis_url, backend=settings.results_url,
                  set_as_current=True)
     routes = {spec.name: {"queue": spec.queue} for spec in registry if spec.queue}
@@ -86,7 +85,8 @@ def create_celery(settings: Settings) -> Celery:
         worker_enable_soft_shutdown_on_idle=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        broker_transport_options=broker.transport_options(settings.visibility_timeout),
+        broker_transport_options=broker.transport_options(settings.visibility_timeout,
+                                                          settings.unacked_restore_interval),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.redis_timeout,
         broker_pool_limit=settings.api_threads + 2,
@@ -106,17 +106,6 @@ def create_celery(settings: Settings) -> Celery:
         broker=broker.RedisBroker(client),
     )
     return app
-
-
-def check_time_limits(settings: Settings, registry: Registry) -> None:
-    """Refuse a task that may run longer than the visibility timeout: Redis would hand it
-    to a second worker while the first still runs it."""
-    for spec in registry:
-        limit = spec.time_limit or settings.default_time_limit
-        if limit >= settings.visibility_timeout:
-            raise SettingsError(
-                f"task {spec.name!r} has a hard time limit of {limit}s, not below "
-                f"VISIBILITY_TIMEOUT={settings.visibility_timeout}s")
 
 
 def runtime_for(app: Celery) -> Runtime:

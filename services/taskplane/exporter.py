@@ -53,6 +53,14 @@ class QueueCollector(Collector):
             families[metrics.QUEUE_SCHEDULED.name].add_metric([q.name], q.scheduled)
             families[metrics.QUEUE_OLDEST_AGE.name].add_metric([q.name], q.oldest_age(now))
         yield from families.values()
+        lease = GaugeMetricFamily(metrics.LEASE_OLDEST_AGE.name, metrics.LEASE_OLDEST_AGE.help)
+        if self.last_ok:
+            try:
+                oldest = self.broker.oldest_lease_at()
+                lease.add_metric([], max(0.0, now - oldest) if oldest else 0.0)
+            except Exception:  # noqa: S110 - reported through redis_up on the next scrape
+                pass
+        yield lease
         yield GaugeMetricFamily(metrics.REDIS_UP.name, metrics.REDIS_UP.help,
                                 value=1 if self.last_ok else 0)
         yield GaugeMetricFamily(metrics.EXPORTER_SCRAPE_SECONDS.name,

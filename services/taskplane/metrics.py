@@ -47,7 +47,10 @@ TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 #: How a task ended, as counted in ``taskplane_tasks_total``.
-OUTCOMES = ("succeeded", "failed", "retried", "revoked", "dead_lettered", "rejected")
+#: ``redelivered`` counts runs of a message that came back (its worker or process died);
+#: ``poisoned`` counts tasks quarantined after MAX_DELIVERIES such deaths.
+OUTCOMES = ("succeeded", "failed", "retried", "revoked", "dead_lettered", "rejected",
+            "redelivered", "poisoned")
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,15 @@ WORKER_UP = _m(
     "1 while the worker's main process runs and consumes.",
     "Workers per queue; no-consumer alert.", "worker", "livemax")
 
+LEASE_RENEWALS = _m(
+    "taskplane_lease_renewals_total", "counter", (),
+    "Leases of held messages (running, reserved, waiting for their ETA) renewed.",
+    "A worker that stops renewing is dead or stuck.", "worker")
+LEASE_OLDEST_AGE = _m(
+    "taskplane_lease_oldest_age_seconds", "gauge", (),
+    "Seconds since the stalest lease among all unacknowledged messages was renewed.",
+    "Near VISIBILITY_TIMEOUT: a worker died or is stuck; its tasks come back soon.", "exporter")
+
 HTTP_REQUESTS = _m(
     "taskplane_http_requests_total", "counter", ("route", "method", "status"),
     "HTTP requests by route template, method and status.",
@@ -135,8 +147,9 @@ TASKS_REJECTED = _m(
 
 CATALOGUE_SPECS: tuple[MetricSpec, ...] = (
     QUEUE_WAITING, QUEUE_RESERVED, QUEUE_SCHEDULED, QUEUE_OLDEST_AGE, REDIS_UP,
-    EXPORTER_SCRAPE_SECONDS, TASK_QUEUE_WAIT, TASK_RUNTIME, TASK_END_TO_END, TASKS,
-    WORKER_RUNNING, WORKER_UP, HTTP_REQUESTS, HTTP_DURATION, TASKS_ACCEPTED, TASKS_REJECTED,
+    EXPORTER_SCRAPE_SECONDS, LEASE_OLDEST_AGE, TASK_QUEUE_WAIT, TASK_RUNTIME, TASK_END_TO_END,
+    TASKS, WORKER_RUNNING, WORKER_UP, LEASE_RENEWALS, HTTP_REQUESTS, HTTP_DURATION,
+    TASKS_ACCEPTED, TASKS_REJECTED,
 )
 #: Metric name → type, as the chart, rules and dashboard tests read it.
 CATALOGUE: dict[str, str] = {m.name: m.type for m in CATALOGUE_SPECS}
@@ -199,6 +212,7 @@ class Instruments:
     tasks: Any
     worker_running: Any
     worker_up: Any
+    lease_renewals: Any
     http_requests: Any
     http_duration: Any
     tasks_accepted: Any
@@ -225,6 +239,7 @@ def instruments() -> Instruments:
         tasks=counter(TASKS),
         worker_running=gauge(WORKER_RUNNING),
         worker_up=gauge(WORKER_UP),
+        lease_renewals=counter(LEASE_RENEWALS),
         http_requests=counter(HTTP_REQUESTS),
         http_duration=histogram(HTTP_DURATION, HTTP_BUCKETS),
         tasks_accepted=counter(TASKS_ACCEPTED),

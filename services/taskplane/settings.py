@@ -117,10 +117,24 @@ class Settings:
         "hands the rest back to the queue.",
     )
     visibility_timeout: int = _setting(
-        "VISIBILITY_TIMEOUT", 3600,
-        "Seconds before Redis redelivers a task whose worker has not acknowledged it. "
-        "Must exceed the longest hard time limit plus the longest countdown, or a "
-        "still-running task is delivered twice.",
+        "VISIBILITY_TIMEOUT", 60,
+        "Seconds a message held by a worker may go without its lease being renewed before "
+        "Redis hands it to another worker. Live workers renew every `LEASE_INTERVAL`, so "
+        "long and delayed tasks are never redelivered while their worker lives; a dead "
+        "worker's tasks come back within `VISIBILITY_TIMEOUT + UNACKED_RESTORE_INTERVAL`.",
+    )
+    lease_interval: float = _setting(
+        "LEASE_INTERVAL", 10.0,
+        "Seconds between a worker's lease renewals; at most a third of `VISIBILITY_TIMEOUT`.",
+    )
+    unacked_restore_interval: int = _setting(
+        "UNACKED_RESTORE_INTERVAL", 5,
+        "Seconds between sweeps that hand expired leases back to their queues.",
+    )
+    max_deliveries: int = _setting(
+        "MAX_DELIVERIES", 5,
+        "Runs of a task that may end with its process dying before it is dead-lettered as "
+        "poisoned instead of run again.",
     )
     result_expires: int = _setting(
         "RESULT_EXPIRES", 86_400, "Seconds results and finished task records are kept.",
@@ -187,10 +201,12 @@ class Settings:
                      "idempotency_ttl", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env(name)} must be at least 1")
-        if self.visibility_timeout <= self.default_time_limit:
+        if self.lease_interval <= 0 or self.lease_interval * 3 > self.visibility_timeout:
             raise SettingsError(
-                "VISIBILITY_TIMEOUT must exceed DEFAULT_TIME_LIMIT, or a running task is "
-                "redelivered while it still runs")
+                "LEASE_INTERVAL must be above 0 and at most a third of VISIBILITY_TIMEOUT, "
+                "or one late renewal lets a live worker's task be delivered twice")
+        if self.unacked_restore_interval < 1 or self.max_deliveries < 1:
+            raise SettingsError("UNACKED_RESTORE_INTERVAL and MAX_DELIVERIES must be at least 1")
         for name, url in (("REDIS_URL", self.redis_url),
                           ("RESULT_BACKEND_URL", self.result_backend_url)):
             if url:

@@ -37,11 +37,30 @@ PREFIX = "taskplane:"
 
 # Stamp a record only if it exists (a task sent around the API has none, and an
 # HSET would create one without a TTL). Returns the revoked flag, or false.
+# A run starts: stamp it and count it. Runs started minus runs ended is the number of
+# runs whose process died under them. Returns {exists, revoked, died}.
 _START = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, 0} end
 redis.call('HSET', KEYS[1], 'started_at', ARGV[1], 'retries', ARGV[2])
 redis.call('HDEL', KEYS[1], 'finished_at')
-return redis.call('HGET', KEYS[1], 'revoked') or 0
+local started = redis.call('HINCRBY', KEYS[1], 'runs_started', 1)
+local ended = tonumber(redis.call('HGET', KEYS[1], 'runs_ended') or '0')
+local revoked = redis.call('HGET', KEYS[1], 'revoked') == '1' and 1 or 0
+return {1, revoked, started - 1 - ended}
+"""
+
+# A run ended in its process (success, failure, retry): count it, and when the task is
+# finished for good, stamp it and release its place in the tenant's open set.
+_END = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'runs_ended', 1)
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[1], 'finished_at', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  local tenant = redis.call('HGET', KEYS[1], 'tenant')
+  if tenant then redis.call('ZREM', ARGV[3] .. tenant, ARGV[4]) end
+end
+return 1
 """
 
 _FINISH = """
@@ -140,6 +159,15 @@ class TaskRecord:
 
 
 @dataclass(frozen=True)
+class RunStart:
+    """What the record says as a run begins."""
+
+    known: bool  # the task was submitted through the API
+    revoked: bool
+    died: int  # earlier runs whose process died before they ended
+
+
+@dataclass(frozen=True)
 class IdempotencyClaim:
     """Outcome of claiming an Idempotency-Key: ours to use, a replay, or a conflict."""
 
@@ -167,6 +195,7 @@ class Store:
         self.dead_letter_ttl = dead_letter_ttl
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
+        self._end = client.register_script(_END)
         self._set_if_exists = client.register_script(_SET_IF_EXISTS)
         self._create = client.register_script(_CREATE)
         self._rate = client.register_script(_RATE)
@@ -225,10 +254,17 @@ class Store:
         raw = self.client.hgetall(self.record_key(task_id))
         return TaskRecord.from_hash(task_id, raw) if raw else None
 
-    def start(self, task_id: str, retries: int) -> bool:
-        """Stamp ``started_at``; True when the record says the task was revoked."""
-        revoked = self._start(keys=[self.record_key(task_id)], args=[time.time(), retries])
-        return revoked in (b"1", 1, "1")
+    def start(self, task_id: str, retries: int) -> RunStart:
+        """Stamp ``started_at`` and count the run; say if it was revoked or keeps dying."""
+        exists, revoked, died = self._start(keys=[self.record_key(task_id)],
+                                            args=[time.time(), retries])
+        return RunStart(known=bool(exists), revoked=bool(revoked), died=int(died))
+
+    def end_run(self, task_id: str, finished: bool) -> None:
+        """A run ended without its process dying; ``finished``: the task is done for good."""
+        self._end(keys=[self.record_key(task_id)],
+                  args=[time.time(), self.result_ttl, f"{PREFIX}open:", task_id,
+                        "1" if finished else "0"])
 
     def finish(self, task_id: str) -> None:
         self._finish(keys=[self.record_key(task_id)],

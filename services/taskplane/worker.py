@@ -24,6 +24,7 @@ from celery.exceptions import Retry
 from . import broker, httpserver, metrics
 from .celery_app import create_celery, runtime_for
 from .settings import Settings
+from .tasks.base import PoisonedTask
 
 log = logging.getLogger("taskplane.worker")
 #: How often the consumer loop proves it turns (see /livez).
@@ -73,6 +74,8 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
     m = metrics.instruments()
     m.worker_running.inc()
     request = task.request
+    if (getattr(request, "delivery_info", None) or {}).get("redelivered"):
+        m.tasks.labels(task.name, _queue_of(task), "redelivered").inc()
     due = _due_at(request)
     if due is not None:
         m.task_queue_wait.labels(task.name, _queue_of(task)).observe(max(0.0, now - due))
@@ -95,8 +98,7 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None
                    states.REVOKED: "revoked", states.IGNORED: "revoked"}.get(state or "")
         if outcome:  # failures are counted once, by _on_failure, wherever they happen
             m.tasks.labels(task.name, queue, outcome).inc()
-    if state in states.READY_STATES:
-        _store(sender).finish(task_id)
+    _store(sender).end_run(task_id, finished=state in states.READY_STATES or state == states.IGNORED)
 
 
 def _on_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -116,7 +118,13 @@ def _on_failure(sender: Any = None, task_id: str | None = None,
     m.tasks.labels(sender.name, queue, "failed").inc()
     error = {"type": type(exception).__name__, "message": str(exception)[:2000]}
     retried = bool(getattr(sender, "autoretry_for", ()))
-    reason = "retries exhausted" if retried and _declared(sender, exception) else "failed"
+    if isinstance(exception, PoisonedTask):
+        reason = "poisoned"
+        m.tasks.labels(sender.name, queue, "poisoned").inc()
+    elif retried and _declared(sender, exception):
+        reason = "retries exhausted"
+    else:
+        reason = "failed"
     if store.dead_letter(task_id, sender.name, args, kwargs, error, reason):
         m.tasks.labels(sender.name, queue, "dead_lettered").inc()
     store.finish(task_id)
@@ -166,6 +174,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     # The consumer's event loop runs this timer: if the loop stops turning, the beat
     # goes stale and /livez fails, whatever Redis is doing.
     sender.timer.call_repeatedly(LOOP_BEAT_SECONDS, _beat)
+    sender.timer.call_repeatedly(runtime.settings.lease_interval, _renew_leases)
     settings = runtime.settings
     if settings.worker_metrics_port and "server" not in _probe:
         _probe["server"] = httpserver.serve(settings.metrics_host, settings.worker_metrics_port, {
@@ -184,6 +193,30 @@ def _on_worker_shutdown(**_: Any) -> None:
 def _metrics_answer() -> tuple[int, str, bytes]:
     body, ctype = metrics.scrape()
     return 200, ctype, body
+
+
+def _held_delivery_tags(consumer: Any) -> list[str]:
+    """Delivery tags of every message this worker holds unacknowledged.
+
+    kombu's QoS keeps them for the channel the task consumer reads: running tasks,
+    prefetched ones, and ones waiting in the worker for their countdown/ETA.
+    """
+    task_consumer = getattr(consumer, "task_consumer", None)
+    channel = getattr(task_consumer, "channel", None)
+    qos = getattr(channel, "qos", None)
+    delivered = getattr(qos, "_delivered", None) or {}
+    return [str(tag) for tag in list(delivered)]
+
+
+def _renew_leases() -> None:
+    """Runs on the consumer's event loop: a worker renews only while its loop turns."""
+    try:
+        renewed = _probe["broker"].renew_leases(_held_delivery_tags(_probe["consumer"]))
+    except Exception as exc:
+        log.warning("lease renewal failed: %s", type(exc).__name__)
+        return
+    if renewed:
+        metrics.instruments().lease_renewals.inc(renewed)
 
 
 def _beat() -> None:

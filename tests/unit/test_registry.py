@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from taskplane.celery_app import check_time_limits
-from taskplane.settings import Settings, SettingsError
 from taskplane.tasks import REGISTRY, load_task_modules
 from taskplane.tasks.builtin.reports import summary
 
@@ -38,12 +36,6 @@ def test_registering_a_name_twice_is_refused() -> None:
         @task("reports.summary", schema={"properties": {}})
         def other() -> None:
             """Clash."""
-
-
-def test_time_limits_must_stay_below_the_visibility_timeout() -> None:
-    check_time_limits(Settings.from_env({}), REGISTRY)
-    with pytest.raises(SettingsError, match="long_running_task"):
-        check_time_limits(Settings.from_env({"VISIBILITY_TIMEOUT": "1000"}), REGISTRY)
 
 
 def test_report_summary_describes_numeric_and_text_columns() -> None:

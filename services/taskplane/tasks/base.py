@@ -1,10 +1,13 @@
 """The Celery task base class every registered task runs under.
 
-It exists for one check Celery cannot make by itself: a task revoked while no
-worker was listening (revokes are broadcast, not stored) must still not run
-when a worker later receives it. The task record in Redis is the lasting
-source, so each run asks it first, in the same round trip that stamps
-``started_at``.
+It exists for two checks Celery cannot make by itself, both answered by the task
+record in the same round trip that stamps ``started_at``:
+
+* a task revoked while no worker was listening (revokes are broadcast, not stored)
+  must still not run when a worker later receives it;
+* a task whose process died under it ``MAX_DELIVERIES`` times (it segfaults, it is
+  OOM-killed, it kills itself) must not be handed to yet another process: it fails
+  as poisoned and goes to the dead-letter list.
 """
 
 from __future__ import annotations
@@ -18,19 +21,29 @@ from celery.exceptions import Ignore
 PROGRESS = "PROGRESS"
 
 
+class PoisonedTask(Exception):
+    """The task's process died under it too many times; it is not run again."""
+
+
 class TaskplaneTask(Task):
-    """Stamps the task record on start and skips tasks revoked in the record."""
+    """Stamps the task record on start; skips revoked tasks, quarantines poisoned ones."""
 
     abstract = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from ..celery_app import store_for  # the app binds the store; tasks never build one
+        from ..celery_app import runtime_for  # the app binds the store; tasks never build one
 
         request = self.request
         if request.id and not request.called_directly:
-            store = store_for(self.app)
-            if store.start(request.id, retries=request.retries or 0):
+            runtime = runtime_for(self.app)
+            run = runtime.store.start(request.id, retries=request.retries or 0)
+            if run.revoked:
                 raise Ignore()  # revoked while queued: the API already stored REVOKED
+            limit = runtime.settings.max_deliveries
+            if run.died >= limit:
+                raise PoisonedTask(
+                    f"the worker process died during {run.died} runs of this task "
+                    f"(MAX_DELIVERIES={limit}); not running it again")
         return super().__call__(*args, **kwargs)
 
 

@@ -1,0 +1,138 @@
+"""Leases: redelivered promptly when a worker dies, never while it lives; poison quarantined."""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+
+import pytest
+import requests
+
+from tests.support.services import Api, RedisServer, free_port, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+V, H, R = 4, 1, 1  # VISIBILITY_TIMEOUT, LEASE_INTERVAL, UNACKED_RESTORE_INTERVAL for the tests
+LEASES = {"VISIBILITY_TIMEOUT": str(V), "LEASE_INTERVAL": str(H),
+          "UNACKED_RESTORE_INTERVAL": str(R)}
+
+
+def runs(redis_server: RedisServer, key: str) -> int:
+    return int(redis_server.client().get(f"test:count:{key}") or 0)
+
+
+def epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_long_and_delayed_tasks_run_exactly_once(isolated_redis: RedisServer) -> None:
+    # Two workers: while one runs or holds the tasks, the other sweeps for expired leases.
+    workers = [start_worker(isolated_redis.url, name=f"lease{i}", concurrency=2, **LEASES)
+               for i in range(2)]
+    api = Api(isolated_redis.url, workers=1, **LEASES)
+    try:
+        long_task = api.submit("test.slow", kwargs={"seconds": 3 * V, "key": "long"})
+        delayed = api.submit("test.count", kwargs={"key": "delayed"}, countdown=3 * V)
+        api.wait_state(long_task["id"], "PROGRESS")
+
+        def scheduled() -> bool:
+            q = next(q for q in api.get("/v1/queues").json()["items"] if q["name"] == "default")
+            return q["scheduled"] == 1 and q["waiting"] == 0
+
+        wait_for(scheduled, 10, "the delayed task counted as scheduled, not backlog")
+        api.wait_state(long_task["id"], "SUCCESS", timeout=6 * V)
+        api.wait_state(delayed["id"], "SUCCESS", timeout=6 * V)
+        assert runs(isolated_redis, "long") == 1
+        assert runs(isolated_redis, "delayed") == 1
+        assert isolated_redis.client().hlen("unacked") == 0
+    finally:
+        api.close()
+        for w in workers:
+            w.stop()
+
+
+def test_dead_worker_tasks_come_back_within_the_bound(isolated_redis: RedisServer) -> None:
+    doomed = start_worker(isolated_redis.url, name="doomed", concurrency=2,
+                          WORKER_PREFETCH_MULTIPLIER="2", **LEASES)
+    api = Api(isolated_redis.url, workers=1, **LEASES)
+    rescuer = None
+    try:
+        tasks = [api.submit("test.slow", kwargs={"seconds": 3, "key": f"held{i}"})
+                 for i in range(4)]
+        for t in tasks[:2]:
+            api.wait_state(t["id"], "PROGRESS")
+        wait_for(lambda: isolated_redis.client().hlen("unacked") == 4, 10,
+                 "two running and two reserved by the doomed worker")
+        rescuer = start_worker(isolated_redis.url, name="rescuer", concurrency=2,
+                               WORKER_QUEUES="default", **LEASES)
+        killed_at = time.time()
+        doomed.stop(signal.SIGKILL)  # main process and pool together, no goodbye
+        finished = [api.wait_state(t["id"], "SUCCESS", timeout=V + R + 30) for t in tasks]
+        for i in range(4):
+            assert runs(isolated_redis, f"held{i}") >= 1
+        restarted = [epoch(b["started_at"]) - killed_at for b in finished]
+        first = min(s for s in restarted if s > 0)
+        print(f"\nredelivery after SIGKILL: first run {first:.1f}s after the kill "
+              f"(bound VISIBILITY_TIMEOUT + UNACKED_RESTORE_INTERVAL = {V + R}s)")
+        assert first <= V + R + 2  # + scheduling slack on a loaded 2-core machine
+        assert isolated_redis.client().hlen("unacked") == 0
+    finally:
+        api.close()
+        doomed.stop()
+        if rescuer:
+            rescuer.stop()
+
+
+def test_poison_task_is_quarantined_then_retried_under_a_fresh_count(
+        isolated_redis: RedisServer) -> None:
+    worker = start_worker(isolated_redis.url, name="poison", concurrency=2, MAX_DELIVERIES="3")
+    api = Api(isolated_redis.url, workers=1, MAX_DELIVERIES="3")
+    try:
+        task = api.submit("test.selfkill", kwargs={"key": "poison"})
+        body = api.wait_state(task["id"], "FAILURE", timeout=60)
+        assert body["error"]["type"] == "PoisonedTask"
+        assert runs(isolated_redis, "poison") == 3
+        entry = next(e for e in api.get("/v1/dead-letters").json()["items"] if e["id"] == task["id"])
+        assert entry["reason"] == "poisoned"
+        healthy = api.submit("test.echo", kwargs={"value": "still serving"})
+        assert api.wait_state(healthy["id"], "SUCCESS")["result"] == "still serving"
+
+        assert api.post(f"/v1/dead-letters/{task['id']}/retry").status_code == 202
+        assert api.wait_state(task["id"], "FAILURE", timeout=60)["error"]["type"] == "PoisonedTask"
+        assert runs(isolated_redis, "poison") == 6  # three fresh runs, then quarantined again
+    finally:
+        api.close()
+        worker.stop()
+
+
+def test_livez_follows_the_consumer_loop_not_redis(isolated_redis: RedisServer) -> None:
+    port = free_port()
+    worker = start_worker(isolated_redis.url, name="probe", concurrency=1,
+                          WORKER_METRICS_PORT=str(port), LIVENESS_TIMEOUT="3")
+    url = f"http://127.0.0.1:{port}"
+
+    def status(path: str) -> int:
+        try:
+            return requests.get(url + path, timeout=1).status_code
+        except requests.RequestException:
+            return 0  # no answer: what a kubelet probe counts as a failure
+
+    try:
+        assert status("/livez") == 200 and status("/readyz") == 200
+        worker.send(signal.SIGSTOP)
+        wait_for(lambda: status("/livez") != 200, 10, "/livez failing while stopped")
+        worker.send(signal.SIGCONT)
+        wait_for(lambda: status("/livez") == 200, 10, "/livez healthy after SIGCONT")
+
+        isolated_redis.stop()
+        wait_for(lambda: status("/readyz") == 503, 10, "/readyz failing with Redis down")
+        deadline = time.monotonic() + 6  # twice LIVENESS_TIMEOUT with Redis down
+        while time.monotonic() < deadline:
+            assert status("/livez") == 200, "a Redis outage must not fail liveness"
+            time.sleep(0.5)
+        isolated_redis.start()
+        wait_for(lambda: status("/readyz") == 200, 60, "/readyz healthy after Redis returns")
+        assert status("/livez") == 200
+    finally:
+        worker.stop()
