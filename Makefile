@@ -4,7 +4,7 @@ VENV  ?= .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install run monitor test unit integration lint docs chart manifests lock clean
+.PHONY: help install run monitor test chaos unit integration lint docs chart manifests lock clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,8 +19,9 @@ monitor: install  ## the local stack plus a Prometheus loaded with the rules; pr
 	@scripts/monitoring-tools.sh
 	@$(BIN)/taskplane dev --monitor
 
-test: install  ## the whole suite: lint, unit, integration, chart checks
+test: install  ## the whole suite: lint, unit, integration, monitoring, chart, chaos and fuzz (small sizes)
 	@scripts/chart-tools.sh
+	@scripts/monitoring-tools.sh
 	$(BIN)/ruff check services tests
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -29,6 +30,9 @@ unit: install  ## unit tests only (no services)
 
 integration: install  ## integration tests: real redis-server, Celery workers, gunicorn
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+chaos: install  ## the fault suite and the API fuzzing at full size; prints the summary table
+	CHAOS_SCALE=10 FUZZ_EXAMPLES=3000 $(BIN)/pytest tests/chaos tests/security -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install  ## ruff
 	$(BIN)/ruff check services tests

@@ -70,9 +70,9 @@ HELPER_REJECTS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("default queue not consumed", {"config": {"defaultQueue": "other"}}, "consumed by no worker pool"),
     (
-        "visibility timeout below a task limit",
-        {"config": {"visibilityTimeout": 3600}},
-        "config.visibilityTimeout (3600) must exceed",
+        "lease interval too close to the visibility timeout",
+        {"config": {"visibilityTimeout": 20, "leaseInterval": 10}},
+        "must be at most a third of config.visibilityTimeout",
     ),
     (
         "pool limit below the default task limit",

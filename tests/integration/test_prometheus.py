@@ -108,6 +108,7 @@ def stack():
         ids += [api.submit("test.flaky", kwargs={"key": f"prom-{i}", "failures": 1})["id"]
                 for i in range(FLAKY)]
         failed = [api.submit("test.fail")["id"] for _ in range(FAILED)]
+        assert api.post("/v1/tasks", json={"task": "test.echo"}).status_code == 422  # a rejection
         for _ in range(PARKED):
             api.submit("test.echo", kwargs={"value": "parked"}, queue="parked")
         for task_id in ids:

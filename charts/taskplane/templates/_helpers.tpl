@@ -282,6 +282,9 @@ fails too.
 */}}
 {{- define "taskplane.validateValues" -}}
 {{- $messages := list -}}
+{{- if gt (mulf (float64 .Values.config.leaseInterval) 3.0) (float64 .Values.config.visibilityTimeout) -}}
+{{- $messages = append $messages (printf "config.leaseInterval (%v) must be at most a third of config.visibilityTimeout (%d), or one late renewal lets a live worker's task be delivered twice" .Values.config.leaseInterval (int .Values.config.visibilityTimeout)) -}}
+{{- end -}}
 {{- $pools := (include "taskplane.pools" . | fromYaml).pools -}}
 {{- $names := list -}}
 {{- $consumed := list -}}
@@ -296,9 +299,6 @@ fails too.
 {{- end -}}
 {{- if lt (int $pool.maxTaskTimeLimit) (int $.Values.config.defaultTimeLimit) -}}
 {{- $messages = append $messages (printf "workers.pools[%s]: maxTaskTimeLimit (%d) is below config.defaultTimeLimit (%d), which every task without its own limit gets" $pool.name (int $pool.maxTaskTimeLimit) (int $.Values.config.defaultTimeLimit)) -}}
-{{- end -}}
-{{- if le (int $.Values.config.visibilityTimeout) (int $pool.maxTaskTimeLimit) -}}
-{{- $messages = append $messages (printf "config.visibilityTimeout (%d) must exceed workers.pools[%s].maxTaskTimeLimit (%d), or Redis redelivers a task that is still running" (int $.Values.config.visibilityTimeout) $pool.name (int $pool.maxTaskTimeLimit)) -}}
 {{- end -}}
 {{- if and $pool.autoscaling.hpa.enabled (gt (int $pool.autoscaling.hpa.minReplicas) (int $pool.autoscaling.hpa.maxReplicas)) -}}
 {{- $messages = append $messages (printf "workers.pools[%s]: autoscaling.hpa.minReplicas exceeds maxReplicas" $pool.name) -}}
