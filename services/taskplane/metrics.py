@@ -219,8 +219,36 @@ class Instruments:
     tasks_rejected: Any
 
 
-@functools.cache
+class _Null:
+    """Stands in for every instrument when metrics are switched off."""
+
+    def labels(self, *_: Any) -> _Null:
+        return self
+
+    def inc(self, *_: Any) -> None: ...
+    def dec(self, *_: Any) -> None: ...
+    def set(self, *_: Any) -> None: ...
+    def observe(self, *_: Any) -> None: ...
+
+
+_enabled = True
+
+
+def configure(enabled: bool) -> None:
+    """Switch recording on or off for this process (``METRICS_ENABLED``)."""
+    global _enabled
+    _enabled = enabled
+
+
 def instruments() -> Instruments:
+    if not _enabled:
+        null = _Null()
+        return Instruments(*(null,) * len(Instruments.__dataclass_fields__))
+    return _instruments()
+
+
+@functools.cache
+def _instruments() -> Instruments:
     from prometheus_client import Counter, Gauge, Histogram
 
     def histogram(spec: MetricSpec, buckets: tuple[float, ...]) -> Any:

@@ -58,6 +58,10 @@ class Settings:
         "Threads per gunicorn worker (`gthread`): the enqueue path waits on Redis, not CPU.",
     )
     api_timeout: int = _setting("API_TIMEOUT", 30, "gunicorn worker timeout, seconds.")
+    metrics_enabled: bool = _setting(
+        "METRICS_ENABLED", True,
+        "Record task and request metrics (off only to measure what they cost).",
+    )
     metrics_host: str = _setting(
         "METRICS_HOST", "127.0.0.1", "Address the worker's and the exporter's HTTP servers bind.",
     )

@@ -278,6 +278,7 @@ def connect_signals() -> None:
 
 def create_worker_app(settings: Settings) -> Celery:
     metrics.prepare_multiprocess_dir("worker")
+    metrics.configure(settings.metrics_enabled)
     # Celery logs each task's return value on success; results can hold anything a
     # tenant sent, and task data never reaches Taskplane's logs.
     celery_trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"

@@ -11,6 +11,7 @@ import logging
 
 from flask import Flask
 
+from .. import metrics
 from ..celery_app import create_celery, runtime_for
 from ..settings import Settings
 from . import auth, errors, health, limits, observe, routes, seed
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokens = settings.tokens()
+    metrics.configure(settings.metrics_enabled)
     app = Flask("taskplane")
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
