@@ -21,19 +21,18 @@ from celery import Celery, signals, states
 from celery.app import trace as celery_trace
 from celery.exceptions import Retry
 
-from . import broker, httpserver, metrics
+from . import broker, metrics
 from .celery_app import create_celery, runtime_for
 from .settings import Settings
 from .tasks.base import PoisonedTask
+from .worker_probes import WorkerProbes
 
 log = logging.getLogger("taskplane.worker")
-#: How often the consumer loop proves it turns (see /livez).
-LOOP_BEAT_SECONDS = 1.0
 _connected = False
 #: Per pool process: task id → (monotonic start, wall-clock start) of the run in progress.
 _runs: dict[str, tuple[float, float]] = {}
-#: Main process: what the probes look at.
-_probe: dict[str, Any] = {}
+#: Main process: its hostname and probes, once the worker is ready.
+_main: dict[str, Any] = {}
 
 
 def _store(sender: Any) -> Any:
@@ -161,101 +160,23 @@ def _on_process_shutdown(**_: Any) -> None:
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     """In the main process: zero every counter series, mark the worker up, start the probes."""
-    app = sender.app
-    runtime = runtime_for(app)
+    runtime = runtime_for(sender.app)
     m = metrics.instruments()
     for spec in runtime.registry:
         for outcome in metrics.OUTCOMES:
             m.tasks.labels(spec.name, spec.queue or runtime.settings.default_queue, outcome)
     hostname = getattr(sender, "hostname", None) or "worker"
     m.worker_up.labels(hostname).set(1)
-    _probe.update(consumer=sender, broker=runtime.broker, hostname=hostname,
-                  beat=time.monotonic(), liveness_timeout=runtime.settings.liveness_timeout)
-    # The consumer's event loop runs this timer: if the loop stops turning, the beat
-    # goes stale and /livez fails, whatever Redis is doing.
-    sender.timer.call_repeatedly(LOOP_BEAT_SECONDS, _beat)
-    sender.timer.call_repeatedly(runtime.settings.lease_interval, _renew_leases)
-    settings = runtime.settings
-    if settings.worker_metrics_port and "server" not in _probe:
-        _probe["server"] = httpserver.serve(settings.metrics_host, settings.worker_metrics_port, {
-            "/metrics": _metrics_answer,
-            "/livez": _livez,
-            "/readyz": _readyz,
-        }, "worker")
+    _main["hostname"] = hostname
+    if "probes" not in _main:
+        _main["probes"] = WorkerProbes(sender, runtime.broker, runtime.settings)
+        _main["probes"].start()
 
 
 def _on_worker_shutdown(**_: Any) -> None:
-    hostname = _probe.get("hostname")
+    hostname = _main.get("hostname")
     if hostname:
         metrics.instruments().worker_up.labels(hostname).set(0)
-
-
-def _metrics_answer() -> tuple[int, str, bytes]:
-    body, ctype = metrics.scrape()
-    return 200, ctype, body
-
-
-def _held_delivery_tags(consumer: Any) -> list[str]:
-    """Delivery tags of every message this worker holds unacknowledged.
-
-    kombu's QoS keeps them for the channel the task consumer reads: running tasks,
-    prefetched ones, and ones waiting in the worker for their countdown/ETA.
-    """
-    task_consumer = getattr(consumer, "task_consumer", None)
-    channel = getattr(task_consumer, "channel", None)
-    qos = getattr(channel, "qos", None)
-    delivered = getattr(qos, "_delivered", None) or {}
-    return [str(tag) for tag in list(delivered)]
-
-
-def _renew_leases() -> None:
-    """Runs on the consumer's event loop: a worker renews only while its loop turns."""
-    try:
-        renewed = _probe["broker"].renew_leases(_held_delivery_tags(_probe["consumer"]))
-    except Exception as exc:
-        log.warning("lease renewal failed: %s", type(exc).__name__)
-        return
-    if renewed:
-        metrics.instruments().lease_renewals.inc(renewed)
-
-
-def _beat() -> None:
-    _probe["beat"] = time.monotonic()
-
-
-def _livez() -> tuple[int, str, bytes]:
-    """Alive while the consumer loop keeps ticking.
-
-    While Redis is unreachable the loop blocks in its reconnect attempts; that is not a
-    stuck worker, and restarting every worker would not bring Redis back. So a stale
-    beat counts only once Redis has been reachable for ``LIVENESS_TIMEOUT`` seconds:
-    the probe asks Redis only when the beat is stale, never on the healthy path.
-    """
-    now = time.monotonic()
-    timeout = _probe.get("liveness_timeout", 60.0)
-    idle = now - _probe.get("beat", 0.0)
-    if idle > timeout:
-        try:
-            _probe["broker"].ping()
-        except Exception:
-            _probe["broker_down_at"] = now
-        since_outage = now - _probe.get("broker_down_at", float("-inf"))
-        if since_outage > timeout:
-            return httpserver.json_answer(503, {"status": "stuck",
-                                                "loop_idle_seconds": round(idle, 1)})
-    return httpserver.json_answer(200, {"status": "alive", "loop_idle_seconds": round(idle, 1)})
-
-
-def _readyz() -> tuple[int, str, bytes]:
-    consumer = _probe.get("consumer")
-    try:
-        _probe["broker"].ping()
-    except Exception as exc:
-        return httpserver.json_answer(503, {"status": "broker unreachable",
-                                            "reason": type(exc).__name__})
-    if consumer is None or getattr(consumer, "connection", None) is None:
-        return httpserver.json_answer(503, {"status": "not consuming"})
-    return httpserver.json_answer(200, {"status": "ready"})
 
 
 def connect_signals() -> None:
