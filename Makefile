@@ -48,11 +48,14 @@ manifests: install  ## render k8s/ and the chart's generated files from the char
 	@scripts/chart-tools.sh
 	PATH="$(CURDIR)/.tools/bin:$$PATH" scripts/render-manifests.sh
 
-lock:  ## re-pin requirements.lock from a clean virtualenv
+lock:  ## re-pin requirements.lock (runtime, for images) and requirements-dev.lock from clean virtualenvs
 	rm -rf /tmp/taskplane-lock && python3 -m venv /tmp/taskplane-lock
-	/tmp/taskplane-lock/bin/pip install -q '.[dev,test]'
-	(echo "# Pinned versions of every dependency (runtime, dev, test). Regenerate with: make lock"; \
+	/tmp/taskplane-lock/bin/pip install -q .
+	(echo "# Runtime dependencies, pinned: what the images install. Regenerate with: make lock"; \
 	 /tmp/taskplane-lock/bin/pip freeze --exclude taskplane) > requirements.lock
+	/tmp/taskplane-lock/bin/pip install -q '.[dev,test]'
+	(echo "# Every dependency of development and tests (runtime included), pinned. Regenerate with: make lock"; \
+	 /tmp/taskplane-lock/bin/pip freeze --exclude taskplane) > requirements-dev.lock
 
 clean:  ## remove the virtualenv, tool cache and local stack data
 	rm -rf $(VENV) .tools .run .pytest_cache .ruff_cache
