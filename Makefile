@@ -32,7 +32,7 @@ integration: install  ## integration tests: real redis-server, Celery workers, g
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 chaos: install  ## the fault suite and the API fuzzing at full size; prints the summary table
-	CHAOS_SCALE=10 FUZZ_EXAMPLES=3000 $(BIN)/pytest tests/chaos tests/security -p no:cacheprovider $(PYTEST_ARGS)
+	CHAOS_SCALE=10 FUZZ_EXAMPLES=3000 CHAOS_RESULTS=bench/results/chaos-latest.json $(BIN)/pytest tests/chaos tests/security -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install  ## ruff
 	$(BIN)/ruff check services tests

@@ -16,6 +16,8 @@ from typing import Any
 
 import redis
 from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from . import broker
 from .settings import Settings
@@ -43,18 +45,35 @@ class Runtime:
         return sorted(queues)
 
 
-def redis_client(url: str, settings: Settings) -> redis.Redis:
+#: How long a worker keeps retrying Redis before a write gives up: a task that finished
+#: during a short Redis outage must still end SUCCESS, not FAILURE(ConnectionError).
+WORKER_REDIS_RETRIES = 25  # 0.1 s doubling to 2 s apart: about 45 s in all
+WORKER_REDIS_BACKOFF = {"base": 0.1, "cap": 2.0}
+
+
+def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.Redis:
+    """A client that fails fast (the API: a quick 503 beats a hung request), or, when
+    ``patient`` (workers), retries connection errors with back-off through an outage."""
+    retry = None
+    if patient:
+        retry = Retry(ExponentialBackoff(**WORKER_REDIS_BACKOFF), WORKER_REDIS_RETRIES,
+                      supported_errors=(redis.ConnectionError, redis.TimeoutError))
     return redis.Redis.from_url(
         url,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
-        retry_on_timeout=False,
+        retry=retry,
+        retry_on_timeout=patient,
     )
 
 
-def create_celery(settings: Settings) -> Celery:
-    """A Celery app configured from ``settings``, with every task module loaded."""
+def create_celery(settings: Settings, patient: bool = False) -> Celery:
+    """A Celery app configured from ``settings``, with every task module loaded.
+
+    ``patient`` (workers): writes of results, records and dead letters retry through a
+    Redis outage instead of turning a finished task into a FAILURE.
+    """
     registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
     app = Celery("taskplane", broker=settings.redis_url, backend=settings.results_url,
                  set_as_current=True)
@@ -95,7 +114,14 @@ def create_celery(settings: Settings) -> Celery:
         redis_retry_on_timeout=False,
         result_backend_transport_options={"retry_policy": {"timeout": settings.redis_timeout}},
     )
-    client = redis_client(settings.redis_url, settings)
+    if patient:
+        app.conf.update(
+            result_backend_always_retry=True,
+            result_backend_max_retries=WORKER_REDIS_RETRIES,
+            result_backend_base_sleep_between_retries_ms=int(WORKER_REDIS_BACKOFF["base"] * 1000),
+            result_backend_max_sleep_between_retries_ms=int(WORKER_REDIS_BACKOFF["cap"] * 1000),
+        )
+    client = redis_client(settings.redis_url, settings, patient=patient)
     app.taskplane = Runtime(  # type: ignore[attr-defined]
         settings=settings,
         registry=registry,

@@ -22,7 +22,8 @@ from celery.app import trace as celery_trace
 from celery.exceptions import Retry
 
 from . import broker, metrics
-from .celery_app import create_celery, runtime_for
+from .broker import RedisBroker
+from .celery_app import create_celery, redis_client, runtime_for
 from .settings import Settings
 from .tasks.base import PoisonedTask
 from .worker_probes import WorkerProbes
@@ -169,7 +170,9 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     m.worker_up.labels(hostname).set(1)
     _main["hostname"] = hostname
     if "probes" not in _main:
-        _main["probes"] = WorkerProbes(sender, runtime.broker, runtime.settings)
+        # Probes and renewals must fail fast, not wait out an outage like task writes do.
+        fast = RedisBroker(redis_client(runtime.settings.redis_url, runtime.settings))
+        _main["probes"] = WorkerProbes(sender, fast, runtime.settings)
         _main["probes"].start()
 
 
@@ -203,7 +206,7 @@ def create_worker_app(settings: Settings) -> Celery:
     # Celery logs each task's return value on success; results can hold anything a
     # tenant sent, and task data never reaches Taskplane's logs.
     celery_trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
-    app = create_celery(settings)
+    app = create_celery(settings, patient=True)
     connect_signals()
     return app
 
