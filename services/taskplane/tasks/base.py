@@ -25,10 +25,22 @@ class PoisonedTask(Exception):
     """The task's process died under it too many times; it is not run again."""
 
 
+#: Shortest delay before a retry runs. With full jitter Celery may pick 0 s, and the new
+#: run can then finish before the old one has stored its RETRY state, which would
+#: overwrite the SUCCESS (Celery's check-then-write is not atomic).
+MIN_RETRY_DELAY = 1.0
+
+
 class TaskplaneTask(Task):
     """Stamps the task record on start; skips revoked tasks, quarantines poisoned ones."""
 
     abstract = True
+
+    def retry(self, *args: Any, countdown: float | None = None, eta: Any = None,
+              **kwargs: Any) -> Any:
+        if eta is None:
+            countdown = max(MIN_RETRY_DELAY, countdown or 0.0)
+        return super().retry(*args, countdown=countdown, eta=eta, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from ..celery_app import runtime_for  # the app binds the store; tasks never build one
