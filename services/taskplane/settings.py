@@ -196,7 +196,7 @@ class Settings:
     def validate(self) -> None:
         """Refuse combinations that would lose or duplicate work, with one clear message."""
         for q in (self.default_queue, *self.queues, *self.worker_queues):
-            if not QUEUE_NAME_RE.match(q):
+            if not QUEUE_NAME_RE.fullmatch(q):
                 raise SettingsError(f"queue name {q!r} must match {QUEUE_NAME_RE.pattern}")
         if self.default_soft_time_limit >= self.default_time_limit:
             raise SettingsError("DEFAULT_SOFT_TIME_LIMIT must be below DEFAULT_TIME_LIMIT")

@@ -140,7 +140,7 @@ class TaskRecord:
             tenant=h.get("tenant", ""),
             task=h.get("task", ""),
             queue=h.get("queue", ""),
-            priority=int(h.get("priority", 0)),
+            priority=int(float(h.get("priority", 0))),
             submitted_at=float(h.get("submitted_at", 0)),
             eta=num("eta"),
             started_at=num("started_at"),
@@ -179,8 +179,9 @@ class IdempotencyClaim:
 
 def fingerprint(body: Any) -> str:
     """Stable hash of a request body, so key reuse with a different body is detected."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # ensure_ascii: a lone surrogate (valid JSON, not encodable UTF-8) hashes too
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 class Store:

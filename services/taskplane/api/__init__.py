@@ -25,6 +25,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     tokens = settings.tokens()
     metrics.configure(settings.metrics_enabled)
     app = Flask("taskplane")
+    # No redirects: a merged-slash redirect would name whatever Host the client sent.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     auth.init_app(app, tokens, settings.auth_disabled)

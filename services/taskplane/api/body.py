@@ -8,10 +8,11 @@ JSON), 422 valid JSON of the wrong shape.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import jsonschema
-from flask import request
+from flask import current_app, request
 
 from ..tasks.registry import describe_error
 from .errors import ApiError
@@ -24,13 +25,28 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to infinity, which JSON cannot carry
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
 def json_body() -> Any:
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type",
                        "send the body as JSON with 'Content-Type: application/json'",
                        {"content_type": request.content_type})
-    raw = request.get_data(cache=True)  # Flask raises 413 past MAX_CONTENT_LENGTH
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None:
+        raw = request.get_data(cache=True)  # Flask refused a larger Content-Length (413)
+    else:
+        # A chunked body has no length to refuse up front, and Flask's stream would stop
+        # quietly at the limit: read one byte past it from the server's own stream.
+        raw = request.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -39,7 +55,7 @@ def json_body() -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(text):
         raise ApiError(400, "malformed_json", f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         details = {"line": exc.lineno, "column": exc.colno} if isinstance(
             exc, json.JSONDecodeError) else None

@@ -6,11 +6,16 @@ dashboard shows what clients get wrong without reading logs.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Flask, Response, g, request
 
 from .. import metrics
+
+#: One line per request: method, route template, status, time. Never the raw path, the
+#: query string or a header, so task data and tokens stay out of the logs.
+access = logging.getLogger("taskplane.access")
 
 #: Endpoints that submit tasks: their refusals are counted as rejections.
 SUBMITTING = frozenset({"v1.submit_task", "v1.retry_dead_letter", "seed.start_task"})
@@ -35,6 +40,8 @@ def init_app(app: Flask) -> None:
         started = g.get("request_started")
         if started is not None:
             m.http_duration.labels(route, method).observe(time.perf_counter() - started)
+        access.info("%s %s %d %.1fms", method, route, response.status_code,
+                    1000 * (time.perf_counter() - started) if started is not None else 0.0)
         if request.endpoint in SUBMITTING:
             if response.status_code < 300 and g.get("accepted_task"):
                 m.tasks_accepted.labels(g.accepted_task).inc()

@@ -70,7 +70,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "/v1/tasks/{task_id}": {
             "get": _op("A task's state, result or error", 200, _ref("Task"), (404,),
                        parameters=[_TASK_ID]),
-            "delete": _op("Revoke a task", 202, _ref("Task"), (404, 409), parameters=[
+            "delete": _op("Revoke a task", 202, _ref("Task"), (404, 409, 422), parameters=[
                 _TASK_ID,
                 {"name": "terminate", "in": "query", "required": False,
                  "schema": {"type": "boolean"},

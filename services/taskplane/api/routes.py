@@ -29,12 +29,13 @@ _IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{schemas.MAX_IDEMPOTENCY_KEY}}}
 
 
 def _not_found(task_id: str) -> ApiError:
-    return ApiError(404, "task_not_found", f"no task with id {task_id!r}", {"id": task_id})
+    shown = task_id if len(task_id) <= 128 else task_id[:125] + "..."
+    return ApiError(404, "task_not_found", f"no task with id {shown!r}", {"id": shown})
 
 
 def _owned(task_id: str) -> TaskStatus:
     """The task if it exists and belongs to the caller; another tenant's task is 404 too."""
-    if not _TASK_ID.match(task_id):
+    if not _TASK_ID.fullmatch(task_id):
         raise _not_found(task_id)
     status = load(api_context().celery, task_id)
     if status is None or status.record.tenant != current_tenant():
@@ -99,7 +100,7 @@ def submit_task() -> Response:
             claim = ctx.runtime.store.claim_idempotency(tenant, key, fp, task_id)
     try:
         record = submit(ctx.celery, tenant=tenant, name=spec.name, args=args, kwargs=kwargs,
-                        queue=queue, priority=body.get("priority", broker.DEFAULT_PRIORITY),
+                        queue=queue, priority=int(body.get("priority", broker.DEFAULT_PRIORITY)),
                         countdown=body.get("countdown"), task_id=task_id)
     except BaseException:
         if key is not None:
@@ -122,7 +123,7 @@ def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(key):
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(400, "invalid_idempotency_key",
                        f"Idempotency-Key must be 1-{schemas.MAX_IDEMPOTENCY_KEY} printable "
                        "ASCII characters without spaces", None)
@@ -138,7 +139,7 @@ def get_task(task_id: str) -> Response:
 def revoke_task(task_id: str) -> Response:
     ctx = api_context()
     status = _owned(task_id)
-    terminate = request.args.get("terminate", "false").lower() in ("1", "true", "yes")
+    terminate = _flag("terminate")
     state = status.state
     if state in schemas.TERMINAL_STATES:
         raise ApiError(409, "task_finished", f"task already ended in state {state}",
@@ -177,10 +178,20 @@ def queues() -> Response:
     ]})
 
 
+def _flag(name: str) -> bool:
+    value = request.args.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ApiError(422, "validation_failed", f"{name} must be true or false",
+                       {"fields": [{"field": name, "message": "true or false"}]})
+    return value in ("true", "1")
+
+
 def _page() -> tuple[int, int]:
     try:
-        limit = int(request.args.get("limit", 50))
-        offset = int(request.args.get("offset", 0))
+        raw_limit, raw_offset = request.args.get("limit", "50"), request.args.get("offset", "0")
+        if not (raw_limit.isascii() and raw_offset.isascii()):
+            raise ValueError("not ASCII digits")
+        limit, offset = int(raw_limit), int(raw_offset)
     except ValueError:
         raise ApiError(422, "validation_failed", "limit and offset must be integers",
                        {"fields": [{"field": "limit", "message": "integer 1-500"},
@@ -210,7 +221,7 @@ def dead_letters() -> Response:
 def retry_dead_letter(task_id: str) -> Response:
     ctx = api_context()
     tenant = current_tenant()
-    entry = ctx.runtime.store.get_dead_letter(tenant, task_id) if _TASK_ID.match(task_id) else None
+    entry = ctx.runtime.store.get_dead_letter(tenant, task_id) if _TASK_ID.fullmatch(task_id) else None
     if entry is None:
         raise ApiError(404, "dead_letter_not_found", f"no dead letter with id {task_id!r}",
                        {"id": task_id})

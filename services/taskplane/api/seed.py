@@ -49,7 +49,6 @@ def task_status(task_id: str) -> Response:
     result = status.meta.get("result") if status.meta else None
     if state == "PENDING":
         return jsonify({"state": state, "status": "Pending..."})
-    if state != "FAILURE":
-        return jsonify({"state": state, "result": result})
-    error = error_of(result)
-    return jsonify({"state": state, "status": error["message"]})
+    if state in ("FAILURE", "REVOKED", "RETRY"):  # the post's shape for an exception
+        return jsonify({"state": state, "status": error_of(result)["message"] or state.lower()})
+    return jsonify({"state": state, "result": result})
