@@ -4,7 +4,7 @@ VENV  ?= .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install run monitor test chaos unit integration lint docs chart manifests lock clean
+.PHONY: help install run monitor test chaos bench unit integration lint docs chart manifests lock clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,10 +19,9 @@ monitor: install  ## the local stack plus a Prometheus loaded with the rules; pr
 	@scripts/monitoring-tools.sh
 	@$(BIN)/taskplane dev --monitor
 
-test: install  ## the whole suite: lint, unit, integration, monitoring, chart, chaos and fuzz (small sizes)
-	@scripts/chart-tools.sh
-	@scripts/monitoring-tools.sh
-	$(BIN)/ruff check services tests
+test: install  ## the whole suite: lint, unit, integration, monitoring, chart, chaos, fuzz and bench smoke (small sizes)
+	@bench/install-tools.sh
+	$(BIN)/ruff check services tests bench scripts
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 unit: install  ## unit tests only (no services)
@@ -34,8 +33,12 @@ integration: install  ## integration tests: real redis-server, Celery workers, g
 chaos: install  ## the fault suite and the API fuzzing at full size; prints the summary table
 	CHAOS_SCALE=10 FUZZ_EXAMPLES=3000 CHAOS_RESULTS=bench/results/chaos-latest.json $(BIN)/pytest tests/chaos tests/security -p no:cacheprovider $(PYTEST_ARGS)
 
+bench: install  ## every benchmark and the autoscaling experiment (~13 min): bench/results/, BENCHMARKS.md
+	@bench/install-tools.sh
+	$(BIN)/python -m bench
+
 lint: install  ## ruff
-	$(BIN)/ruff check services tests
+	$(BIN)/ruff check services tests bench scripts
 
 docs: install  ## regenerate the settings table in README.md
 	$(BIN)/python scripts/update_docs.py

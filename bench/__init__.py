@@ -1,0 +1,1 @@
+"""Taskplane's benchmarks and autoscaling experiment: ``python -m bench`` (see bench/run.py)."""

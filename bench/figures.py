@@ -1,0 +1,611 @@
+"""Figures 1, 2, 3 and 5 of the benchmark (figure 4, the cost of metrics, is read off 1 and 2).
+
+Each function starts what it measures on the run's private Redis, runs it, stops it,
+and returns a JSON-ready dict. Runs of the sides being compared are interleaved
+round by round (in a rotating order) and summarised by their median, so a noisy
+neighbour on this 2-core machine hurts every side alike.
+"""
+
+from __future__ import annotations
+
+import json
+import signal as signals
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .loadgen import Client, paced, redis_benchmark, run_wrk
+from .progress import Reporter
+from .stack import BASELINE, ROOT, Proc, Server, Stack, free_port, rss_kib
+
+SUBMIT_PATH = "/v1/tasks"
+NOOP_BODY = {"task": "bench.noop", "kwargs": {"data": "example_data"}}
+SEED_PATH = "/start_task/example_data"
+RESULT_PREFIX = "celery-task-meta-"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each benchmark is; ``FULL`` for ``make bench``, ``SMOKE`` for the tests."""
+
+    enqueue_seconds: float
+    enqueue_warmup_seconds: float
+    enqueue_rounds: int
+    connections: int
+    redis_requests: int
+    exec_tasks: int
+    exec_rounds: int
+    capacity_seconds: float
+    probe_rate: float
+    light_rate: float
+    light_seconds: float
+    load_seconds: float
+    memory_tasks: int
+    burst_tasks: int
+    task_ms: tuple[int, int]
+    trickle_rate: float
+    scrape_interval: float
+    sync_period: float
+    autoscale_max_seconds: float
+    fixed_max_seconds: float
+    hpa_overrides: tuple[tuple[str, Any], ...]
+
+
+# Chart values the autoscaling experiment overrides so the whole run fits the bench's
+# 15 minutes: the chart's 300 s scale-down window and 25 %-per-60 s policy would take
+# more than 8 minutes to come back down. Targets, PromQL, min/max and the scale-up
+# policies are the chart's own.
+FULL_HPA_OVERRIDES = (
+    ("workers.defaults.autoscaling.scaleDown.stabilizationWindowSeconds", 30),
+    ("workers.defaults.autoscaling.scaleDown.periodSeconds", 15),
+)
+
+FULL = Sizes(
+    enqueue_seconds=6, enqueue_warmup_seconds=2, enqueue_rounds=3, connections=16,
+    redis_requests=200_000,
+    exec_tasks=3000, exec_rounds=3,
+    capacity_seconds=6, probe_rate=2000, light_rate=10, light_seconds=15, load_seconds=20,
+    memory_tasks=100_000,
+    burst_tasks=2000, task_ms=(50, 200), trickle_rate=10.0, scrape_interval=5.0,
+    sync_period=15.0, autoscale_max_seconds=260, fixed_max_seconds=200,
+    hpa_overrides=FULL_HPA_OVERRIDES,
+)
+
+SMOKE = Sizes(
+    enqueue_seconds=1, enqueue_warmup_seconds=0, enqueue_rounds=1, connections=4,
+    redis_requests=2000,
+    exec_tasks=40, exec_rounds=1,
+    capacity_seconds=1, probe_rate=300, light_rate=10, light_seconds=1, load_seconds=1,
+    memory_tasks=300,
+    burst_tasks=50, task_ms=(50, 100), trickle_rate=10.0, scrape_interval=1.0,
+    sync_period=1.0, autoscale_max_seconds=40, fixed_max_seconds=25,
+    hpa_overrides=(
+        ("workers.defaults.autoscaling.hpa.targetBacklogPerReplica", 5),
+        ("workers.defaults.autoscaling.hpa.maxReplicas", 3),
+        ("workers.defaults.autoscaling.scaleUp.periodSeconds", 1),
+        ("workers.defaults.autoscaling.scaleDown.stabilizationWindowSeconds", 2),
+        ("workers.defaults.autoscaling.scaleDown.periodSeconds", 1),
+        ("workers.defaults.autoscaling.scaleDown.maxPercent", 100),
+        ("workers.defaults.softShutdownTimeout", 2),
+    ),
+)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def median(values: Iterable[float]) -> float:
+    values = list(values)
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest-rank."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def rounded(value: float, digits: int = 3) -> float:
+    return round(value, digits) if value == value else value  # keep NaN
+
+
+def auth_headers(stack: Stack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.token}", "Content-Type": "application/json"}
+
+
+def taskplane_waiting(stack: Stack, queue: str = "default") -> int:
+    client = stack.client()
+    keys = [queue] + [f"{queue}:{n}" for n in range(1, 10)]
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.llen(key)
+        return int(sum(pipe.execute()))
+
+
+def result_dates(stack: Stack, ids: list[str]) -> list[float | None]:
+    """Celery's ``date_done`` (epoch seconds) of each task id; None while it has no result."""
+    client = stack.client()
+    out: list[float | None] = []
+    for i in range(0, len(ids), 2000):
+        for raw in client.mget([RESULT_PREFIX + x for x in ids[i:i + 2000]]):
+            if raw is None:
+                out.append(None)
+                continue
+            meta = json.loads(raw)
+            if meta.get("status") != "SUCCESS":
+                out.append(None)
+                continue
+            done = datetime.fromisoformat(meta["date_done"])
+            if done.tzinfo is None:
+                done = done.replace(tzinfo=UTC)
+            out.append(done.timestamp())
+    return out
+
+
+def wait_results(stack: Stack, ids: list[str], timeout: float, progress: Callable[[int], None] | None = None,
+                 proc: Proc | None = None) -> list[float]:
+    """Wait until every task in ``ids`` has a SUCCESS result; their ``date_done`` times."""
+    deadline = time.monotonic() + timeout
+    pending = list(range(len(ids)))
+    dates: list[float | None] = [None] * len(ids)
+    while pending:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} died:\n{proc.log()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} of {len(ids)} tasks unfinished after {timeout:.0f}s")
+        # the last task submitted is about the last to finish: look at all only when it is done
+        if dates[pending[-1]] is None and result_dates(stack, [ids[pending[-1]]])[0] is None:
+            if progress:
+                progress(len(ids) - len(pending))
+            time.sleep(0.1)
+            continue
+        fresh = result_dates(stack, [ids[i] for i in pending])
+        still = []
+        for i, d in zip(pending, fresh, strict=True):
+            if d is None:
+                still.append(i)
+            else:
+                dates[i] = d
+        pending = still
+        if progress:
+            progress(len(ids) - len(pending))
+        if pending:
+            time.sleep(0.1)
+    return [d for d in dates if d is not None]
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A /metrics page as {"name{label=value,...}": value} (labels sorted)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def metric_total(samples: dict[str, float], name: str, **labels: str) -> float:
+    want = [f"{k}={v}" for k, v in labels.items()]
+    total = 0.0
+    for key, value in samples.items():
+        metric, _, rest = key.partition("{")
+        if metric == name and all(w in rest.rstrip("}").split(",") for w in want):
+            total += value
+    return total
+
+
+def fill(stack: Stack, side: str, n: int, queue: str = "default") -> list[str]:
+    """A backlog of ``n`` no-op tasks, published the way ``side``'s producer does.
+
+    Taskplane's go to ``queue``; the post's to Celery's default queue, as the post has it.
+    """
+    ids_file = stack.workdir / f"ids-{side}.txt"
+    pythonpath = f"{BASELINE}:{ROOT}" if side == "seed" else str(ROOT)
+    env = stack.env(PYTHONPATH=pythonpath, PROMETHEUS_MULTIPROC_DIR=stack.metrics_dir("fill"),
+                    DEFAULT_QUEUE=queue)
+    out = subprocess.run([sys.executable, "-m", "bench.fill", side, str(n), str(ids_file)],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"filling the {side} backlog failed:\n{out.stderr[-3000:]}")
+    ids = ids_file.read_text().split()
+    if len(ids) != n:
+        raise RuntimeError(f"filled {len(ids)} tasks, wanted {n}")
+    return ids
+
+
+# -- figure 1: enqueue --------------------------------------------------------------------
+
+def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+    """Requests/s and latency of submitting a task, against the post's app and the bare route."""
+    rep.say("figure 1: starting the bare Flask app, the post's app and Taskplane's API (metrics on/off)")
+    servers = {
+        "bare": stack.start_baseline_api("bare-api", "bare:app", wait=False),
+        "seed": stack.start_baseline_api("seed-api", "app:app", wait=False),
+        "taskplane": stack.start_api("api-metrics-on", metrics=True, wait=False),
+        "taskplane_metrics_off": stack.start_api("api-metrics-off", metrics=False, wait=False),
+    }
+    for server in servers.values():
+        server.wait()
+    body = json.dumps(NOOP_BODY)
+    requests = {
+        "bare": {"url": servers["bare"].base + "/"},
+        "seed": {"url": servers["seed"].base + SEED_PATH},
+        "taskplane": {"url": servers["taskplane"].base + SUBMIT_PATH, "method": "POST",
+                      "body": body, "headers": auth_headers(stack)},
+        "taskplane_metrics_off": {"url": servers["taskplane_metrics_off"].base + SUBMIT_PATH,
+                                  "method": "POST", "body": body, "headers": auth_headers(stack)},
+    }
+    names = list(requests)
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    if sizes.enqueue_warmup_seconds:
+        for name in names:
+            run_wrk(seconds=sizes.enqueue_warmup_seconds, connections=sizes.connections,
+                    workdir=stack.workdir, **requests[name])
+    total = sizes.enqueue_rounds * len(names)
+    with rep.bar("enqueue (wrk runs)", total) as bar:
+        done = 0
+        for rnd in range(sizes.enqueue_rounds):
+            order = names[rnd % len(names):] + names[:rnd % len(names)]
+            for name in order:
+                stack.flush()
+                result = run_wrk(seconds=sizes.enqueue_seconds, connections=sizes.connections,
+                                 workdir=stack.workdir, **requests[name])
+                row = result.as_dict()
+                if name.startswith("taskplane"):
+                    row["queued"] = taskplane_waiting(stack)
+                elif name == "seed":
+                    row["queued"] = int(stack.client().llen("celery"))
+                runs[name].append(row)
+                done += 1
+                bar.update(done)
+    stack.stop(*servers.values())
+
+    summary = {}
+    for name in names:
+        rows = runs[name]
+        summary[name] = {
+            "requests_per_s": rounded(median(r["requests_per_s"] for r in rows), 1),
+            "p50_ms": rounded(median(r["latency_ms"]["p50"] for r in rows)),
+            "p99_ms": rounded(median(r["latency_ms"]["p99"] for r in rows)),
+            "errors": sum(sum(r["errors"].values()) for r in rows),
+            "runs": rows,
+        }
+    tp, seed, bare = (summary[n]["requests_per_s"] for n in ("taskplane", "seed", "bare"))
+    ratios = {"taskplane_vs_seed": rounded(tp / seed), "taskplane_vs_bare": rounded(tp / bare)}
+    return {
+        "what": "POST /v1/tasks (auth, schema validation, record + publish, metrics on) vs. the post's "
+                "GET /start_task/<data> (.delay()) vs. a constant Flask route; all under Taskplane's "
+                "gunicorn configuration, driven by wrk on loopback at fixed concurrency",
+        "connections": sizes.connections, "seconds_per_run": sizes.enqueue_seconds,
+        "rounds": sizes.enqueue_rounds, "results": summary, "ratios": ratios,
+        "targets": {"taskplane_vs_seed": 2.5, "taskplane_vs_bare": 0.75},
+        "met": {"taskplane_vs_seed": ratios["taskplane_vs_seed"] >= 2.5,
+                "taskplane_vs_bare": ratios["taskplane_vs_bare"] >= 0.75},
+    }
+
+
+def redis_limits(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+    rep.say("bare limit: redis-benchmark LPUSH/RPOP on the same Redis")
+    stack.flush()
+    results = redis_benchmark(stack.redis.port, requests=sizes.redis_requests)
+    stack.flush()
+    return {"what": "redis-benchmark -t lpush,rpop, 50 clients, on the run's Redis",
+            "requests": sizes.redis_requests, "results": results}
+
+
+# -- figure 2: execution ------------------------------------------------------------------
+
+def execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+    """Tasks/s one worker pod (2 processes) drains from a backlog of no-op tasks."""
+    sides = ["taskplane", "taskplane_metrics_off", "seed"]
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
+    n = sizes.exec_tasks
+    previous: Proc | None = None
+    with rep.bar("execution (drains)", sizes.exec_rounds * len(sides)) as bar:
+        done = 0
+        for rnd in range(sizes.exec_rounds):
+            order = sides[rnd % len(sides):] + sides[:rnd % len(sides)]
+            for side in order:
+                # each run has its own queue: nothing of one run can reach the next
+                queue = f"bench-exec-{done}"
+                if previous is not None:
+                    stack.stop(previous, sig=signals.SIGKILL)
+                stack.flush()
+                ids = fill(stack, "seed" if side == "seed" else "taskplane", n, queue)
+                started = time.time()
+                if side == "seed":
+                    worker = stack.start_seed_worker(f"seed-{rnd}")
+                else:
+                    worker = stack.start_worker(f"exec-{side}-{rnd}", metrics=side == "taskplane",
+                                                DEFAULT_QUEUE=queue)
+                ready = time.time()
+                dates = wait_results(stack, ids, timeout=60 + n / 20, proc=worker)
+                finished = time.time()
+                previous = worker
+                first, last = min(dates), max(dates)
+                runs[side].append({
+                    "tasks": n,
+                    "tasks_per_s": rounded((n - 1) / (last - first), 1) if last > first else None,
+                    "wall_tasks_per_s": rounded(n / (finished - ready), 1),
+                    "startup_s": rounded(ready - started, 2),
+                })
+                done += 1
+                bar.update(done)
+    if previous is not None:
+        stack.stop(previous, sig=signals.SIGKILL)
+    summary = {s: {"tasks_per_s": rounded(median(r["tasks_per_s"] for r in runs[s] if r["tasks_per_s"]), 1),
+                   "runs": runs[s]} for s in sides}
+    ratio = summary["taskplane"]["tasks_per_s"] / summary["seed"]["tasks_per_s"]
+    return {
+        "what": "one worker pod with 2 pool processes draining a backlog of no-op tasks: Taskplane "
+                "(acks late, prefetch 1, results, task records, metrics) vs. the post's worker "
+                "(celery -A tasks.celery_app worker -l info --concurrency=2); rate = (n-1) / "
+                "(last date_done - first date_done)",
+        "tasks_per_run": n, "rounds": sizes.exec_rounds, "results": summary,
+        "ratios": {"taskplane_vs_seed": rounded(ratio)},
+        "targets": {"taskplane_vs_seed": 2.0},
+        "met": {"taskplane_vs_seed": ratio >= 2.0},
+    }
+
+
+# -- figure 3: end-to-end latency ---------------------------------------------------------
+
+def _submit(client: Client) -> tuple[int, Any]:
+    return client.request("POST", SUBMIT_PATH, NOOP_BODY)
+
+
+def _finished_at(body: Any) -> float | None:
+    if not isinstance(body, dict) or body.get("state") != "SUCCESS" or not body.get("finished_at"):
+        return None
+    return datetime.fromisoformat(body["finished_at"].replace("Z", "+00:00")).timestamp()
+
+
+def _fetch_all(api: Server, token: str, ids: list[str], threads: int = 8) -> list[Any]:
+    """GET /v1/tasks/<id> for every id, through the API."""
+    bodies: list[Any] = [None] * len(ids)
+    lock = threading.Lock()
+    cursor = iter(range(len(ids)))
+
+    def run() -> None:
+        client = Client(api.base, token)
+        try:
+            while True:
+                with lock:
+                    i = next(cursor, None)
+                if i is None:
+                    return
+                bodies[i] = client.request("GET", f"{SUBMIT_PATH}/{ids[i]}")[1]
+        finally:
+            client.close()
+
+    workers = [threading.Thread(target=run, daemon=True) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return bodies
+
+
+def _latency_summary(latencies_ms: list[float]) -> dict[str, Any]:
+    return {"samples": len(latencies_ms), "p50_ms": rounded(percentile(latencies_ms, 50), 2),
+            "p90_ms": rounded(percentile(latencies_ms, 90), 2),
+            "p99_ms": rounded(percentile(latencies_ms, 99), 2),
+            "max_ms": rounded(max(latencies_ms), 2) if latencies_ms else None}
+
+
+def latency(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+    """Submit → SUCCESS visible through the API, at light load and at 80 % of capacity."""
+    stack.flush()
+    api = stack.start_api("api-latency")
+    worker = stack.start_worker("latency")
+    token = stack.token
+
+    def client() -> Client:
+        return Client(api.base, token)
+
+    # capacity: tasks/s the pod completes while the API is saturated by this same client
+    rep.say("figure 3: capacity probe (API saturated, one worker pod draining)")
+    n_probe = int(sizes.probe_rate * sizes.capacity_seconds)
+    probe = paced(n_probe, sizes.probe_rate, lambda c, i: (*_submit(c), None), client, threads=16,
+                  duration=sizes.capacity_seconds)
+    window_start, window_end = min(probe.sent), max(probe.answered)
+    probe_ids = [b["id"] for s, b in zip(probe.status, probe.bodies, strict=True) if s == 202]
+    dates = wait_results(stack, probe_ids, timeout=120 + len(probe_ids) / 50, proc=worker)
+    lead_in = min(1.0, (window_end - window_start) / 4)
+    in_window = [d for d in dates if window_start + lead_in <= d <= window_end]
+    capacity = len(in_window) / max(1e-9, window_end - window_start - lead_in)
+    accepted_rate = len(probe_ids) / max(1e-9, window_end - window_start)
+
+    # light load: every task polled until SUCCESS is visible
+    rep.say(f"figure 3: light load, {sizes.light_rate:g} tasks/s, each polled every 5 ms")
+    stack.flush()
+
+    def submit_and_poll(c: Client, i: int) -> tuple[int, Any, Any]:
+        status, body = _submit(c)
+        if status != 202:
+            return status, body, None
+        path = f"{SUBMIT_PATH}/{body['id']}"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            _, seen = c.request("GET", path)
+            if isinstance(seen, dict) and seen.get("state") == "SUCCESS":
+                return status, seen, time.time()
+            time.sleep(0.005)
+        return status, body, None
+
+    n_light = max(1, int(sizes.light_rate * sizes.light_seconds))
+    light = paced(n_light, sizes.light_rate, submit_and_poll, client, threads=8)
+    polled = [(seen - sent) * 1000 for sent, seen in zip(light.sent, light.extra, strict=True) if seen]
+    stamped = []
+    for sent, body in zip(light.sent, light.bodies, strict=True):
+        done_at = _finished_at(body)
+        if done_at is not None:
+            stamped.append((done_at - sent) * 1000)
+
+    # 80 % of capacity: submit only; read each task's finished_at through the API afterwards
+    rate = max(1.0, 0.8 * capacity)
+    rep.say(f"figure 3: 80% of capacity, {rate:.0f} tasks/s for {sizes.load_seconds:g}s")
+    stack.flush()
+    n_load = max(1, int(rate * sizes.load_seconds))
+    with rep.bar("80% load submissions", n_load) as bar:
+        load = paced(n_load, rate, lambda c, i: (*_submit(c), None), client, threads=16,
+                     progress=bar.update)
+    load_ids = [(i, b["id"]) for i, (s, b) in enumerate(zip(load.status, load.bodies, strict=True))
+                if s == 202]
+    wait_results(stack, [x for _, x in load_ids], timeout=120 + n_load / 50, proc=worker)
+    bodies = _fetch_all(api, token, [x for _, x in load_ids])
+    skip = n_load // 10  # warm-up: the first tenth
+    load_lat = []
+    for (i, _), body in zip(load_ids, bodies, strict=True):
+        done_at = _finished_at(body)
+        if done_at is not None and i >= skip:
+            load_lat.append((done_at - load.sent[i]) * 1000)
+    lag = [(s - d) * 1000 for s, d in zip(load.sent, load.intended, strict=True)]
+    achieved = n_load / max(1e-9, max(load.sent) - min(load.sent)) if n_load > 1 else rate
+
+    stack.stop(worker, sig=signals.SIGKILL)
+    stack.stop(api)
+    return {
+        "what": "submit (POST /v1/tasks) until SUCCESS is visible through GET /v1/tasks/<id>, one API "
+                "and one worker pod (2 processes), open-loop arrivals at a fixed rate",
+        "capacity": {"tasks_per_s": rounded(capacity, 1), "accepted_per_s": rounded(accepted_rate, 1),
+                     "how": "completions/s of the pod while the same client submits as fast as the "
+                            "API accepts (both share this machine's cores)"},
+        "light": {"rate_per_s": sizes.light_rate, "submitted": n_light,
+                  "errors": sum(1 for s in light.status if s != 202),
+                  "polled": _latency_summary(polled),
+                  "finished_at": _latency_summary(stamped),
+                  "how": "polled: GET every 5 ms until SUCCESS, time from just before the POST; "
+                         "finished_at: the API's finished_at minus the POST's send time"},
+        "at_80pct": {"rate_per_s": rounded(rate, 1), "achieved_rate_per_s": rounded(achieved, 1),
+                     "submitted": n_load, "errors": sum(1 for s in load.status if s != 202),
+                     "client_lag_p99_ms": rounded(percentile(lag, 99), 2),
+                     **_latency_summary(load_lat),
+                     "how": "finished_at from GET /v1/tasks/<id> minus the POST's send time; first "
+                            "tenth discarded as warm-up"},
+    }
+
+
+# -- figure 5: memory ---------------------------------------------------------------------
+
+def memory(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+    """Peak RSS of API workers and worker pool children over ``memory_tasks`` tasks."""
+    stack.flush()
+    api = stack.start_api("api-memory")
+    worker_metrics = free_port()
+    worker = stack.start_worker("memory", metrics_port=worker_metrics)
+    api_pids = api.worker_pids()
+    pool_pids = worker.children()
+    total = sizes.memory_tasks
+    checkpoints = [total // 2, total]
+    samples: dict[str, Any] = {"api": {}, "worker": {}}
+    series: list[dict[str, Any]] = []
+
+    def rss(pids: list[int]) -> dict[str, dict[str, int]]:
+        out = {}
+        for pid in pids:
+            value = rss_kib(pid)
+            if value:
+                out[str(pid)] = {"rss_kib": value[0], "hwm_kib": value[1]}
+        return out
+
+    def counts() -> tuple[int, int]:
+        accepted = metric_total(scrape(api.base + "/metrics"), "taskplane_api_tasks_accepted_total")
+        succeeded = metric_total(scrape(f"http://127.0.0.1:{worker_metrics}/metrics"),
+                                 "taskplane_tasks_total", outcome="succeeded")
+        return int(accepted), int(succeeded)
+
+    rep.say(f"figure 5: {total:,} tasks through the API and one worker pod")
+    body = json.dumps(NOOP_BODY)
+    stop = threading.Event()
+    wrk_error: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            while not stop.is_set():
+                accepted, _ = counts()
+                if accepted >= total:
+                    return
+                seconds = max(1, min(5, round((total - accepted) / 2000)))
+                run_wrk(api.base + SUBMIT_PATH, seconds=seconds, connections=sizes.connections,
+                        method="POST", body=body, headers=auth_headers(stack), workdir=stack.workdir)
+        except BaseException as exc:
+            wrk_error.append(exc)
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    deadline = time.monotonic() + 60 + total / 40
+    started = time.time()
+    with rep.bar("memory run (tasks done)", total) as bar:
+        while True:
+            if wrk_error:
+                raise RuntimeError(f"wrk failed: {wrk_error[0]}")
+            if not worker.alive():
+                raise RuntimeError(f"worker died:\n{worker.log()[-3000:]}")
+            accepted, succeeded = counts()
+            series.append({"t": round(time.time() - started, 2), "accepted": accepted,
+                           "succeeded": succeeded,
+                           "api_rss_kib": sum(v["rss_kib"] for v in rss(api_pids).values()),
+                           "pool_rss_kib": sum(v["rss_kib"] for v in rss(pool_pids).values())})
+            for mark in checkpoints:
+                if accepted >= mark and str(mark) not in samples["api"]:
+                    samples["api"][str(mark)] = rss(api_pids)
+                if succeeded >= mark and str(mark) not in samples["worker"]:
+                    samples["worker"][str(mark)] = rss(pool_pids)
+            bar.update(min(accepted, succeeded))
+            if all(str(m) in samples["api"] and str(m) in samples["worker"] for m in checkpoints):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"memory run unfinished: accepted {accepted}, succeeded {succeeded}")
+            time.sleep(0.5)
+    stop.set()
+    driver.join(30)
+    elapsed = time.time() - started
+    final_api, final_pool = rss(api_pids), rss(pool_pids)
+    stack.stop(worker, sig=signals.SIGKILL)
+    stack.stop(api)
+
+    def growth(role: str, pids: list[int]) -> dict[str, Any]:
+        half, full = samples[role][str(checkpoints[0])], samples[role][str(checkpoints[1])]
+        per = {}
+        for pid in map(str, pids):
+            if pid in half and pid in full:
+                a, b = half[pid]["rss_kib"], full[pid]["rss_kib"]
+                per[pid] = {"rss_at_half_kib": a, "rss_at_end_kib": b, "growth_kib": b - a,
+                            "growth_pct": rounded(100.0 * (b - a) / a, 2)}
+        worst = max(per.values(), key=lambda v: v["growth_kib"], default=None)
+        return {"per_process": per, "max_growth_kib": worst["growth_kib"] if worst else None,
+                "max_growth_pct": worst["growth_pct"] if worst else None}
+
+    api_growth, pool_growth = growth("api", api_pids), growth("worker", pool_pids)
+    peak_api = max((v["hwm_kib"] for v in final_api.values()), default=0)
+    peak_pool = max((v["hwm_kib"] for v in final_pool.values()), default=0)
+    # "no growth": at most 2 % (or 1 MiB, whichever is larger) between the two checkpoints
+    def flat(g: dict[str, Any], base: int) -> bool:
+        return g["max_growth_kib"] is not None and g["max_growth_kib"] <= max(1024, 0.02 * base)
+
+    return {
+        "what": f"{total:,} no-op tasks submitted through POST /v1/tasks (wrk) and run by one worker "
+                "pod; RSS of each gunicorn worker and each pool child at the halfway point and at the "
+                "end (VmRSS), and the peak (VmHWM)",
+        "tasks": total, "seconds": rounded(elapsed, 1), "checkpoints": checkpoints,
+        "api_worker": {"processes": len(api_pids), "peak_rss_mib": rounded(peak_api / 1024, 1),
+                       **api_growth, "flat": flat(api_growth, peak_api)},
+        "worker_child": {"processes": len(pool_pids), "peak_rss_mib": rounded(peak_pool / 1024, 1),
+                         **pool_growth, "flat": flat(pool_growth, peak_pool)},
+        "criterion": "flat = growth between the checkpoints <= max(1 MiB, 2 % of peak RSS)",
+        "samples": samples, "series": series[:: max(1, len(series) // 200)],
+    }

@@ -1,0 +1,251 @@
+"""BENCHMARKS.md from latest.json: ``python -m bench.report [RESULTS_JSON] [MARKDOWN]``.
+
+Only the part between the ``BEGIN``/``END`` markers is rewritten; text outside them is
+kept, so the file can carry hand-written notes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+MARKDOWN = ROOT / "BENCHMARKS.md"
+BEGIN, END = "<!-- BEGIN bench (python -m bench.report) -->", "<!-- END bench -->"
+
+INTRO = """# Benchmarks
+
+`make bench` measures Taskplane against the blog post's own setup (`bench/baseline/`, its Flask
+app, Celery config and worker command, written afresh) and against the bare limits of this
+machine (a constant Flask route under the same gunicorn configuration, and `redis-benchmark`
+on the same Redis), then runs the autoscaling experiment. It writes
+`bench/results/latest.json`, the PNGs next to it, and the section below
+(`python -m bench.report` rewrites it from the JSON). Numbers are from one machine and one
+run: compare ratios measured in the same run, not absolute numbers across machines.
+
+"""
+
+
+def _fmt(value: Any, spec: str = "{:,.1f}") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and value != value:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, int | float):
+        return spec.format(value)
+    return str(value)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _met(flag: bool | None) -> str:
+    return "—" if flag is None else ("met" if flag else "**not met**")
+
+
+def _failed(name: str, section: dict[str, Any] | None) -> list[str] | None:
+    if section is None:
+        return [f"*{name}: not run.*", ""]
+    if "error" in section:
+        return [f"*{name}: failed: `{section['error'][:300]}`*", ""]
+    return None
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results.get("machine", {})
+    v = m.get("versions", {})
+    git = m.get("git", {})
+    dirty = " (uncommitted changes)" if git.get("dirty") else ""
+    lines = [
+        f"Run `{results.get('mode', '?')}` finished {results.get('finished_at', '?')} in "
+        f"{_fmt(results.get('seconds'), '{:,.0f}')} s on {m.get('nproc', '?')} x {m.get('cpu_model', '?')}, "
+        f"{m.get('memory_gib', '?')} GiB, {m.get('os', '?')} (kernel {m.get('kernel', '?')}); load "
+        f"average {m.get('load_average_at_start', '?')} at the start, "
+        f"{results.get('load_average_at_end', '?')} at the end; commit `{git.get('commit', '?')}`{dirty}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+        "![figures](bench/results/figures.png)",
+        "",
+    ]
+
+    enq = results.get("enqueue")
+    lines += ["## 1. Enqueue", ""]
+    failed = _failed("Enqueue", enq)
+    if failed:
+        lines += failed
+    else:
+        lines += [f"{_sentence(enq['what'])}; {enq['connections']} connections, {enq['rounds']} x "
+                  f"{enq['seconds_per_run']:g} s per side, median of the rounds.", "",
+                  "| Side | Requests/s | p50 ms | p99 ms | Errors |", "|---|---:|---:|---:|---:|"]
+        labels = {"bare": "Bare Flask route (constant)", "seed": "Blog post `/start_task/<data>`",
+                  "taskplane": "Taskplane `POST /v1/tasks`",
+                  "taskplane_metrics_off": "Taskplane `POST /v1/tasks`, metrics off"}
+        for name, label in labels.items():
+            r = enq["results"][name]
+            lines.append(f"| {label} | {_fmt(r['requests_per_s'], '{:,.0f}')} | "
+                         f"{_fmt(r['p50_ms'], '{:.2f}')} | "
+                         f"{_fmt(r['p99_ms'], '{:.2f}')} | {r['errors']} |")
+        ratios, met = enq["ratios"], enq["met"]
+        lines += ["", "| Ratio | Measured | Target | |", "|---|---:|---:|---|",
+                  f"| Taskplane / blog post | {ratios['taskplane_vs_seed']:.2f}x | ≥ 2.5x | "
+                  f"{_met(met['taskplane_vs_seed'])} |",
+                  f"| Taskplane / bare Flask | {ratios['taskplane_vs_bare']:.0%} | ≥ 75% | "
+                  f"{_met(met['taskplane_vs_bare'])} |", ""]
+
+    red = results.get("redis")
+    if red and "error" not in red:
+        r = red["results"]
+        lines += [f"Bare Redis limit ({red['what']}, {red['requests']:,} requests): "
+                  + ", ".join(f"{k.upper()} {_fmt(x['ops_per_s'], '{:,.0f}')} ops/s "
+                              f"(p50 {x.get('p50_ms', '—')} ms)"
+                              for k, x in r.items()) + ".", ""]
+
+    exe = results.get("execution")
+    lines += ["## 2. Execution", ""]
+    failed = _failed("Execution", exe)
+    if failed:
+        lines += failed
+    else:
+        lines += [f"{_sentence(exe['what'])}. {exe['tasks_per_run']:,} tasks per run, "
+                  f"{exe['rounds']} rounds, median.", "",
+                  "| Side | Tasks/s | Runs (tasks/s) |", "|---|---:|---|"]
+        labels = {"seed": "Blog post worker", "taskplane": "Taskplane worker",
+                  "taskplane_metrics_off": "Taskplane worker, metrics off"}
+        for name, label in labels.items():
+            r = exe["results"][name]
+            runs = ", ".join(_fmt(x["tasks_per_s"], "{:,.0f}") for x in r["runs"])
+            lines.append(f"| {label} | {_fmt(r['tasks_per_s'], '{:,.0f}')} | {runs} |")
+        lines += ["", f"Taskplane / blog post: **{exe['ratios']['taskplane_vs_seed']:.2f}x** "
+                      f"(target ≥ 2x: {_met(exe['met']['taskplane_vs_seed'])}).", ""]
+
+    lat = results.get("latency")
+    lines += ["## 3. End-to-end latency", ""]
+    failed = _failed("Latency", lat)
+    if failed:
+        lines += failed
+    else:
+        light, load = lat["light"], lat["at_80pct"]
+
+        def row(label: str, rate: float, block: dict[str, Any]) -> str:
+            cells = " | ".join(_fmt(block[k], "{:.1f}") for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))
+            return f"| {label} | {rate:g}/s | {block['samples']} | {cells} |"
+
+        lines += [f"{_sentence(lat['what'])}. Capacity: "
+                  f"{_fmt(lat['capacity']['tasks_per_s'], '{:,.0f}')} tasks/s "
+                  f"({lat['capacity']['how']}).", "",
+                  "| Load | Rate | Samples | p50 ms | p90 ms | p99 ms | Max ms |",
+                  "|---|---:|---:|---:|---:|---:|---:|",
+                  row("Light, polled every 5 ms", light["rate_per_s"], light["polled"]),
+                  row("Light, from `finished_at`", light["rate_per_s"], light["finished_at"]),
+                  row("80% of capacity, from `finished_at`", load["achieved_rate_per_s"], load), "",
+                  f"Light load: {light['how']}. At 80%: {load['how']}; client lag p99 "
+                  f"{_fmt(load['client_lag_p99_ms'], '{:.1f}')} ms, submission errors {load['errors']}.", ""]
+
+    cost = results.get("metrics_cost")
+    lines += ["## 4. Cost of metrics", ""]
+    failed = _failed("Cost of metrics", cost)
+    if failed:
+        lines += failed
+    else:
+        lines += [_sentence(cost["what"]) + ".", "",
+                  "| Measure | Metrics on | Metrics off | Cost | Per round | Target < 5% |",
+                  "|---|---:|---:|---:|---|---|"]
+        for name, r in cost["results"].items():
+            rounds = ", ".join(f"{x:+.1f}%" for x in r.get("per_round_pct", []))
+            lines.append(f"| {name} | {_fmt(r['on'])} | {_fmt(r['off'])} | "
+                         f"{_fmt(r['cost_pct'], '{:+.1f}%')} | "
+                         f"{rounds} | {_met(r['met'])} |")
+        lines.append("")
+
+    mem = results.get("memory")
+    lines += ["## 5. Memory", ""]
+    failed = _failed("Memory", mem)
+    if failed:
+        lines += failed
+    else:
+        lines += [f"{_sentence(mem['what'])}; {mem['seconds']:,.0f} s.", "",
+                  f"| Process | Count | Peak RSS MiB | Largest growth {mem['checkpoints'][0]:,} → "
+                  f"{mem['checkpoints'][1]:,} | No growth |", "|---|---:|---:|---:|---|"]
+        for key, label in (("api_worker", "API (gunicorn) worker"), ("worker_child", "Worker pool child")):
+            r = mem[key]
+            growth = (f"{r['max_growth_kib']:+,} KiB ({r['max_growth_pct']:+.2f}%)"
+                      if r["max_growth_kib"] is not None else "—")
+            lines.append(f"| {label} | {r['processes']} | {_fmt(r['peak_rss_mib'])} | {growth} | "
+                         f"{_met(r['flat'])} |")
+        lines += ["", f"{mem['criterion']}.", ""]
+
+    auto = results.get("autoscaling")
+    lines += ["## Autoscaling", ""]
+    failed = _failed("Autoscaling", auto)
+    if failed:
+        lines += failed
+    else:
+        hpa = auto["hpa"]
+        a, f = auto["autoscaled"], auto["fixed"]
+        lines += ["![autoscaling](bench/results/autoscaling.png)", "", _sentence(auto["what"]) + ".", "",
+                  f"The HPA, rendered from the chart (`helm template`, overrides: "
+                  f"{', '.join(f'`{k}={v}`' for k, v in hpa['chart_overrides'].items()) or 'none'}): "
+                  f"{hpa['min_replicas']}-{hpa['max_replicas']} replicas; scale-up "
+                  f"{_policies(hpa['scale_up'])}; scale-down {_policies(hpa['scale_down'])}; tolerance "
+                  f"{hpa['tolerance']:g}. Metrics, as prometheus-adapter would query them:", ""]
+        for metric in hpa["metrics"]:
+            lines.append(f"- `{metric['name']}` ({metric['target_type']} {metric['target']:g}): "
+                         f"`{metric['promql']}`")
+        lines += ["", "| | Autoscaled | One fixed worker |", "|---|---:|---:|",
+                  f"| Tasks accepted (burst + trickle) | {a['accepted']:,} | {f['accepted']:,} |",
+                  f"| Time to first scale-up | {_fmt(a['time_to_first_scale_up_s'])} s | — |",
+                  f"| First added worker ready | {_fmt(a.get('first_added_worker_ready_s'))} s | — |",
+                  f"| Time to drain the burst | {_fmt(a['time_to_drain_s'])} s | "
+                  f"{_fmt(f['time_to_drain_s'])} s |",
+                  f"| Most replicas | {a['max_replicas']} | {f['max_replicas']} |",
+                  f"| Scale-downs (SIGTERM) | {len(a['scale_downs'])} | — |",
+                  f"| Tasks finished while scaling down | {a['tasks_finished_during_scale_down']:,} | — |",
+                  f"| Lost | {a['lost']} | {f['lost']} |",
+                  f"| Ran twice | {a['ran_twice']} | {f['ran_twice']} |",
+                  f"| Started twice (a run cut short and redone) | {a['started_twice']} | "
+                  f"{f['started_twice']} |",
+                  "", f"Drain speed-up: **{_fmt(auto.get('speedup'), '{:.2f}')}x**. Scale events: "
+                  + "; ".join(f"{e['t']:.0f} s: {e['from']} → {e['to']}"
+                              for e in a["scale_ups"] + a["scale_downs"])
+                  + ".", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _policies(rules: dict[str, Any]) -> str:
+    pols = ", ".join(f"{p['value']}{'%' if p['type'] == 'Percent' else ' pods'} per {p['period_seconds']} s"
+                     for p in rules["policies"])
+    return f"{pols} ({rules['select_policy']}), window {rules['stabilization_window_seconds']} s"
+
+
+def write(results: dict[str, Any], markdown: Path) -> Path:
+    section = f"{BEGIN}\n{render(results)}{END}\n"
+    if markdown.exists():
+        text = markdown.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            tail = rest.split(END, 1)[1].lstrip("\n")
+            text = head + section + tail
+        else:
+            text = text.rstrip() + "\n\n" + section
+    else:
+        text = INTRO + section
+    markdown.write_text(text)
+    return markdown
+
+
+def main(argv: list[str]) -> int:
+    source = Path(argv[0]) if argv else RESULTS
+    target = Path(argv[1]) if len(argv) > 1 else MARKDOWN
+    print(write(json.loads(source.read_text()), target))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
