@@ -18,6 +18,10 @@ from . import auth, errors, health, limits, observe, routes, seed
 from .context import ApiContext
 
 
+def _no_result_subscription(producer: object, task_id: str) -> None:
+    return None
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level,
@@ -35,6 +39,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     observe.init_app(app)
     limits.init_app(app)
     celery = create_celery(settings)
+    # Celery's Redis backend subscribes to every sent task's result channel so that a
+    # caller may block on .get(). The API never does (it reads results by key), so the
+    # subscriptions would only pile up in memory and fill the connection's buffer.
+    celery.backend.on_task_call = _no_result_subscription  # type: ignore[method-assign]
     app.extensions["taskplane"] = ApiContext(
         settings=settings,
         celery=celery,
