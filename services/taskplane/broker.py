@@ -32,13 +32,17 @@ transport priority ``9 - p``; this module is the only place that flips it.
 
 from __future__ import annotations
 
+import base64
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from kombu.serialization import dumps as serialize
+from kombu.utils.json import dumps as json_dumps
 
 #: One list per priority level, so every API priority is distinct on the broker.
 PRIORITY_STEPS: tuple[int, ...] = tuple(range(10))
@@ -138,9 +142,51 @@ def transport_priority(api_priority: int) -> int:
     return MAX_PRIORITY - api_priority
 
 
+def queue_key(queue: str, step: int) -> str:
+    """The list holding ``queue``'s waiting messages of transport priority ``step``."""
+    return queue if step == 0 else f"{queue}{SEP}{step}"
+
+
 def queue_keys(queue: str) -> list[str]:
     """Every Redis list that holds waiting messages of ``queue``."""
-    return [queue if step == 0 else f"{queue}{SEP}{step}" for step in PRIORITY_STEPS]
+    return [queue_key(queue, step) for step in PRIORITY_STEPS]
+
+
+#: kombu's Redis channel base64-encodes message bodies (``Channel.body_encoding``).
+BODY_ENCODING = "base64"
+#: AMQP's "persistent" delivery mode, which kombu's producer sets on every task message.
+PERSISTENT = 2
+
+
+def encode_task(message: tuple[dict[str, Any], dict[str, Any], Any, Any], queue: str,
+                api_priority: int, enqueued_at: float) -> tuple[str, str]:
+    """The Redis list and the raw entry kombu would LPUSH for a Celery task message.
+
+    ``message`` is what ``app.amqp.as_task_v2`` builds (headers, properties, body). The
+    envelope is what ``Producer.publish`` → ``Channel.prepare_message`` →
+    ``basic_publish`` write for the anonymous exchange (routing key = queue name, which
+    is how Celery sends to a direct queue): the API can then store a task's record and
+    its message in one atomic script instead of a record write plus a kombu publish.
+    The integration suite compares this entry with what ``send_task`` writes.
+    """
+    headers, properties, body, _sent_event = message
+    content_type, content_encoding, data = serialize(body, serializer="json")
+    step = transport_priority(api_priority)
+    envelope = {
+        "body": base64.b64encode(data.encode() if isinstance(data, str) else data).decode(),
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": {**headers, ENQUEUED_AT_HEADER: enqueued_at},
+        "properties": {
+            **properties,
+            "delivery_mode": PERSISTENT,
+            "priority": step,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "body_encoding": BODY_ENCODING,
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return queue_key(queue, step), json_dumps(envelope)
 
 
 class RedisBroker:

@@ -11,21 +11,23 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from . import broker
+from . import broker, results
 from .settings import Settings
 from .store import Store, TaskRecord
 from .tasks.registry import Registry, load_task_modules
 
-#: Publishing gives up fast when Redis is away, so the API can answer 503 quickly
-#: instead of holding the client; nothing is accepted that was not published.
+#: Publishing from a worker (retries, ``send_task`` from task code) gives up fast when
+#: Redis is away; the API writes its messages itself (``submit``) and never retries.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                         "interval_max": 0.5}
 
@@ -38,6 +40,8 @@ class Runtime:
     registry: Registry
     store: Store
     broker: broker.RedisBroker
+    #: The ``origin`` header of messages this process sends (Celery's ``anon_nodename``).
+    origin: str = field(default_factory=anon_nodename)
 
     def known_queues(self) -> list[str]:
         queues = {self.settings.default_queue, *self.settings.queues}
@@ -75,7 +79,8 @@ def create_celery(settings: Settings, patient: bool = False) -> Celery:
     Redis outage instead of turning a finished task into a FAILURE.
     """
     registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
-    app = Celery("taskplane", broker=settings.redis_url, backend=settings.results_url,
+    app = Celery("taskplane", broker=settings.redis_url,
+                 backend=results.backend_url(settings.results_url),
                  set_as_current=True)
     routes = {spec.name: {"queue": spec.queue} for spec in registry if spec.queue}
     app.conf.update(
@@ -88,7 +93,7 @@ def create_celery(settings: Settings, patient: bool = False) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
-        task_track_started=True,
+        task_track_started=False,  # TaskplaneTask stores STARTED with the record's stamp
         task_time_limit=settings.default_time_limit,
         task_soft_time_limit=settings.default_soft_time_limit,
         task_default_queue=settings.default_queue,
@@ -146,23 +151,30 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def enqueue(app: Celery, *, task_id: str, name: str, args: Sequence[Any],
-            kwargs: Mapping[str, Any], queue: str, priority: int,
-            countdown: float | None = None) -> None:
-    """Publish one task message; raises a connection error if Redis did not take it."""
-    app.send_task(
-        name,
-        args=list(args),
-        kwargs=dict(kwargs),
-        task_id=task_id,
-        queue=queue,
-        routing_key=queue,
-        priority=broker.transport_priority(priority),
-        countdown=countdown or None,
-        headers={broker.ENQUEUED_AT_HEADER: time.time()},
-        retry=True,
-        retry_policy=PUBLISH_RETRY_POLICY,
+def task_message(app: Celery, *, task_id: str, name: str, args: Sequence[Any],
+                 kwargs: Mapping[str, Any], queue: str, priority: int, now: float,
+                 countdown: float | None = None) -> tuple[str, str]:
+    """The queue list and raw broker entry of one task, as ``send_task`` would write it.
+
+    Celery builds the message (protocol 2, so any Celery worker runs it); ``broker``
+    wraps it in the transport's envelope. Argument reprs are a count, not the values:
+    Celery logs them and puts them in events, and task arguments may be private.
+    """
+    task = app.tasks.get(name)
+    message = app.amqp.as_task_v2(
+        task_id, name, args=list(args), kwargs=dict(kwargs),
+        eta=datetime.fromtimestamp(now + countdown, UTC) if countdown else None,
+        time_limit=getattr(task, "time_limit", None),
+        soft_time_limit=getattr(task, "soft_time_limit", None),
+        reply_to=app.thread_oid, origin=runtime_for(app).origin,
+        argsrepr=redacted_repr(args), kwargsrepr=redacted_repr(kwargs),
+        ignore_result=None,  # as send_task leaves it: the task's own setting applies
     )
+    return broker.encode_task(message, queue, priority, now)
+
+
+def redacted_repr(values: Sequence[Any] | Mapping[str, Any]) -> str:
+    return f"<{len(values)} redacted>"
 
 
 class TenantCapReached(Exception):
@@ -172,24 +184,17 @@ class TenantCapReached(Exception):
 def submit(app: Celery, *, tenant: str, name: str, args: Sequence[Any],
            kwargs: Mapping[str, Any], queue: str, priority: int,
            countdown: float | None = None, task_id: str | None = None) -> TaskRecord:
-    """Record and publish a task. The record is written first, so a worker always finds
-    it; if publishing fails the record is removed and the error propagates (nothing is
-    accepted that is not on the queue)."""
+    """Record a task and put its message on the queue in one atomic Redis call: either
+    both are written or neither (a connection error propagates and nothing is accepted),
+    and a worker that takes the message always finds the record."""
     runtime = runtime_for(app)
-    store = runtime.store
     now = time.time()
     record = TaskRecord(id=task_id or new_task_id(), tenant=tenant, task=name, queue=queue,
                         priority=priority, submitted_at=now,
                         eta=now + countdown if countdown else None)
-    if not store.create(record, cap=runtime.settings.max_open_tasks_per_tenant):
+    push = task_message(app, task_id=record.id, name=name, args=args, kwargs=kwargs,
+                        queue=queue, priority=priority, now=now, countdown=countdown)
+    if not runtime.store.create(record, cap=runtime.settings.max_open_tasks_per_tenant,
+                                push=push):
         raise TenantCapReached(tenant)
-    try:
-        enqueue(app, task_id=record.id, name=name, args=args, kwargs=kwargs, queue=queue,
-                priority=priority, countdown=countdown)
-    except BaseException:
-        try:
-            store.delete(record)
-        except redis.RedisError:
-            pass  # Redis is away: the record expires by its TTL and the id stays unknown
-        raise
     return record

@@ -28,24 +28,32 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import redis
 
+from . import results
+
 PREFIX = "taskplane:"
 
-# Stamp a record only if it exists (a task sent around the API has none, and an
-# HSET would create one without a TTL). Returns the revoked flag, or false.
-# A run starts: stamp it and count it. Runs started minus runs ended is the number of
-# runs whose process died under them. Returns {exists, revoked, died}.
-_START = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, 0} end
+# A run starts: stamp the record and count the run (runs started minus runs ended is the
+# number of runs whose process died under them), and, given a second key, store the
+# run's STARTED state unless the task was revoked. A record is stamped only if it
+# exists: a task sent around the API has none, and an HSET would create one without a
+# TTL. KEYS: record[, result]. ARGV: now, retries[, STARTED value, its TTL].
+# Returns {exists, revoked, died}.
+_START = results.WRITE_STATE_LUA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if KEYS[2] then write_state(KEYS[2], ARGV[3], ARGV[4]) end
+  return {0, 0, 0}
+end
 redis.call('HSET', KEYS[1], 'started_at', ARGV[1], 'retries', ARGV[2])
 redis.call('HDEL', KEYS[1], 'finished_at')
 local started = redis.call('HINCRBY', KEYS[1], 'runs_started', 1)
 local ended = tonumber(redis.call('HGET', KEYS[1], 'runs_ended') or '0')
 local revoked = redis.call('HGET', KEYS[1], 'revoked') == '1' and 1 or 0
+if KEYS[2] and revoked == 0 then write_state(KEYS[2], ARGV[3], ARGV[4]) end
 return {1, revoked, started - 1 - ended}
 """
 
@@ -72,18 +80,22 @@ if tenant then redis.call('ZREM', ARGV[3] .. tenant, ARGV[4]) end
 return 1
 """
 
-# Create a record unless the tenant already has ``cap`` unfinished tasks (0: no cap).
+# Create a record unless the tenant already has ``cap`` unfinished tasks (0: no cap),
+# and, given a third key, push the task's message onto that queue list in the same
+# step: a record never exists without its message, nor a message without its record.
 # Entries older than the record TTL are pruned first: their records have expired.
-# KEYS: record, open set. ARGV: id, ttl, now, cap, then the record's field/value pairs.
+# KEYS: record, open set[, queue list]. ARGV: id, ttl, now, cap, message (or ''), then
+# the record's field/value pairs.
 _CREATE = """
 local id, ttl, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
 if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, id)
 redis.call('EXPIRE', KEYS[2], ttl)
+if KEYS[3] then redis.call('LPUSH', KEYS[3], ARGV[5]) end
 return 1
 """
 
@@ -151,11 +163,16 @@ class TaskRecord:
 
     def to_hash(self) -> dict[str, str]:
         out = {}
-        for k, v in asdict(self).items():
-            if k == "id" or v is None:
+        for k in _RECORD_FIELDS:
+            v = getattr(self, k)
+            if v is None:
                 continue
             out[k] = ("1" if v else "0") if isinstance(v, bool) else str(v)
         return out
+
+
+#: The fields a record hash holds (all but the id, which is in the key).
+_RECORD_FIELDS = tuple(f.name for f in fields(TaskRecord) if f.name != "id")
 
 
 @dataclass(frozen=True)
@@ -229,12 +246,19 @@ class Store:
     def rate_key(tenant: str) -> str:
         return f"{PREFIX}rate:{tenant}"
 
-    def create(self, record: TaskRecord, cap: int = 0) -> bool:
-        """Write the record; False (nothing written) if the tenant has ``cap`` open tasks."""
-        ttl = self.record_ttl + int(max(0.0, (record.eta or 0) - time.time()))
-        fields = [x for pair in record.to_hash().items() for x in pair]
-        created = self._create(keys=[self.record_key(record.id), self.open_key(record.tenant)],
-                               args=[record.id, ttl, time.time(), cap, *fields])
+    def create(self, record: TaskRecord, cap: int = 0,
+               push: tuple[str, str] | None = None) -> bool:
+        """Write the record, and LPUSH ``push = (list key, message)`` with it atomically;
+        False (nothing written) if the tenant has ``cap`` open tasks."""
+        now = time.time()
+        ttl = self.record_ttl + int(max(0.0, (record.eta or 0) - now))
+        pairs = [x for pair in record.to_hash().items() for x in pair]
+        keys = [self.record_key(record.id), self.open_key(record.tenant)]
+        message = ""
+        if push is not None:
+            keys.append(push[0])
+            message = push[1]
+        created = self._create(keys=keys, args=[record.id, ttl, now, cap, message, *pairs])
         return bool(created)
 
     def open_count(self, tenant: str) -> int:
@@ -255,10 +279,18 @@ class Store:
         raw = self.client.hgetall(self.record_key(task_id))
         return TaskRecord.from_hash(task_id, raw) if raw else None
 
-    def start(self, task_id: str, retries: int) -> RunStart:
-        """Stamp ``started_at`` and count the run; say if it was revoked or keeps dying."""
-        exists, revoked, died = self._start(keys=[self.record_key(task_id)],
-                                            args=[time.time(), retries])
+    def start(self, task_id: str, retries: int,
+              state: tuple[str, str, int] | None = None) -> RunStart:
+        """Stamp ``started_at`` and count the run; say if it was revoked or keeps dying.
+
+        ``state``: the run's STARTED result as ``(key, value, ttl)``, stored in the same
+        call unless the task was revoked (``ResultBackend.started_state``).
+        """
+        keys, args = [self.record_key(task_id)], [time.time(), retries]
+        if state is not None:
+            keys.append(state[0])
+            args += [state[1], state[2]]
+        exists, revoked, died = self._start(keys=keys, args=args)
         return RunStart(known=bool(exists), revoked=bool(revoked), died=int(died))
 
     def end_run(self, task_id: str, finished: bool) -> None:

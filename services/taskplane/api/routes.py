@@ -44,13 +44,16 @@ def _owned(task_id: str) -> TaskStatus:
 
 
 def task_url(task_id: str) -> str:
-    return url_for("v1.get_task", task_id=task_id)
+    """``url_for("v1.get_task")`` without the URL map: ids match ``_TASK_ID`` (no
+    characters to quote), and this runs on every submission."""
+    return f"{request.script_root}{bp.url_prefix}/tasks/{task_id}"
 
 
 def accepted(status: TaskStatus, replayed: bool = False) -> Response:
-    response = jsonify(represent(status, task_url(status.record.id)))
+    url = task_url(status.record.id)
+    response = jsonify(represent(status, url))
     response.status_code = 202
-    response.headers["Location"] = task_url(status.record.id)
+    response.headers["Location"] = url
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response

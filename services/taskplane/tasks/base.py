@@ -1,7 +1,8 @@
 """The Celery task base class every registered task runs under.
 
 It exists for two checks Celery cannot make by itself, both answered by the task
-record in the same round trip that stamps ``started_at``:
+record in the same round trip that stamps ``started_at`` and stores the STARTED state
+(in place of Celery's ``task_track_started``, which would cost a round trip more):
 
 * a task revoked while no worker was listening (revokes are broadcast, not stored)
   must still not run when a worker later receives it;
@@ -12,10 +13,14 @@ record in the same round trip that stamps ``started_at``:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Task, current_task
+from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore
+
+from ..results import ResultBackend
 
 #: Custom state a running task reports through :func:`progress`.
 PROGRESS = "PROGRESS"
@@ -48,7 +53,11 @@ class TaskplaneTask(Task):
         request = self.request
         if request.id and not request.called_directly:
             runtime = runtime_for(self.app)
-            run = runtime.store.start(request.id, retries=request.retries or 0)
+            backend = self.backend
+            state = None
+            if isinstance(backend, ResultBackend) and not get_actual_ignore_result(self, request):
+                state = backend.started_state(request, os.getpid())
+            run = runtime.store.start(request.id, retries=request.retries or 0, state=state)
             if run.revoked:
                 raise Ignore()  # revoked while queued: the API already stored REVOKED
             limit = runtime.settings.max_deliveries
