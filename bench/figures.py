@@ -229,10 +229,13 @@ def fill(stack: Stack, side: str, n: int, queue: str = "default") -> list[str]:
 # -- figure 1: enqueue --------------------------------------------------------------------
 
 def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
-    """Requests/s and latency of submitting a task, against the post's app and the bare route."""
-    rep.say("figure 1: starting the bare Flask app, the post's app and Taskplane's API (metrics on/off)")
+    """Requests/s and latency of submitting a task, against the post's app, the bare route
+    and the floor (one LPUSH per request)."""
+    rep.say("figure 1: starting the bare Flask app, the floor, the post's app and Taskplane's API "
+            "(metrics on/off)")
     servers = {
         "bare": stack.start_baseline_api("bare-api", "bare:app", wait=False),
+        "floor": stack.start_baseline_api("floor-api", "floor:app", wait=False),
         "seed": stack.start_baseline_api("seed-api", "app:app", wait=False),
         "taskplane": stack.start_api("api-metrics-on", metrics=True, wait=False),
         "taskplane_metrics_off": stack.start_api("api-metrics-off", metrics=False, wait=False),
@@ -242,6 +245,7 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     body = json.dumps(NOOP_BODY)
     requests = {
         "bare": {"url": servers["bare"].base + "/"},
+        "floor": {"url": servers["floor"].base + "/", "method": "POST"},
         "seed": {"url": servers["seed"].base + SEED_PATH},
         "taskplane": {"url": servers["taskplane"].base + SUBMIT_PATH, "method": "POST",
                       "body": body, "headers": auth_headers(stack)},
@@ -268,6 +272,8 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                     row["queued"] = taskplane_waiting(stack)
                 elif name == "seed":
                     row["queued"] = int(stack.client().llen("celery"))
+                elif name == "floor":
+                    row["queued"] = int(stack.client().llen("floor"))
                 runs[name].append(row)
                 done += 1
                 bar.update(done)
@@ -283,11 +289,15 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
             "errors": sum(sum(r["errors"].values()) for r in rows),
             "runs": rows,
         }
-    tp, seed, bare = (summary[n]["requests_per_s"] for n in ("taskplane", "seed", "bare"))
-    ratios = {"taskplane_vs_seed": rounded(tp / seed), "taskplane_vs_bare": rounded(tp / bare)}
+    tp, seed, bare, floor = (summary[n]["requests_per_s"]
+                             for n in ("taskplane", "seed", "bare", "floor"))
+    ratios = {"taskplane_vs_seed": rounded(tp / seed), "taskplane_vs_bare": rounded(tp / bare),
+              "taskplane_vs_floor": rounded(tp / floor), "floor_vs_bare": rounded(floor / bare),
+              "floor_vs_seed": rounded(floor / seed)}
     return {
-        "what": "POST /v1/tasks (auth, schema validation, record + publish, metrics on) vs. the post's "
-                "GET /start_task/<data> (.delay()) vs. a constant Flask route; all under Taskplane's "
+        "what": "POST /v1/tasks (auth, schema validation, record + message in one Redis call, "
+                "metrics on) vs. the post's GET /start_task/<data> (.delay()) vs. a constant Flask "
+                "route (bare) vs. a route that does one LPUSH (floor); all under Taskplane's "
                 "gunicorn configuration, driven by wrk on loopback at fixed concurrency",
         "connections": sizes.connections, "seconds_per_run": sizes.enqueue_seconds,
         "rounds": sizes.enqueue_rounds, "results": summary, "ratios": ratios,

@@ -1,6 +1,6 @@
 """Put a backlog of tasks on the queue, the way each side's producer does, without HTTP.
 
-    python -m bench.fill taskplane N IDS_FILE   # taskplane.celery_app.submit(): record + publish
+    python -m bench.fill taskplane N IDS_FILE   # taskplane.celery_app.submit(): record + message, one call
     python -m bench.fill seed N IDS_FILE        # the post's long_running_task.delay(data)
 
 Run in a child process with the stack's environment (``REDIS_URL`` ...; for ``seed``,

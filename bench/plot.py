@@ -14,9 +14,9 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-COLORS = {"bare": "#9e9e9e", "seed": "#e07b39", "taskplane": "#2b6cb0",
+COLORS = {"bare": "#9e9e9e", "floor": "#c4c4c4", "seed": "#e07b39", "taskplane": "#2b6cb0",
           "taskplane_metrics_off": "#90b4e0", "fixed": "#e07b39", "autoscaled": "#2b6cb0"}
-LABELS = {"bare": "bare Flask", "seed": "blog post", "taskplane": "Taskplane",
+LABELS = {"bare": "bare Flask", "floor": "floor\n(1 LPUSH)", "seed": "blog post", "taskplane": "Taskplane",
           "taskplane_metrics_off": "Taskplane\n(metrics off)"}
 
 
@@ -56,16 +56,17 @@ def figures_png(results: dict[str, Any], out: Path) -> Path:
 
     enq = results.get("enqueue")
     if not _missing(a1, "1. Enqueue (requests/s)", enq):
-        names = ["bare", "seed", "taskplane", "taskplane_metrics_off"]
+        names = ["bare", "floor", "seed", "taskplane", "taskplane_metrics_off"]
         _bars(a1, names, [enq["results"][n]["requests_per_s"] for n in names])
         r = enq["ratios"]
         a1.set_title(f"1. Enqueue, {enq['connections']} connections: requests/s\n"
-                     f"Taskplane = {r['taskplane_vs_seed']:.2f}x post, {r['taskplane_vs_bare']:.0%} of bare",
+                     f"Taskplane = {r['taskplane_vs_seed']:.2f}x post, {r['taskplane_vs_bare']:.0%} of bare, "
+                     f"{r['taskplane_vs_floor']:.0%} of floor",
                      fontsize=10)
         a1.set_ylabel("requests/s")
 
     if not _missing(a2, "1. Enqueue latency", enq):
-        names = ["bare", "seed", "taskplane", "taskplane_metrics_off"]
+        names = ["bare", "floor", "seed", "taskplane", "taskplane_metrics_off"]
         x = range(len(names))
         p50 = [enq["results"][n]["p50_ms"] for n in names]
         p99 = [enq["results"][n]["p99_ms"] for n in names]

@@ -207,9 +207,11 @@ def summary(results: dict[str, Any]) -> str:
     if enq and "error" not in enq:
         r = enq["results"]
         lines.append(f"  enqueue   Taskplane {r['taskplane']['requests_per_s']:,.0f} req/s, post "
-                     f"{r['seed']['requests_per_s']:,.0f}, bare {r['bare']['requests_per_s']:,.0f}: "
+                     f"{r['seed']['requests_per_s']:,.0f}, bare {r['bare']['requests_per_s']:,.0f}, "
+                     f"floor {r['floor']['requests_per_s']:,.0f}: "
                      f"{enq['ratios']['taskplane_vs_seed']:.2f}x post, "
-                     f"{enq['ratios']['taskplane_vs_bare']:.0%} of bare")
+                     f"{enq['ratios']['taskplane_vs_bare']:.0%} of bare, "
+                     f"{enq['ratios']['taskplane_vs_floor']:.0%} of floor")
     exe = results.get("execution")
     if exe and "error" not in exe:
         r = exe["results"]

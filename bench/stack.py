@@ -249,14 +249,16 @@ class Stack:
         return server.wait() if wait else server
 
     def start_baseline_api(self, name: str, app: str, wait: bool = True, **env: Any) -> Server:
-        """``bare:app`` or the post's ``app:app`` under Taskplane's gunicorn configuration."""
+        """``bare:app``, ``floor:app`` or the post's ``app:app`` under Taskplane's gunicorn
+        configuration."""
         port = free_port()
         e = self.env(API_PORT=port, BASELINE_APP=app, PYTHONPATH=f"{BASELINE}:{ROOT}",
                      PROMETHEUS_MULTIPROC_DIR=self.metrics_dir(name), **env)
         args = [sys.executable, "-m", "gunicorn", "--no-control-socket", "--chdir", str(BASELINE),
                 "-c", "python:gunicorn_conf"]
         proc = self.spawn(name, args, e, cwd=BASELINE)
-        server = Server(name, proc, port, "/" if app.startswith("bare") else "/task_status/probe")
+        probe = {"bare": "/", "floor": "/healthz"}.get(app.split(":")[0], "/task_status/probe")
+        server = Server(name, proc, port, probe)
         return server.wait() if wait else server
 
     def start_worker(self, name: str = "w1", metrics: bool = True, concurrency: int = 2,

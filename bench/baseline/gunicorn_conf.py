@@ -3,7 +3,8 @@
 Every gunicorn setting ``taskplane.api.gunicorn_conf`` sets (workers, threads, worker
 class, timeouts, keep-alive, request limits, access log and its format, log level, bind
 address, ...) is copied from it, so the baselines and the API are served alike; only the
-application differs: ``BASELINE_APP`` (``app:app``, the blog post's, or ``bare:app``).
+application differs: ``BASELINE_APP`` (``app:app``, the blog post's, ``bare:app`` or
+``floor:app``).
 Server hooks are not copied: Taskplane's only drops a dead worker's metric files.
 Start it with ``--no-control-socket`` and ``--chdir bench/baseline``.
 """

@@ -46,11 +46,14 @@ def test_results_describe_the_machine(smoke):
 
 def test_enqueue_and_the_bare_limits(smoke):
     enq = smoke["results"]["enqueue"]
-    for side in ("bare", "seed", "taskplane", "taskplane_metrics_off"):
+    for side in ("bare", "floor", "seed", "taskplane", "taskplane_metrics_off"):
         row = enq["results"][side]
         assert number(row["requests_per_s"]) and number(row["p50_ms"]) and number(row["p99_ms"])
         assert row["errors"] == 0 and row["runs"]
-    assert number(enq["ratios"]["taskplane_vs_seed"]) and number(enq["ratios"]["taskplane_vs_bare"])
+    for side in ("floor", "seed", "taskplane"):  # every side but bare stored what it accepted
+        assert all(run["queued"] > 0 for run in enq["results"][side]["runs"]), side
+    for ratio in ("taskplane_vs_seed", "taskplane_vs_bare", "taskplane_vs_floor", "floor_vs_bare"):
+        assert number(enq["ratios"][ratio]), ratio
     assert set(enq["met"]) == {"taskplane_vs_seed", "taskplane_vs_bare"}
     redis = smoke["results"]["redis"]["results"]
     assert number(redis["lpush"]["ops_per_s"]) and number(redis["rpop"]["ops_per_s"])
