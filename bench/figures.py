@@ -19,9 +19,10 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from .loadgen import Client, paced, redis_benchmark, run_wrk
+from .loadgen import Client, connection_split, paced, redis_benchmark, run_wrk
 from .progress import Reporter
 from .stack import BASELINE, ROOT, Proc, Server, Stack, free_port, rss_kib
 
@@ -253,6 +254,8 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                                   "method": "POST", "body": body, "headers": auth_headers(stack)},
     }
     names = list(requests)
+    spreads = {name: partial(connection_split, servers[name].port, servers[name].worker_pids())
+               for name in names}
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     if sizes.enqueue_warmup_seconds:
         for name in names:
@@ -266,7 +269,7 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
             for name in order:
                 stack.flush()
                 result = run_wrk(seconds=sizes.enqueue_seconds, connections=sizes.connections,
-                                 workdir=stack.workdir, **requests[name])
+                                 workdir=stack.workdir, spread=spreads[name], **requests[name])
                 row = result.as_dict()
                 if name.startswith("taskplane"):
                     row["queued"] = taskplane_waiting(stack)

@@ -13,11 +13,12 @@ import csv
 import http.client
 import io
 import json
+import re
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ class WrkResult:
     seconds: float
     errors: dict[str, int]
     latency_ms: dict[str, float]
+    split: list[int] | None = None  # wrk's connections held by each server process
+    attempts: int = 1  # wrk starts it took to get an even split
 
     @property
     def rps(self) -> float:
@@ -87,27 +90,86 @@ class WrkResult:
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "seconds": round(self.seconds, 3),
                 "requests_per_s": round(self.rps, 1), "errors": self.errors,
-                "latency_ms": self.latency_ms}
+                "latency_ms": self.latency_ms, "split": self.split, "attempts": self.attempts}
+
+
+def connection_split(port: int, pids: Sequence[int]) -> list[int]:
+    """How many established connections to ``port`` each of ``pids`` holds (``ss -tnp``)."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, timeout=10, check=True)
+    counts = dict.fromkeys(pids, 0)
+    for line in out.stdout.splitlines():
+        for pid in {int(p) for p in re.findall(r"pid=(\d+)", line)}:
+            if pid in counts:
+                counts[pid] += 1
+    return [counts[pid] for pid in pids]
+
+
+def even(split: Sequence[int], connections: int) -> bool:
+    """Every process holds at least half its fair share of the connections."""
+    return bool(split) and min(split) * 2 * len(split) >= connections
+
+
+def _settled_split(spread: Callable[[], list[int]], connections: int,
+                   proc: subprocess.Popen[str], within: float = 2.0) -> list[int]:
+    """The split once wrk has opened all its connections (or after ``within`` seconds)."""
+    deadline = time.monotonic() + within
+    split = spread()
+    while sum(split) < connections and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        split = spread()
+    return split
+
+
+#: wrk starts allowed per run before an uneven split is accepted (and recorded as such).
+SPLIT_ATTEMPTS = 15
+#: Pause before a restart, so the server has closed the abandoned connections.
+SPLIT_PAUSE_S = 0.3
 
 
 def run_wrk(url: str, *, seconds: float, connections: int, threads: int = 1,
             method: str = "GET", body: str | None = None,
             headers: dict[str, str] | None = None, workdir: Path,
-            timeout_s: float = 10) -> WrkResult:
-    """One closed-loop wrk run against ``url``; raises if wrk fails or prints no result."""
+            timeout_s: float = 10, spread: Callable[[], list[int]] | None = None) -> WrkResult:
+    """One closed-loop wrk run against ``url``; raises if wrk fails or prints no result.
+
+    ``spread`` (the connections each server process holds, e.g. ``connection_split``):
+    gunicorn leaves a new connection to whichever worker wakes first, and wrk opens all
+    of its keep-alive connections at once, so one worker often ends up with nearly all
+    of them and the server runs on one core, halving the figure at random. A run whose
+    connections are not spread evenly (``even``) is stopped at once and started again,
+    so every side is measured as a load balancer would spread clients over its workers.
+    """
     script = workdir / f"wrk-{abs(hash((url, method, body))) % 10**8}.lua"
     script.write_text(wrk_script(method, body, headers or {}))
     duration = max(1, round(seconds))
     args = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{duration}s",
             f"--timeout={timeout_s:g}s", "-s", str(script), url]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
+    split = None
+    for attempt in range(1, SPLIT_ATTEMPTS + 1):
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if spread is not None:
+            split = _settled_split(spread, connections, proc)
+            if not even(split, connections) and attempt < SPLIT_ATTEMPTS:
+                proc.kill()
+                proc.communicate()
+                time.sleep(SPLIT_PAUSE_S)
+                continue
+        try:
+            stdout, stderr = proc.communicate(timeout=duration + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        break
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {stdout[-2000:]} {stderr[-2000:]}")
     data = json.loads(line[len("BENCH_JSON "):])
     lat = {k: round(v / 1000.0, 3) for k, v in data["latency_us"].items()}
     return WrkResult(requests=int(data["requests"]), seconds=data["duration_us"] / 1e6,
-                     errors={k: int(v) for k, v in data["errors"].items()}, latency_ms=lat)
+                     errors={k: int(v) for k, v in data["errors"].items()}, latency_ms=lat,
+                     split=split, attempts=attempt)
 
 
 # -- redis-benchmark ----------------------------------------------------------------------

@@ -20,8 +20,9 @@ INTRO = """# Benchmarks
 
 `make bench` measures Taskplane against the blog post's own setup (`bench/baseline/`, its Flask
 app, Celery config and worker command, written afresh) and against the bare limits of this
-machine (a constant Flask route under the same gunicorn configuration, and `redis-benchmark`
-on the same Redis), then runs the autoscaling experiment. It writes
+machine (a constant Flask route under the same gunicorn configuration, a route that does one
+Redis LPUSH per request, and `redis-benchmark` on the same Redis), then runs the autoscaling
+experiment. It writes
 `bench/results/latest.json`, the PNGs next to it, and the section below
 (`python -m bench.report` rewrites it from the JSON). Numbers are from one machine and one
 run: compare ratios measured in the same run, not absolute numbers across machines.
@@ -104,7 +105,12 @@ def render(results: dict[str, Any]) -> str:
                   f"| Floor / bare Flask | {ratios['floor_vs_bare']:.0%} | | |",
                   f"| Floor / blog post | {ratios['floor_vs_seed']:.2f}x | | |", "",
                   "The floor is what one Redis round trip per request leaves of the bare route "
-                  "on this machine: no API that stores a task before answering can pass it.", ""]
+                  "on this machine: no API that stores a task before answering can pass it.", "",
+                  "gunicorn hands each new connection to whichever worker wakes first, and wrk opens "
+                  "all of its keep-alive connections at once, so a run often lands nearly all of them "
+                  "on one worker and measures one core. A run whose connections were not spread "
+                  "evenly over the workers was stopped and started again "
+                  f"({_restarts(enq)} restarts in this run; each run's split is in latest.json).", ""]
 
     red = results.get("redis")
     if red and "error" not in red:
@@ -231,18 +237,31 @@ def _policies(rules: dict[str, Any]) -> str:
     return f"{pols} ({rules['select_policy']}), window {rules['stabilization_window_seconds']} s"
 
 
+def section(results: dict[str, Any]) -> str:
+    """The generated part of BENCHMARKS.md, markers included."""
+    return f"{BEGIN}\n{render(results)}{END}\n"
+
+
+def current_section(markdown: Path) -> str | None:
+    """The generated part as the file holds it now, or None if it has none."""
+    text = markdown.read_text()
+    if BEGIN not in text or END not in text:
+        return None
+    return BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+
+
 def write(results: dict[str, Any], markdown: Path) -> Path:
-    section = f"{BEGIN}\n{render(results)}{END}\n"
+    generated = section(results)
     if markdown.exists():
         text = markdown.read_text()
         if BEGIN in text and END in text:
             head, rest = text.split(BEGIN, 1)
             tail = rest.split(END, 1)[1].lstrip("\n")
-            text = head + section + tail
+            text = head + generated + tail
         else:
-            text = text.rstrip() + "\n\n" + section
+            text = text.rstrip() + "\n\n" + generated
     else:
-        text = INTRO + section
+        text = INTRO + generated
     markdown.write_text(text)
     return markdown
 
@@ -256,3 +275,7 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
+
+
+def _restarts(enq: dict[str, Any]) -> int:
+    return sum(run.get("attempts", 1) - 1 for side in enq["results"].values() for run in side["runs"])

@@ -50,6 +50,8 @@ def test_enqueue_and_the_bare_limits(smoke):
         row = enq["results"][side]
         assert number(row["requests_per_s"]) and number(row["p50_ms"]) and number(row["p99_ms"])
         assert row["errors"] == 0 and row["runs"]
+        for run in row["runs"]:  # every run records how its connections were spread
+            assert len(run["split"]) == 2 and sum(run["split"]) > 0 and run["attempts"] >= 1
     for side in ("floor", "seed", "taskplane"):  # every side but bare stored what it accepted
         assert all(run["queued"] > 0 for run in enq["results"][side]["runs"]), side
     for ratio in ("taskplane_vs_seed", "taskplane_vs_bare", "taskplane_vs_floor", "floor_vs_bare"):
