@@ -57,26 +57,20 @@ if KEYS[2] and revoked == 0 then write_state(KEYS[2], ARGV[3], ARGV[4]) end
 return {1, revoked, started - 1 - ended}
 """
 
-# A run ended in its process (success, failure, retry): count it, and when the task is
-# finished for good, stamp it and release its place in the tenant's open set.
+# A task's run ended, or the task itself did. ARGV[5] counts the run as ended in its
+# process ('1': success, failure, retry; '0': the task ended without a run ending here,
+# e.g. revoked, or failed for good in the worker's main process); ARGV[6] '1' when the
+# task is finished for good: stamp it, keep it for the result TTL, release its place in
+# the tenant's open set. A missing record (a task sent around the API) is left alone.
 _END = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'runs_ended', 1)
-if ARGV[5] == '1' then
+if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'runs_ended', 1) end
+if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   local tenant = redis.call('HGET', KEYS[1], 'tenant')
   if tenant then redis.call('ZREM', ARGV[3] .. tenant, ARGV[4]) end
 end
-return 1
-"""
-
-_FINISH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'finished_at', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-local tenant = redis.call('HGET', KEYS[1], 'tenant')
-if tenant then redis.call('ZREM', ARGV[3] .. tenant, ARGV[4]) end
 return 1
 """
 
@@ -212,7 +206,6 @@ class Store:
         self.idempotency_ttl = idempotency_ttl
         self.dead_letter_ttl = dead_letter_ttl
         self._start = client.register_script(_START)
-        self._finish = client.register_script(_FINISH)
         self._end = client.register_script(_END)
         self._set_if_exists = client.register_script(_SET_IF_EXISTS)
         self._create = client.register_script(_CREATE)
@@ -295,13 +288,16 @@ class Store:
 
     def end_run(self, task_id: str, finished: bool) -> None:
         """A run ended without its process dying; ``finished``: the task is done for good."""
-        self._end(keys=[self.record_key(task_id)],
-                  args=[time.time(), self.result_ttl, f"{PREFIX}open:", task_id,
-                        "1" if finished else "0"])
+        self._end_task(task_id, run_ended=True, finished=finished)
 
     def finish(self, task_id: str) -> None:
-        self._finish(keys=[self.record_key(task_id)],
-                     args=[time.time(), self.result_ttl, f"{PREFIX}open:", task_id])
+        """The task is done for good, whether or not a run ended here (revoked, failed)."""
+        self._end_task(task_id, run_ended=False, finished=True)
+
+    def _end_task(self, task_id: str, run_ended: bool, finished: bool) -> None:
+        self._end(keys=[self.record_key(task_id)],
+                  args=[time.time(), self.result_ttl, f"{PREFIX}open:", task_id,
+                        "1" if run_ended else "0", "1" if finished else "0"])
 
     def set_retries(self, task_id: str, retries: int) -> None:
         self._set_if_exists(keys=[self.record_key(task_id)], args=["retries", retries])

@@ -112,8 +112,7 @@ def _on_failure(sender: Any = None, task_id: str | None = None,
     if not task_id or isinstance(exception, Retry):
         return
     store = _store(sender)
-    queue = _queue_of(sender) if sender.request and sender.request.id == task_id else (
-        _record_queue(store, task_id, runtime_for(sender.app).settings.default_queue))
+    queue = _queue_for(sender, task_id)
     m = metrics.instruments()
     m.tasks.labels(sender.name, queue, "failed").inc()
     error = {"type": type(exception).__name__, "message": str(exception)[:2000]}
@@ -131,9 +130,15 @@ def _on_failure(sender: Any = None, task_id: str | None = None,
     log.info("task %s[%s] dead-lettered: %s", sender.name, task_id, error["type"])
 
 
-def _record_queue(store: Any, task_id: str, default: str) -> str:
-    record = store.get(task_id)
-    return record.queue if record is not None and record.queue else default
+def _queue_for(task: Any, task_id: str) -> str:
+    """The queue of ``task_id``: from the request running it if this process runs it (a
+    pool process), else from its record (the main process, after a time limit, a revoke
+    or a lost process), else the default queue."""
+    if task.request and task.request.id == task_id:
+        return _queue_of(task)
+    record = _store(task).get(task_id)
+    return record.queue if record is not None and record.queue else (
+        runtime_for(task.app).settings.default_queue)
 
 
 def _declared(task: Any, exception: BaseException | None) -> bool:
@@ -145,7 +150,7 @@ def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         store = _store(sender)
         store.mark_revoked(request.id)
         store.finish(request.id)
-        queue = _record_queue(store, request.id, runtime_for(sender.app).settings.default_queue)
+        queue = _queue_for(sender, request.id)
         metrics.instruments().tasks.labels(sender.name, queue, "revoked").inc()
 
 

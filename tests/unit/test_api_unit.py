@@ -67,3 +67,11 @@ def test_metric_catalogue_follows_the_naming_rules() -> None:
         if spec.type == "gauge" and spec.endpoint in ("api", "worker"):
             assert spec.multiprocess_mode, f"{spec.name} needs a multiprocess mode"
     assert list(metrics.TASK_BUCKETS) == sorted(metrics.TASK_BUCKETS)
+
+
+def test_options_answers_204_with_allow_and_no_body() -> None:
+    app = create_app(Settings.from_env({"AUTH_DISABLED": "true"}))
+    response = app.test_client().options("/v1/tasks")
+    assert response.status_code == 204 and response.data == b""
+    assert "Content-Type" not in response.headers
+    assert {"POST", "OPTIONS"} <= set(response.headers["Allow"].replace(" ", "").split(","))

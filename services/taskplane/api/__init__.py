@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask
+from flask import Flask, Response
 
 from .. import metrics
 from ..celery_app import create_celery, runtime_for
@@ -22,13 +22,24 @@ def _no_result_subscription(producer: object, task_id: str) -> None:
     return None
 
 
+class TaskplaneFlask(Flask):
+    """Flask, but ``OPTIONS`` answers 204 with ``Allow`` and no body (Flask's default is an
+    empty 200 labelled text/html, the one non-JSON answer a route would give)."""
+
+    def make_default_options_response(self) -> Response:
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokens = settings.tokens()
     metrics.configure(settings.metrics_enabled)
-    app = Flask("taskplane")
+    app = TaskplaneFlask("taskplane")
     # No redirects: a merged-slash redirect would name whatever Host the client sent.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False

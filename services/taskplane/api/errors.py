@@ -30,16 +30,27 @@ UNAVAILABLE = (
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    414: "uri_too_long",
+    417: "expectation_failed",
     422: "validation_failed",
     429: "too_many_requests",
+    431: "header_fields_too_large",
+    500: "internal_error",
+    501: "not_implemented",
     503: "unavailable",
 }
+
+
+def envelope(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The one error body, for Flask's answers and for gunicorn's own (``gunicorn_conf``)."""
+    return {"error": {"code": code, "message": message, "details": details}}
 
 
 class ApiError(Exception):
@@ -58,7 +69,7 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str, details: Any = None,
                    headers: dict[str, str] | None = None) -> Response:
     g.error_code = code  # for the rejection counter; a bounded set of codes
-    response = jsonify({"error": {"code": code, "message": message, "details": details}})
+    response = jsonify(envelope(code, message, details))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value

@@ -7,7 +7,10 @@ without an async rewrite. Use it with ``gunicorn -c python:taskplane.api.gunicor
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from gunicorn import util
 
 from taskplane import metrics
 from taskplane.settings import Settings
@@ -40,3 +43,21 @@ wsgi_app = "taskplane.api:create_app()"
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead gunicorn worker's live gauges from the merged exposition."""
     metrics.mark_process_dead(worker.pid)
+
+
+def on_starting(server: Any) -> None:
+    """Requests gunicorn's parser refuses (malformed framing, NUL in a header, an over-long
+    request line) get the API's JSON error envelope too, not gunicorn's HTML page. Set in
+    the master before any worker forks; gunicorn has no other hook for this answer."""
+    util.write_error = write_json_error
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's ``util.write_error``, answering in the error envelope."""
+    from taskplane.api import errors  # not at import: the metrics directory comes first
+
+    body = json.dumps(errors.envelope(errors.HTTP_CODES.get(status_int, "bad_request"),
+                                      (mesg or reason)[:300])).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Task, current_task
+from celery import Task, current_task, states
 from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore
 
@@ -54,12 +54,17 @@ class TaskplaneTask(Task):
         if request.id and not request.called_directly:
             runtime = runtime_for(self.app)
             backend = self.backend
-            state = None
-            if isinstance(backend, ResultBackend) and not get_actual_ignore_result(self, request):
-                state = backend.started_state(request, os.getpid())
+            track = isinstance(backend, ResultBackend) and not get_actual_ignore_result(
+                self, request)
+            # One call for stamp and STARTED when results live in the records' Redis.
+            together = track and runtime.settings.results_url == runtime.settings.redis_url
+            state = backend.started_state(request, os.getpid()) if together else None
             run = runtime.store.start(request.id, retries=request.retries or 0, state=state)
             if run.revoked:
                 raise Ignore()  # revoked while queued: the API already stored REVOKED
+            if track and not together:
+                backend.store_result(request.id, {"pid": os.getpid(), "hostname": request.hostname},
+                                     states.STARTED, request=request)
             limit = runtime.settings.max_deliveries
             if run.died >= limit:
                 raise PoisonedTask(
