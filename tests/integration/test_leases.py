@@ -137,3 +137,28 @@ def test_livez_follows_the_consumer_loop_not_redis(isolated_redis: RedisServer) 
         wait_for(lambda: status("/livez") == 200, 3, "/livez healthy after Redis returns")
     finally:
         worker.stop()
+
+
+def test_runs_cut_short_by_scale_down_do_not_count_towards_poison(
+        isolated_redis: RedisServer) -> None:
+    """SIGTERM (a scale-down) stops a worker mid-task: the run was handed back, not killed
+    by the task, so it must not bring a healthy long task closer to quarantine."""
+    env = {"MAX_DELIVERIES": "1", "WORKER_SOFT_SHUTDOWN_TIMEOUT": "1"}
+    first = start_worker(isolated_redis.url, name="scaled-down", concurrency=1, **env)
+    api = Api(isolated_redis.url, workers=1, **env)
+    second = None
+    try:
+        task = api.submit("test.slow", kwargs={"seconds": 3, "key": "scaled"})
+        wait_for(lambda: runs(isolated_redis, "scaled") == 1, 30, "the task running")
+        first.send(signal.SIGTERM)
+        wait_for(lambda: not first.alive(), 30, "the worker to finish its soft shutdown")
+        record = isolated_redis.client().hgetall(f"taskplane:task:{task['id']}")
+        assert record[b"runs_started"] == record[b"runs_ended"] == b"1", record
+        second = start_worker(isolated_redis.url, name="after", concurrency=1, **env)
+        assert api.wait_state(task["id"], "SUCCESS", timeout=60)["result"] == "slept"
+        assert runs(isolated_redis, "scaled") == 2
+    finally:
+        api.close()
+        first.stop()
+        if second:
+            second.stop()
