@@ -175,6 +175,11 @@ class Settings:
         "Accept a Redis URL without a password on a non-loopback host (refused otherwise).",
     )
     log_level: str = _setting("LOG_LEVEL", "INFO", "Log level of every process.")
+    access_log: bool = _setting(
+        "ACCESS_LOG", True,
+        "Log one line per API request (method, route template, status, time). The request "
+        "metrics count every request either way; off saves about 5% of an API worker's CPU.",
+    )
 
     # --- construction -----------------------------------------------------------------
 

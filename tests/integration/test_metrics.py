@@ -127,3 +127,17 @@ def test_exporter_reports_queues_and_survives_redis_down(isolated_redis: RedisSe
     finally:
         api.close()
         exporter.stop()
+
+
+def test_access_log_off_still_counts_every_request(redis_server: RedisServer,
+                                                   tmp_path: Path) -> None:
+    api = Api(redis_server.url, workers=1, ACCESS_LOG="false",
+              PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    try:
+        for _ in range(3):
+            assert api.get("/v1/queues").status_code == 200
+        wait_for(lambda: total(scrape(api.base + "/metrics"), "taskplane_http_requests_total",
+                               route="/v1/queues") == 3, 10, "three requests counted")
+        assert "taskplane.access" not in api.process.log()
+    finally:
+        api.close()

@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     auth.init_app(app, tokens, settings.auth_disabled)
     errors.init_app(app, settings.retry_after)
-    observe.init_app(app)
+    observe.init_app(app, settings.access_log)
     limits.init_app(app)
     celery = create_celery(settings)
     # Celery's Redis backend subscribes to every sent task's result channel so that a

@@ -25,7 +25,8 @@ def accepted(task_name: str) -> None:
     g.accepted_task = task_name
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, access_log: bool = True) -> None:
+    """Count and time every request; ``access_log``: also log a line for each (ACCESS_LOG)."""
     m = metrics.instruments()
 
     @app.before_request
@@ -40,8 +41,9 @@ def init_app(app: Flask) -> None:
         started = g.get("request_started")
         if started is not None:
             m.http_duration.labels(route, method).observe(time.perf_counter() - started)
-        access.info("%s %s %d %.1fms", method, route, response.status_code,
-                    1000 * (time.perf_counter() - started) if started is not None else 0.0)
+        if access_log:
+            access.info("%s %s %d %.1fms", method, route, response.status_code,
+                        1000 * (time.perf_counter() - started) if started is not None else 0.0)
         if request.endpoint in SUBMITTING:
             if response.status_code < 300 and g.get("accepted_task"):
                 m.tasks_accepted.labels(g.accepted_task).inc()
