@@ -66,9 +66,14 @@ class ResultBackend(RedisBackend):
         ttl = self.failure_expires if state == states.FAILURE else self.expires
         return bytes_to_str(self.get_key_for_task(task_id)), value, int(ttl or 0)
 
+    @staticmethod
+    def started_result(request: Any, pid: int) -> dict[str, Any]:
+        """The result Celery's ``task_track_started`` stores with STARTED."""
+        return {"pid": pid, "hostname": request.hostname}
+
     def started_state(self, request: Any, pid: int) -> tuple[str, str, int]:
-        """What Celery's ``task_track_started`` would store for the run ``request`` begins."""
-        return self.encode_state(request.id, {"pid": pid, "hostname": request.hostname},
+        """``encode_state`` of the STARTED state of the run ``request`` begins."""
+        return self.encode_state(request.id, self.started_result(request, pid),
                                  states.STARTED, request=request)
 
     def _write(self, key: str, value: str, ttl: int) -> int:

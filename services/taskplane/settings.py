@@ -227,6 +227,11 @@ class Settings:
     def results_url(self) -> str:
         return self.result_backend_url or self.redis_url
 
+    @property
+    def results_with_records(self) -> bool:
+        """Results live in the Redis of records and queues: one call can touch both."""
+        return self.results_url == self.redis_url
+
     def tokens(self) -> dict[str, str]:
         """Map each bearer token to its tenant, reading the token file if one is named."""
         raw = self.api_tokens.strip()

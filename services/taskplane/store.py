@@ -257,12 +257,6 @@ class Store:
     def open_count(self, tenant: str) -> int:
         return int(self.client.zcard(self.open_key(tenant)))
 
-    def delete(self, record: TaskRecord) -> None:
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.record_key(record.id))
-            pipe.zrem(self.open_key(record.tenant), record.id)
-            pipe.execute()
-
     def take_token(self, tenant: str, rate: float, burst: int) -> float:
         """Spend one of the tenant's request tokens; 0.0 if granted, else seconds to wait."""
         allowed, wait = self._rate(keys=[self.rate_key(tenant)], args=[rate, burst])

@@ -18,10 +18,6 @@ from . import auth, errors, health, limits, observe, routes, seed
 from .context import ApiContext
 
 
-def _no_result_subscription(producer: object, task_id: str) -> None:
-    return None
-
-
 class TaskplaneFlask(Flask):
     """Flask, but ``OPTIONS`` answers 204 with ``Allow`` and no body (Flask's default is an
     empty 200 labelled text/html, the one non-JSON answer a route would give)."""
@@ -50,10 +46,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     observe.init_app(app, settings.access_log)
     limits.init_app(app)
     celery = create_celery(settings)
-    # Celery's Redis backend subscribes to every sent task's result channel so that a
-    # caller may block on .get(). The API never does (it reads results by key), so the
-    # subscriptions would only pile up in memory and fill the connection's buffer.
-    celery.backend.on_task_call = _no_result_subscription  # type: ignore[method-assign]
     app.extensions["taskplane"] = ApiContext(
         settings=settings,
         celery=celery,

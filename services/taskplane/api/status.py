@@ -34,7 +34,7 @@ def load(app: Celery, task_id: str) -> TaskStatus | None:
     runtime = runtime_for(app)
     store, backend = runtime.store, app.backend
     meta_key = backend.get_key_for_task(task_id)
-    if runtime.settings.results_url == runtime.settings.redis_url:
+    if runtime.settings.results_with_records:
         with store.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(store.record_key(task_id))
             pipe.get(meta_key)

@@ -57,13 +57,13 @@ class TaskplaneTask(Task):
             track = isinstance(backend, ResultBackend) and not get_actual_ignore_result(
                 self, request)
             # One call for stamp and STARTED when results live in the records' Redis.
-            together = track and runtime.settings.results_url == runtime.settings.redis_url
+            together = track and runtime.settings.results_with_records
             state = backend.started_state(request, os.getpid()) if together else None
             run = runtime.store.start(request.id, retries=request.retries or 0, state=state)
             if run.revoked:
                 raise Ignore()  # revoked while queued: the API already stored REVOKED
             if track and not together:
-                backend.store_result(request.id, {"pid": os.getpid(), "hostname": request.hostname},
+                backend.store_result(request.id, backend.started_result(request, os.getpid()),
                                      states.STARTED, request=request)
             limit = runtime.settings.max_deliveries
             if run.died >= limit:
