@@ -242,7 +242,7 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
         "taskplane_metrics_off": stack.start_api("api-metrics-off", metrics=False, wait=False),
     }
     for server in servers.values():
-        server.wait()
+        server.wait().wait_workers(stack.api_workers())  # the split check needs them all
     body = json.dumps(NOOP_BODY)
     requests = {
         "bare": {"url": servers["bare"].base + "/"},

@@ -25,6 +25,8 @@ from typing import Any
 import redis
 from tests.support.services import RedisServer, free_port, wait_for
 
+from taskplane.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "bench" / "baseline"
 VENV_BIN = Path(sys.executable).parent
@@ -153,6 +155,12 @@ class Server:
     def worker_pids(self) -> list[int]:
         return self.proc.children()
 
+    def wait_workers(self, count: int, timeout: float = 30) -> Server:
+        """Until gunicorn has forked ``count`` workers: the probe answers with the first."""
+        wait_for(lambda: len(self.worker_pids()) >= count, timeout,
+                 f"{self.proc.name}'s {count} gunicorn workers", interval=0.1)
+        return self
+
 
 class Stack:
     """Everything one benchmark run starts; ``close()`` stops it all."""
@@ -238,6 +246,10 @@ class Stack:
     def start_redis(self) -> RedisServer:
         self.redis = RedisServer().start()
         return self.redis
+
+    def api_workers(self) -> int:
+        """gunicorn workers per API server (``API_WORKERS``), baselines included."""
+        return Settings.from_env(self.env()).api_workers
 
     def start_api(self, name: str = "api", metrics: bool = True, wait: bool = True, **env: Any) -> Server:
         """Taskplane's API: ``taskplane api`` (gunicorn with Taskplane's configuration)."""
