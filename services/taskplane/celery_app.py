@@ -8,45 +8,31 @@ that lets running tasks finish (soft shutdown) before handing the rest back.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import kombu.exceptions
 import redis
-from celery import Celery
-from celery.utils.nodenames import anon_nodename
+from celery import states
+from celery.exceptions import TaskRevokedError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from . import broker, results
+from . import broker, lifecycle, results
+from .lifecycle import Lifecycle, OutcomeUnknown, Submission, TaskRecord, Transition
+from .runtime import Runtime, TaskplaneCelery
 from .settings import Settings
-from .store import Store, TaskRecord
-from .tasks.registry import Registry, load_task_modules
+from .tasks.registry import load_task_modules
 
 #: Publishing from a worker (retries, ``send_task`` from task code) gives up fast when
 #: Redis is away; the API writes its messages itself (``submit``) and never retries.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                         "interval_max": 0.5}
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What every Taskplane process derives from its settings, hung on the Celery app."""
-
-    settings: Settings
-    registry: Registry
-    store: Store
-    broker: broker.RedisBroker
-    #: The ``origin`` header of messages this process sends (Celery's ``anon_nodename``).
-    origin: str = field(default_factory=anon_nodename)
-
-    def known_queues(self) -> list[str]:
-        queues = {self.settings.default_queue, *self.settings.queues}
-        queues |= self.registry.queues(self.settings.default_queue)
-        return sorted(queues)
 
 
 #: How long a worker keeps retrying Redis before a write gives up: a task that finished
@@ -72,14 +58,14 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
     )
 
 
-def create_celery(settings: Settings, patient: bool = False) -> Celery:
+def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
     """A Celery app configured from ``settings``, with every task module loaded.
 
     ``patient`` (workers): writes of results, records and dead letters retry through a
     Redis outage instead of turning a finished task into a FAILURE.
     """
     registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
-    app = Celery("taskplane", broker=settings.redis_url,
+    app = TaskplaneCelery("taskplane", broker=settings.redis_url,
                  backend=results.backend_url(settings.results_url),
                  set_as_current=True)
     routes = {spec.name: {"queue": spec.queue} for spec in registry if spec.queue}
@@ -127,31 +113,26 @@ def create_celery(settings: Settings, patient: bool = False) -> Celery:
             result_backend_max_sleep_between_retries_ms=int(WORKER_REDIS_BACKOFF["cap"] * 1000),
         )
     client = redis_client(settings.redis_url, settings, patient=patient)
-    app.taskplane = Runtime(  # type: ignore[attr-defined]
+    app.runtime = Runtime(
         settings=settings,
         registry=registry,
-        store=Store(client, record_ttl=settings.task_record_ttl,
-                    result_ttl=settings.result_expires,
-                    idempotency_ttl=settings.idempotency_ttl,
-                    dead_letter_ttl=settings.dead_letter_ttl),
+        lifecycle=Lifecycle(client, record_ttl=settings.task_record_ttl,
+                            result_ttl=settings.result_expires,
+                            idempotency_ttl=settings.idempotency_ttl,
+                            dead_letter_ttl=settings.dead_letter_ttl,
+                            result_key=lambda task_id: app.backend.get_key_for_task(task_id).decode(),
+                            results_here=settings.results_with_records),
         broker=broker.RedisBroker(client),
     )
     return app
-
-
-def runtime_for(app: Celery) -> Runtime:
-    return app.taskplane  # type: ignore[attr-defined,no-any-return]
-
-
-def store_for(app: Celery) -> Store:
-    return runtime_for(app).store
 
 
 def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def task_message(app: Celery, *, task_id: str, name: str, args: Sequence[Any],
+def task_message(app: TaskplaneCelery, *, task_id: str, tenant: str, name: str,
+                 args: Sequence[Any],
                  kwargs: Mapping[str, Any], queue: str, priority: int, now: float,
                  countdown: float | None = None) -> tuple[str, str]:
     """The queue list and raw broker entry of one task, as ``send_task`` would write it.
@@ -166,10 +147,11 @@ def task_message(app: Celery, *, task_id: str, name: str, args: Sequence[Any],
         eta=datetime.fromtimestamp(now + countdown, UTC) if countdown else None,
         time_limit=getattr(task, "time_limit", None),
         soft_time_limit=getattr(task, "soft_time_limit", None),
-        reply_to=app.thread_oid, origin=runtime_for(app).origin,
+        reply_to=app.thread_oid, origin=app.runtime.origin,
         argsrepr=redacted_repr(args), kwargsrepr=redacted_repr(kwargs),
         ignore_result=None,  # as send_task leaves it: the task's own setting applies
     )
+    message[0][lifecycle.TENANT_HEADER] = tenant
     return broker.encode_task(message, queue, priority, now)
 
 
@@ -181,20 +163,116 @@ class TenantCapReached(Exception):
     """The tenant already has ``MAX_OPEN_TASKS_PER_TENANT`` unfinished tasks."""
 
 
-def submit(app: Celery, *, tenant: str, name: str, args: Sequence[Any],
+class RateLimited(Exception):
+    """The tenant is over ``RATE_LIMIT``; ``retry_after`` seconds until a token frees up."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited for {retry_after:.3f}s")
+        self.retry_after = retry_after
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used with a different body, for task ``task_id``."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A submission Redis took: a new task, or the first task of a replayed key."""
+
+    task_id: str
+    record: TaskRecord | None  # the new task's record; None for a replay (read it)
+
+    @property
+    def replayed(self) -> bool:
+        return self.record is None
+
+
+def submit(app: TaskplaneCelery, *, tenant: str, name: str, args: Sequence[Any],
            kwargs: Mapping[str, Any], queue: str, priority: int,
-           countdown: float | None = None, task_id: str | None = None) -> TaskRecord:
-    """Record a task and put its message on the queue in one atomic Redis call: either
-    both are written or neither (a connection error propagates and nothing is accepted),
-    and a worker that takes the message always finds the record."""
-    runtime = runtime_for(app)
+           countdown: float | None = None, task_id: str | None = None,
+           idempotency: tuple[str, str] | None = None, rate_limited: bool = False) -> Accepted:
+    """Accept a task in one atomic Redis call (``lifecycle.submit``): the record and its
+    message are both written or neither, and a worker that takes the message always finds
+    the record. ``idempotency = (key, body fingerprint)``; ``rate_limited``: the call
+    also spends one of the tenant's ``RATE_LIMIT`` tokens.
+
+    Raises :class:`RateLimited`, :class:`TenantCapReached`, :class:`IdempotencyConflict`,
+    or :class:`lifecycle.OutcomeUnknown` (with ``task_id``) when Redis did not answer in
+    time: the task may exist; a retry with the same key finds out without a second task.
+    """
+    runtime = app.runtime
+    settings = runtime.settings
     now = time.time()
     record = TaskRecord(id=task_id or new_task_id(), tenant=tenant, task=name, queue=queue,
                         priority=priority, submitted_at=now,
                         eta=now + countdown if countdown else None)
-    push = task_message(app, task_id=record.id, name=name, args=args, kwargs=kwargs,
-                        queue=queue, priority=priority, now=now, countdown=countdown)
-    if not runtime.store.create(record, cap=runtime.settings.max_open_tasks_per_tenant,
-                                push=push):
-        raise TenantCapReached(tenant)
-    return record
+    push = task_message(app, task_id=record.id, tenant=tenant, name=name, args=args,
+                        kwargs=kwargs, queue=queue, priority=priority, now=now,
+                        countdown=countdown)
+    rate = settings.rate_limit if rate_limited else 0.0
+    try:
+        outcome: Submission = runtime.lifecycle.submit(
+            record, push, cap=settings.max_open_tasks_per_tenant, rate=rate,
+            burst=settings.rate_limit_burst, idempotency=idempotency)
+    except OutcomeUnknown as exc:
+        exc.task_id = record.id
+        raise
+    if outcome.outcome == "created":
+        return Accepted(record.id, record)
+    if outcome.outcome == "replay":
+        return Accepted(outcome.task_id, None)
+    if outcome.outcome == "conflict":
+        raise IdempotencyConflict(outcome.task_id)
+    if outcome.outcome == "rate_limited":
+        raise RateLimited(outcome.retry_after)
+    raise TenantCapReached(tenant)
+
+
+def revoke(app: TaskplaneCelery, task_id: str, tenant: str, *, terminate: bool) -> Transition:
+    """Revoke a task unless it has ended (``lifecycle.revoke``), then tell the workers: a
+    worker holding it for a countdown drops it, and a running one is killed (SIGKILL: pool
+    children ignore SIGTERM once it means soft shutdown). A worker that receives it later
+    finds it revoked at start and skips it, so the broadcast is not what stops it."""
+    life, backend = app.runtime.lifecycle, app.backend
+    error = backend.encode_result(TaskRevokedError("revoked via API"), states.REVOKED)
+    write = backend.encode_state(task_id, error, states.REVOKED)
+    outcome = life.revoke(task_id, tenant, terminate=terminate, result=write)
+    if outcome.outcome != "revoked":
+        return outcome
+    try:
+        if not life.results_here:
+            backend.ensure(backend._write, write)
+        app.control.revoke(task_id, terminate=outcome.previous == lifecycle.STARTED,
+                           signal="SIGKILL")
+    except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+        unknown = OutcomeUnknown(exc)  # revoked, but the kill may not have gone out
+        unknown.task_id = task_id
+        raise unknown from exc
+    return outcome
+
+
+def retry_dead_letter_task(app: TaskplaneCelery, tenant: str, task_id: str, read: str
+                           ) -> Transition:
+    """Enqueue a dead letter again under its id (``lifecycle.retry_dead``); ``read`` is the
+    dead letter's JSON as the caller read it. Of concurrent retries exactly one wins."""
+    life = app.runtime.lifecycle
+    entry = json.loads(read)
+    now = time.time()
+    record = TaskRecord(id=task_id, tenant=tenant, task=entry["task"], queue=entry["queue"],
+                        priority=int(entry["priority"]), submitted_at=now)
+    push = task_message(app, task_id=task_id, tenant=tenant, name=record.task,
+                        args=entry.get("args") or [], kwargs=entry.get("kwargs") or {},
+                        queue=record.queue, priority=record.priority, now=now)
+    try:
+        outcome = life.retry_dead(record, read, push,
+                                  cap=app.runtime.settings.max_open_tasks_per_tenant)
+    except OutcomeUnknown as exc:
+        exc.task_id = task_id
+        raise
+    if outcome.outcome == "queued" and not life.results_here:
+        app.backend.forget(task_id)  # the old FAILURE must not show through
+    return outcome

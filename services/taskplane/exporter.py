@@ -69,9 +69,9 @@ class QueueCollector(Collector):
 
 
 def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollector]:
-    from .celery_app import create_celery, runtime_for
+    from .celery_app import create_celery
 
-    runtime = runtime_for(create_celery(settings))
+    runtime = create_celery(settings).runtime
     collector = QueueCollector(runtime.broker, runtime.known_queues())
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)

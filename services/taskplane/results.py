@@ -1,15 +1,17 @@
-"""Celery's Redis result backend with one change: a state write cannot overwrite SUCCESS.
+"""Celery's Redis result backend, wired to the task lifecycle.
 
-Celery guards the same rule in Python (``BaseKeyValueStoreBackend._store_result``):
-GET the stored state, then SETEX + PUBLISH. That is two round trips and not atomic: a
-retry that runs within milliseconds can store RETRY over the SUCCESS that raced it,
-and a REVOKED stored by the API can land on a task that has just succeeded. Here the
-check and the write are one script, so the rule holds under any interleaving, and each
-state write costs one round trip instead of two.
+Celery stores a task's states through its backend (``store_result``). Here every such
+write is a lifecycle step (``lifecycle.py``) instead of Celery's GET-then-SETEX, which
+is two round trips and not atomic: a late RETRY could land on a SUCCESS that raced it,
+and a REVOKED on a task that had just ended. So:
 
-The same script body runs inside the task-start script (``store.start``): a run's
-STARTED state is written with its record stamp, in one call, in place of Celery's
-``task_track_started`` write.
+* a final state (SUCCESS, FAILURE, REVOKED) is never overwritten, by anyone;
+* SUCCESS and REVOKED end the task in the same step as the result is stored (record,
+  tenant slot), when results live in the records' Redis;
+* RETRY stores the retry count on the record with the result.
+
+When ``RESULT_BACKEND_URL`` names another Redis, results are written there by one
+guarded script, and the record moves in its own lifecycle step (``worker.py``).
 """
 
 from __future__ import annotations
@@ -21,40 +23,31 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-#: A Lua function, prepended to any script that writes a task's state:
-#: ``write_state(key, value, ttl)`` stores and publishes ``value`` unless the key
-#: already holds a SUCCESS; ``ttl`` 0 keeps it forever. Returns 1 if written, else 0.
-WRITE_STATE_LUA = """
-local function write_state(key, value, ttl)
-  local current = redis.call('GET', key)
-  if current and string.find(current, 'SUCCESS', 1, true) then
-    local ok, meta = pcall(cjson.decode, current)
-    if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
-  end
-  if tonumber(ttl) > 0 then
-    redis.call('SET', key, value, 'EX', ttl)
-  else
-    redis.call('SET', key, value)
-  end
-  redis.call('PUBLISH', key, value)
-  return 1
-end
-"""
-
-_WRITE = WRITE_STATE_LUA + "return write_state(KEYS[1], ARGV[1], ARGV[2])\n"
+from . import lifecycle
+from .lifecycle import ResultWrite
 
 
 class ResultBackend(RedisBackend):
-    """``RedisBackend`` whose state writes are atomic and never overwrite SUCCESS."""
+    """``RedisBackend`` whose state writes are lifecycle steps."""
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
-        key, value, ttl = self.encode_state(task_id, result, state, traceback, request)
-        self.ensure(self._write, (key, value, ttl))
+        write = self.encode_state(task_id, result, state, traceback, request)
+        runtime = getattr(self.app, "runtime", None)
+        life = runtime.lifecycle if runtime is not None else None
+        if life is None or not life.results_here:
+            self.ensure(self._write, write)
+        elif state in (states.SUCCESS, states.REVOKED):
+            life.finish(task_id, state, tenant=lifecycle.tenant_hint(request), result=write)
+        elif state == states.RETRY:
+            retries = (getattr(request, "retries", None) or 0) + 1
+            life.write(task_id, write, ["state", lifecycle.RETRY, "retries", str(retries)])
+        else:  # STARTED stored apart, PROGRESS, FAILURE (the dead letter follows: worker.py)
+            life.write(task_id, write)
         return result
 
     def encode_state(self, task_id: str, result: Any, state: str, traceback: Any = None,
-                     request: Any = None) -> tuple[str, str, int]:
+                     request: Any = None) -> ResultWrite:
         """The key, stored value and TTL (0: none) of a task's state, as Celery lays them out."""
         meta = self._get_result_meta(result=result, state=state, traceback=traceback,
                                      request=request)
@@ -71,7 +64,7 @@ class ResultBackend(RedisBackend):
         """The result Celery's ``task_track_started`` stores with STARTED."""
         return {"pid": pid, "hostname": request.hostname}
 
-    def started_state(self, request: Any, pid: int) -> tuple[str, str, int]:
+    def started_state(self, request: Any, pid: int) -> ResultWrite:
         """``encode_state`` of the STARTED state of the run ``request`` begins."""
         return self.encode_state(request.id, self.started_result(request, pid),
                                  states.STARTED, request=request)
@@ -80,7 +73,8 @@ class ResultBackend(RedisBackend):
         client = self.client
         script = self.__dict__.get("_write_script")
         if script is None or script.registered_client is not client:
-            script = self.__dict__["_write_script"] = client.register_script(_WRITE)
+            script = self.__dict__["_write_script"] = client.register_script(
+                lifecycle.WRITE_RESULT)
         return int(script(keys=[key], args=[value, ttl]))
 
 

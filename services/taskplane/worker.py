@@ -21,9 +21,10 @@ from celery import Celery, signals, states
 from celery.app import trace as celery_trace
 from celery.exceptions import Retry
 
-from . import broker, metrics
+from . import broker, lifecycle, metrics
 from .broker import RedisBroker
-from .celery_app import create_celery, redis_client, runtime_for
+from .celery_app import create_celery, redis_client
+from .lifecycle import Lifecycle
 from .settings import Settings
 from .tasks.base import PoisonedTask
 from .worker_probes import WorkerProbes
@@ -36,13 +37,13 @@ _runs: dict[str, tuple[float, float]] = {}
 _main: dict[str, Any] = {}
 
 
-def _store(sender: Any) -> Any:
-    return runtime_for(sender.app).store
+def _lifecycle(sender: Any) -> Lifecycle:
+    return sender.app.runtime.lifecycle  # type: ignore[no-any-return]
 
 
 def _queue_of(task: Any) -> str:
     info = getattr(task.request, "delivery_info", None) or {}
-    return str(info.get("routing_key") or runtime_for(task.app).settings.default_queue)
+    return str(info.get("routing_key") or task.app.runtime.settings.default_queue)
 
 
 def _submitted_at(request: Any) -> float | None:
@@ -98,12 +99,14 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None
                    states.REVOKED: "revoked", states.IGNORED: "revoked"}.get(state or "")
         if outcome:  # failures are counted once, by _on_failure, wherever they happen
             m.tasks.labels(task.name, queue, outcome).inc()
-    _store(sender).end_run(task_id, finished=state in states.READY_STATES or state == states.IGNORED)
-
-
-def _on_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
-    if request is not None and request.id:
-        _store(sender).set_retries(request.id, (request.retries or 0) + 1)
+    request = task.request
+    if getattr(request, "taskplane_skipped", False):
+        return  # revoked or already ended: no run started, none ends
+    # Count the run as ended; SUCCESS and REVOKED also end the task, unless the result
+    # backend already did in the same step as storing the result.
+    final = state if state in (states.SUCCESS, states.REVOKED) else ""
+    _lifecycle(sender or task).finish(task_id, final, tenant=lifecycle.tenant_hint(request),
+                                      run_ended=True)
 
 
 def _on_failure(sender: Any = None, task_id: str | None = None,
@@ -111,7 +114,6 @@ def _on_failure(sender: Any = None, task_id: str | None = None,
                 kwargs: dict[str, Any] | None = None, **_: Any) -> None:
     if not task_id or isinstance(exception, Retry):
         return
-    store = _store(sender)
     queue = _queue_for(sender, task_id)
     m = metrics.instruments()
     m.tasks.labels(sender.name, queue, "failed").inc()
@@ -124,10 +126,14 @@ def _on_failure(sender: Any = None, task_id: str | None = None,
         reason = "retries exhausted"
     else:
         reason = "failed"
-    if store.dead_letter(task_id, sender.name, args, kwargs, error, reason):
+    letter = {"id": task_id, "task": sender.name, "args": list(args or ()),
+              "kwargs": dict(kwargs or {}), "error": error, "reason": reason,
+              "failed_at": time.time()}
+    request = sender.request if sender.request and sender.request.id == task_id else None
+    outcome = _lifecycle(sender).fail(task_id, letter, tenant=lifecycle.tenant_hint(request))
+    if outcome.outcome == "done":
         m.tasks.labels(sender.name, queue, "dead_lettered").inc()
-    store.finish(task_id)
-    log.info("task %s[%s] dead-lettered: %s", sender.name, task_id, error["type"])
+        log.info("task %s[%s] dead-lettered: %s", sender.name, task_id, error["type"])
 
 
 def _queue_for(task: Any, task_id: str) -> str:
@@ -136,9 +142,9 @@ def _queue_for(task: Any, task_id: str) -> str:
     or a lost process), else the default queue."""
     if task.request and task.request.id == task_id:
         return _queue_of(task)
-    record = _store(task).get(task_id)
+    record, _ = _lifecycle(task).read(task_id, with_result=False)
     return record.queue if record is not None and record.queue else (
-        runtime_for(task.app).settings.default_queue)
+        task.app.runtime.settings.default_queue)
 
 
 def _declared(task: Any, exception: BaseException | None) -> bool:
@@ -147,9 +153,10 @@ def _declared(task: Any, exception: BaseException | None) -> bool:
 
 def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is not None and request.id:
-        store = _store(sender)
-        store.mark_revoked(request.id)
-        store.finish(request.id)
+        # The result backend stored REVOKED (and, results living here, ended the task);
+        # with results in another Redis the record ends here. A no-op if already ended.
+        _lifecycle(sender).finish(request.id, states.REVOKED,
+                                  tenant=lifecycle.tenant_hint(request))
         queue = _queue_for(sender, request.id)
         metrics.instruments().tasks.labels(sender.name, queue, "revoked").inc()
 
@@ -166,7 +173,7 @@ def _on_process_shutdown(**_: Any) -> None:
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     """In the main process: zero every counter series, mark the worker up, start the probes."""
-    runtime = runtime_for(sender.app)
+    runtime = sender.app.runtime
     m = metrics.instruments()
     for spec in runtime.registry:
         for outcome in metrics.OUTCOMES:
@@ -194,7 +201,6 @@ def connect_signals() -> None:
         return
     signals.task_prerun.connect(_on_prerun, weak=False)
     signals.task_postrun.connect(_on_postrun, weak=False)
-    signals.task_retry.connect(_on_retry, weak=False)
     signals.task_failure.connect(_on_failure, weak=False)
     signals.task_revoked.connect(_on_revoked, weak=False)
     signals.task_rejected.connect(_on_rejected, weak=False)
@@ -205,12 +211,22 @@ def connect_signals() -> None:
     _connected = True
 
 
+class RedactReturnValues(logging.Filter):
+    """Celery logs each task's return value on success; results can hold anything a tenant
+    sent, and task data never reaches Taskplane's logs. The line keeps name, id, runtime."""
+
+    REDACTED = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, dict) and "return_value" in record.args:
+            record.msg = self.REDACTED
+        return True
+
+
 def create_worker_app(settings: Settings) -> Celery:
     metrics.prepare_multiprocess_dir("worker")
     metrics.configure(settings.metrics_enabled)
-    # Celery logs each task's return value on success; results can hold anything a
-    # tenant sent, and task data never reaches Taskplane's logs.
-    celery_trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
+    logging.getLogger(celery_trace.logger.name).addFilter(RedactReturnValues())
     app = create_celery(settings, patient=True)
     connect_signals()
     return app
@@ -232,7 +248,7 @@ def worker_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
 
 
 def runtime_queues(settings: Settings) -> list[str]:
-    return runtime_for(_app(settings)).known_queues()
+    return _app(settings).runtime.known_queues()
 
 
 _APP: Celery | None = None

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery, states
 
-from taskplane import broker
+from taskplane import broker, lifecycle
 from taskplane.celery_app import TenantCapReached, create_celery, submit
 from taskplane.results import ResultBackend
 from taskplane.settings import Settings
@@ -25,7 +25,7 @@ TASK = "long_running_task"  # a task with its own time limits, which the message
 #: Fields that differ between any two sends (ids, clocks, the sending process), and the
 #: argument reprs, which Taskplane redacts.
 PER_SEND = {"id", "root_id", "correlation_id", "delivery_tag", "eta", "reply_to",
-            broker.ENQUEUED_AT_HEADER, "argsrepr", "kwargsrepr"}
+            broker.ENQUEUED_AT_HEADER, lifecycle.TENANT_HEADER, "argsrepr", "kwargsrepr"}
 
 
 def make_app(redis: RedisServer, **env: str) -> Celery:
@@ -40,7 +40,7 @@ def app(isolated_redis: RedisServer) -> Iterator[Celery]:
 
 
 def pop(app: Celery, key: str) -> dict[str, Any]:
-    raw = app.taskplane.store.client.rpop(key)  # type: ignore[attr-defined]
+    raw = app.runtime.lifecycle.client.rpop(key)  # type: ignore[attr-defined]
     assert raw is not None, f"nothing on {key}"
     return json.loads(raw)  # type: ignore[no-any-return]
 
@@ -60,14 +60,15 @@ def test_submitted_message_matches_send_task(app: Celery, priority: int,
                                              countdown: float | None) -> None:
     args, kwargs = [1, {"deep": ["x"]}], {"value": "é", "n": 2}
     record = submit(app, tenant="t", name=TASK, args=args, kwargs=kwargs,
-                    queue=QUEUE, priority=priority, countdown=countdown)
+                    queue=QUEUE, priority=priority, countdown=countdown).record
+    assert record is not None
     key = broker.queue_key(QUEUE, broker.transport_priority(priority))
     ours = pop(app, key)
 
     app.send_task(TASK, args=args, kwargs=kwargs, task_id="celery-sent",
                   queue=QUEUE, routing_key=QUEUE,
                   priority=broker.transport_priority(priority), countdown=countdown,
-                  headers={broker.ENQUEUED_AT_HEADER: 0.0})
+                  headers={broker.ENQUEUED_AT_HEADER: 0.0, lifecycle.TENANT_HEADER: "t"})
     theirs = pop(app, key)
 
     assert decoded_body(ours) == decoded_body(theirs) == [args, kwargs, {
@@ -88,8 +89,8 @@ def test_submitted_message_matches_send_task(app: Celery, priority: int,
 def test_record_and_message_are_written_together_or_not_at_all(
         isolated_redis: RedisServer) -> None:
     app = make_app(isolated_redis, MAX_OPEN_TASKS_PER_TENANT="1")
-    runtime = app.taskplane  # type: ignore[attr-defined]
-    client = runtime.store.client
+    life = app.runtime.lifecycle
+    client = life.client
     first = submit(app, tenant="capped", name=TASK, args=[], kwargs={"data": "x"},
                    queue=QUEUE, priority=5)
     assert client.llen(QUEUE + ":4") == 1
@@ -97,7 +98,7 @@ def test_record_and_message_are_written_together_or_not_at_all(
         submit(app, tenant="capped", name=TASK, args=[], kwargs={"data": "x"},
                queue=QUEUE, priority=5)
     assert client.llen(QUEUE + ":4") == 1  # the refused task left no message behind
-    assert runtime.store.get(first.id) is not None
+    assert life.read(first.task_id, with_result=False)[0] is not None
     app.close()
 
 
@@ -106,7 +107,7 @@ def test_result_writes_are_celerys_and_never_overwrite_success(app: Celery) -> N
 
     ours = app.backend
     assert isinstance(ours, ResultBackend)
-    client = app.taskplane.store.client  # type: ignore[attr-defined]
+    client = app.runtime.lifecycle.client  # type: ignore[attr-defined]
     plain = RedisBackend(app=app, url=app.conf.result_backend.split("+", 1)[1])
     plain.store_result("plain", {"x": [1, "é"]}, states.SUCCESS)
     ours.store_result("ours", {"x": [1, "é"]}, states.SUCCESS)
@@ -120,27 +121,32 @@ def test_result_writes_are_celerys_and_never_overwrite_success(app: Celery) -> N
         ours.store_result("ours", None, late)
         assert ours.get_task_meta("ours", cache=False)["status"] == states.SUCCESS, late
     ours.store_result("other", None, states.STARTED)
-    ours.store_result("other", None, states.RETRY)  # anything but SUCCESS may be replaced
+    ours.store_result("other", None, states.RETRY)  # a state that does not end may be replaced
     assert ours.get_task_meta("other", cache=False)["status"] == states.RETRY
+    ours.store_result("other", None, states.FAILURE)  # ...but a final one stays
+    ours.store_result("other", None, states.SUCCESS)
+    assert ours.get_task_meta("other", cache=False)["status"] == states.FAILURE
 
 
 def test_a_run_start_stores_started_unless_revoked(app: Celery) -> None:
     from celery.app.task import Context
 
-    backend, store = app.backend, app.taskplane.store  # type: ignore[attr-defined]
+    backend, life = app.backend, app.runtime.lifecycle
     running = submit(app, tenant="t", name=TASK, args=[], kwargs={"data": "x"}, queue=QUEUE,
                      priority=5)
     revoked = submit(app, tenant="t", name=TASK, args=[], kwargs={"data": "x"}, queue=QUEUE,
                      priority=5)
-    store.mark_revoked(revoked.id)
-    for record in (running, revoked):
-        state = backend.started_state(Context(id=record.id, hostname="w@h"), pid=42)
-        store.start(record.id, retries=0, state=state)
-    meta = backend.get_task_meta(running.id, cache=False)
+    assert life.revoke(revoked.task_id, "t", terminate=False).outcome == "revoked"
+    verdicts = {}
+    for accepted in (running, revoked):
+        state = backend.started_state(Context(id=accepted.task_id, hostname="w@h"), pid=42)
+        verdicts[accepted.task_id] = life.start(accepted.task_id, retries=0, started=state).verdict
+    assert verdicts == {running.task_id: "run", revoked.task_id: "REVOKED"}
+    meta = backend.get_task_meta(running.task_id, cache=False)
     assert meta["status"] == states.STARTED and meta["result"] == {"pid": 42, "hostname": "w@h"}
-    assert backend.get_task_meta(revoked.id, cache=False)["status"] == states.PENDING
-    assert store.get(running.id).started_at is not None
+    assert backend.get_task_meta(revoked.task_id, cache=False)["status"] == states.PENDING
+    assert life.read(running.task_id, with_result=False)[0].started_at is not None
     # a task sent around the API (no record) still shows STARTED
     state = backend.started_state(Context(id="no-record", hostname="w@h"), pid=42)
-    assert not store.start("no-record", retries=0, state=state).known
+    assert life.start("no-record", retries=0, started=state).verdict == "unknown"
     assert backend.get_task_meta("no-record", cache=False)["status"] == states.STARTED

@@ -58,7 +58,9 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A private redis-server; ``restart`` keeps its data directory (AOF optional)."""
 
-    def __init__(self, appendonly: bool = False, appendfsync: str = "everysec") -> None:
+    def __init__(self, appendonly: bool = False, appendfsync: str = "everysec",
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tp-redis-"))
         self.appendonly = appendonly
@@ -76,7 +78,8 @@ class RedisServer:
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.dir), "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", self.appendfsync, "--logfile", str(self.dir / "redis.log")]
+                "--appendfsync", self.appendfsync, "--logfile", str(self.dir / "redis.log"),
+                *self.extra_args]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
         return self

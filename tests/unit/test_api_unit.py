@@ -6,8 +6,8 @@ from taskplane import broker
 from taskplane.api import create_app
 from taskplane.api.auth import match_token
 from taskplane.api.body import MAX_DEPTH, _too_deep
+from taskplane.lifecycle import fingerprint
 from taskplane.settings import Settings
-from taskplane.store import fingerprint
 
 
 def test_match_token_finds_the_tenant_or_none() -> None:

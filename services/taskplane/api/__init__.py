@@ -12,7 +12,7 @@ import logging
 from flask import Flask, Response
 
 from .. import metrics
-from ..celery_app import create_celery, runtime_for
+from ..celery_app import create_celery
 from ..settings import Settings
 from . import auth, errors, health, limits, observe, routes, seed
 from .context import ApiContext
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["taskplane"] = ApiContext(
         settings=settings,
         celery=celery,
-        runtime=runtime_for(celery),
+        runtime=celery.runtime,
         tokens=tokens,
         auth_disabled=settings.auth_disabled,
         submit_validator=routes.submit_validator(settings.max_countdown),

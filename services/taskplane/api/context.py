@@ -5,17 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jsonschema
-from celery import Celery
 from flask import current_app
 
-from ..celery_app import Runtime
+from ..runtime import Runtime, TaskplaneCelery
 from ..settings import Settings
 
 
 @dataclass(frozen=True)
 class ApiContext:
     settings: Settings
-    celery: Celery
+    celery: TaskplaneCelery
     runtime: Runtime
     tokens: dict[str, str]
     auth_disabled: bool

@@ -2,7 +2,9 @@
 
 Clients get the right status and a machine-readable code; nothing a client sends
 can produce a traceback. Redis being away is a 503 with ``Retry-After``, because
-the client should simply try again, and nothing was accepted.
+the client should simply try again, and nothing was accepted. A change Redis may have
+applied without confirming it (a timeout after the command was sent) is a 503 that says
+the outcome is unknown (``outcome_unknown``), never "nothing was accepted".
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import kombu.exceptions
 import redis
 from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
+
+from ..lifecycle import OutcomeUnknown
 
 log = logging.getLogger("taskplane.api")
 
@@ -100,6 +104,16 @@ def init_app(app: Flask, retry_after: int) -> None:
 
     for exc_type in UNAVAILABLE:
         app.register_error_handler(exc_type, _unavailable)
+
+    @app.errorhandler(OutcomeUnknown)
+    def _unknown(exc: OutcomeUnknown) -> Response:
+        log.warning("redis did not confirm a change: %s", type(exc.cause).__name__)
+        return error_response(
+            503, "outcome_unknown",
+            "Redis did not confirm the change in time: it may or may not have taken effect. "
+            "Check the task (details.id), or repeat the request with the same "
+            "Idempotency-Key: it returns the task if it exists and creates it if not.",
+            {"id": exc.task_id or None}, {"Retry-After": str(retry_after)})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -9,9 +9,9 @@ from typing import Any
 import jsonschema
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from .. import broker
-from ..celery_app import new_task_id, submit
-from ..store import fingerprint
+from .. import broker, lifecycle
+from ..celery_app import TenantCapReached, retry_dead_letter_task, revoke, submit
+from ..lifecycle import fingerprint
 from . import observe, schemas
 from .auth import authenticate, current_tenant
 from .body import json_body, validate
@@ -79,47 +79,23 @@ def submit_task() -> Response:
     if problems:
         raise ApiError(422, "validation_failed", f"arguments do not match {spec.name!r}",
                        {"fields": problems, "schema": spec.schema})
-    tenant = current_tenant()
     key = _idempotency_key()
-    task_id = new_task_id()
-    fp = ""
-    if key is not None:
-        fp = fingerprint(body)
-        claim = ctx.runtime.store.claim_idempotency(tenant, key, fp, task_id)
-        if claim.conflict:
-            raise ApiError(409, "idempotency_conflict",
-                           "this Idempotency-Key was used with a different body",
-                           {"id": claim.task_id})
-        if claim.in_progress:
-            raise ApiError(409, "idempotency_in_progress",
-                           "a request with this Idempotency-Key is still being accepted",
-                           {"id": claim.task_id}, {"Retry-After": "1"})
-        if not claim.claimed:
-            status = load(ctx.celery, claim.task_id)
-            if status is not None:
-                return accepted(status, replayed=True)
-            # the first task's record expired: this request starts afresh under the key
-            ctx.runtime.store.release_idempotency(tenant, key)
-            claim = ctx.runtime.store.claim_idempotency(tenant, key, fp, task_id)
-    try:
-        record = submit(ctx.celery, tenant=tenant, name=spec.name, args=args, kwargs=kwargs,
-                        queue=queue, priority=int(body.get("priority", broker.DEFAULT_PRIORITY)),
-                        countdown=body.get("countdown"), task_id=task_id)
-    except BaseException:
-        if key is not None:
-            _release_quietly(tenant, key)
-        raise
-    if key is not None:
-        ctx.runtime.store.confirm_idempotency(tenant, key, fp, record.id)
-    observe.accepted(spec.name)
-    return accepted(TaskStatus(record, None))
-
-
-def _release_quietly(tenant: str, key: str) -> None:
-    try:
-        api_context().runtime.store.release_idempotency(tenant, key)
-    except Exception:  # noqa: S110 - Redis is away; the key's TTL cleans up
-        pass
+    idempotency = (key, fingerprint(body)) if key is not None else None
+    for _ in range(2):
+        outcome = submit(ctx.celery, tenant=current_tenant(), name=spec.name, args=args,
+                         kwargs=kwargs, queue=queue,
+                         priority=int(body.get("priority", broker.DEFAULT_PRIORITY)),
+                         countdown=body.get("countdown"), idempotency=idempotency,
+                         rate_limited=True)
+        if outcome.record is not None:
+            observe.accepted(spec.name)
+            return accepted(TaskStatus(outcome.record, None))
+        status = load(ctx.celery, outcome.task_id)
+        if status is not None:
+            return accepted(status, replayed=True)
+        # the first task's record expired just now: the key starts afresh
+    raise ApiError(409, "idempotency_conflict", "this Idempotency-Key's task keeps changing",
+                   None)
 
 
 def _idempotency_key() -> str | None:
@@ -143,24 +119,23 @@ def revoke_task(task_id: str) -> Response:
     ctx = api_context()
     status = _owned(task_id)
     terminate = _flag("terminate")
-    state = status.state
-    if state in schemas.TERMINAL_STATES:
-        raise ApiError(409, "task_finished", f"task already ended in state {state}",
-                       {"state": state})
-    if state in ("STARTED", "PROGRESS") and not terminate:
+    revoked = revoke(ctx.celery, status.record.id, status.record.tenant, terminate=terminate)
+    if revoked.outcome == "final":
+        raise ApiError(409, "task_finished", f"task already ended in state {revoked.previous}",
+                       {"state": revoked.previous})
+    if revoked.outcome == "running":
         raise ApiError(409, "task_running",
                        "task is running; DELETE with ?terminate=true to stop it",
-                       {"state": state})
-    ctx.runtime.store.mark_revoked(task_id)
-    # SIGKILL: pool children ignore SIGTERM once it is remapped to soft shutdown.
-    ctx.celery.control.revoke(task_id, terminate=terminate, signal="SIGKILL")
-    if state not in ("STARTED", "PROGRESS"):
-        # Not yet running: it ends now. A worker that later receives it skips it.
-        ctx.celery.backend.mark_as_revoked(task_id, reason="revoked via API")
-        ctx.runtime.store.finish(task_id)
+                       {"state": _shown_running(status)})
+    if revoked.outcome != "revoked":  # its record expired meanwhile
+        raise _not_found(task_id)
     response = jsonify(represent(load(ctx.celery, task_id) or status, task_url(task_id)))
     response.status_code = 202
     return response
+
+
+def _shown_running(status: TaskStatus) -> str:
+    return status.state if status.state in lifecycle.RUNNING_STATES else lifecycle.STARTED
 
 
 @bp.get("/task-types")
@@ -215,7 +190,7 @@ def _dead_letter(entry: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/dead-letters")
 def dead_letters() -> Response:
     limit, offset = _page()
-    total, entries = api_context().runtime.store.dead_letters(current_tenant(), limit, offset)
+    total, entries = api_context().runtime.lifecycle.dead_letters(current_tenant(), limit, offset)
     return jsonify({"items": [_dead_letter(e) for e in entries], "total": total,
                     "limit": limit, "offset": offset})
 
@@ -224,20 +199,27 @@ def dead_letters() -> Response:
 def retry_dead_letter(task_id: str) -> Response:
     ctx = api_context()
     tenant = current_tenant()
-    entry = ctx.runtime.store.get_dead_letter(tenant, task_id) if _TASK_ID.fullmatch(task_id) else None
-    if entry is None:
+    found = ctx.runtime.lifecycle.dead_letter_raw(tenant, task_id) if _TASK_ID.fullmatch(
+        task_id) else None
+    if found is None:
         raise ApiError(404, "dead_letter_not_found", f"no dead letter with id {task_id!r}",
                        {"id": task_id})
+    read, entry = found
     if ctx.runtime.registry.get(entry["task"]) is None:
         raise ApiError(409, "unknown_task",
                        f"task type {entry['task']!r} is no longer registered", None)
-    ctx.celery.backend.forget(task_id)  # the old FAILURE must not show through
-    record = submit(ctx.celery, tenant=tenant, name=entry["task"], args=entry["args"],
-                    kwargs=entry["kwargs"], queue=entry["queue"], priority=entry["priority"],
-                    task_id=task_id)
-    ctx.runtime.store.remove_dead_letter(tenant, task_id)
-    observe.accepted(record.task)
-    return accepted(TaskStatus(record, None))
+    outcome = retry_dead_letter_task(ctx.celery, tenant, task_id, read)
+    if outcome.outcome == "cap_reached":
+        raise TenantCapReached(tenant)
+    if outcome.outcome != "queued":
+        raise ApiError(409, "dead_letter_retried",
+                       "this dead letter was retried by another request meanwhile",
+                       {"id": task_id})
+    observe.accepted(entry["task"])
+    status = load(ctx.celery, task_id)
+    if status is None:
+        raise _not_found(task_id)
+    return accepted(status)
 
 
 def submit_validator(max_countdown: int) -> jsonschema.protocols.Validator:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import broker
+from .. import broker, lifecycle
 from ..settings import QUEUE_NAME_RE
 
 #: Task ids are ours (UUIDs) but clients may send anything in a path: this bounds it.
@@ -12,8 +12,8 @@ TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_ARGS = 1000
 MAX_IDEMPOTENCY_KEY = 255
 
-TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
-STATES = ("PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", *TERMINAL_STATES)
+TERMINAL_STATES = lifecycle.FINAL_STATES
+STATES = lifecycle.STATES
 
 
 def submit_schema(max_countdown: int) -> dict[str, Any]:

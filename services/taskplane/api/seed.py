@@ -35,11 +35,11 @@ def start_task(data: str) -> Response:
     problems = spec.argument_errors([], kwargs)
     if problems:
         raise ApiError(422, "validation_failed", "data is invalid", {"fields": problems})
-    record = submit(ctx.celery, tenant=current_tenant(), name=SEED_TASK, args=[],
-                    kwargs=kwargs, queue=spec.queue or ctx.settings.default_queue,
-                    priority=broker.DEFAULT_PRIORITY)
+    outcome = submit(ctx.celery, tenant=current_tenant(), name=SEED_TASK, args=[],
+                     kwargs=kwargs, queue=spec.queue or ctx.settings.default_queue,
+                     priority=broker.DEFAULT_PRIORITY, rate_limited=True)
     observe.accepted(SEED_TASK)
-    return jsonify({"task_id": record.id, "message": "Task enqueued!"})
+    return jsonify({"task_id": outcome.task_id, "message": "Task enqueued!"})
 
 
 @bp.get("/task_status/<task_id>")

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import Celery
-
-from ..celery_app import runtime_for
-from ..store import TaskRecord
+from ..lifecycle import FINAL_STATES, TaskRecord, visible_state
+from ..runtime import TaskplaneCelery
 from .schemas import TERMINAL_STATES
 
 
@@ -25,27 +23,23 @@ class TaskStatus:
 
     @property
     def state(self) -> str:
-        if self.meta and self.meta.get("status"):
-            return str(self.meta["status"])
-        return "REVOKED" if self.record.revoked else "PENDING"
+        return visible_state(self.record, self.meta)
 
 
-def load(app: Celery, task_id: str) -> TaskStatus | None:
-    runtime = runtime_for(app)
-    store, backend = runtime.store, app.backend
-    meta_key = backend.get_key_for_task(task_id)
-    if runtime.settings.results_with_records:
-        with store.client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(store.record_key(task_id))
-            pipe.get(meta_key)
-            raw_record, raw_meta = pipe.execute()
-    else:
-        raw_record = store.client.hgetall(store.record_key(task_id))
-        raw_meta = backend.get(meta_key) if raw_record else None
-    if not raw_record:
+def load(app: TaskplaneCelery, task_id: str) -> TaskStatus | None:
+    """The task's record and result, read through ``lifecycle.read`` (one round trip when
+    results live in the records' Redis)."""
+    life, backend = app.runtime.lifecycle, app.backend
+    record, raw_meta = life.read(task_id, with_result=life.results_here)
+    if record is None:
         return None
+    if not life.results_here:
+        raw_meta = backend.get(backend.get_key_for_task(task_id))
     meta = backend.decode_result(raw_meta) if raw_meta else None
-    return TaskStatus(TaskRecord.from_hash(task_id, raw_record), meta)
+    if meta and record.state not in FINAL_STATES and meta.get("status") in FINAL_STATES \
+            and meta.get("date_done") and record.started_at is None:
+        meta = None  # a result older than this submission (a dead letter being retried)
+    return TaskStatus(record, meta)
 
 
 def iso(ts: float | None) -> str | None:

@@ -14,13 +14,16 @@ record in the same round trip that stamps ``started_at`` and stores the STARTED 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_task, states
 from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore
 
 from ..results import ResultBackend
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 #: Custom state a running task reports through :func:`progress`.
 PROGRESS = "PROGRESS"
@@ -48,21 +51,21 @@ class TaskplaneTask(Task):
         return super().retry(*args, countdown=countdown, eta=eta, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from ..celery_app import runtime_for  # the app binds the store; tasks never build one
-
         request = self.request
         if request.id and not request.called_directly:
-            runtime = runtime_for(self.app)
+            runtime: Runtime = self.app.runtime
             backend = self.backend
             track = isinstance(backend, ResultBackend) and not get_actual_ignore_result(
                 self, request)
-            # One call for stamp and STARTED when results live in the records' Redis.
-            together = track and runtime.settings.results_with_records
-            state = backend.started_state(request, os.getpid()) if together else None
-            run = runtime.store.start(request.id, retries=request.retries or 0, state=state)
-            if run.revoked:
-                raise Ignore()  # revoked while queued: the API already stored REVOKED
-            if track and not together:
+            started = backend.started_state(request, os.getpid()) if track else None
+            run = runtime.lifecycle.start(request.id, retries=request.retries or 0,
+                                          started=started)
+            if not run.runs:
+                # Revoked while queued (the revoke stored REVOKED), or a redelivery of a
+                # task that already ended: it does not run again.
+                request.taskplane_skipped = True
+                raise Ignore()
+            if track and not runtime.lifecycle.results_here:
                 backend.store_result(request.id, backend.started_result(request, os.getpid()),
                                      states.STARTED, request=request)
             limit = runtime.settings.max_deliveries

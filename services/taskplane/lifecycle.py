@@ -1,0 +1,700 @@
+"""The task state machine: states, transitions, Redis keys and the scripts that move a task.
+
+Every change of a task's state is one function here, backed by one Lua script that
+checks the transition's precondition and writes everything the transition changes, in
+one atomic Redis step. Routes, worker signals, the task base class and the result
+backend call these functions and hold no Redis logic of their own; so a guarantee is
+checked in one place, whatever races it (two API pods, a worker and the API, a client
+retrying after a timeout).
+
+States (``record.state``; Celery's result key mirrors them for Celery clients)::
+
+    submit ──> PENDING ──start──> STARTED ──finish──> SUCCESS
+                 │  ▲               │ │ └──progress (stays STARTED; result shows PROGRESS)
+                 │  │               │ ├──retry────> RETRY ──start──> STARTED
+                 │  │               │ └──fail─────> FAILURE (a dead letter)
+                 │  └──retry_dead_letter───────────── FAILURE
+                 └──revoke──> REVOKED <──revoke(terminate)── STARTED / RETRY
+
+==================  ==========================  ==================================================
+transition          from                        guarantee
+==================  ==========================  ==================================================
+``submit``          (nothing)                   rate token, idempotency key, tenant cap, record
+                                                and message: all written or none; a replayed key
+                                                returns the first task, never a second one
+``start``           PENDING, RETRY, STARTED     a revoked or finished task never runs again; the
+                    (redelivered)               run is counted (poison detection); STARTED stored
+``progress``        STARTED                     never lands on a finished task
+``retry``           STARTED                     RETRY stored unless the task already ended
+``finish``          any but a final state       result, record and tenant slot change together;
+                                                a final state is never overwritten
+``fail``            any but a final state       FAILURE, dead letter and tenant slot together
+``revoke``          PENDING, RETRY; STARTED     a task not yet started never runs; a running one
+                    only with ``terminate``     is stopped only when asked
+``retry_dead``      FAILURE with a dead letter  exactly one of concurrent retries wins
+==================  ==========================  ==================================================
+
+Keys (all passed to the scripts in ``KEYS``; ``{tenant}`` is immutable per task):
+
+============================================  ======  ==============================================
+key                                           type    holds
+============================================  ======  ==============================================
+``taskplane:task:{id}``                       hash    the record: tenant, task, queue, priority,
+                                                      state, submitted_at, eta, started_at,
+                                                      finished_at, retries, runs_started,
+                                                      runs_ended. Its existence makes an id
+                                                      "submitted" (else 404). TTL
+                                                      ``TASK_RECORD_TTL`` (plus any countdown),
+                                                      then ``RESULT_EXPIRES`` once final.
+``taskplane:idem:{tenant}:{sha256(key)}``     hash    ``fp`` (body hash) and ``id`` of the task an
+                                                      Idempotency-Key created; TTL
+                                                      ``IDEMPOTENCY_TTL``.
+``taskplane:open:{tenant}``                   zset    the tenant's unfinished task ids by
+                                                      submission time (the per-tenant cap).
+``taskplane:rate:{tenant}``                   hash    token bucket of the tenant's request rate.
+``taskplane:dead:{id}``                       string  JSON dead letter (arguments, error, reason);
+                                                      TTL ``DEAD_LETTER_TTL``.
+``taskplane:dead-letters:{tenant}``           zset    dead-letter ids by time of death.
+``celery-task-meta-{id}``                     string  Celery's result (written here when results
+                                                      live in this Redis, else by ``results.py``).
+queue list (``broker.py``)                    list    the task message, pushed by ``submit`` and
+                                                      ``retry_dead``.
+============================================  ======  ==============================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import redis
+
+PREFIX = "taskplane:"
+#: Message header naming the task's tenant: the worker finds the tenant's keys (open set,
+#: dead letters) without reading the record first. Retries carry it along.
+TENANT_HEADER = "taskplane_tenant"
+
+PENDING, STARTED, PROGRESS, RETRY = "PENDING", "STARTED", "PROGRESS", "RETRY"
+SUCCESS, FAILURE, REVOKED = "SUCCESS", "FAILURE", "REVOKED"
+#: States a task never leaves (but for ``retry_dead``, which starts a FAILURE afresh).
+FINAL_STATES = (SUCCESS, FAILURE, REVOKED)
+#: Every state a client can see, in lifecycle order.
+STATES = (PENDING, STARTED, PROGRESS, RETRY, *FINAL_STATES)
+RUNNING_STATES = (STARTED, PROGRESS)
+
+
+# --- keys ------------------------------------------------------------------------------
+
+def record_key(task_id: str) -> str:
+    return f"{PREFIX}task:{task_id}"
+
+
+def idempotency_key(tenant: str, key: str) -> str:
+    return f"{PREFIX}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def open_key(tenant: str) -> str:
+    return f"{PREFIX}open:{tenant}"
+
+
+def rate_key(tenant: str) -> str:
+    return f"{PREFIX}rate:{tenant}"
+
+
+def dead_key(task_id: str) -> str:
+    return f"{PREFIX}dead:{task_id}"
+
+
+def dead_index_key(tenant: str) -> str:
+    return f"{PREFIX}dead-letters:{tenant}"
+
+
+# --- scripts ---------------------------------------------------------------------------
+
+#: Lua helpers every script starts with. ``is_final(s)``; ``result_is_final(key)``: the
+#: stored Celery result holds a final state; ``write_result(key, value, ttl)`` stores and
+#: publishes ``value`` unless the stored result is final (0 ttl: no expiry), 1 if written.
+_LUA_LIB = """
+local FINAL = {SUCCESS = true, FAILURE = true, REVOKED = true}
+local function is_final(s) return s ~= nil and s ~= false and FINAL[s] == true end
+local function result_is_final(key)
+  local current = redis.call('GET', key)
+  if not current then return false end
+  local ok, meta = pcall(cjson.decode, current)
+  return ok and type(meta) == 'table' and is_final(meta['status'])
+end
+local function write_result(key, value, ttl)
+  if result_is_final(key) then return 0 end
+  if tonumber(ttl) > 0 then redis.call('SET', key, value, 'EX', ttl)
+  else redis.call('SET', key, value) end
+  redis.call('PUBLISH', key, value)
+  return 1
+end
+-- Mark the record final: stamp it, keep it for the result TTL, free the tenant's slot.
+local function close(record, open, id, state, now, ttl)
+  redis.call('HSET', record, 'state', state, 'finished_at', now)
+  redis.call('EXPIRE', record, ttl)
+  redis.call('ZREM', open, id)
+end
+"""
+
+# A tenant's token bucket (the key in ``bucket``): ``rate`` tokens a second up to
+# ``burst``, on Redis' clock; sets ``granted`` and ``tokens``.
+_RATE_BUCKET = """
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local b = redis.call('HMGET', bucket, 'tokens', 'at')
+local tokens = tonumber(b[1]) or burst
+local at = tonumber(b[2]) or clock
+tokens = math.min(burst, tokens + math.max(0, clock - at) * rate)
+local granted = tokens >= 1
+if granted then tokens = tokens - 1 end
+redis.call('HSET', bucket, 'tokens', tostring(tokens), 'at', tostring(clock))
+redis.call('EXPIRE', bucket, math.ceil(burst / rate) + 1)
+"""
+
+# submit. KEYS: record, open set, rate bucket, idempotency key, queue list, record of the
+# task the idempotency key held when the caller read it (or the new record again).
+# ARGV: id, record ttl, now, cap, rate (0: none), burst, fp ('' without a key),
+# idempotency ttl, id the key held when read ('' if none), message, record fields...
+# Returns {outcome, id, retry_after}: created | replay | conflict | rate_limited |
+# cap_reached | stale (the key changed since it was read: read again and retry).
+_SUBMIT = _LUA_LIB + """
+local id, ttl, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local rate, burst, fp, held_read = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[9]
+if fp ~= '' then
+  local held = redis.call('HMGET', KEYS[4], 'fp', 'id')
+  if (held[2] or '') ~= held_read then return {'stale', held[2] or '', '0'} end
+end
+if rate > 0 then
+  local bucket = KEYS[3]
+""" + _RATE_BUCKET + """
+  if not granted then return {'rate_limited', '', tostring((1 - tokens) / rate)} end
+end
+if fp ~= '' and held_read ~= '' then
+  if redis.call('HGET', KEYS[4], 'fp') ~= fp then return {'conflict', held_read, '0'} end
+  if redis.call('EXISTS', KEYS[6]) == 1 then return {'replay', held_read, '0'} end
+  -- the first task's record expired: this request starts afresh under the key
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'replay', id, '0'} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then return {'cap_reached', '', '0'} end
+redis.call('HSET', KEYS[1], 'state', 'PENDING', unpack(ARGV, 11))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], now, id)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('LPUSH', KEYS[5], ARGV[10])
+if fp ~= '' then
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[4], 'fp', fp, 'id', id)
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
+end
+return {'created', id, '0'}
+"""
+
+# start. KEYS: record[, result]. ARGV: now, retries[, STARTED value, its ttl].
+# Returns {verdict, runs that died}: run | unknown (no record: a task sent around the
+# API; run it) | REVOKED | SUCCESS | FAILURE (do not run).
+_START = _LUA_LIB + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if KEYS[2] then write_result(KEYS[2], ARGV[3], ARGV[4]) end
+  return {'unknown', 0}
+end
+local state = redis.call('HGET', KEYS[1], 'state')
+if is_final(state) then return {state, 0} end
+redis.call('HSET', KEYS[1], 'state', 'STARTED', 'started_at', ARGV[1], 'retries', ARGV[2])
+redis.call('HDEL', KEYS[1], 'finished_at')
+local started = redis.call('HINCRBY', KEYS[1], 'runs_started', 1)
+local ended = tonumber(redis.call('HGET', KEYS[1], 'runs_ended') or '0')
+if KEYS[2] then write_result(KEYS[2], ARGV[3], ARGV[4]) end
+return {'run', started - 1 - ended}
+"""
+
+# A result state that does not end the task (STARTED stored apart, PROGRESS, RETRY).
+# KEYS: result[, record]. ARGV: value, ttl, then record field/value pairs to set.
+# Written only if neither the result nor the record is final. Returns 1 if written.
+_WRITE = _LUA_LIB + """
+if KEYS[2] and is_final(redis.call('HGET', KEYS[2], 'state')) then return 0 end
+local written = write_result(KEYS[1], ARGV[1], ARGV[2])
+if written == 1 and KEYS[2] and #ARGV > 2 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+end
+return written
+"""
+
+# finish, fail and revoke share one shape. KEYS: record, open set[, result].
+# ARGV: id, now, result ttl, final state, tenant the caller expects, run ended ('1'/'0'),
+# result value ('' for none), its ttl. ``run ended`` counts a run that ended in this
+# process whatever else happens (poison detection). Returns {outcome, detail}:
+# done | missing | final (detail: the state it already had) | tenant (detail: the real
+# tenant: the caller guessed the open set's key wrong and must call again).
+_FINISH = _LUA_LIB + """
+local id, now, ttl, state, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if KEYS[3] and ARGV[7] ~= '' then write_result(KEYS[3], ARGV[7], ARGV[8]) end
+  return {'missing', ''}
+end
+local real = redis.call('HGET', KEYS[1], 'tenant') or ''
+if real ~= tenant then return {'tenant', real} end
+if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'runs_ended', 1) end
+local current = redis.call('HGET', KEYS[1], 'state')
+if is_final(current) then return {'final', current} end
+if state == '' then return {'done', current or ''} end
+close(KEYS[1], KEYS[2], id, state, now, ttl)
+if KEYS[3] and ARGV[7] ~= '' then write_result(KEYS[3], ARGV[7], ARGV[8]) end
+return {'done', current or ''}
+"""
+
+# fail: FAILURE, the dead letter and the freed slot together. KEYS: record, open set,
+# dead letter, dead-letter index. ARGV: id, now, result ttl, tenant, run ended,
+# dead-letter JSON without the record's fields, dead-letter ttl.
+# Returns {outcome, detail} as finish does.
+_FAIL = _LUA_LIB + """
+local id, now, ttl, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', ''} end
+local real = redis.call('HGET', KEYS[1], 'tenant') or ''
+if real ~= tenant then return {'tenant', real} end
+if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'runs_ended', 1) end
+local current = redis.call('HGET', KEYS[1], 'state')
+if is_final(current) then return {'final', current} end
+local r = redis.call('HMGET', KEYS[1], 'queue', 'priority', 'retries', 'submitted_at')
+-- ARGV[6] is a JSON object from the caller: append the record's fields as text
+-- (decoding and encoding it again would turn an empty list into an object).
+local entry = string.sub(ARGV[6], 1, -2) .. ',"tenant":' .. cjson.encode(tenant)
+  .. ',"queue":' .. cjson.encode(r[1] or '') .. ',"priority":' .. (tonumber(r[2]) or 0)
+  .. ',"retries":' .. (tonumber(r[3]) or 0) .. ',"submitted_at":' .. (r[4] or '0') .. '}'
+close(KEYS[1], KEYS[2], id, 'FAILURE', now, ttl)
+local dttl = tonumber(ARGV[7])
+redis.call('SET', KEYS[3], entry, 'EX', dttl)
+redis.call('ZADD', KEYS[4], now, id)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(now) - dttl)
+redis.call('EXPIRE', KEYS[4], dttl)
+return {'done', current or ''}
+"""
+
+# revoke. KEYS: record, open set[, result]. ARGV: id, now, result ttl, tenant,
+# terminate ('1'/'0'), REVOKED result value, its ttl.
+# Returns {outcome, previous state}: revoked | missing | final | running (without
+# terminate) | tenant (as finish).
+_REVOKE = _LUA_LIB + """
+local id, now, ttl, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', ''} end
+local real = redis.call('HGET', KEYS[1], 'tenant') or ''
+if real ~= tenant then return {'tenant', real} end
+local current = redis.call('HGET', KEYS[1], 'state') or 'PENDING'
+if is_final(current) then return {'final', current} end
+if current == 'STARTED' and ARGV[5] ~= '1' then return {'running', current} end
+close(KEYS[1], KEYS[2], id, 'REVOKED', now, ttl)
+if KEYS[3] then write_result(KEYS[3], ARGV[6], ARGV[7]) end
+return {'revoked', current}
+"""
+
+# retry_dead: only the caller that removes the dead letter re-enqueues the task.
+# KEYS: record, open set, dead letter, dead-letter index, queue list[, result].
+# ARGV: id, record ttl, now, cap, tenant, the dead letter as the caller read it,
+# message, record fields... Returns {outcome}: queued | gone (no dead letter: another
+# retry won, or it expired) | changed (not the dead letter read) | cap_reached.
+_RETRY_DEAD = _LUA_LIB + """
+local id, ttl, now, cap, tenant = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local entry = redis.call('GET', KEYS[3])
+if not entry then return {'gone'} end
+if entry ~= ARGV[6] then return {'changed'} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then return {'cap_reached'} end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[4], id)
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'state', 'PENDING', unpack(ARGV, 8))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], now, id)
+redis.call('EXPIRE', KEYS[2], ttl)
+if KEYS[6] then redis.call('DEL', KEYS[6]) end
+redis.call('LPUSH', KEYS[5], ARGV[7])
+return {'queued'}
+"""
+
+# A run ended in this process (success, failure, retry): count it for poison detection.
+# KEYS: record. Returns 1 if the record exists.
+_RUN_ENDED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'runs_ended', 1)
+return 1
+"""
+
+# A request token of a tenant (routes that submit nothing). KEYS: bucket. ARGV: rate,
+# burst. Returns {allowed, seconds until a token is available}.
+_RATE = """
+local rate, burst, bucket = tonumber(ARGV[1]), tonumber(ARGV[2]), KEYS[1]
+""" + _RATE_BUCKET + """
+if granted then return {1, '0'} end
+return {0, tostring((1 - tokens) / rate)}
+"""
+
+# A result state written on its own (results in another Redis than the records).
+# KEYS: result. ARGV: value, ttl. Never overwrites a final state.
+WRITE_RESULT = _LUA_LIB + "return write_result(KEYS[1], ARGV[1], ARGV[2])\n"
+
+
+# --- records and outcomes --------------------------------------------------------------
+
+@dataclass
+class TaskRecord:
+    """What Taskplane knows of a submitted task beyond Celery's result."""
+
+    id: str
+    tenant: str
+    task: str
+    queue: str
+    priority: int
+    submitted_at: float
+    state: str = PENDING
+    eta: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    retries: int = 0
+
+    @classmethod
+    def from_hash(cls, task_id: str, raw: dict[bytes, bytes]) -> TaskRecord:
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+
+        def num(name: str) -> float | None:
+            return float(h[name]) if h.get(name) else None
+
+        return cls(
+            id=task_id,
+            tenant=h.get("tenant", ""),
+            task=h.get("task", ""),
+            queue=h.get("queue", ""),
+            priority=int(float(h.get("priority", 0))),
+            submitted_at=float(h.get("submitted_at", 0)),
+            state=h.get("state") or PENDING,
+            eta=num("eta"),
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            retries=int(h.get("retries", 0)),
+        )
+
+    def fields(self) -> list[str]:
+        """The field/value pairs a new record is written with (state is the script's)."""
+        out: list[str] = []
+        for k in _NEW_RECORD_FIELDS:
+            v = getattr(self, k)
+            if v is not None:
+                out += [k, str(v)]
+        return out
+
+
+_NEW_RECORD_FIELDS = tuple(f.name for f in fields(TaskRecord)
+                           if f.name not in ("id", "state", "started_at", "finished_at"))
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Outcome of :meth:`Lifecycle.submit`."""
+
+    outcome: str  # created | replay | conflict | rate_limited | cap_reached
+    task_id: str
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """Outcome of :meth:`Lifecycle.start`: whether the run goes ahead."""
+
+    verdict: str  # run | unknown | REVOKED | SUCCESS | FAILURE
+    died: int  # earlier runs whose process died before they ended
+
+    @property
+    def runs(self) -> bool:
+        return self.verdict in ("run", "unknown")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Outcome of finish, fail, revoke and retry_dead."""
+
+    outcome: str  # done / revoked / queued | missing | final | running | gone | cap_reached ...
+    previous: str = ""  # the state the task had (or, for ``final``, still has)
+
+
+#: A Celery result write as (key, encoded value, ttl seconds; 0 keeps it forever).
+ResultWrite = tuple[str, str, int]
+
+class OutcomeUnknown(Exception):
+    """Redis did not answer a state change in time: it may or may not have happened.
+
+    Raised instead of the connection error so that no caller reports "nothing was
+    changed" for a write that may have been applied.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"Redis did not confirm the change ({type(cause).__name__})")
+        self.cause = cause
+        self.task_id = ""  # set by callers that know which task it concerns
+
+
+def never_sent(exc: BaseException) -> bool:
+    """True when ``exc`` was raised while connecting, before a command was sent.
+
+    redis-py raises ``ConnectionError("Error N connecting to host:port. …")`` and
+    ``TimeoutError("Timeout connecting to server")`` from ``Connection.connect``; every
+    other connection error may come after the command reached Redis. A test pins these
+    messages (``tests/lifecycle/test_transitions.py``).
+    """
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError) and (
+        "connecting to" in str(exc))
+
+
+def fingerprint(body: Any) -> str:
+    """Stable hash of a request body, so key reuse with a different body is detected."""
+    # ensure_ascii: a lone surrogate (valid JSON, not encodable UTF-8) hashes too
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+class Lifecycle:
+    """The transitions of every task, against one Redis. Cheap to create; holds one pool.
+
+    ``result_key(id)`` names Celery's result key; ``results_here`` says whether results
+    live in this Redis, so transitions write them in the same step (else the result
+    backend writes them on its own, and only the record moves here).
+    """
+
+    def __init__(self, client: redis.Redis, *, record_ttl: int, result_ttl: int,
+                 idempotency_ttl: int, dead_letter_ttl: int,
+                 result_key: Callable[[str], str], results_here: bool) -> None:
+        self.client = client
+        self.record_ttl = record_ttl
+        self.result_ttl = result_ttl
+        self.idempotency_ttl = idempotency_ttl
+        self.dead_letter_ttl = dead_letter_ttl
+        self.result_key = result_key
+        self.results_here = results_here
+        register = client.register_script
+        self._submit, self._start, self._write = register(_SUBMIT), register(_START), register(_WRITE)
+        self._finish, self._fail = register(_FINISH), register(_FAIL)
+        self._revoke, self._retry_dead = register(_REVOKE), register(_RETRY_DEAD)
+        self._run_ended, self._rate = register(_RUN_ENDED), register(_RATE)
+
+    # --- submit -------------------------------------------------------------------------
+
+    def submit(self, record: TaskRecord, push: tuple[str, str], *, cap: int = 0,
+               rate: float = 0.0, burst: int = 1, idempotency: tuple[str, str] | None = None
+               ) -> Submission:
+        """Accept a task: take a rate token, honour its Idempotency-Key, check the tenant's
+        cap, write the record and push ``push = (queue list, message)``, in one step.
+
+        ``idempotency = (key, body fingerprint)``. A replay returns the first task's id.
+        A timeout raises :class:`OutcomeUnknown`: call again with the same key and record
+        id to learn whether it was accepted (the script never writes a record twice).
+        """
+        now = time.time()
+        ttl = self.record_ttl + int(max(0.0, (record.eta or 0) - now))
+        ikey, fp = "", ""
+        if idempotency is not None:
+            ikey, fp = idempotency_key(record.tenant, idempotency[0]), idempotency[1]
+        for _ in range(5):
+            held = ""
+            if ikey:
+                held = (self.client.hget(ikey, "id") or b"").decode()
+            keys = [record_key(record.id), open_key(record.tenant), rate_key(record.tenant),
+                    ikey or record_key(record.id), push[0],
+                    record_key(held) if held else record_key(record.id)]
+            args = [record.id, ttl, now, cap, rate, burst, fp, self.idempotency_ttl, held,
+                    push[1], *record.fields()]
+            outcome, task_id, wait = self._call(self._submit, keys, args)
+            outcome = outcome.decode()
+            if outcome != "stale":
+                return Submission(outcome, task_id.decode(), float(wait))
+        raise RuntimeError("the Idempotency-Key kept changing under this request")
+
+    def take_token(self, tenant: str, rate: float, burst: int) -> float:
+        """Spend one of the tenant's request tokens (routes that submit nothing); 0.0 if
+        granted, else seconds until one frees up."""
+        allowed, wait = self._call(self._rate, [rate_key(tenant)], [rate, burst])
+        return 0.0 if int(allowed) else float(wait)
+
+    # --- a run --------------------------------------------------------------------------
+
+    def start(self, task_id: str, retries: int, started: ResultWrite | None = None) -> RunStart:
+        """A worker is about to run the task: refuse if it is revoked or finished, else
+        mark it STARTED (and store ``started`` when results live here) and count the run."""
+        keys, args = [record_key(task_id)], [time.time(), retries]
+        if started is not None and self.results_here:
+            keys.append(started[0])
+            args += [started[1], started[2]]
+        verdict, died = self._call(self._start, keys, args)
+        return RunStart(verdict.decode(), int(died))
+
+    def write(self, task_id: str, result: ResultWrite, record_fields: Sequence[str] = ()
+              ) -> bool:
+        """Store a result state that does not end the task (PROGRESS, RETRY, STARTED),
+        unless the task already ended; ``record_fields`` are set on the record with it."""
+        keys = [result[0]]
+        if self.results_here:
+            keys.append(record_key(task_id))
+        return bool(self._call(self._write, keys, [result[1], result[2], *record_fields]))
+
+    def run_ended(self, task_id: str) -> None:
+        """A run ended in this process without its process dying (poison detection)."""
+        self._call(self._run_ended, [record_key(task_id)], [])
+
+    # --- ends ---------------------------------------------------------------------------
+
+    def finish(self, task_id: str, state: str, *, tenant: str = "", run_ended: bool = False,
+               result: ResultWrite | None = None) -> Transition:
+        """End the task in ``state`` (SUCCESS, REVOKED…) unless it already ended: record,
+        result (when it lives here) and tenant slot together. ``state`` '' only counts the
+        run as ended. ``tenant`` is a hint that saves a round trip when right."""
+        def call(tenant: str) -> list[Any]:
+            keys = [record_key(task_id), open_key(tenant)]
+            value, ttl = "", 0
+            if result is not None and self.results_here:
+                keys.append(result[0])
+                value, ttl = result[1], result[2]
+            return self._call(self._finish, keys, [task_id, time.time(), self.result_ttl, state,
+                                                   tenant, "1" if run_ended else "0", value, ttl])
+        return self._with_tenant(call, tenant)
+
+    def fail(self, task_id: str, letter: dict[str, Any], *, tenant: str = "",
+             run_ended: bool = False) -> Transition:
+        """End the task as FAILURE and file ``letter`` (task, args, kwargs, error, reason)
+        as its dead letter, with the record's queue, priority and retries, in one step."""
+        try:
+            payload = json.dumps(letter)
+        except (TypeError, ValueError):
+            letter = {**letter, "args": [], "kwargs": {},
+                      "reason": letter.get("reason", "") + " (arguments not JSON-serialisable, "
+                                                            "not kept)"}
+            payload = json.dumps(letter)
+
+        def call(tenant: str) -> list[Any]:
+            keys = [record_key(task_id), open_key(tenant), dead_key(task_id),
+                    dead_index_key(tenant)]
+            return self._call(self._fail, keys, [task_id, time.time(), self.result_ttl, tenant,
+                                                 "1" if run_ended else "0", payload,
+                                                 self.dead_letter_ttl])
+        return self._with_tenant(call, tenant)
+
+    def revoke(self, task_id: str, tenant: str, *, terminate: bool,
+               result: ResultWrite | None = None) -> Transition:
+        """Revoke the task unless it has ended: a task not yet started never runs; a
+        running one only with ``terminate`` (the caller then broadcasts the kill)."""
+        keys = [record_key(task_id), open_key(tenant)]
+        value, ttl = "", 0
+        if result is not None and self.results_here:
+            keys.append(result[0])
+            value, ttl = result[1], result[2]
+        outcome, previous = self._call(self._revoke, keys, [
+            task_id, time.time(), self.result_ttl, tenant, "1" if terminate else "0", value, ttl])
+        return Transition(outcome.decode(), previous.decode())
+
+    def _with_tenant(self, call: Callable[[str], list[Any]], tenant: str) -> Transition:
+        for _ in range(2):
+            outcome, detail = call(tenant)
+            if outcome != b"tenant":
+                return Transition(outcome.decode(), detail.decode())
+            tenant = detail.decode()
+        return Transition("missing")
+
+    # --- dead letters -------------------------------------------------------------------
+
+    def dead_letter(self, tenant: str, task_id: str) -> dict[str, Any] | None:
+        raw = self.client.get(dead_key(task_id))
+        if raw is None:
+            return None
+        entry: dict[str, Any] = json.loads(raw)
+        return entry if entry.get("tenant") == tenant else None
+
+    def dead_letter_raw(self, tenant: str, task_id: str) -> tuple[str, dict[str, Any]] | None:
+        raw = self.client.get(dead_key(task_id))
+        if raw is None:
+            return None
+        entry: dict[str, Any] = json.loads(raw)
+        return (raw.decode(), entry) if entry.get("tenant") == tenant else None
+
+    def dead_letters(self, tenant: str, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+        index = dead_index_key(tenant)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(index, offset, offset + limit - 1)
+            pipe.zcard(index)
+            raw_ids, total = pipe.execute()
+        ids = [i.decode() for i in raw_ids]
+        if not ids:
+            return total, []
+        raws = self.client.mget([dead_key(i) for i in ids])
+        entries, gone = [], []
+        for task_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                gone.append(task_id)
+            else:
+                entries.append(json.loads(raw))
+        if gone:  # expired entries: drop them from the index too
+            self.client.zrem(index, *gone)
+        return total - len(gone), entries
+
+    def retry_dead(self, record: TaskRecord, read: str, push: tuple[str, str], *, cap: int = 0
+                   ) -> Transition:
+        """Enqueue a dead letter again under its id; ``read`` is the dead letter as the
+        caller read it. Of concurrent retries exactly one finds it and wins."""
+        now = time.time()
+        keys = [record_key(record.id), open_key(record.tenant), dead_key(record.id),
+                dead_index_key(record.tenant), push[0]]
+        if self.results_here:
+            keys.append(self.result_key(record.id))
+        (outcome,) = self._call(self._retry_dead, keys, [
+            record.id, self.record_ttl, now, cap, record.tenant, read, push[1], *record.fields()])
+        return Transition(outcome.decode())
+
+    # --- reads --------------------------------------------------------------------------
+
+    def read(self, task_id: str, with_result: bool) -> tuple[TaskRecord | None, bytes | None]:
+        """The record and, when ``with_result`` (results live here), the raw result: one
+        round trip."""
+        if not with_result:
+            raw = self.client.hgetall(record_key(task_id))
+            return (TaskRecord.from_hash(task_id, raw) if raw else None), None
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(record_key(task_id))
+            pipe.get(self.result_key(task_id))
+            raw, meta = pipe.execute()
+        return (TaskRecord.from_hash(task_id, raw) if raw else None), meta
+
+    def tenant_of(self, task_id: str) -> str:
+        return (self.client.hget(record_key(task_id), "tenant") or b"").decode()
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    @staticmethod
+    def _call(script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if never_sent(exc):
+                raise
+            raise OutcomeUnknown(exc) from exc
+
+
+def tenant_hint(request: Any) -> str:
+    """The tenant a Celery request's message names ('' if none: a task sent around the API)."""
+    value = getattr(request, TENANT_HEADER, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(TENANT_HEADER)
+    return str(value or "")
+
+
+def result_state(meta: dict[str, Any] | None) -> str | None:
+    """The state a Celery result holds, if any."""
+    return str(meta["status"]) if meta and meta.get("status") else None
+
+
+def visible_state(record: TaskRecord, meta: dict[str, Any] | None) -> str:
+    """The state a client sees: the record's when final (the record is the authority
+    on endings), else the result's finer one (PROGRESS, RETRY), else the record's."""
+    if record.state in FINAL_STATES:
+        return record.state
+    return result_state(meta) or record.state

@@ -1,0 +1,44 @@
+"""What every Taskplane process derives from its settings, carried by its Celery app.
+
+A leaf module: the task package reaches the runtime through ``task.app.runtime``
+(typed here), never by importing the module that builds the app, so the task
+package, the app factory and the registry import no cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from celery import Celery
+from celery.utils.nodenames import anon_nodename
+
+from .broker import RedisBroker
+from .lifecycle import Lifecycle
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .tasks.registry import Registry
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Settings, the task registry, the lifecycle and the broker reader of one process."""
+
+    settings: Settings
+    registry: Registry
+    lifecycle: Lifecycle
+    broker: RedisBroker
+    #: The ``origin`` header of messages this process sends (Celery's ``anon_nodename``).
+    origin: str = field(default_factory=anon_nodename)
+
+    def known_queues(self) -> list[str]:
+        queues = {self.settings.default_queue, *self.settings.queues}
+        queues |= self.registry.queues(self.settings.default_queue)
+        return sorted(queues)
+
+
+class TaskplaneCelery(Celery):
+    """A Celery app that carries its Taskplane :class:`Runtime` as ``app.runtime``."""
+
+    runtime: Runtime
