@@ -162,7 +162,9 @@ redis.call('EXPIRE', bucket, math.ceil(burst / rate) + 1)
 # ARGV: id, record ttl, now, cap, rate (0: none), burst, fp ('' without a key),
 # idempotency ttl, id the key held when read ('' if none), message, record fields...
 # Returns {outcome, id, retry_after}: created | replay | conflict | rate_limited |
-# cap_reached | stale (the key changed since it was read: read again and retry).
+# cap_reached | stale (the key names another task than the caller said: id is that
+# task; call again passing its record, so the script can see whether it still exists).
+# A first use of a key is one call; a replay is two.
 _SUBMIT = _LUA_LIB + """
 local id, ttl, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local rate, burst, fp, held_read = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[9]
@@ -250,12 +252,15 @@ return {'done', current or ''}
 """
 
 # fail: FAILURE, the dead letter and the freed slot together. KEYS: record, open set,
-# dead letter, dead-letter index. ARGV: id, now, result ttl, tenant, run ended,
-# dead-letter JSON without the record's fields, dead-letter ttl.
-# Returns {outcome, detail} as finish does.
+# dead letter, dead-letter index[, result]. ARGV: id, now, result ttl, tenant, run ended,
+# dead-letter JSON without the record's fields, dead-letter ttl, result value ('' for
+# none), its ttl. Returns {outcome, detail} as finish does.
 _FAIL = _LUA_LIB + """
 local id, now, ttl, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', ''} end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if KEYS[5] and ARGV[8] ~= '' then write_result(KEYS[5], ARGV[8], ARGV[9]) end
+  return {'missing', ''}
+end
 local real = redis.call('HGET', KEYS[1], 'tenant') or ''
 if real ~= tenant then return {'tenant', real} end
 if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'runs_ended', 1) end
@@ -273,6 +278,7 @@ redis.call('SET', KEYS[3], entry, 'EX', dttl)
 redis.call('ZADD', KEYS[4], now, id)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(now) - dttl)
 redis.call('EXPIRE', KEYS[4], dttl)
+if KEYS[5] and ARGV[8] ~= '' then write_result(KEYS[5], ARGV[8], ARGV[9]) end
 return {'done', current or ''}
 """
 
@@ -449,6 +455,25 @@ def never_sent(exc: BaseException) -> bool:
         "connecting to" in str(exc))
 
 
+class PoisonedTask(Exception):
+    """The task's process died under it ``MAX_DELIVERIES`` times; it is not run again."""
+
+
+def dead_letter(task_id: str, task: str, exc: BaseException, args: Any, kwargs: Any,
+                retry_for: tuple[type[BaseException], ...]) -> dict[str, Any]:
+    """What ``fail`` files for a task that failed for good, and why it did: poisoned, its
+    declared retries exhausted, or an error it does not retry."""
+    if isinstance(exc, PoisonedTask):
+        reason = "poisoned"
+    elif retry_for and isinstance(exc, retry_for):
+        reason = "retries exhausted"
+    else:
+        reason = "failed"
+    return {"id": task_id, "task": task, "args": list(args or ()), "kwargs": dict(kwargs or {}),
+            "error": {"type": type(exc).__name__, "message": str(exc)[:2000]},
+            "reason": reason, "failed_at": time.time()}
+
+
 def fingerprint(body: Any) -> str:
     """Stable hash of a request body, so key reuse with a different body is detected."""
     # ensure_ascii: a lone surrogate (valid JSON, not encodable UTF-8) hashes too
@@ -497,10 +522,8 @@ class Lifecycle:
         ikey, fp = "", ""
         if idempotency is not None:
             ikey, fp = idempotency_key(record.tenant, idempotency[0]), idempotency[1]
+        held = ""  # the task the key names, as far as this call knows: learnt from 'stale'
         for _ in range(5):
-            held = ""
-            if ikey:
-                held = (self.client.hget(ikey, "id") or b"").decode()
             keys = [record_key(record.id), open_key(record.tenant), rate_key(record.tenant),
                     ikey or record_key(record.id), push[0],
                     record_key(held) if held else record_key(record.id)]
@@ -510,6 +533,7 @@ class Lifecycle:
             outcome = outcome.decode()
             if outcome != "stale":
                 return Submission(outcome, task_id.decode(), float(wait))
+            held = task_id.decode()
         raise RuntimeError("the Idempotency-Key kept changing under this request")
 
     def take_token(self, tenant: str, rate: float, burst: int) -> float:
@@ -561,9 +585,10 @@ class Lifecycle:
         return self._with_tenant(call, tenant)
 
     def fail(self, task_id: str, letter: dict[str, Any], *, tenant: str = "",
-             run_ended: bool = False) -> Transition:
-        """End the task as FAILURE and file ``letter`` (task, args, kwargs, error, reason)
-        as its dead letter, with the record's queue, priority and retries, in one step."""
+             run_ended: bool = False, result: ResultWrite | None = None) -> Transition:
+        """End the task as FAILURE (storing ``result`` when results live here) and file
+        ``letter`` (:func:`dead_letter`) with the record's queue, priority and retries, in
+        one step. A task without a record (sent around the API) gets its result only."""
         try:
             payload = json.dumps(letter)
         except (TypeError, ValueError):
@@ -575,9 +600,13 @@ class Lifecycle:
         def call(tenant: str) -> list[Any]:
             keys = [record_key(task_id), open_key(tenant), dead_key(task_id),
                     dead_index_key(tenant)]
+            value, ttl = "", 0
+            if result is not None and self.results_here:
+                keys.append(result[0])
+                value, ttl = result[1], result[2]
             return self._call(self._fail, keys, [task_id, time.time(), self.result_ttl, tenant,
                                                  "1" if run_ended else "0", payload,
-                                                 self.dead_letter_ttl])
+                                                 self.dead_letter_ttl, value, ttl])
         return self._with_tenant(call, tenant)
 
     def revoke(self, task_id: str, tenant: str, *, terminate: bool,

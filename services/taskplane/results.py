@@ -8,6 +8,7 @@ and a REVOKED on a task that had just ended. So:
 * a final state (SUCCESS, FAILURE, REVOKED) is never overwritten, by anyone;
 * SUCCESS and REVOKED end the task in the same step as the result is stored (record,
   tenant slot), when results live in the records' Redis;
+* FAILURE ends the task with its dead letter (``mark_as_failure`` → ``fail``);
 * RETRY stores the retry count on the record with the result.
 
 When ``RESULT_BACKEND_URL`` names another Redis, results are written there by one
@@ -16,6 +17,7 @@ guarded script, and the record moves in its own lifecycle step (``worker.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import states
@@ -30,6 +32,44 @@ from .lifecycle import ResultWrite
 class ResultBackend(RedisBackend):
     """``RedisBackend`` whose state writes are lifecycle steps."""
 
+    #: Called with (task name, task id, queue) when a failure filed a dead letter (the
+    #: worker counts it); the backend itself knows no metrics.
+    on_dead_letter: Callable[[str, str, str], None] | None = None
+
+    def mark_as_failure(self, task_id: str, exc: BaseException, traceback: Any = None,
+                        request: Any = None, store_result: bool = True,
+                        call_errbacks: bool = True, state: str = states.FAILURE) -> None:
+        """FAILURE ends the task with its dead letter in one lifecycle step (``fail``).
+
+        Celery calls this wherever a task fails for good: in the pool process (an
+        exception), and in the worker's main process (a hard time limit, a lost process
+        that is not handed back). Chords, chains and errbacks then go on as Celery's.
+        """
+        runtime = getattr(self.app, "runtime", None)
+        if not store_result or runtime is None or request is None or state != states.FAILURE:
+            super().mark_as_failure(task_id, exc, traceback, request, store_result,
+                                    call_errbacks, state)
+            return
+        life = runtime.lifecycle
+        write = self.encode_state(task_id, self.encode_result(exc, state), state, traceback,
+                                  request)
+        task = self.app.tasks.get(getattr(request, "task", None) or "")
+        letter = lifecycle.dead_letter(task_id, getattr(task, "name", "") or "", exc,
+                                       getattr(request, "args", None),
+                                       getattr(request, "kwargs", None),
+                                       tuple(getattr(task, "autoretry_for", ()) or ()))
+        if life.results_here:
+            outcome = life.fail(task_id, letter, tenant=lifecycle.tenant_hint(request),
+                                result=write)
+        else:
+            self.ensure(self._write, write)
+            outcome = life.fail(task_id, letter, tenant=lifecycle.tenant_hint(request))
+        if outcome.outcome == "done" and self.on_dead_letter is not None:
+            info = getattr(request, "delivery_info", None) or {}
+            self.on_dead_letter(letter["task"], task_id, str(info.get("routing_key") or ""))
+        super().mark_as_failure(task_id, exc, traceback, request, store_result=False,
+                                call_errbacks=call_errbacks, state=state)
+
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
         write = self.encode_state(task_id, result, state, traceback, request)
@@ -42,7 +82,9 @@ class ResultBackend(RedisBackend):
         elif state == states.RETRY:
             retries = (getattr(request, "retries", None) or 0) + 1
             life.write(task_id, write, ["state", lifecycle.RETRY, "retries", str(retries)])
-        else:  # STARTED stored apart, PROGRESS, FAILURE (the dead letter follows: worker.py)
+        elif state == states.FAILURE:  # not through mark_as_failure: no dead letter to file
+            life.finish(task_id, state, tenant=lifecycle.tenant_hint(request), result=write)
+        else:  # STARTED stored apart, PROGRESS
             life.write(task_id, write)
         return result
 

@@ -24,9 +24,9 @@ from celery.exceptions import Retry
 from . import broker, lifecycle, metrics
 from .broker import RedisBroker
 from .celery_app import create_celery, redis_client
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, PoisonedTask
+from .results import ResultBackend
 from .settings import Settings
-from .tasks.base import PoisonedTask
 from .worker_probes import WorkerProbes
 
 log = logging.getLogger("taskplane.worker")
@@ -110,30 +110,20 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None
 
 
 def _on_failure(sender: Any = None, task_id: str | None = None,
-                exception: BaseException | None = None, args: Sequence[Any] | None = None,
-                kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+                exception: BaseException | None = None, **_: Any) -> None:
+    """Count a failure for good (the result backend filed its dead letter: ``results.py``)."""
     if not task_id or isinstance(exception, Retry):
         return
     queue = _queue_for(sender, task_id)
     m = metrics.instruments()
     m.tasks.labels(sender.name, queue, "failed").inc()
-    error = {"type": type(exception).__name__, "message": str(exception)[:2000]}
-    retried = bool(getattr(sender, "autoretry_for", ()))
     if isinstance(exception, PoisonedTask):
-        reason = "poisoned"
         m.tasks.labels(sender.name, queue, "poisoned").inc()
-    elif retried and _declared(sender, exception):
-        reason = "retries exhausted"
-    else:
-        reason = "failed"
-    letter = {"id": task_id, "task": sender.name, "args": list(args or ()),
-              "kwargs": dict(kwargs or {}), "error": error, "reason": reason,
-              "failed_at": time.time()}
-    request = sender.request if sender.request and sender.request.id == task_id else None
-    outcome = _lifecycle(sender).fail(task_id, letter, tenant=lifecycle.tenant_hint(request))
-    if outcome.outcome == "done":
-        m.tasks.labels(sender.name, queue, "dead_lettered").inc()
-        log.info("task %s[%s] dead-lettered: %s", sender.name, task_id, error["type"])
+
+
+def _on_dead_letter(task: str, task_id: str, queue: str) -> None:
+    metrics.instruments().tasks.labels(task, queue or "<unknown>", "dead_lettered").inc()
+    log.info("task %s[%s] dead-lettered", task, task_id)
 
 
 def _queue_for(task: Any, task_id: str) -> str:
@@ -145,10 +135,6 @@ def _queue_for(task: Any, task_id: str) -> str:
     record, _ = _lifecycle(task).read(task_id, with_result=False)
     return record.queue if record is not None and record.queue else (
         task.app.runtime.settings.default_queue)
-
-
-def _declared(task: Any, exception: BaseException | None) -> bool:
-    return exception is not None and isinstance(exception, tuple(task.autoretry_for))
 
 
 def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -208,6 +194,7 @@ def connect_signals() -> None:
     signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)
     signals.worker_ready.connect(_on_worker_ready, weak=False)
     signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
+    ResultBackend.on_dead_letter = staticmethod(_on_dead_letter)  # type: ignore[assignment]
     _connected = True
 
 

@@ -5,7 +5,8 @@ record in the same round trip that stamps ``started_at`` and stores the STARTED 
 (in place of Celery's ``task_track_started``, which would cost a round trip more):
 
 * a task revoked while no worker was listening (revokes are broadcast, not stored)
-  must still not run when a worker later receives it;
+  must still not run when a worker later receives it, and a redelivered task that
+  already ended (its worker died before acknowledging) must not run again;
 * a task whose process died under it ``MAX_DELIVERIES`` times (it segfaults, it is
   OOM-killed, it kills itself) must not be handed to yet another process: it fails
   as poisoned and goes to the dead-letter list.
@@ -20,6 +21,7 @@ from celery import Task, current_task, states
 from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore
 
+from ..lifecycle import PoisonedTask
 from ..results import ResultBackend
 
 if TYPE_CHECKING:
@@ -29,13 +31,9 @@ if TYPE_CHECKING:
 PROGRESS = "PROGRESS"
 
 
-class PoisonedTask(Exception):
-    """The task's process died under it too many times; it is not run again."""
-
-
 #: Shortest delay before a retry runs. With full jitter Celery may pick 0 s, and the new
-#: run can then finish before the old one has stored its RETRY state, which would
-#: overwrite the SUCCESS (Celery's check-then-write is not atomic).
+#: run could then start before the old one has stored its RETRY state (which can no
+#: longer hide an ending, but would show RETRY on a task that is running again).
 MIN_RETRY_DELAY = 1.0
 
 

@@ -1,0 +1,363 @@
+"""Every transition of ``lifecycle.py`` against a real Redis: what it writes when allowed,
+and that a refused one writes nothing. Each test takes milliseconds."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import pytest
+import redis
+from celery import states
+from celery.app.task import Context
+
+from taskplane import broker, lifecycle
+from taskplane.celery_app import (
+    IdempotencyConflict,
+    RateLimited,
+    TenantCapReached,
+    retry_dead_letter_task,
+    revoke,
+    submit,
+)
+from taskplane.lifecycle import Lifecycle, OutcomeUnknown, TaskRecord
+from taskplane.runtime import TaskplaneCelery
+from tests.lifecycle.conftest import QUEUE, TASK, TENANT, accept, make_app
+from tests.support.services import RedisServer, free_port, wait_for
+
+
+def waiting(client: redis.Redis) -> int:
+    return sum(client.llen(key) for key in broker.queue_keys(QUEUE))
+
+
+def snapshot(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key with its type and value: "nothing written" means this did not change."""
+    out: dict[bytes, Any] = {}
+    for key in client.keys("*"):
+        kind = client.type(key)
+        if kind == b"hash":
+            out[key] = client.hgetall(key)
+        elif kind == b"string":
+            out[key] = client.get(key)
+        elif kind == b"list":
+            out[key] = client.lrange(key, 0, -1)
+        elif kind == b"zset":
+            out[key] = client.zrange(key, 0, -1, withscores=True)
+    return out
+
+
+def record(life: Lifecycle, task_id: str) -> TaskRecord:
+    found, _ = life.read(task_id, with_result=False)
+    assert found is not None
+    return found
+
+
+def result(app: TaskplaneCelery, task_id: str) -> dict[str, Any] | None:
+    raw = app.runtime.lifecycle.client.get(app.backend.get_key_for_task(task_id))
+    return json.loads(raw) if raw else None
+
+
+def open_ids(client: redis.Redis, tenant: str = TENANT) -> set[bytes]:
+    return set(client.zrange(lifecycle.open_key(tenant), 0, -1))
+
+
+def success(app: TaskplaneCelery, task_id: str, value: Any = "done") -> lifecycle.ResultWrite:
+    return app.backend.encode_state(task_id, value, states.SUCCESS)
+
+
+# --- submit ----------------------------------------------------------------------------
+
+def test_submit_writes_record_slot_and_message_in_one_step(app: TaskplaneCelery, life: Lifecycle,
+                                                           client: redis.Redis) -> None:
+    task_id = accept(app)
+    rec = record(life, task_id)
+    assert (rec.tenant, rec.task, rec.queue, rec.state) == (TENANT, TASK, QUEUE, "PENDING")
+    assert open_ids(client) == {task_id.encode()}
+    assert waiting(client) == 1
+    assert 0 < client.ttl(lifecycle.record_key(task_id)) <= app.runtime.settings.task_record_ttl
+
+
+def test_submit_of_an_existing_id_is_a_replay_not_a_second_message(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis) -> None:
+    task_id = accept(app)
+    again = submit(app, tenant=TENANT, name=TASK, args=[], kwargs={"value": 1}, queue=QUEUE,
+                   priority=5, task_id=task_id)
+    assert again.replayed and again.task_id == task_id
+    assert waiting(client) == 1
+
+
+def test_cap_reached_writes_nothing(lifecycle_redis: RedisServer, client: redis.Redis) -> None:
+    capped = make_app(lifecycle_redis, MAX_OPEN_TASKS_PER_TENANT="1")
+    try:
+        accept(capped)
+        before = snapshot(client)
+        with pytest.raises(TenantCapReached):
+            accept(capped)
+        assert snapshot(client) == before
+        assert accept(capped, tenant="globex")  # the cap is per tenant
+    finally:
+        capped.close()
+
+
+def test_rate_limit_is_taken_in_the_submit_step(lifecycle_redis: RedisServer,
+                                                client: redis.Redis) -> None:
+    limited = make_app(lifecycle_redis, RATE_LIMIT="0.01", RATE_LIMIT_BURST="2")
+    try:
+        accept(limited, rate_limited=True)
+        accept(limited, rate_limited=True)
+        records = set(client.keys("taskplane:task:*"))
+        with pytest.raises(RateLimited) as refused:
+            accept(limited, rate_limited=True)
+        assert refused.value.retry_after > 1
+        assert set(client.keys("taskplane:task:*")) == records and waiting(client) == 2
+    finally:
+        limited.close()
+
+
+def test_idempotency_key_replays_conflicts_and_restarts_after_expiry(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis) -> None:
+    first = accept(app, idempotency=("invoice-1", "fp-a"))
+    assert accept(app, idempotency=("invoice-1", "fp-a")) == first
+    assert waiting(client) == 1
+    with pytest.raises(IdempotencyConflict) as conflict:
+        accept(app, idempotency=("invoice-1", "fp-b"))
+    assert conflict.value.task_id == first
+    assert accept(app, tenant="globex", idempotency=("invoice-1", "fp-a")) != first  # per tenant
+    client.delete(lifecycle.record_key(first))  # the first task's record expired
+    fresh = accept(app, idempotency=("invoice-1", "fp-a"))
+    assert fresh != first and accept(app, idempotency=("invoice-1", "fp-a")) == fresh
+
+
+def test_submit_notices_a_key_that_changed_since_it_was_read(app: TaskplaneCelery, life: Lifecycle,
+                                                             client: redis.Redis) -> None:
+    first = accept(app, idempotency=("k", "fp"))
+    ikey = lifecycle.idempotency_key(TENANT, "k")
+    keys = [lifecycle.record_key("new"), lifecycle.open_key(TENANT), lifecycle.rate_key(TENANT),
+            ikey, QUEUE, lifecycle.record_key("new")]
+    stale = life._submit(keys=keys, args=["new", 60, 0, 0, 0, 1, "fp", 60, "", "msg",
+                                          "tenant", TENANT])
+    assert stale[0] == b"stale" and stale[1] == first.encode()
+    assert not client.exists(lifecycle.record_key("new"))
+
+
+# --- start, progress, retry ------------------------------------------------------------
+
+def test_start_marks_started_counts_runs_and_stores_started(app: TaskplaneCelery,
+                                                            life: Lifecycle) -> None:
+    task_id = accept(app)
+    started = app.backend.encode_state(task_id, {"pid": 1, "hostname": "w"}, states.STARTED)
+    run = life.start(task_id, retries=0, started=started)
+    assert run.verdict == "run" and run.died == 0
+    assert record(life, task_id).state == "STARTED"
+    assert result(app, task_id)["status"] == "STARTED"
+    # a redelivery after the process died under the first run: one death counted
+    assert life.start(task_id, retries=0, started=started).died == 1
+
+
+@pytest.mark.parametrize("ending", ["revoke", "SUCCESS", "FAILURE"])
+def test_start_refuses_revoked_and_finished_tasks(app: TaskplaneCelery, life: Lifecycle,
+                                                  client: redis.Redis, ending: str) -> None:
+    task_id = accept(app)
+    if ending == "revoke":
+        life.revoke(task_id, TENANT, terminate=False)
+    elif ending == "SUCCESS":
+        life.start(task_id, retries=0)
+        life.finish(task_id, states.SUCCESS, tenant=TENANT, result=success(app, task_id))
+    else:
+        life.start(task_id, retries=0)
+        life.fail(task_id, {"task": TASK, "args": [], "kwargs": {}, "error": {}, "reason": "x"},
+                  tenant=TENANT)
+    before = snapshot(client)
+    started = app.backend.encode_state(task_id, {"pid": 1, "hostname": "w"}, states.STARTED)
+    verdict = life.start(task_id, retries=0, started=started).verdict
+    assert verdict == ("REVOKED" if ending == "revoke" else ending)
+    assert snapshot(client) == before
+
+
+def test_progress_and_retry_never_land_on_a_finished_task(app: TaskplaneCelery,
+                                                          life: Lifecycle) -> None:
+    task_id = accept(app)
+    life.start(task_id, retries=0)
+    progress = app.backend.encode_state(task_id, {"percent": 50}, "PROGRESS")
+    assert life.write(task_id, progress)
+    retry = app.backend.encode_state(task_id, None, states.RETRY)
+    assert life.write(task_id, retry, ["state", "RETRY", "retries", "1"])
+    assert record(life, task_id).retries == 1 and record(life, task_id).state == "RETRY"
+    life.start(task_id, retries=1)
+    life.finish(task_id, states.SUCCESS, tenant=TENANT, result=success(app, task_id))
+    assert not life.write(task_id, progress)
+    assert not life.write(task_id, retry, ["state", "RETRY", "retries", "2"])
+    assert result(app, task_id)["status"] == "SUCCESS" and record(life, task_id).retries == 1
+
+
+# --- finish, fail, revoke ----------------------------------------------------------------
+
+def test_finish_writes_result_record_and_slot_together_once(app: TaskplaneCelery, life: Lifecycle,
+                                                            client: redis.Redis) -> None:
+    task_id = accept(app)
+    life.start(task_id, retries=0)
+    done = life.finish(task_id, states.SUCCESS, tenant="wrong-hint", result=success(app, task_id))
+    assert done.outcome == "done"
+    rec = record(life, task_id)
+    assert rec.state == "SUCCESS" and rec.finished_at is not None
+    assert result(app, task_id)["result"] == "done"
+    assert open_ids(client) == set()
+    assert client.ttl(lifecycle.record_key(task_id)) <= app.runtime.settings.result_expires
+    again = life.finish(task_id, states.REVOKED, tenant=TENANT,
+                        result=app.backend.encode_state(task_id, None, states.REVOKED))
+    assert (again.outcome, again.previous) == ("final", "SUCCESS")
+    assert result(app, task_id)["status"] == "SUCCESS"
+    life.finish(task_id, "", tenant=TENANT, run_ended=True)  # counts the run only
+    assert client.hget(lifecycle.record_key(task_id), "runs_ended") == b"1"
+
+
+def test_fail_files_the_dead_letter_with_the_record(app: TaskplaneCelery, life: Lifecycle,
+                                                    client: redis.Redis) -> None:
+    task_id = accept(app)
+    life.start(task_id, retries=2)
+    letter = {"id": task_id, "task": TASK, "args": [], "kwargs": {"value": 1},
+              "error": {"type": "ValueError", "message": "é"}, "reason": "failed",
+              "failed_at": 1.5}
+    assert life.fail(task_id, letter).outcome == "done"  # no tenant hint: found from the record
+    entry = life.dead_letter(TENANT, task_id)
+    assert entry is not None
+    assert entry["args"] == [] and entry["kwargs"] == {"value": 1}  # an empty list stays a list
+    assert (entry["tenant"], entry["queue"], entry["priority"], entry["retries"]) == (
+        TENANT, QUEUE, 5, 2)
+    assert entry["submitted_at"] == pytest.approx(record(life, task_id).submitted_at)
+    assert record(life, task_id).state == "FAILURE" and open_ids(client) == set()
+    assert life.dead_letters(TENANT, 10, 0) == (1, [entry])
+    assert life.dead_letter("globex", task_id) is None
+    assert life.fail(task_id, letter).outcome == "final"
+    assert life.dead_letters(TENANT, 10, 0)[0] == 1
+
+
+def test_unserialisable_arguments_still_file_a_dead_letter(app: TaskplaneCelery,
+                                                           life: Lifecycle) -> None:
+    task_id = accept(app)
+    letter = {"task": TASK, "args": [object()], "kwargs": {}, "error": {}, "reason": "failed"}
+    assert life.fail(task_id, letter, tenant=TENANT).outcome == "done"
+    entry = life.dead_letter(TENANT, task_id)
+    assert entry is not None and entry["args"] == [] and "not kept" in entry["reason"]
+
+
+def test_revoke_ends_a_waiting_task_and_frees_its_slot(app: TaskplaneCelery, life: Lifecycle,
+                                                       client: redis.Redis) -> None:
+    task_id = accept(app)
+    outcome = revoke(app, task_id, TENANT, terminate=False)
+    assert (outcome.outcome, outcome.previous) == ("revoked", "PENDING")
+    assert record(life, task_id).state == "REVOKED" and open_ids(client) == set()
+    assert result(app, task_id)["status"] == "REVOKED"
+    assert revoke(app, task_id, TENANT, terminate=True).outcome == "final"
+
+
+def test_revoke_leaves_a_running_task_alone_unless_terminate(app: TaskplaneCelery,
+                                                             life: Lifecycle,
+                                                             client: redis.Redis) -> None:
+    task_id = accept(app)
+    life.start(task_id, retries=0)
+    before = snapshot(client)
+    assert life.revoke(task_id, TENANT, terminate=False).outcome == "running"
+    assert snapshot(client) == before
+    assert life.revoke(task_id, "globex", terminate=True).outcome == "tenant"
+    assert snapshot(client) == before
+    outcome = life.revoke(task_id, TENANT, terminate=True,
+                          result=app.backend.encode_state(task_id, None, states.REVOKED))
+    assert (outcome.outcome, outcome.previous) == ("revoked", "STARTED")
+    # the run ends after all: its SUCCESS does not replace REVOKED
+    life.finish(task_id, states.SUCCESS, tenant=TENANT, result=success(app, task_id),
+                run_ended=True)
+    assert record(life, task_id).state == "REVOKED" and result(app, task_id)["status"] == "REVOKED"
+
+
+# --- retry from the dead letters ---------------------------------------------------------
+
+def test_retry_dead_requeues_under_the_same_id_once(app: TaskplaneCelery, life: Lifecycle,
+                                                    client: redis.Redis) -> None:
+    task_id = accept(app)
+    client.delete(*broker.queue_keys(QUEUE))
+    life.start(task_id, retries=0)
+    app.backend.mark_as_failure(task_id, ValueError("x"), request=Context(
+        id=task_id, task=TASK, args=[], kwargs={"value": 1}))  # the worker's path
+    assert result(app, task_id)["status"] == "FAILURE"
+    read = life.dead_letter_raw(TENANT, task_id)
+    assert read is not None
+    assert retry_dead_letter_task(app, TENANT, task_id, read[0]).outcome == "queued"
+    rec = record(life, task_id)
+    assert rec.state == "PENDING" and rec.started_at is None and rec.tenant == TENANT
+    assert result(app, task_id) is None  # the old FAILURE does not show through
+    assert life.dead_letter(TENANT, task_id) is None and life.dead_letters(TENANT, 10, 0)[0] == 0
+    assert waiting(client) == 1 and open_ids(client) == {task_id.encode()}
+    before = snapshot(client)
+    assert retry_dead_letter_task(app, TENANT, task_id, read[0]).outcome == "gone"
+    assert snapshot(client) == before
+
+
+def test_retry_dead_refuses_a_dead_letter_that_changed(app: TaskplaneCelery, life: Lifecycle,
+                                                       client: redis.Redis) -> None:
+    task_id = accept(app)
+    life.fail(task_id, {"task": TASK, "args": [], "kwargs": {}, "error": {}, "reason": "a"},
+              tenant=TENANT)
+    stale = client.get(lifecycle.dead_key(task_id)).decode().replace('"a"', '"b"')
+    before = snapshot(client)
+    assert retry_dead_letter_task(app, TENANT, task_id, stale).outcome == "changed"
+    assert snapshot(client) == before
+
+
+# --- reads and unknown outcomes ----------------------------------------------------------
+
+def test_visible_state_prefers_the_record_once_it_is_final() -> None:
+    rec = TaskRecord(id="x", tenant="t", task="t", queue="q", priority=5, submitted_at=0.0)
+    assert lifecycle.visible_state(rec, None) == "PENDING"
+    assert lifecycle.visible_state(rec, {"status": "PROGRESS"}) == "PROGRESS"
+    rec.state = "REVOKED"
+    assert lifecycle.visible_state(rec, {"status": "SUCCESS"}) == "REVOKED"
+
+
+def test_never_sent_matches_redis_py_connect_errors() -> None:
+    """Pins redis-py's wording: a refused connection is known not to have sent anything."""
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    with pytest.raises(redis.ConnectionError) as refused:
+        dead.ping()
+    assert lifecycle.never_sent(refused.value)
+    assert not lifecycle.never_sent(redis.ConnectionError("Connection closed by server."))
+    assert not lifecycle.never_sent(redis.TimeoutError("Timeout reading from socket"))
+
+
+def wait_until_stalled(server: RedisServer) -> None:
+    """Return once the server stopped answering (a PING times out), so the next call stalls."""
+    probe = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=0.05, retry=None)
+
+    def stalled() -> bool:
+        try:
+            probe.ping()
+        except redis.TimeoutError:
+            return True
+        return False
+
+    wait_for(stalled, 5, "redis-server to stall")
+
+
+def test_a_change_redis_did_not_confirm_is_an_unknown_outcome() -> None:
+    server = RedisServer(extra_args=("--enable-debug-command", "yes")).start()
+    try:
+        app = make_app(server, REDIS_TIMEOUT="0.3")
+        accept(app)  # Redis knows the script: the stalled call is the script itself
+        task_id = "sleepy"
+        stall = socket.create_connection(("127.0.0.1", server.port))
+        stall.sendall(b"DEBUG SLEEP 2\r\n")
+        wait_until_stalled(server)
+        with pytest.raises(OutcomeUnknown) as unknown:
+            submit(app, tenant=TENANT, name=TASK, args=[], kwargs={"value": 1}, queue=QUEUE,
+                   priority=5, task_id=task_id, idempotency=("key", "fp"))
+        assert unknown.value.task_id == task_id
+        stall.recv(16)
+        stall.close()
+        # it did happen: the same key finds the one task
+        again = submit(app, tenant=TENANT, name=TASK, args=[], kwargs={"value": 1}, queue=QUEUE,
+                       priority=5, idempotency=("key", "fp"))
+        assert again.replayed and again.task_id == task_id
+        app.close()
+    finally:
+        server.close()
