@@ -4,7 +4,7 @@ VENV  ?= .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install run monitor test chaos bench unit integration lint docs chart manifests lock clean
+.PHONY: help install run monitor check test chaos bench unit integration lint docs chart manifests lock clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -18,6 +18,10 @@ run: install  ## start Redis, the API on :8000 and a worker; Ctrl-C stops them a
 monitor: install  ## the local stack plus a Prometheus loaded with the rules; prints its URL
 	@scripts/monitoring-tools.sh
 	@$(BIN)/taskplane dev --monitor
+
+check: install  ## the fast loop (well under a minute): lint, unit tests, direct lifecycle tests
+	$(BIN)/ruff check services tests bench scripts
+	$(BIN)/pytest -q tests/unit tests/lifecycle $(PYTEST_ARGS)
 
 test: install  ## the whole suite: lint, unit, integration, monitoring, chart, chaos, fuzz and bench smoke (small sizes)
 	@bench/install-tools.sh

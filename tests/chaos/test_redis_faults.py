@@ -104,8 +104,10 @@ def test_fault_4_redis_restart_with_aof(stack, summary) -> None:
             what = f"{b.get('state')}/{(b.get('error') or {}).get('type', '-')}"
             not_success[what] = not_success.get(what, 0) + 1
     ghosts = sorted(k for k in started if k.startswith("f4-") and k not in sub.accepted)
+    duplicated = sum(1 for k in keys if started.get(k, 0) > 1)
+    answers = {a.key: a for a in sub.attempts}
     summary(4, "redis-restart-aof", accepted=len(keys), completed=completed,
-            duplicated=sum(1 for k in keys if started.get(k, 0) > 1), lost=len(keys) - completed,
+            duplicated=duplicated, lost=len(keys) - completed,
             outage_s=round(up_at - down_at, 1), post=statuses, reads=reader.statuses(),
             accepted_after_restart=accepted_after, ran_without_202=len(ghosts),
             not_success=not_success)
@@ -117,6 +119,11 @@ def test_fault_4_redis_restart_with_aof(stack, summary) -> None:
     assert refused_503 and accepted_after > 0
     assert worker.alive() and api.process.alive()
     assert children(api.process.pid) == gunicorn_workers, "gunicorn replaced its workers"
+    assert duplicated == 0, f"{duplicated} tasks ran more than once"
+    # A task that ran without a 202 was refused with "outcome unknown", never with
+    # "nothing was accepted".
+    assert all(answers[k].error_code == "outcome_unknown" for k in ghosts), [
+        (k, answers[k].status, answers[k].error_code) for k in ghosts]
     assert completed == len(keys), (
         f"{len(keys) - completed} accepted tasks did not end SUCCESS: {not_success}. A task whose "
         "body finished while Redis was away could not store its result: Celery records "

@@ -122,3 +122,12 @@ def phases(before: float = 1.0, seconds: float = 1.0, key: str = "") -> str:
     time.sleep(before)
     _sleep_reporting(seconds)
     return "done"
+
+
+@task("test.fail_once", schema={"properties": {"key": {"type": "string"}}, "required": ["key"]})
+def fail_once(key: str) -> int:
+    """Fail (not retried) on the first run under ``key``; succeed on every later one."""
+    n = count(key)
+    if n == 1:
+        raise ValueError("the first run fails")
+    return n

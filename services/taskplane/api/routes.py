@@ -202,6 +202,9 @@ def retry_dead_letter(task_id: str) -> Response:
     found = ctx.runtime.lifecycle.dead_letter_raw(tenant, task_id) if _TASK_ID.fullmatch(
         task_id) else None
     if found is None:
+        status = load(ctx.celery, task_id) if _TASK_ID.fullmatch(task_id) else None
+        if status is not None and status.record.tenant == tenant:
+            raise _not_dead_lettered(task_id, status.state)
         raise ApiError(404, "dead_letter_not_found", f"no dead letter with id {task_id!r}",
                        {"id": task_id})
     read, entry = found
@@ -211,15 +214,21 @@ def retry_dead_letter(task_id: str) -> Response:
     outcome = retry_dead_letter_task(ctx.celery, tenant, task_id, read)
     if outcome.outcome == "cap_reached":
         raise TenantCapReached(tenant)
-    if outcome.outcome != "queued":
-        raise ApiError(409, "dead_letter_retried",
-                       "this dead letter was retried by another request meanwhile",
-                       {"id": task_id})
+    if outcome.outcome != "queued":  # another request retried it first
+        status = load(ctx.celery, task_id)
+        raise _not_dead_lettered(task_id, status.state if status else "PENDING")
     observe.accepted(entry["task"])
     status = load(ctx.celery, task_id)
     if status is None:
         raise _not_found(task_id)
     return accepted(status)
+
+
+def _not_dead_lettered(task_id: str, state: str) -> ApiError:
+    return ApiError(409, "not_dead_lettered",
+                    f"task {task_id!r} is not in the dead letters (state {state}): another "
+                    "request retried it, or it never failed for good", {"id": task_id,
+                                                                        "state": state})
 
 
 def submit_validator(max_countdown: int) -> jsonschema.protocols.Validator:
