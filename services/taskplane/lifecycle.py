@@ -134,6 +134,21 @@ local function write_result(key, value, ttl)
   redis.call('PUBLISH', key, value)
   return 1
 end
+-- The precondition every ending shares: the record exists (else only the result, if
+-- given, is written), belongs to ``tenant`` and has not ended; the run is counted as
+-- ended first when ``run_ended`` is '1'. Returns a refusal reply, or nil and the state.
+local function may_end(record, result, value, ttl, tenant, run_ended)
+  if redis.call('EXISTS', record) == 0 then
+    if result and value ~= '' then write_result(result, value, ttl) end
+    return {'missing', ''}
+  end
+  local real = redis.call('HGET', record, 'tenant') or ''
+  if real ~= tenant then return {'tenant', real} end
+  if run_ended == '1' then redis.call('HINCRBY', record, 'runs_ended', 1) end
+  local current = redis.call('HGET', record, 'state')
+  if is_final(current) then return {'final', current} end
+  return nil, current
+end
 -- Mark the record final: stamp it, keep it for the result TTL, free the tenant's slot.
 local function close(record, open, id, state, now, ttl)
   redis.call('HSET', record, 'state', state, 'finished_at', now)
@@ -236,15 +251,8 @@ return written
 # tenant: the caller guessed the open set's key wrong and must call again).
 _FINISH = _LUA_LIB + """
 local id, now, ttl, state, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if KEYS[3] and ARGV[7] ~= '' then write_result(KEYS[3], ARGV[7], ARGV[8]) end
-  return {'missing', ''}
-end
-local real = redis.call('HGET', KEYS[1], 'tenant') or ''
-if real ~= tenant then return {'tenant', real} end
-if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'runs_ended', 1) end
-local current = redis.call('HGET', KEYS[1], 'state')
-if is_final(current) then return {'final', current} end
+local refused, current = may_end(KEYS[1], KEYS[3], ARGV[7], ARGV[8], tenant, ARGV[6])
+if refused then return refused end
 if state == '' then return {'done', current or ''} end
 close(KEYS[1], KEYS[2], id, state, now, ttl)
 if KEYS[3] and ARGV[7] ~= '' then write_result(KEYS[3], ARGV[7], ARGV[8]) end
@@ -257,15 +265,8 @@ return {'done', current or ''}
 # none), its ttl. Returns {outcome, detail} as finish does.
 _FAIL = _LUA_LIB + """
 local id, now, ttl, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if KEYS[5] and ARGV[8] ~= '' then write_result(KEYS[5], ARGV[8], ARGV[9]) end
-  return {'missing', ''}
-end
-local real = redis.call('HGET', KEYS[1], 'tenant') or ''
-if real ~= tenant then return {'tenant', real} end
-if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'runs_ended', 1) end
-local current = redis.call('HGET', KEYS[1], 'state')
-if is_final(current) then return {'final', current} end
+local refused, current = may_end(KEYS[1], KEYS[5], ARGV[8], ARGV[9], tenant, ARGV[5])
+if refused then return refused end
 local r = redis.call('HMGET', KEYS[1], 'queue', 'priority', 'retries', 'submitted_at')
 -- ARGV[6] is a JSON object from the caller: append the record's fields as text
 -- (decoding and encoding it again would turn an empty list into an object).
@@ -288,11 +289,9 @@ return {'done', current or ''}
 # terminate) | tenant (as finish).
 _REVOKE = _LUA_LIB + """
 local id, now, ttl, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', ''} end
-local real = redis.call('HGET', KEYS[1], 'tenant') or ''
-if real ~= tenant then return {'tenant', real} end
-local current = redis.call('HGET', KEYS[1], 'state') or 'PENDING'
-if is_final(current) then return {'final', current} end
+local refused, current = may_end(KEYS[1], nil, '', 0, tenant, '0')
+if refused then return refused end
+current = current or 'PENDING'
 if current == 'STARTED' and ARGV[5] ~= '1' then return {'running', current} end
 close(KEYS[1], KEYS[2], id, 'REVOKED', now, ttl)
 if KEYS[3] then write_result(KEYS[3], ARGV[6], ARGV[7]) end

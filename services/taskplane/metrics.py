@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,10 +195,6 @@ def prepare_multiprocess_dir(role: str, clean: bool = True) -> Path:
         os.environ[MULTIPROC_ENV] = str(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def remove_multiprocess_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)

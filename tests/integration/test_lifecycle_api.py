@@ -5,14 +5,12 @@ restarts under running and finished tasks."""
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import redis
 import requests
 
 from tests.integration.test_tasks_api import counter, unique
@@ -103,23 +101,6 @@ def test_a_task_revoked_before_it_started_never_runs(api: Api, redis_server: Red
     assert revoked, "no DELETE came before the start in 15 tries"
 
 
-def stall(server: RedisServer, seconds: int) -> socket.socket:
-    """Make ``server`` stop answering for ``seconds`` (DEBUG SLEEP); returns once it has."""
-    conn = socket.create_connection(("127.0.0.1", server.port))
-    conn.sendall(f"DEBUG SLEEP {seconds}\r\n".encode())
-    probe = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=0.05, retry=None)
-
-    def stalled() -> bool:
-        try:
-            probe.ping()
-        except redis.TimeoutError:
-            return True
-        return False
-
-    wait_for(stalled, 5, "redis-server to stall")
-    return conn
-
-
 @pytest.fixture
 def debug_redis() -> Any:
     server = RedisServer(appendonly=True, extra_args=("--enable-debug-command", "yes")).start()
@@ -135,7 +116,7 @@ def test_a_keyed_submit_during_a_stall_is_unknown_then_found_not_duplicated(
         settle(api)  # scripts loaded, connections open
         key = unique("stalled")
         body = {"task": "test.count", "kwargs": {"key": key}}
-        conn = stall(debug_redis, 2)
+        conn = debug_redis.stall(2)
         first = api.post("/v1/tasks", json=body, headers={"Idempotency-Key": key})
         assert first.status_code == 503, first.text
         error = first.json()["error"]

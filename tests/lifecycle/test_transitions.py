@@ -4,7 +4,6 @@ and that a refused one writes nothing. Each test takes milliseconds."""
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from taskplane.celery_app import (
 from taskplane.lifecycle import Lifecycle, OutcomeUnknown, TaskRecord
 from taskplane.runtime import TaskplaneCelery
 from tests.lifecycle.conftest import QUEUE, TASK, TENANT, accept, make_app
-from tests.support.services import RedisServer, free_port, wait_for
+from tests.support.services import RedisServer, free_port
 
 
 def waiting(client: redis.Redis) -> int:
@@ -325,29 +324,13 @@ def test_never_sent_matches_redis_py_connect_errors() -> None:
     assert not lifecycle.never_sent(redis.TimeoutError("Timeout reading from socket"))
 
 
-def wait_until_stalled(server: RedisServer) -> None:
-    """Return once the server stopped answering (a PING times out), so the next call stalls."""
-    probe = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=0.05, retry=None)
-
-    def stalled() -> bool:
-        try:
-            probe.ping()
-        except redis.TimeoutError:
-            return True
-        return False
-
-    wait_for(stalled, 5, "redis-server to stall")
-
-
 def test_a_change_redis_did_not_confirm_is_an_unknown_outcome() -> None:
     server = RedisServer(extra_args=("--enable-debug-command", "yes")).start()
     try:
         app = make_app(server, REDIS_TIMEOUT="0.3")
         accept(app)  # Redis knows the script: the stalled call is the script itself
         task_id = "sleepy"
-        stall = socket.create_connection(("127.0.0.1", server.port))
-        stall.sendall(b"DEBUG SLEEP 2\r\n")
-        wait_until_stalled(server)
+        stall = server.stall(2)
         with pytest.raises(OutcomeUnknown) as unknown:
             submit(app, tenant=TENANT, name=TASK, args=[], kwargs={"value": 1}, queue=QUEUE,
                    priority=5, task_id=task_id, idempotency=("key", "fp"))

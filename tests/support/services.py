@@ -84,6 +84,25 @@ class RedisServer:
         wait_for(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
         return self
 
+    def stall(self, seconds: int) -> socket.socket:
+        """Make the server stop answering for ``seconds`` (``DEBUG SLEEP``; start it with
+        ``--enable-debug-command yes``). Returns once a PING times out; the returned
+        connection receives ``+OK`` when the stall ends."""
+        conn = socket.create_connection(("127.0.0.1", self.port))
+        conn.sendall(f"DEBUG SLEEP {seconds}\r\n".encode())
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.05, retry=None)
+
+        def stalled() -> bool:
+            try:
+                probe.ping()
+            except redis.TimeoutError:
+                return True
+            return False
+
+        wait_for(stalled, 5, f"redis-server on port {self.port} to stall")
+        probe.close()
+        return conn
+
     def stop(self, sig: int = signals.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
