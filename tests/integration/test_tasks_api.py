@@ -106,7 +106,9 @@ def test_retries_exhausted_dead_letter_then_retry_succeeds(api: Api, redis_serve
     assert body["retries"] == 0
     ids = [e["id"] for e in api.get("/v1/dead-letters").json()["items"]]
     assert task["id"] not in ids
-    assert api.post(f"/v1/dead-letters/{task['id']}/retry").status_code == 404
+    again = api.post(f"/v1/dead-letters/{task['id']}/retry")  # no longer a dead letter
+    assert again.status_code == 409 and again.json()["error"]["code"] == "not_dead_lettered"
+    assert api.post("/v1/dead-letters/no-such-task/retry").status_code == 404
 
 
 def test_revoke_a_queued_task_it_never_runs(api: Api, redis_server: RedisServer) -> None:

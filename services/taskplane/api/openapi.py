@@ -22,7 +22,9 @@ _ERRORS = {
     415: "Body is not JSON.",
     422: "Valid JSON that breaks the schema; details name each field.",
     429: "Tenant over its request rate or its cap of unfinished tasks; retry after Retry-After.",
-    503: "Redis is unreachable; nothing was accepted. Retry after Retry-After seconds.",
+    503: "Redis is unreachable (`broker_unavailable`: nothing was accepted), or it did not "
+         "confirm a change in time (`outcome_unknown`: it may have taken effect; `details.id` "
+         "names the task). Retry after Retry-After seconds, with the same Idempotency-Key.",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 import jsonschema
@@ -11,12 +12,12 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from .. import broker, lifecycle
 from ..celery_app import TenantCapReached, retry_dead_letter_task, revoke, submit
-from ..lifecycle import fingerprint
+from ..lifecycle import TaskRecord, fingerprint
 from . import observe, schemas
 from .auth import authenticate, current_tenant
 from .body import json_body, validate
 from .context import api_context
-from .errors import ApiError
+from .errors import UNAVAILABLE, ApiError
 from .limits import enforce_rate
 from .status import TaskStatus, iso, load, represent
 
@@ -129,9 +130,19 @@ def revoke_task(task_id: str) -> Response:
                        {"state": _shown_running(status)})
     if revoked.outcome != "revoked":  # its record expired meanwhile
         raise _not_found(task_id)
-    response = jsonify(represent(load(ctx.celery, task_id) or status, task_url(task_id)))
+    revoked_status = TaskStatus(replace(status.record, state=lifecycle.REVOKED), None)
+    response = jsonify(represent(_reread(task_id, revoked_status), task_url(task_id)))
     response.status_code = 202
     return response
+
+
+def _reread(task_id: str, known: TaskStatus) -> TaskStatus:
+    """The task as stored after a change this request made, or ``known`` if it cannot be
+    read back: the change happened, and a 503 would say it did not."""
+    try:
+        return load(api_context().celery, task_id) or known
+    except UNAVAILABLE:
+        return known
 
 
 def _shown_running(status: TaskStatus) -> str:
@@ -218,10 +229,9 @@ def retry_dead_letter(task_id: str) -> Response:
         status = load(ctx.celery, task_id)
         raise _not_dead_lettered(task_id, status.state if status else "PENDING")
     observe.accepted(entry["task"])
-    status = load(ctx.celery, task_id)
-    if status is None:
-        raise _not_found(task_id)
-    return accepted(status)
+    queued = TaskRecord(id=task_id, tenant=tenant, task=entry["task"], queue=entry["queue"],
+                        priority=int(entry["priority"]), submitted_at=time.time())
+    return accepted(_reread(task_id, TaskStatus(queued, None)))
 
 
 def _not_dead_lettered(task_id: str, state: str) -> ApiError:
