@@ -56,13 +56,18 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """A private redis-server; ``restart`` keeps its data directory (AOF optional)."""
+    """A private redis-server; ``restart`` keeps its data directory (AOF optional).
 
-    def __init__(self, appendonly: bool = False, appendfsync: str = "everysec") -> None:
+    ``debug_commands``: allow ``DEBUG SLEEP`` (stall tests); never on a shared server.
+    """
+
+    def __init__(self, appendonly: bool = False, appendfsync: str = "everysec",
+                 debug_commands: bool = False) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tp-redis-"))
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.debug_commands = debug_commands
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,6 +82,8 @@ class RedisServer:
                 "--dir", str(self.dir), "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", self.appendfsync, "--logfile", str(self.dir / "redis.log")]
+        if self.debug_commands:
+            args += ["--enable-debug-command", "yes"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
         return self
