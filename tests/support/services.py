@@ -165,6 +165,8 @@ class Process:
 
 def start_worker(redis_url: str, name: str = "w1", concurrency: int = 2, wait: bool = True,
                  extra_args: tuple[str, ...] = (), **env: str) -> Process:
+    # No probe port unless the test asks for one (a free one): a taken port stops a worker.
+    env.setdefault("WORKER_METRICS_PORT", "0")
     e = base_env(redis_url, WORKER_CONCURRENCY=str(concurrency), **env)
     args = [str(VENV_BIN / "taskplane"), "worker", f"--hostname={name}@%h", *extra_args]
     proc = Process(f"worker-{name}", args, e)
