@@ -122,8 +122,9 @@ class WorkerProbes:
         try:
             broker.settle_detached(lambda tag: tag in running_delivery_tags())
             tags = held_delivery_tags(self.consumer)
-            # Holding nothing, a ping still tells the sweep gate whether Redis answers.
-            renewed = self.broker.renew_leases(tags) if tags else int(not self.broker.ping())
+            if not tags:
+                self.broker.ping()  # holding nothing: still tell the sweep gate Redis answers
+            renewed = self.broker.renew_leases(tags)
         except Exception as exc:
             broker.SWEEPS.unreachable()
             log.warning("lease renewal failed: %s", type(exc).__name__)
