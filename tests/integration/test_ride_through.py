@@ -221,7 +221,9 @@ def test_worker_rides_through_redis_fault(aof_redis: RedisServer, fault: str) ->
     base = f"http://127.0.0.1:{port}"
     watch = ProbeWatch(base)
     try:
-        long_task = api.submit("test.slow", kwargs={"seconds": 4 * V, "key": "long"})
+        # Longer than VISIBILITY_TIMEOUT, and still running once the gap is over.
+        seconds = 4 * V if fault == "stall" else 3 * V
+        long_task = api.submit("test.slow", kwargs={"seconds": seconds, "key": "long"})
         api.wait_state(long_task["id"], "PROGRESS")
         # The countdown first: held for its ETA it raises the prefetch limit by one, so
         # both plain tasks are reserved too.
