@@ -264,6 +264,7 @@ def test_worker_rides_through_redis_fault(aof_redis: RedisServer, fault: str) ->
         assert api.wait_state(after["id"], "SUCCESS")["result"] == 1
         assert "Unrecoverable error" not in worker.log()
         print(f"\n{fault}: gap {gap:.1f}s, /livez 200 x{len(livez)}, every task ran once")
+        assert worker.stop() == 0, "a worker stopped on purpose (SIGTERM) exits 0"
     finally:
         watch.stop_event.set()
         api.close()
