@@ -280,9 +280,10 @@ class RedisBroker:
 #   countdown; Celery forgets those on a connection loss) go back to their queue at once,
 #   and the ones it still runs keep being renewed (``held_tags``) until their ack.
 #
-# Everything that reconnects is the channel's ``_fresh_pool``: a Sentinel URL form later
-# subclasses kombu's ``SentinelChannel`` with the same mixin and overrides that one method
-# to ask the sentinels for the current master.
+# The behaviour lives in two mixins, and everything that reconnects is the channel's
+# ``_fresh_pool``: a Sentinel URL form later is ``RideThroughChannelMixin`` over kombu's
+# ``SentinelChannel`` (and the transport mixin over ``SentinelTransport``), overriding that
+# one method to ask the sentinels for the current master - an addition, not a rewrite.
 
 
 class SweepGate:
@@ -385,23 +386,27 @@ class RideThroughQoS(kombu_redis.QoS):
             not getattr(self.channel, "detached", False) or not self.held())
 
 
-class RideThroughChannel(kombu_redis.Channel):
-    """kombu's Redis channel that can be detached from a lost connection (see above)."""
+class RideThroughChannelMixin:
+    """Makes a kombu Redis channel detachable from a lost connection (see above)."""
 
     QoS = RideThroughQoS
     #: Set once the connection this channel used is gone.
     detached = False
+    connection: Any
+    _qos: RideThroughQoS | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         # What a detached channel reconnects with: the transport forgets its client.
-        self._detached_params = self._connparams(asynchronous=False)
+        self._detached_params: dict[str, Any] = self._connparams(  # type: ignore[attr-defined]
+            asynchronous=False)
 
     def _get_pool(self, asynchronous: bool = False) -> redis.ConnectionPool:
         transport = self.connection
         if self.detached or transport is None or transport.client is None:
             return self._fresh_pool()
-        pool: redis.ConnectionPool = super()._get_pool(asynchronous=asynchronous)
+        pool: redis.ConnectionPool = super()._get_pool(  # type: ignore[misc]
+            asynchronous=asynchronous)
         return pool
 
     def _fresh_pool(self) -> redis.ConnectionPool:
@@ -417,8 +422,8 @@ class RideThroughChannel(kombu_redis.Channel):
             self._qos.detach()
         if self.connection is not None and self.connection.cycle is not None:
             self.connection.cycle.discard(self)
-        self._disconnect_pools()
-        self._close_clients()
+        self._disconnect_pools()  # type: ignore[attr-defined]
+        self._close_clients()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if self.detached:
@@ -426,13 +431,15 @@ class RideThroughChannel(kombu_redis.Channel):
             # close, and kombu's close would drop the exchange types that requeueing a
             # dropped message (``settle``) still needs.
             return
-        super().close()
+        super().close()  # type: ignore[misc]
 
 
-class RideThroughTransport(kombu_redis.Transport):
-    """kombu's Redis transport, with channels that ride through a lost connection."""
+class RideThroughTransportMixin:
+    """Makes a kombu Redis transport drop a lost connection without a word to Redis."""
 
-    Channel = RideThroughChannel
+    _avail_channels: list[Any]
+    channels: list[Any]
+    cycle: Any
 
     def _collect(self, connection: Any) -> None:
         """Called instead of closing when the connection is already lost: no broker I/O."""
@@ -443,6 +450,16 @@ class RideThroughTransport(kombu_redis.Transport):
         self.cycle.close()
         for channel in channels:
             channel.detach()
+
+
+class RideThroughChannel(RideThroughChannelMixin, kombu_redis.Channel):
+    """kombu's Redis channel, detachable from a lost connection."""
+
+
+class RideThroughTransport(RideThroughTransportMixin, kombu_redis.Transport):
+    """kombu's Redis transport (``redis://``, ``rediss://``), riding through lost connections."""
+
+    Channel = RideThroughChannel
 
 
 #: ``broker_transport`` (Celery) / ``transport=`` (kombu) value selecting the transport above.
