@@ -292,9 +292,10 @@ class SweepGate:
     While Redis is away (restarted, killed, stalled) no lease can be renewed, so when it
     answers again every lease may look expired, the running tasks' included. A worker that
     swept at once would hand its peers' (and its own) running tasks to others. So after
-    Redis was unreachable, sweeps wait until it has answered for a third of the visibility
-    timeout: the longest a live worker takes to renew (``LEASE_INTERVAL`` is at most that).
-    A dead worker's messages still come back, that much later.
+    Redis was unreachable, sweeps wait until it has answered for half the visibility
+    timeout: live workers renew at least every third of it (``LEASE_INTERVAL``), which
+    leaves a sixth for a late tick. A dead worker's messages still come back, that much
+    later.
     """
 
     def __init__(self) -> None:
@@ -310,7 +311,7 @@ class SweepGate:
             self._up_since = time.monotonic()
 
     def allowed(self, visibility_timeout: float) -> bool:
-        return not self._down and time.monotonic() - self._up_since >= visibility_timeout / 3
+        return not self._down and time.monotonic() - self._up_since >= visibility_timeout / 2
 
 
 #: This process's gate: the lease renewer reports reachability, the transport loss.

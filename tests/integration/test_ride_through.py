@@ -211,18 +211,21 @@ def aof_redis() -> Iterator[RedisServer]:
 
 @pytest.mark.parametrize("fault", ["restart", "sigkill", "stall"])
 def test_worker_rides_through_redis_fault(aof_redis: RedisServer, fault: str) -> None:
-    """Clean restart (SHUTDOWN via SIGTERM, same port), SIGKILL + restart from the AOF
-    (``everysec``), or an 8 s stall (``DEBUG SLEEP``), while the worker runs a task longer
-    than VISIBILITY_TIMEOUT and holds two prefetched tasks and a countdown task."""
+    """Clean restart (SHUTDOWN via SIGTERM, same port, Redis away 5 s: longer than the
+    leases last), SIGKILL + restart from the AOF (``everysec``), or an 8 s stall (``DEBUG
+    SLEEP``), while the worker runs a task longer than VISIBILITY_TIMEOUT and holds two
+    prefetched tasks and a countdown task; in the restart and the stall an idle peer worker
+    sweeps for expired leases meanwhile."""
     port = free_port()
     worker = start_worker(aof_redis.url, name=f"ride-{fault}", concurrency=1,
                           WORKER_PREFETCH_MULTIPLIER="3", WORKER_METRICS_PORT=str(port), **ENV)
     api = Api(aof_redis.url, workers=1, **ENV)
     base = f"http://127.0.0.1:{port}"
     watch = ProbeWatch(base)
+    peer: Process | None = None
     try:
         # Longer than VISIBILITY_TIMEOUT, and still running once the gap is over.
-        seconds = 4 * V if fault == "stall" else 3 * V
+        seconds = 3 * V if fault == "sigkill" else 4 * V
         long_task = api.submit("test.slow", kwargs={"seconds": seconds, "key": "long"})
         api.wait_state(long_task["id"], "PROGRESS")
         # The countdown first: held for its ETA it raises the prefetch limit by one, so
@@ -231,6 +234,11 @@ def test_worker_rides_through_redis_fault(aof_redis: RedisServer, fault: str) ->
         reserved = [api.submit("test.count", kwargs={"key": f"reserved{i}"}) for i in range(2)]
         wait_for(lambda: aof_redis.client().hlen("unacked") == 4, 10,
                  "one running, two reserved and one countdown task held by the worker")
+        if fault in ("restart", "stall"):
+            # A second, idle worker sweeps for expired leases too: when Redis is back after
+            # more than VISIBILITY_TIMEOUT, every lease looks expired, and a sweep that ran
+            # before the holder renewed would hand the running task to the peer to run again.
+            peer = start_worker(aof_redis.url, name="ride-peer", concurrency=1, **ENV)
         watch.start()
         pid = worker.pid
 
@@ -243,6 +251,8 @@ def test_worker_rides_through_redis_fault(aof_redis: RedisServer, fault: str) ->
             aof_redis.stop(signal.SIGTERM if fault == "restart" else signal.SIGKILL)
             wait_for(lambda: "Connection to broker lost" in worker.log(), 10,
                      "the worker noticing the lost connection")
+            if fault == "restart":
+                time.sleep(V + 1)  # the fault window: Redis away longer than the leases last
             aof_redis.start()
         wait_for(lambda: status(base + "/readyz") == 200, 30, "/readyz healthy again")
         gap = time.monotonic() - gap_started
@@ -269,4 +279,6 @@ def test_worker_rides_through_redis_fault(aof_redis: RedisServer, fault: str) ->
         watch.stop_event.set()
         api.close()
         worker.stop()
+        if peer is not None:
+            peer.stop()
 

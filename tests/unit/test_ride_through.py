@@ -56,11 +56,11 @@ def test_celery_worker_state_the_lease_renewer_reads() -> None:
     assert worker_probes.running_delivery_tags() == set()  # nothing runs in this process
 
 
-def test_sweep_gate_waits_a_third_of_the_visibility_timeout_after_an_outage() -> None:
+def test_sweep_gate_waits_half_the_visibility_timeout_after_an_outage() -> None:
     gate = broker.SweepGate()
     assert gate.allowed(30)
     gate.unreachable()
     assert not gate.allowed(30) and not gate.allowed(0)
     gate.reachable()
-    assert not gate.allowed(30)  # 10 s to go: every live worker renews meanwhile
+    assert not gate.allowed(30)  # 15 s to go: every live worker renews meanwhile
     assert gate.allowed(0)
