@@ -146,11 +146,14 @@ class WorkerProbes:
         not a stuck worker, and restarting every worker would not bring Redis back. So a
         stale beat counts only once Redis has been reachable for ``LIVENESS_TIMEOUT``
         seconds: the probe asks Redis only when the beat is stale, never when healthy.
-        Before the first connection the worker is starting, which is alive too.
+        Before the first connection the worker is starting, and between connections
+        Celery is reconnecting (its back-off reaches 30 s, and it gives up, exiting
+        non-zero, after ``broker_connection_max_retries``): both are alive too.
         """
         now = time.monotonic()
-        if self.consumer is None:
-            return httpserver.json_answer(200, {"status": "starting"})
+        if not self.consuming:
+            status = "starting" if self.consumer is None else "reconnecting"
+            return httpserver.json_answer(200, {"status": status})
         timeout = self.settings.liveness_timeout
         idle = now - self.beat
         if idle > timeout:
