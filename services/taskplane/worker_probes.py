@@ -114,13 +114,14 @@ class WorkerProbes:
     def disconnected(self) -> None:
         self.consuming = False
 
-    def _beat(self) -> None:
+    def tick(self) -> None:
+        """The consumer loop turned (a timer entry of it ran)."""
         self.beat = time.monotonic()
 
     def renew_leases(self) -> None:
         """Settle what lost connections left, then renew every held message's lease."""
         try:
-            broker.settle_detached(lambda tag: tag in running_delivery_tags())
+            broker.settle_detached(running_delivery_tags().__contains__)
             tags = held_delivery_tags(self.consumer)
             if not tags:
                 self.broker.ping()  # holding nothing: still tell the sweep gate Redis answers
@@ -234,7 +235,7 @@ class LeaseStep(bootsteps.StartStopStep):
         self._cancel(c)
         self.probes.connected(c)
         self.entries = [
-            c.timer.call_repeatedly(LOOP_BEAT_SECONDS, self.probes._beat),
+            c.timer.call_repeatedly(LOOP_BEAT_SECONDS, self.probes.tick),
             c.timer.call_repeatedly(self.probes.settings.lease_interval,
                                     self.probes.renew_leases),
         ]

@@ -56,6 +56,17 @@ def test_celery_worker_state_the_lease_renewer_reads() -> None:
     assert worker_probes.running_delivery_tags() == set()  # nothing runs in this process
 
 
+def test_celery_command_the_worker_runs_returns_its_exit_code() -> None:
+    """``worker.run`` calls the ``celery`` click command with ``standalone_mode=False`` so it
+    gets the worker's exit code back (``app.worker_main`` drops it)."""
+    import click
+    from celery.bin.celery import celery as celery_command
+
+    assert isinstance(celery_command, click.Group) and "worker" in celery_command.commands
+    assert "standalone_mode" in inspect.signature(celery_command.main).parameters
+    assert celery_command.main(args=["--help"], standalone_mode=False) == 0
+
+
 def test_sweep_gate_waits_half_the_visibility_timeout_after_an_outage() -> None:
     gate = broker.SweepGate()
     assert gate.allowed(30)
