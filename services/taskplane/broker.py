@@ -294,13 +294,14 @@ class SweepGate:
     swept at once would hand its peers' (and its own) running tasks to others. So after
     Redis was unreachable, sweeps wait until it has answered for half the visibility
     timeout: live workers renew at least every third of it (``LEASE_INTERVAL``), which
-    leaves a sixth for a late tick. A dead worker's messages still come back, that much
-    later.
+    leaves a sixth for a late tick. A process that just started has not seen whether Redis
+    was away, so it waits the same from its start. A dead worker's messages still come
+    back, that much later at most.
     """
 
     def __init__(self) -> None:
         self._down = False
-        self._up_since = float("-inf")
+        self._up_since = time.monotonic()
 
     def unreachable(self) -> None:
         self._down = True

@@ -80,6 +80,7 @@ class WorkerProbes:
         self.beat = time.monotonic()
         self.broker_down_at = float("-inf")
         self.server: ThreadingHTTPServer | None = None
+        self._between_connections: threading.Thread | None = None
 
     # --- the HTTP port ---------------------------------------------------------------
 
@@ -110,18 +111,37 @@ class WorkerProbes:
         self.beat = time.monotonic()
         self.consuming = True
         self.renew_leases()
+        if self._between_connections is None:
+            self._between_connections = threading.Thread(
+                target=self._renew_between_connections, name="lease-renewal", daemon=True)
+            self._between_connections.start()
 
     def disconnected(self) -> None:
         self.consuming = False
+
+    def _renew_between_connections(self) -> None:
+        """Renew leases while Celery reconnects, from this thread.
+
+        Between connections the loop does not turn, and Celery's back-off between attempts
+        grows to 30 s: Redis may be back for that long before the consumer is. Its leases
+        must not lapse meanwhile, or another worker's sweep would hand its running tasks
+        out again. Only renewal happens here; settling waits for the loop
+        (``connected``), which owns the channels.
+        """
+        while True:
+            time.sleep(self.settings.lease_interval)  # pacing: one renewal per interval
+            if self.consumer is not None and not self.consuming:
+                self.renew_leases(settle=False)
 
     def tick(self) -> None:
         """The consumer loop turned (a timer entry of it ran)."""
         self.beat = time.monotonic()
 
-    def renew_leases(self) -> None:
+    def renew_leases(self, settle: bool = True) -> None:
         """Settle what lost connections left, then renew every held message's lease."""
         try:
-            broker.settle_detached(running_delivery_tags().__contains__)
+            if settle:
+                broker.settle_detached(running_delivery_tags().__contains__)
             tags = held_delivery_tags(self.consumer)
             if not tags:
                 self.broker.ping()  # holding nothing: still tell the sweep gate Redis answers
