@@ -262,7 +262,10 @@ class RedisBroker:
 # connection error, so the worker stops with "Unrecoverable error"; a late ack of a task
 # still running after the loss crashes the same way. Even where the restore works (Redis
 # back within milliseconds), it would requeue the tasks this worker is still running, and
-# they would run twice.
+# they would run twice. The same family as celery/kombu#582 and #970 (a channel's client
+# built from a connection already released); no upstream fix for 5.7 was found. The test
+# ``test_kombus_own_transport_still_crashes_and_the_worker_exits_non_zero`` fails once it is
+# fixed upstream: then check whether this section can go.
 #
 # What Taskplane does instead, for its broker URL only (``TRANSPORT``):
 #
