@@ -28,21 +28,30 @@ key                                 type    holds
 Priorities: Taskplane's API takes 0-9 with 9 the most urgent (as AMQP does). The
 Redis transport serves its *lowest* number first, so the API value p is sent as
 transport priority ``9 - p``; this module is the only place that flips it.
+
+Losing the broker connection (Redis restarted, killed, stalled, failed over) is handled
+here too, by ``RideThroughTransport``: see "Riding through a lost connection" below.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from kombu.serialization import dumps as serialize
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.json import dumps as json_dumps
+
+log = logging.getLogger("taskplane.broker")
 
 #: One list per priority level, so every API priority is distinct on the broker.
 PRIORITY_STEPS: tuple[int, ...] = tuple(range(10))
@@ -137,6 +146,17 @@ def transport_options(visibility_timeout: int, restore_interval: int) -> dict[st
     }
 
 
+def client_timeouts(seconds: float) -> dict[str, float]:
+    """Transport options bounding every broker command and connect to ``seconds``.
+
+    kombu's default is no timeout: a stalled or half-open Redis would hold the worker's
+    loop inside one call for as long as it lasts, past any probe. With a bound the call
+    fails, the consumer treats it as a lost connection and reconnects (riding through as
+    below). The consumer's BRPOP waits at most ``brpop_timeout`` (1 s), well inside it.
+    """
+    return {"socket_timeout": seconds, "socket_connect_timeout": seconds}
+
+
 def transport_priority(api_priority: int) -> int:
     """API priority (9 most urgent) → Redis transport priority (0 served first)."""
     return MAX_PRIORITY - api_priority
@@ -229,6 +249,277 @@ class RedisBroker:
 
     def ping(self) -> bool:
         return bool(self.client.ping())
+
+
+# --- Riding through a lost connection ----------------------------------------------------
+#
+# Upstream bug (kombu 5.7.0, Celery 5.7.0; remove this section when kombu fixes it):
+# when the consumer loses its broker connection, Celery calls ``Connection.collect()``
+# (which drops the transport's ``client``) and then ``Connection.close()``. Closing the
+# task channel runs ``QoS.restore_unacked_once()``, whose ``restore_unacked`` builds a
+# client from ``channel.connection.client`` - now None - and raises
+# ``AttributeError: 'NoneType' object has no attribute 'hostname'``. That is not a
+# connection error, so the worker stops with "Unrecoverable error"; a late ack of a task
+# still running after the loss crashes the same way. Even where the restore works (Redis
+# back within milliseconds), it would requeue the tasks this worker is still running, and
+# they would run twice. The same family as celery/kombu#582 and #970 (a channel's client
+# built from a connection already released); no upstream fix for 5.7 was found. The test
+# ``test_kombus_own_transport_still_crashes_and_the_worker_exits_non_zero`` fails once it is
+# fixed upstream: then check whether this section can go.
+#
+# What Taskplane does instead, for its broker URL only (``TRANSPORT``):
+#
+# * ``RideThroughTransport._collect`` is kombu's hook for "this connection is gone, drop
+#   it without talking to the broker" (the AMQP transports implement it). It detaches every
+#   channel: no broker I/O, no restore. The messages the worker holds stay in ``unacked``
+#   under their leases.
+# * A detached channel keeps the connection parameters it was opened with, so its late acks
+#   (a task that was running across the outage and finishes afterwards) reach Redis through
+#   a fresh client instead of crashing.
+# * An ack that fails because Redis is away is remembered and sent again on reconnection,
+#   so a task that finished during the outage is not redelivered after it.
+# * On reconnection the worker calls ``settle_detached(still_held)``: pending acks are
+#   sent, held messages the worker dropped meanwhile (prefetched or waiting for their
+#   countdown; Celery forgets those on a connection loss) go back to their queue at once,
+#   and the ones it still runs keep being renewed (``held_tags``) until their ack.
+#
+# The behaviour lives in two mixins, and everything that reconnects is the channel's
+# ``_fresh_pool``: a Sentinel URL form later is ``RideThroughChannelMixin`` over kombu's
+# ``SentinelChannel`` (and the transport mixin over ``SentinelTransport``), overriding that
+# one method to ask the sentinels for the current master - an addition, not a rewrite.
+
+
+class SweepGate:
+    """Holds back this process's sweeps for expired leases until live workers renewed theirs.
+
+    While Redis is away (restarted, killed, stalled) no lease can be renewed, so when it
+    answers again every lease may look expired, the running tasks' included. A worker that
+    swept at once would hand its peers' (and its own) running tasks to others. So after
+    Redis was unreachable, sweeps wait until it has answered for half the visibility
+    timeout: live workers renew at least every third of it (``LEASE_INTERVAL``), which
+    leaves a sixth for a late tick. A process that just started has not seen whether Redis
+    was away, so it waits the same from its start. A dead worker's messages still come
+    back, that much later at most.
+    """
+
+    def __init__(self) -> None:
+        self._down = False
+        self._up_since = time.monotonic()
+
+    def unreachable(self) -> None:
+        self._down = True
+
+    def reachable(self) -> None:
+        if self._down:
+            self._down = False
+            self._up_since = time.monotonic()
+
+    def allowed(self, visibility_timeout: float) -> bool:
+        return not self._down and time.monotonic() - self._up_since >= visibility_timeout / 2
+
+
+#: This process's gate: the lease renewer reports reachability, the transport loss.
+SWEEPS = SweepGate()
+
+
+class RideThroughQoS(kombu_redis.QoS):
+    """kombu's Redis QoS, which neither restores nor crashes once its channel is detached."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Acks Redis did not take (it was away): sent again on reconnection.
+        self.pending_acks: set[str] = set()
+        self._guard = threading.Lock()
+
+    def restore_unacked_once(self, stderr: Any = None) -> None:
+        if getattr(self.channel, "detached", False):
+            return  # held messages stay leased; settle() decides their fate on reconnection
+        super().restore_unacked_once(stderr)
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            super().ack(delivery_tag)
+        except self.channel.connection_errors as exc:
+            log.warning("ack of %s deferred until Redis answers: %s", delivery_tag,
+                        type(exc).__name__)
+            with self._guard:
+                self.pending_acks.add(str(delivery_tag))
+            virtual.QoS.ack(self, delivery_tag)  # the worker no longer holds it
+            _register(self)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        """kombu's sweep for expired leases, held back right after an outage (``SWEEPS``)."""
+        if not SWEEPS.allowed(self.visibility_timeout):
+            return
+        try:
+            super().restore_visible(start, num, interval)
+        except self.channel.connection_errors:
+            SWEEPS.unreachable()
+            raise
+
+    def held(self) -> list[str]:
+        """Tags delivered on this channel and neither acknowledged nor rejected yet."""
+        dirty = self._dirty
+        return [str(tag) for tag in list(self._delivered) if tag not in dirty]
+
+    def detach(self) -> None:
+        """The connection is gone: forget nothing, restore nothing, talk to no one."""
+        self._on_collect.cancel()
+        if self.held() or self.pending_acks:
+            _register(self)
+
+    def settle(self, still_held: Callable[[str], bool]) -> int:
+        """Send pending acks and requeue what the worker no longer holds; returns requeued."""
+        with self._guard:
+            pending = sorted(self.pending_acks)
+        for tag in pending:
+            self._remove_from_indices(tag).execute()
+            with self._guard:
+                self.pending_acks.discard(tag)
+        requeued = 0
+        if getattr(self.channel, "detached", False):
+            for tag in self.held():
+                if not still_held(tag):
+                    self.restore_by_tag(tag)
+                    virtual.QoS.ack(self, tag)
+                    requeued += 1
+            self._flush()
+        return requeued
+
+    def settled(self) -> bool:
+        return not self.pending_acks and (
+            not getattr(self.channel, "detached", False) or not self.held())
+
+
+class RideThroughChannelMixin:
+    """Makes a kombu Redis channel detachable from a lost connection (see above)."""
+
+    QoS = RideThroughQoS
+    #: Set once the connection this channel used is gone.
+    detached = False
+    connection: Any
+    _qos: RideThroughQoS | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        # What a detached channel reconnects with: the transport forgets its client.
+        self._detached_params: dict[str, Any] = self._connparams(  # type: ignore[attr-defined]
+            asynchronous=False)
+
+    def _get_pool(self, asynchronous: bool = False) -> redis.ConnectionPool:
+        transport = self.connection
+        if self.detached or transport is None or transport.client is None:
+            return self._fresh_pool()
+        pool: redis.ConnectionPool = super()._get_pool(  # type: ignore[misc]
+            asynchronous=asynchronous)
+        return pool
+
+    def _fresh_pool(self) -> redis.ConnectionPool:
+        """The one place a detached channel reconnects (a Sentinel form overrides it)."""
+        return redis.ConnectionPool(**self._detached_params)
+
+    def detach(self) -> None:
+        """Drop this channel's sockets without a word to Redis, keeping its held messages."""
+        self.detached = True
+        self._in_poll = None  # close() must not read a reply from a dead socket
+        self._in_listen = None
+        if self._qos is not None:
+            self._qos.detach()
+        if self.connection is not None and self.connection.cycle is not None:
+            self.connection.cycle.discard(self)
+        self._disconnect_pools()  # type: ignore[attr-defined]
+        self._close_clients()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self.detached:
+            # Celery closes the lost connection after collecting it: nothing is left to
+            # close, and kombu's close would drop the exchange types that requeueing a
+            # dropped message (``settle``) still needs.
+            return
+        super().close()  # type: ignore[misc]
+
+
+class RideThroughTransportMixin:
+    """Makes a kombu Redis transport drop a lost connection without a word to Redis."""
+
+    _avail_channels: list[Any]
+    channels: list[Any]
+    cycle: Any
+
+    def _collect(self, connection: Any) -> None:
+        """Called instead of closing when the connection is already lost: no broker I/O."""
+        SWEEPS.unreachable()
+        channels = [*self._avail_channels, *self.channels]
+        self._avail_channels.clear()
+        self.channels.clear()
+        self.cycle.close()
+        for channel in channels:
+            channel.detach()
+
+
+class RideThroughChannel(RideThroughChannelMixin, kombu_redis.Channel):
+    """kombu's Redis channel, detachable from a lost connection."""
+
+
+class RideThroughTransport(RideThroughTransportMixin, kombu_redis.Transport):
+    """kombu's Redis transport (``redis://``, ``rediss://``), riding through lost connections."""
+
+    Channel = RideThroughChannel
+
+
+#: ``broker_transport`` (Celery) / ``transport=`` (kombu) value selecting the transport above.
+TRANSPORT = f"{__name__}:RideThroughTransport"
+
+_DETACHED: list[RideThroughQoS] = []
+_DETACHED_LOCK = threading.Lock()
+
+
+def _register(qos: RideThroughQoS) -> None:
+    with _DETACHED_LOCK:
+        if not any(q is qos for q in _DETACHED):
+            _DETACHED.append(qos)
+
+
+def settle_detached(still_held: Callable[[str], bool]) -> int:
+    """After a reconnection: send deferred acks, requeue what the worker dropped.
+
+    ``still_held(tag)`` says whether the worker still runs the message (its ack will come).
+    Returns how many messages went back to their queue. Connection errors propagate:
+    call again later, nothing is lost by waiting (the messages stay leased meanwhile).
+    """
+    with _DETACHED_LOCK:
+        pending = list(_DETACHED)
+    requeued = 0
+    for qos in pending:
+        requeued += qos.settle(still_held)
+        if qos.settled():
+            with _DETACHED_LOCK:
+                _DETACHED[:] = [q for q in _DETACHED if q is not qos]
+    if requeued:
+        log.info("requeued %d message(s) dropped during the broker outage", requeued)
+    return requeued
+
+
+def held_tags(channel: Any) -> list[str]:
+    """Delivery tags the worker holds: on ``channel`` (its live task channel, if any) and on
+    channels detached from lost connections (still running, or acked while Redis was away).
+
+    kombu keeps them in the QoS of the channel that delivered them: running tasks,
+    prefetched ones, and ones waiting in the worker for their countdown/ETA.
+    """
+    tags: list[str] = []
+    qos = getattr(channel, "qos", None) if channel is not None else None
+    if qos is not None:
+        delivered = getattr(qos, "_delivered", None) or {}
+        dirty = getattr(qos, "_dirty", set())
+        tags.extend(str(tag) for tag in list(delivered) if tag not in dirty)
+    with _DETACHED_LOCK:
+        detached = list(_DETACHED)
+    for old in detached:
+        if getattr(old.channel, "detached", False):
+            tags.extend(old.held())
+        tags.extend(sorted(old.pending_acks))
+    return list(dict.fromkeys(tags))
 
 
 def _text(value: bytes | str) -> str:

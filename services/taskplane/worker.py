@@ -22,12 +22,11 @@ from celery.app import trace as celery_trace
 from celery.exceptions import Retry
 
 from . import broker, lifecycle, metrics
-from .broker import RedisBroker
-from .celery_app import create_celery, redis_client
+from .celery_app import create_celery
 from .lifecycle import Lifecycle, PoisonedTask
 from .results import ResultBackend
 from .settings import Settings
-from .worker_probes import WorkerProbes
+from .worker_probes import LeaseStep, serve_probes
 
 log = logging.getLogger("taskplane.worker")
 _connected = False
@@ -158,7 +157,7 @@ def _on_process_shutdown(**_: Any) -> None:
 
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    """In the main process: zero every counter series, mark the worker up, start the probes."""
+    """In the main process: zero every counter series, mark the worker up."""
     runtime = sender.app.runtime
     m = metrics.instruments()
     for spec in runtime.registry:
@@ -167,11 +166,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None) or "worker"
     m.worker_up.labels(hostname).set(1)
     _main["hostname"] = hostname
-    if "probes" not in _main:
-        # Probes and renewals must fail fast, not wait out an outage like task writes do.
-        fast = RedisBroker(redis_client(runtime.settings.redis_url, runtime.settings))
-        _main["probes"] = WorkerProbes(sender, fast, runtime.settings)
-        _main["probes"].start()
+    # Probes, lease renewal and the loop beat: worker_probes.LeaseStep, on every connection.
 
 
 def _on_worker_shutdown(**_: Any) -> None:
@@ -215,6 +210,11 @@ def create_worker_app(settings: Settings) -> Celery:
     metrics.configure(settings.metrics_enabled)
     logging.getLogger(celery_trace.logger.name).addFilter(RedactReturnValues())
     app = create_celery(settings, patient=True)
+    # Rides through a lost broker connection instead of crashing (kombu 5.7 workaround).
+    app.conf.broker_transport = broker.TRANSPORT
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                         **broker.client_timeouts(settings.redis_timeout)}
+    app.steps["consumer"].add(LeaseStep)
     connect_signals()
     return app
 
@@ -253,8 +253,18 @@ def run(settings: Settings, extra: Sequence[str] = ()) -> None:
     # SIGTERM means "soft shutdown": finish running tasks for WORKER_SOFT_SHUTDOWN_TIMEOUT,
     # then hand the rest back. billiard reads this at import, so it must be set first.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
-    app = _app(settings)
-    app.worker_main(worker_argv(settings, extra))
+    _app(settings)
+    serve_probes(settings)  # a taken port stops the worker here, before it takes any task
+    # The ``celery`` command itself, pointed at this app: its ``main`` returns the worker's
+    # exit code, which ``app.worker_main`` and ``app.start`` drop. An unrecoverable error
+    # must end the process non-zero so Kubernetes and compose restart it.
+    from celery.bin.celery import celery as celery_command
+
+    # ``--app`` resolves to ``app`` above: the module's ``app`` attribute is that cached app.
+    code = celery_command.main(args=[f"--app={__name__}:app", *worker_argv(settings, extra)],
+                               standalone_mode=False)
+    if code:
+        raise SystemExit(code)
 
 
 def __getattr__(name: str) -> Any:

@@ -56,13 +56,15 @@ def test_fault_4_redis_restart_with_aof(stack, summary) -> None:
     SIGTERM makes Redis fsync its AOF before exiting, so nothing it acknowledged is lost.
     During the outage every POST is a 503 with Retry-After (never a 500, never a hang), reads
     are 503 too; the API and the worker reconnect by themselves (same processes, same
-    gunicorn workers); every task that got a 202, before, during or after, ends SUCCESS.
+    gunicorn workers, same worker and pool processes); every task that got a 202, before,
+    during or after, ends SUCCESS.
     """
     n, seconds = 60 * SCALE, 0.2
     s = stack(appendonly=True, appendfsync="everysec")
     worker = s.start_worker("f4", concurrency=2)
     api = s.start_api(REDIS_TIMEOUT="1", RETRY_AFTER="3")
     gunicorn_workers = children(api.process.pid)
+    worker_pid, pool_processes = worker.pid, children(worker.pid)
     sub = Submitter(api.base, work(seconds), target=n, prefix="f4", threads=2, pace=0.05,
                     backoff=0.1).start()
     ids: list[str] = []
@@ -117,7 +119,12 @@ def test_fault_4_redis_restart_with_aof(stack, summary) -> None:
     assert set(reader.statuses()) <= {200, 503}, reader.statuses()
     assert all(ra for _, st, ra in reader.answers if st == 503), "a 503 without Retry-After"
     assert refused_503 and accepted_after > 0
-    assert worker.alive() and api.process.alive()
+    # The worker rode through: the process started before the fault, with its pool, never
+    # restarted (a worker that crashed and came back under a supervisor would not pass).
+    assert worker.alive() and worker.pid == worker_pid and api.process.alive()
+    assert children(worker.pid) == pool_processes, "the worker's pool processes were replaced"
+    worker_log = worker.log()
+    assert worker_log.count(" ready.") == 1 and "Unrecoverable error" not in worker_log
     assert children(api.process.pid) == gunicorn_workers, "gunicorn replaced its workers"
     assert duplicated == 0, f"{duplicated} tasks ran more than once"
     # A task that ran without a 202 was refused with "outcome unknown", never with

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 import requests
 
+from tests.support.scrape import scrape, total
 from tests.support.services import Api, RedisServer, free_port, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -106,10 +108,22 @@ def test_poison_task_is_quarantined_then_retried_under_a_fresh_count(
         worker.stop()
 
 
-def test_livez_follows_the_consumer_loop_not_redis(isolated_redis: RedisServer) -> None:
+@pytest.fixture
+def aof_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own that keeps its data across a restart (AOF)."""
+    server = RedisServer(appendonly=True).start()
+    yield server
+    server.close()
+
+
+def test_livez_follows_the_consumer_loop_not_redis(aof_redis: RedisServer) -> None:
+    isolated_redis = aof_redis
     port = free_port()
+    liveness = 3  # LIVENESS_TIMEOUT
+    env = {**LEASES, "LIVENESS_TIMEOUT": str(liveness)}
     worker = start_worker(isolated_redis.url, name="probe", concurrency=1,
-                          WORKER_METRICS_PORT=str(port), LIVENESS_TIMEOUT="3")
+                          WORKER_METRICS_PORT=str(port), **env)
+    api = Api(isolated_redis.url, workers=1, **env)
     url = f"http://127.0.0.1:{port}"
 
     def status(path: str) -> int:
@@ -118,8 +132,14 @@ def test_livez_follows_the_consumer_loop_not_redis(isolated_redis: RedisServer) 
         except requests.RequestException:
             return 0  # no answer: what a kubelet probe counts as a failure
 
+    def renewals() -> float:
+        return total(scrape(url + "/metrics"), "taskplane_lease_renewals_total")
+
     try:
         assert status("/livez") == 200 and status("/readyz") == 200
+        # A countdown task the worker holds all along: its lease is renewed every H seconds.
+        api.submit("test.count", kwargs={"key": "held"}, countdown=120)
+        wait_for(lambda: renewals() > 0, 5 * H, "lease renewals of the held task")
         worker.send(signal.SIGSTOP)
         wait_for(lambda: status("/livez") != 200, 10, "/livez failing while stopped")
         worker.send(signal.SIGCONT)
@@ -127,15 +147,23 @@ def test_livez_follows_the_consumer_loop_not_redis(isolated_redis: RedisServer) 
 
         isolated_redis.stop()
         wait_for(lambda: status("/readyz") == 503, 10, "/readyz failing with Redis down")
-        deadline = time.monotonic() + 6  # twice LIVENESS_TIMEOUT with Redis down
+        deadline = time.monotonic() + 2 * liveness
         while time.monotonic() < deadline:
             assert status("/livez") == 200, "a Redis outage must not fail liveness"
-            time.sleep(0.5)
+            time.sleep(0.5)  # pacing of the probe, as a kubelet's period
         isolated_redis.start()
         wait_for(lambda: status("/readyz") == 200, 60, "/readyz healthy after Redis returns")
-        # The loop ticks again once reconnected: healthy within one LIVENESS_TIMEOUT.
-        wait_for(lambda: status("/livez") == 200, 3, "/livez healthy after Redis returns")
+        # The loop ticks again once reconnected, and goes on ticking: past LIVENESS_TIMEOUT
+        # with Redis reachable, a beat that was not re-armed on the new connection would fail.
+        before = renewals()
+        deadline = time.monotonic() + liveness + 2
+        while time.monotonic() < deadline:
+            assert status("/livez") == 200, "/livez failing after Redis came back"
+            time.sleep(0.5)  # pacing of the probe
+        assert renewals() > before, "lease renewals stopped after the reconnection"
+        assert worker.alive()
     finally:
+        api.close()
         worker.stop()
 
 

@@ -103,7 +103,7 @@ def test_a_task_revoked_before_it_started_never_runs(api: Api, redis_server: Red
 
 @pytest.fixture
 def debug_redis() -> Any:
-    server = RedisServer(appendonly=True, extra_args=("--enable-debug-command", "yes")).start()
+    server = RedisServer(appendonly=True, debug_commands=True).start()
     yield server
     server.close()
 

@@ -325,7 +325,7 @@ def test_never_sent_matches_redis_py_connect_errors() -> None:
 
 
 def test_a_change_redis_did_not_confirm_is_an_unknown_outcome() -> None:
-    server = RedisServer(extra_args=("--enable-debug-command", "yes")).start()
+    server = RedisServer(debug_commands=True).start()
     try:
         app = make_app(server, REDIS_TIMEOUT="0.3")
         accept(app)  # Redis knows the script: the stalled call is the script itself

@@ -56,15 +56,18 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """A private redis-server; ``restart`` keeps its data directory (AOF optional)."""
+    """A private redis-server; ``restart`` keeps its data directory (AOF optional).
+
+    ``debug_commands``: allow ``DEBUG SLEEP`` (stall tests); never on a shared server.
+    """
 
     def __init__(self, appendonly: bool = False, appendfsync: str = "everysec",
-                 extra_args: tuple[str, ...] = ()) -> None:
-        self.extra_args = extra_args
+                 debug_commands: bool = False) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="tp-redis-"))
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.debug_commands = debug_commands
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -78,8 +81,9 @@ class RedisServer:
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.dir), "--save", "", "--daemonize", "no",
                 "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", self.appendfsync, "--logfile", str(self.dir / "redis.log"),
-                *self.extra_args]
+                "--appendfsync", self.appendfsync, "--logfile", str(self.dir / "redis.log")]
+        if self.debug_commands:
+            args += ["--enable-debug-command", "yes"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
         return self
@@ -180,6 +184,8 @@ class Process:
 
 def start_worker(redis_url: str, name: str = "w1", concurrency: int = 2, wait: bool = True,
                  extra_args: tuple[str, ...] = (), **env: str) -> Process:
+    # No probe port unless the test asks for one (a free one): a taken port stops a worker.
+    env.setdefault("WORKER_METRICS_PORT", "0")
     e = base_env(redis_url, WORKER_CONCURRENCY=str(concurrency), **env)
     args = [str(VENV_BIN / "taskplane"), "worker", f"--hostname={name}@%h", *extra_args]
     proc = Process(f"worker-{name}", args, e)
