@@ -139,9 +139,13 @@ class WorkerProbes:
 
     def renew_leases(self, settle: bool = True) -> None:
         """Settle what lost connections left, then renew every held message's lease."""
-        try:
-            if settle:
+        if settle:
+            try:
                 broker.settle_detached(running_delivery_tags().__contains__)
+            except Exception as exc:  # retried next tick; renewal must go on regardless
+                log.warning("settling the lost connection's messages failed: %s",
+                            type(exc).__name__)
+        try:
             tags = held_delivery_tags(self.consumer)
             if not tags:
                 self.broker.ping()  # holding nothing: still tell the sweep gate Redis answers
