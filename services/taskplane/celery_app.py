@@ -95,8 +95,13 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
         worker_enable_soft_shutdown_on_idle=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        broker_transport_options=broker.transport_options(settings.visibility_timeout,
-                                                          settings.unacked_restore_interval),
+        # Rides through a lost broker connection instead of crashing (a kombu 5.7
+        # workaround, broker.py), with every broker command bounded by REDIS_TIMEOUT.
+        broker_transport=broker.TRANSPORT,
+        broker_transport_options={
+            **broker.transport_options(settings.visibility_timeout,
+                                       settings.unacked_restore_interval),
+            **broker.client_timeouts(settings.redis_timeout)},
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.redis_timeout,
         broker_pool_limit=settings.api_threads + 2,

@@ -210,10 +210,6 @@ def create_worker_app(settings: Settings) -> Celery:
     metrics.configure(settings.metrics_enabled)
     logging.getLogger(celery_trace.logger.name).addFilter(RedactReturnValues())
     app = create_celery(settings, patient=True)
-    # Rides through a lost broker connection instead of crashing (kombu 5.7 workaround).
-    app.conf.broker_transport = broker.TRANSPORT
-    app.conf.broker_transport_options = {**app.conf.broker_transport_options,
-                                         **broker.client_timeouts(settings.redis_timeout)}
     app.steps["consumer"].add(LeaseStep)
     connect_signals()
     return app

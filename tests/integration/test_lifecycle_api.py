@@ -1,6 +1,7 @@
 """The lifecycle's guarantees through the real API and workers: concurrent requests, a
-revoke racing a worker's start, a Redis that stalls past the API's timeout, and Redis
-restarts under running and finished tasks."""
+revoke racing a worker's start, a Redis that stalls past the API's timeout, and a Redis
+restart under running and finished tasks. (A restart under a stream of submissions is
+chaos fault 4, whose ledger lives on a Redis the fault does not touch.)"""
 
 from __future__ import annotations
 
@@ -166,63 +167,6 @@ def test_redis_restart_under_a_long_task_runs_it_once_and_finished_ones_never_ag
         assert int(client.get(f"test:count:{long_key}") or 0) == 1
         assert [int(client.get(f"test:count:{k}") or 0) for k in quick] == [1] * len(quick)
     finally:
-        for w in workers:
-            w.stop()
-        api.close()
-
-
-def test_redis_restart_mid_stream_loses_nothing_accepted(debug_redis: RedisServer) -> None:
-    api = Api(debug_redis.url, workers=2, REDIS_TIMEOUT="1")
-    workers: list[Process] = [start_worker(debug_redis.url, name="stream", concurrency=2)]
-    accepted: dict[str, str] = {}
-    unknown: dict[str, str] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def submit_stream(n: int) -> None:
-        session = requests.Session()
-        for i in range(n):
-            if stop.is_set():
-                break
-            key = unique(f"stream{i}")
-            try:
-                r = session.post(api.base + "/v1/tasks", timeout=30,
-                                 json={"task": "test.count", "kwargs": {"key": key}},
-                                 headers={"Authorization": api_auth()})
-            except requests.RequestException:
-                continue
-            with lock:
-                if r.status_code == 202:
-                    accepted[key] = r.json()["id"]
-                elif r.status_code == 503 and r.json()["error"]["code"] == "outcome_unknown":
-                    unknown[key] = r.json()["error"]["details"]["id"]
-            if r.status_code != 202:
-                stop.wait(0.05)  # pacing against the outage
-
-    threads = [threading.Thread(target=submit_stream, args=(150,)) for _ in range(2)]
-    try:
-        for t in threads:
-            t.start()
-        wait_for(lambda: len(accepted) >= 40, 60, "tasks flowing")
-        restart(debug_redis)
-        for t in threads:
-            t.join(120)
-        assert len(accepted) > 40
-        if not workers[0].alive():  # the worker's own survival is tested elsewhere
-            workers.append(start_worker(debug_redis.url, name="stream2", concurrency=2))
-        client = debug_redis.client()
-
-        def all_ran() -> bool:
-            return all(client.get(f"test:count:{k}") for k in accepted)
-
-        wait_for(all_ran, 120, "every accepted task to run")
-        settle(api)
-        runs = {k: int(client.get(f"test:count:{k}") or 0) for k in accepted}
-        assert set(runs.values()) == {1}, {k: v for k, v in runs.items() if v != 1}
-        for key in unknown:  # "may have been accepted": at most once
-            assert int(client.get(f"test:count:{key}") or 0) <= 1
-    finally:
-        stop.set()
         for w in workers:
             w.stop()
         api.close()
