@@ -59,7 +59,6 @@ PRIORITY_STEPS: tuple[int, ...] = tuple(range(10))
 SEP = ":"
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
-UNACKED_MUTEX_KEY = "unacked_mutex"
 #: API priority range and the priority of a task submitted without one.
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
 #: Message header carrying the epoch time a task was enqueued (oldest-age, queue wait).
@@ -160,6 +159,16 @@ def client_timeouts(seconds: float) -> dict[str, float]:
 def transport_priority(api_priority: int) -> int:
     """API priority (9 most urgent) → Redis transport priority (0 served first)."""
     return MAX_PRIORITY - api_priority
+
+
+def api_priority(message_priority: Any) -> int:
+    """The API priority of a delivered message's ``priority`` property (the inverse of
+    :func:`transport_priority`); the default for a message that names none."""
+    try:
+        step = int(message_priority)
+    except (TypeError, ValueError):
+        return DEFAULT_PRIORITY
+    return min(MAX_PRIORITY, max(MIN_PRIORITY, MAX_PRIORITY - step))
 
 
 def queue_key(queue: str, step: int) -> str:

@@ -55,6 +55,7 @@ key                                           type    holds
 ``taskplane:dead:{id}``                       string  JSON dead letter (arguments, error, reason);
                                                       TTL ``DEAD_LETTER_TTL``.
 ``taskplane:dead-letters:{tenant}``           zset    dead-letter ids by time of death.
+``taskplane:dead-letters``                    zset    every tenant's dead-letter ids (operators).
 ``celery-task-meta-{id}``                     string  Celery's result (written here when results
                                                       live in this Redis, else by ``results.py``).
 queue list (``broker.py``)                    list    the task message, pushed by ``submit`` and
@@ -74,6 +75,9 @@ from typing import Any
 import redis
 
 PREFIX = "taskplane:"
+#: The tenant of tasks sent around the API (a stock Celery client, ``celery call``), whose
+#: records the worker creates when they start; only operators see them.
+SYSTEM_TENANT = "system"
 #: Message header naming the task's tenant: the worker finds the tenant's keys (open set,
 #: dead letters) without reading the record first. Retries carry it along.
 TENANT_HEADER = "taskplane_tenant"
@@ -109,8 +113,9 @@ def dead_key(task_id: str) -> str:
     return f"{PREFIX}dead:{task_id}"
 
 
-def dead_index_key(tenant: str) -> str:
-    return f"{PREFIX}dead-letters:{tenant}"
+def dead_index_key(tenant: str | None) -> str:
+    """A tenant's dead-letter index, or (``None``) the index of every tenant's."""
+    return f"{PREFIX}dead-letters:{tenant}" if tenant is not None else f"{PREFIX}dead-letters"
 
 
 # --- scripts ---------------------------------------------------------------------------
@@ -213,12 +218,18 @@ end
 return {'created', id, '0'}
 """
 
-# start. KEYS: record[, result]. ARGV: now, retries[, STARTED value, its ttl].
-# Returns {verdict, runs that died}: run | unknown (no record: a task sent around the
-# API; run it) | REVOKED | SUCCESS | FAILURE (do not run).
+# start. KEYS: record[, result]. ARGV: now, retries, STARTED value ('' for none), its ttl,
+# ttl of a record adopted for a task sent around the API (0: adopt none), its fields...
+# Returns {verdict, runs that died}: run | unknown (there was no record: a task sent
+# around the API, now adopted; run it) | REVOKED | SUCCESS | FAILURE (do not run).
 _START = _LUA_LIB + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if KEYS[2] then write_result(KEYS[2], ARGV[3], ARGV[4]) end
+  if tonumber(ARGV[5]) > 0 then  -- a task sent around the API: adopt it under SYSTEM_TENANT
+    redis.call('HSET', KEYS[1], 'state', 'STARTED', 'started_at', ARGV[1], 'retries', ARGV[2],
+               'runs_started', 1, unpack(ARGV, 6))
+    redis.call('EXPIRE', KEYS[1], ARGV[5])
+  end
+  if KEYS[2] and ARGV[3] ~= '' then write_result(KEYS[2], ARGV[3], ARGV[4]) end
   return {'unknown', 0}
 end
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -227,7 +238,7 @@ redis.call('HSET', KEYS[1], 'state', 'STARTED', 'started_at', ARGV[1], 'retries'
 redis.call('HDEL', KEYS[1], 'finished_at')
 local started = redis.call('HINCRBY', KEYS[1], 'runs_started', 1)
 local ended = tonumber(redis.call('HGET', KEYS[1], 'runs_ended') or '0')
-if KEYS[2] then write_result(KEYS[2], ARGV[3], ARGV[4]) end
+if KEYS[2] and ARGV[3] ~= '' then write_result(KEYS[2], ARGV[3], ARGV[4]) end
 return {'run', started - 1 - ended}
 """
 
@@ -260,12 +271,12 @@ return {'done', current or ''}
 """
 
 # fail: FAILURE, the dead letter and the freed slot together. KEYS: record, open set,
-# dead letter, dead-letter index[, result]. ARGV: id, now, result ttl, tenant, run ended,
-# dead-letter JSON without the record's fields, dead-letter ttl, result value ('' for
-# none), its ttl. Returns {outcome, detail} as finish does.
+# dead letter, tenant's dead-letter index, every tenant's index[, result]. ARGV: id, now,
+# result ttl, tenant, run ended, dead-letter JSON without the record's fields,
+# dead-letter ttl, result value ('' for none), its ttl. Returns {outcome, detail} as finish does.
 _FAIL = _LUA_LIB + """
 local id, now, ttl, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local refused, current = may_end(KEYS[1], KEYS[5], ARGV[8], ARGV[9], tenant, ARGV[5])
+local refused, current = may_end(KEYS[1], KEYS[6], ARGV[8], ARGV[9], tenant, ARGV[5])
 if refused then return refused end
 local r = redis.call('HMGET', KEYS[1], 'queue', 'priority', 'retries', 'submitted_at')
 -- ARGV[6] is a JSON object from the caller: append the record's fields as text
@@ -276,10 +287,12 @@ local entry = string.sub(ARGV[6], 1, -2) .. ',"tenant":' .. cjson.encode(tenant)
 close(KEYS[1], KEYS[2], id, 'FAILURE', now, ttl)
 local dttl = tonumber(ARGV[7])
 redis.call('SET', KEYS[3], entry, 'EX', dttl)
-redis.call('ZADD', KEYS[4], now, id)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(now) - dttl)
-redis.call('EXPIRE', KEYS[4], dttl)
-if KEYS[5] and ARGV[8] ~= '' then write_result(KEYS[5], ARGV[8], ARGV[9]) end
+for i = 4, 5 do
+  redis.call('ZADD', KEYS[i], now, id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', tonumber(now) - dttl)
+  redis.call('EXPIRE', KEYS[i], dttl)
+end
+if KEYS[6] and ARGV[8] ~= '' then write_result(KEYS[6], ARGV[8], ARGV[9]) end
 return {'done', current or ''}
 """
 
@@ -299,7 +312,8 @@ return {'revoked', current}
 """
 
 # retry_dead: only the caller that removes the dead letter re-enqueues the task.
-# KEYS: record, open set, dead letter, dead-letter index, queue list[, result].
+# KEYS: record, open set, dead letter, tenant's dead-letter index, queue list, every
+# tenant's index[, result].
 # ARGV: id, record ttl, now, cap, tenant, the dead letter as the caller read it,
 # message, record fields... Returns {outcome}: queued | gone (no dead letter: another
 # retry won, or it expired) | changed (not the dead letter read) | cap_reached.
@@ -312,12 +326,13 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
 if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then return {'cap_reached'} end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], id)
+redis.call('ZREM', KEYS[6], id)
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'PENDING', unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, id)
 redis.call('EXPIRE', KEYS[2], ttl)
-if KEYS[6] then redis.call('DEL', KEYS[6]) end
+if KEYS[7] then redis.call('DEL', KEYS[7]) end
 redis.call('LPUSH', KEYS[5], ARGV[7])
 return {'queued'}
 """
@@ -543,13 +558,23 @@ class Lifecycle:
 
     # --- a run --------------------------------------------------------------------------
 
-    def start(self, task_id: str, retries: int, started: ResultWrite | None = None) -> RunStart:
+    def start(self, task_id: str, retries: int, started: ResultWrite | None = None,
+              adopt: TaskRecord | None = None) -> RunStart:
         """A worker is about to run the task: refuse if it is revoked or finished, else
-        mark it STARTED (and store ``started`` when results live here) and count the run."""
-        keys, args = [record_key(task_id)], [time.time(), retries]
+        mark it STARTED (and store ``started`` when results live here) and count the run.
+
+        ``adopt``: the record to create if there is none, for a task sent around the API
+        (a stock Celery client, ``celery call``): it then shows up for the operator, its
+        failure is a dead letter, and nothing runs unaccounted for.
+        """
+        keys, args = [record_key(task_id)], [time.time(), retries, "", 0]
         if started is not None and self.results_here:
             keys.append(started[0])
-            args += [started[1], started[2]]
+            args[2:4] = [started[1], started[2]]
+        if adopt is not None:
+            args += [self.record_ttl, *adopt.fields()]
+        else:
+            args.append(0)
         verdict, died = self._call(self._start, keys, args)
         return RunStart(verdict.decode(), int(died))
 
@@ -598,7 +623,7 @@ class Lifecycle:
 
         def call(tenant: str) -> list[Any]:
             keys = [record_key(task_id), open_key(tenant), dead_key(task_id),
-                    dead_index_key(tenant)]
+                    dead_index_key(tenant), dead_index_key(None)]
             value, ttl = "", 0
             if result is not None and self.results_here:
                 keys.append(result[0])
@@ -645,7 +670,9 @@ class Lifecycle:
         entry: dict[str, Any] = json.loads(raw)
         return (raw.decode(), entry) if entry.get("tenant") == tenant else None
 
-    def dead_letters(self, tenant: str, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+    def dead_letters(self, tenant: str | None, limit: int, offset: int
+                     ) -> tuple[int, list[dict[str, Any]]]:
+        """A tenant's dead letters, newest first, or every tenant's (``tenant`` None)."""
         index = dead_index_key(tenant)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.zrevrange(index, offset, offset + limit - 1)
@@ -663,6 +690,8 @@ class Lifecycle:
                 entries.append(json.loads(raw))
         if gone:  # expired entries: drop them from the index too
             self.client.zrem(index, *gone)
+            if tenant is not None:
+                self.client.zrem(dead_index_key(None), *gone)
         return total - len(gone), entries
 
     def retry_dead(self, record: TaskRecord, read: str, push: tuple[str, str], *, cap: int = 0
@@ -671,7 +700,7 @@ class Lifecycle:
         caller read it. Of concurrent retries exactly one finds it and wins."""
         now = time.time()
         keys = [record_key(record.id), open_key(record.tenant), dead_key(record.id),
-                dead_index_key(record.tenant), push[0]]
+                dead_index_key(record.tenant), push[0], dead_index_key(None)]
         if self.results_here:
             keys.append(self.result_key(record.id))
         (outcome,) = self._call(self._retry_dead, keys, [
@@ -708,11 +737,12 @@ class Lifecycle:
 
 
 def tenant_hint(request: Any) -> str:
-    """The tenant a Celery request's message names ('' if none: a task sent around the API)."""
+    """The tenant a Celery request's message names (:data:`SYSTEM_TENANT` if none: a task
+    sent around the API, whose record the worker created under that tenant)."""
     value = getattr(request, TENANT_HEADER, None)
     if value is None:
         value = (getattr(request, "headers", None) or {}).get(TENANT_HEADER)
-    return str(value or "")
+    return str(value or SYSTEM_TENANT)
 
 
 def result_state(meta: dict[str, Any] | None) -> str | None:

@@ -344,3 +344,33 @@ def test_a_change_redis_did_not_confirm_is_an_unknown_outcome() -> None:
         app.close()
     finally:
         server.close()
+
+
+def test_start_adopts_a_task_sent_around_the_api(app: TaskplaneCelery, life: Lifecycle,
+                                                 client: redis.Redis) -> None:
+    adopt = TaskRecord(id="foreign", tenant=lifecycle.SYSTEM_TENANT, task=TASK, queue=QUEUE,
+                       priority=5, submitted_at=1.0)
+    assert life.start("foreign", retries=0, adopt=adopt).verdict == "unknown"
+    rec = record(life, "foreign")
+    assert (rec.tenant, rec.state, rec.task) == (lifecycle.SYSTEM_TENANT, "STARTED", TASK)
+    assert client.ttl(lifecycle.record_key("foreign")) > 0
+    # from then on it is a task like any other: it ends once, and a failure is a dead letter
+    life.fail("foreign", {"task": TASK, "args": [], "kwargs": {}, "error": {}, "reason": "x"},
+              tenant=lifecycle.SYSTEM_TENANT, run_ended=True)
+    assert life.dead_letter(lifecycle.SYSTEM_TENANT, "foreign") is not None
+    assert life.start("foreign", retries=0, adopt=adopt).verdict == "FAILURE"
+
+
+def test_every_dead_letter_is_in_the_operators_index_until_retried(
+        app: TaskplaneCelery, life: Lifecycle) -> None:
+    ids = {tenant: accept(app, tenant=tenant) for tenant in (TENANT, "globex")}
+    for tenant, task_id in ids.items():
+        life.fail(task_id, {"task": TASK, "args": [], "kwargs": {}, "error": {}, "reason": "x"},
+                  tenant=tenant)
+    total, entries = life.dead_letters(None, 10, 0)
+    assert total == 2 and {e["id"] for e in entries} == set(ids.values())
+    assert life.dead_letters("globex", 10, 0)[0] == 1
+    read = life.dead_letter_raw(TENANT, ids[TENANT])
+    assert read is not None
+    assert retry_dead_letter_task(app, TENANT, ids[TENANT], read[0]).outcome == "queued"
+    assert [e["id"] for e in life.dead_letters(None, 10, 0)[1]] == [ids["globex"]]

@@ -15,13 +15,15 @@ record in the same round trip that stamps ``started_at`` and stores the STARTED 
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_task, states
 from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore
 
-from ..lifecycle import PoisonedTask
+from .. import broker
+from ..lifecycle import SYSTEM_TENANT, TENANT_HEADER, PoisonedTask, TaskRecord
 from ..results import ResultBackend
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ class TaskplaneTask(Task):
                 self, request)
             started = backend.started_state(request, os.getpid()) if track else None
             run = runtime.lifecycle.start(request.id, retries=request.retries or 0,
-                                          started=started)
+                                          started=started, adopt=self._adopted(request))
             if not run.runs:
                 # Revoked while queued (the revoke stored REVOKED), or a redelivery of a
                 # task that already ended: it does not run again.
@@ -72,6 +74,20 @@ class TaskplaneTask(Task):
                     f"the worker process died during {run.died} runs of this task "
                     f"(MAX_DELIVERIES={limit}); not running it again")
         return super().__call__(*args, **kwargs)
+
+
+    def _adopted(self, request: Any) -> TaskRecord | None:
+        """The record of a task sent around the API (no tenant header), should it have
+        none: under SYSTEM_TENANT, with the queue and priority it was delivered with."""
+        headers = getattr(request, "headers", None) or {}
+        if getattr(request, TENANT_HEADER, None) or headers.get(TENANT_HEADER):
+            return None
+        info = getattr(request, "delivery_info", None) or {}
+        settings = self.app.runtime.settings
+        return TaskRecord(id=request.id, tenant=SYSTEM_TENANT, task=self.name,
+                          queue=str(info.get("routing_key") or settings.default_queue),
+                          priority=broker.api_priority(info.get("priority")),
+                          submitted_at=time.time())
 
 
 def progress(percent: float, message: str = "") -> None:
