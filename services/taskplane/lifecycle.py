@@ -613,6 +613,7 @@ class Lifecycle:
         """End the task as FAILURE (storing ``result`` when results live here) and file
         ``letter`` (:func:`dead_letter`) with the record's queue, priority and retries, in
         one step. A task without a record (sent around the API) gets its result only."""
+        letter = {**letter, "id": task_id}
         try:
             payload = json.dumps(letter)
         except (TypeError, ValueError):
