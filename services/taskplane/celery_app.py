@@ -126,7 +126,8 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
                             idempotency_ttl=settings.idempotency_ttl,
                             dead_letter_ttl=settings.dead_letter_ttl,
                             result_key=lambda task_id: app.backend.get_key_for_task(task_id).decode(),
-                            results_here=settings.results_with_records),
+                            results_here=settings.results_with_records,
+                            max_countdown=settings.max_countdown),
         broker=broker.RedisBroker(client),
     )
     return app

@@ -52,6 +52,14 @@ key                                           type    holds
 ``taskplane:open:{tenant}``                   zset    the tenant's unfinished task ids by
                                                       submission time (the per-tenant cap).
 ``taskplane:rate:{tenant}``                   hash    token bucket of the tenant's request rate.
+``taskplane:tasks:{tenant}``                  zset    the tenant's task ids by submission time
+                                                      (``GET /v1/tasks``); ``taskplane:tasks``
+                                                      holds every tenant's.
+``taskplane:ended:{tenant}:{state}``          zset    ids of the tenant's tasks that ended in
+                                                      ``state`` (SUCCESS, FAILURE, REVOKED) by
+                                                      submission time; ``taskplane:ended:{state}``
+                                                      for every tenant. Entries of expired
+                                                      records are pruned when read and by age.
 ``taskplane:dead:{id}``                       string  JSON dead letter (arguments, error, reason);
                                                       TTL ``DEAD_LETTER_TTL``.
 ``taskplane:dead-letters:{tenant}``           zset    dead-letter ids by time of death.
@@ -65,8 +73,11 @@ queue list (``broker.py``)                    list    the task message, pushed b
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -118,6 +129,18 @@ def dead_index_key(tenant: str | None) -> str:
     return f"{PREFIX}dead-letters:{tenant}" if tenant is not None else f"{PREFIX}dead-letters"
 
 
+def tasks_index_key(tenant: str | None) -> str:
+    """Every task of a tenant (``None``: of every tenant) by submission time."""
+    return f"{PREFIX}tasks:{tenant}" if tenant is not None else f"{PREFIX}tasks"
+
+
+def ended_index_key(tenant: str | None, state: str) -> str:
+    """The tasks of a tenant (``None``: of every tenant) that ended in ``state``, by
+    submission time."""
+    return (f"{PREFIX}ended:{tenant}:{state}" if tenant is not None
+            else f"{PREFIX}ended:{state}")
+
+
 # --- scripts ---------------------------------------------------------------------------
 
 #: Lua helpers every script starts with. ``is_final(s)``; ``result_is_final(key)``: the
@@ -154,11 +177,22 @@ local function may_end(record, result, value, ttl, tenant, run_ended)
   if is_final(current) then return {'final', current} end
   return nil, current
 end
--- Mark the record final: stamp it, keep it for the result TTL, free the tenant's slot.
-local function close(record, open, id, state, now, ttl)
+-- Add ``id`` to a listing index scored by ``score`` (its submission time); entries older
+-- than ``keep`` seconds (no record lives that long) go, and the index lives ``keep``.
+local function index(key, id, score, now, keep)
+  redis.call('ZADD', key, score, id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(now) - tonumber(keep))
+  redis.call('EXPIRE', key, keep)
+end
+-- Mark the record final: stamp it, keep it for the result TTL, free the tenant's slot,
+-- list it among the tasks that ended in ``state`` (``ended``: the tenant's index and
+-- every tenant's).
+local function close(record, open, ended, id, state, now, ttl, keep)
   redis.call('HSET', record, 'state', state, 'finished_at', now)
   redis.call('EXPIRE', record, ttl)
   redis.call('ZREM', open, id)
+  local submitted = redis.call('HGET', record, 'submitted_at') or now
+  for _, key in ipairs(ended) do index(key, id, submitted, now, keep) end
 end
 """
 
@@ -178,9 +212,10 @@ redis.call('EXPIRE', bucket, math.ceil(burst / rate) + 1)
 """
 
 # submit. KEYS: record, open set, rate bucket, idempotency key, queue list, record of the
-# task the idempotency key held when the caller read it (or the new record again).
-# ARGV: id, record ttl, now, cap, rate (0: none), burst, fp ('' without a key),
-# idempotency ttl, id the key held when read ('' if none), message, record fields...
+# task the idempotency key held when the caller read it (or the new record again), the
+# tenant's task index, every tenant's. ARGV: id, record ttl, now, cap, rate (0: none),
+# burst, fp ('' without a key), idempotency ttl, id the key held when read ('' if none),
+# message, index lifetime, record fields...
 # Returns {outcome, id, retry_after}: created | replay | conflict | rate_limited |
 # cap_reached | stale (the key names another task than the caller said: id is that
 # task; call again passing its record, so the script can see whether it still exists).
@@ -205,10 +240,12 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'replay', id, '0'} end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
 if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then return {'cap_reached', '', '0'} end
-redis.call('HSET', KEYS[1], 'state', 'PENDING', unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], 'state', 'PENDING', unpack(ARGV, 12))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, id)
 redis.call('EXPIRE', KEYS[2], ttl)
+index(KEYS[7], id, now, now, ARGV[11])
+index(KEYS[8], id, now, now, ARGV[11])
 redis.call('LPUSH', KEYS[5], ARGV[10])
 if fp ~= '' then
   redis.call('DEL', KEYS[4])
@@ -218,18 +255,22 @@ end
 return {'created', id, '0'}
 """
 
-# start. KEYS: record[, result]. ARGV: now, retries, STARTED value ('' for none), its ttl,
-# ttl of a record adopted for a task sent around the API (0: adopt none), its fields...
+# start. KEYS: record, the adopting tenant's task index, every tenant's[, result].
+# ARGV: now, retries, STARTED value ('' for none), its ttl, ttl of a record adopted for a
+# task sent around the API (0: adopt none), index lifetime, task id, the adopted record's
+# fields...
 # Returns {verdict, runs that died}: run | unknown (there was no record: a task sent
 # around the API, now adopted; run it) | REVOKED | SUCCESS | FAILURE (do not run).
 _START = _LUA_LIB + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if tonumber(ARGV[5]) > 0 then  -- a task sent around the API: adopt it under SYSTEM_TENANT
     redis.call('HSET', KEYS[1], 'state', 'STARTED', 'started_at', ARGV[1], 'retries', ARGV[2],
-               'runs_started', 1, unpack(ARGV, 6))
+               'runs_started', 1, unpack(ARGV, 8))
     redis.call('EXPIRE', KEYS[1], ARGV[5])
+    index(KEYS[2], ARGV[7], ARGV[1], ARGV[1], ARGV[6])
+    index(KEYS[3], ARGV[7], ARGV[1], ARGV[1], ARGV[6])
   end
-  if KEYS[2] and ARGV[3] ~= '' then write_result(KEYS[2], ARGV[3], ARGV[4]) end
+  if KEYS[4] and ARGV[3] ~= '' then write_result(KEYS[4], ARGV[3], ARGV[4]) end
   return {'unknown', 0}
 end
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -238,7 +279,7 @@ redis.call('HSET', KEYS[1], 'state', 'STARTED', 'started_at', ARGV[1], 'retries'
 redis.call('HDEL', KEYS[1], 'finished_at')
 local started = redis.call('HINCRBY', KEYS[1], 'runs_started', 1)
 local ended = tonumber(redis.call('HGET', KEYS[1], 'runs_ended') or '0')
-if KEYS[2] and ARGV[3] ~= '' then write_result(KEYS[2], ARGV[3], ARGV[4]) end
+if KEYS[4] and ARGV[3] ~= '' then write_result(KEYS[4], ARGV[3], ARGV[4]) end
 return {'run', started - 1 - ended}
 """
 
@@ -254,29 +295,31 @@ end
 return written
 """
 
-# finish, fail and revoke share one shape. KEYS: record, open set[, result].
-# ARGV: id, now, result ttl, final state, tenant the caller expects, run ended ('1'/'0'),
-# result value ('' for none), its ttl. ``run ended`` counts a run that ended in this
+# finish. KEYS: record, open set, the tenant's and every tenant's index of tasks ended in
+# this state[, result]. ARGV: id, now, result ttl, final state ('' to count the run
+# only), tenant the caller expects, run ended ('1'/'0'), result value ('' for none), its
+# ttl, index lifetime. ``run ended`` counts a run that ended in this
 # process whatever else happens (poison detection). Returns {outcome, detail}:
 # done | missing | final (detail: the state it already had) | tenant (detail: the real
 # tenant: the caller guessed the open set's key wrong and must call again).
 _FINISH = _LUA_LIB + """
 local id, now, ttl, state, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local refused, current = may_end(KEYS[1], KEYS[3], ARGV[7], ARGV[8], tenant, ARGV[6])
+local refused, current = may_end(KEYS[1], KEYS[5], ARGV[7], ARGV[8], tenant, ARGV[6])
 if refused then return refused end
 if state == '' then return {'done', current or ''} end
-close(KEYS[1], KEYS[2], id, state, now, ttl)
-if KEYS[3] and ARGV[7] ~= '' then write_result(KEYS[3], ARGV[7], ARGV[8]) end
+close(KEYS[1], KEYS[2], {KEYS[3], KEYS[4]}, id, state, now, ttl, ARGV[9])
+if KEYS[5] and ARGV[7] ~= '' then write_result(KEYS[5], ARGV[7], ARGV[8]) end
 return {'done', current or ''}
 """
 
 # fail: FAILURE, the dead letter and the freed slot together. KEYS: record, open set,
-# dead letter, tenant's dead-letter index, every tenant's index[, result]. ARGV: id, now,
-# result ttl, tenant, run ended, dead-letter JSON without the record's fields,
-# dead-letter ttl, result value ('' for none), its ttl. Returns {outcome, detail} as finish does.
+# dead letter, tenant's dead-letter index, every tenant's, the tenant's and every
+# tenant's index of FAILUREs[, result]. ARGV: id, now, result ttl, tenant, run ended,
+# dead-letter JSON without the record's fields, dead-letter ttl, result value ('' for
+# none), its ttl, index lifetime. Returns {outcome, detail} as finish does.
 _FAIL = _LUA_LIB + """
 local id, now, ttl, tenant = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local refused, current = may_end(KEYS[1], KEYS[6], ARGV[8], ARGV[9], tenant, ARGV[5])
+local refused, current = may_end(KEYS[1], KEYS[8], ARGV[8], ARGV[9], tenant, ARGV[5])
 if refused then return refused end
 local r = redis.call('HMGET', KEYS[1], 'queue', 'priority', 'retries', 'submitted_at')
 -- ARGV[6] is a JSON object from the caller: append the record's fields as text
@@ -284,7 +327,7 @@ local r = redis.call('HMGET', KEYS[1], 'queue', 'priority', 'retries', 'submitte
 local entry = string.sub(ARGV[6], 1, -2) .. ',"tenant":' .. cjson.encode(tenant)
   .. ',"queue":' .. cjson.encode(r[1] or '') .. ',"priority":' .. (tonumber(r[2]) or 0)
   .. ',"retries":' .. (tonumber(r[3]) or 0) .. ',"submitted_at":' .. (r[4] or '0') .. '}'
-close(KEYS[1], KEYS[2], id, 'FAILURE', now, ttl)
+close(KEYS[1], KEYS[2], {KEYS[6], KEYS[7]}, id, 'FAILURE', now, ttl, ARGV[10])
 local dttl = tonumber(ARGV[7])
 redis.call('SET', KEYS[3], entry, 'EX', dttl)
 for i = 4, 5 do
@@ -292,12 +335,13 @@ for i = 4, 5 do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', tonumber(now) - dttl)
   redis.call('EXPIRE', KEYS[i], dttl)
 end
-if KEYS[6] and ARGV[8] ~= '' then write_result(KEYS[6], ARGV[8], ARGV[9]) end
+if KEYS[8] and ARGV[8] ~= '' then write_result(KEYS[8], ARGV[8], ARGV[9]) end
 return {'done', current or ''}
 """
 
-# revoke. KEYS: record, open set[, result]. ARGV: id, now, result ttl, tenant,
-# terminate ('1'/'0'), REVOKED result value, its ttl.
+# revoke. KEYS: record, open set, the tenant's and every tenant's index of REVOKED
+# tasks[, result]. ARGV: id, now, result ttl, tenant, terminate ('1'/'0'), REVOKED result
+# value, its ttl, index lifetime.
 # Returns {outcome, previous state}: revoked | missing | final | running (without
 # terminate) | tenant (as finish).
 _REVOKE = _LUA_LIB + """
@@ -306,16 +350,17 @@ local refused, current = may_end(KEYS[1], nil, '', 0, tenant, '0')
 if refused then return refused end
 current = current or 'PENDING'
 if current == 'STARTED' and ARGV[5] ~= '1' then return {'running', current} end
-close(KEYS[1], KEYS[2], id, 'REVOKED', now, ttl)
-if KEYS[3] then write_result(KEYS[3], ARGV[6], ARGV[7]) end
+close(KEYS[1], KEYS[2], {KEYS[3], KEYS[4]}, id, 'REVOKED', now, ttl, ARGV[8])
+if KEYS[5] then write_result(KEYS[5], ARGV[6], ARGV[7]) end
 return {'revoked', current}
 """
 
 # retry_dead: only the caller that removes the dead letter re-enqueues the task.
 # KEYS: record, open set, dead letter, tenant's dead-letter index, queue list, every
-# tenant's index[, result].
+# tenant's dead-letter index, the tenant's and every tenant's task index, the tenant's
+# and every tenant's index of FAILUREs[, result].
 # ARGV: id, record ttl, now, cap, tenant, the dead letter as the caller read it,
-# message, record fields... Returns {outcome}: queued | gone (no dead letter: another
+# message, index lifetime, record fields... Returns {outcome}: queued | gone (no dead letter: another
 # retry won, or it expired) | changed (not the dead letter read) | cap_reached.
 _RETRY_DEAD = _LUA_LIB + """
 local id, ttl, now, cap, tenant = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
@@ -328,11 +373,15 @@ redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[4], id)
 redis.call('ZREM', KEYS[6], id)
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'state', 'PENDING', unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'state', 'PENDING', unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, id)
 redis.call('EXPIRE', KEYS[2], ttl)
-if KEYS[7] then redis.call('DEL', KEYS[7]) end
+index(KEYS[7], id, now, now, ARGV[8])
+index(KEYS[8], id, now, now, ARGV[8])
+redis.call('ZREM', KEYS[9], id)
+redis.call('ZREM', KEYS[10], id)
+if KEYS[11] then redis.call('DEL', KEYS[11]) end
 redis.call('LPUSH', KEYS[5], ARGV[7])
 return {'queued'}
 """
@@ -410,6 +459,51 @@ class TaskRecord:
 
 _NEW_RECORD_FIELDS = tuple(f.name for f in fields(TaskRecord)
                            if f.name not in ("id", "state", "started_at", "finished_at"))
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """What ``GET /v1/tasks`` asks for: one tenant's tasks (``None``: every tenant's, for
+    operators), optionally of one state, task type and queue, submitted in a window."""
+
+    tenant: str | None
+    state: str | None = None  # a lifecycle state; PROGRESS counts as STARTED
+    task: str | None = None
+    queue: str | None = None
+    after: float | None = None  # submitted strictly after (epoch seconds)
+    before: float | None = None  # submitted strictly before
+
+    def matches(self, record: TaskRecord) -> bool:
+        state = STARTED if self.state == PROGRESS else self.state
+        return ((state is None or record.state == state)
+                and (self.task is None or record.task == self.task)
+                and (self.queue is None or record.queue == self.queue)
+                and (self.tenant is None or record.tenant == self.tenant))
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a listing page ended: the last entry's score (submission time) and id."""
+
+    score: float
+    task_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.score, self.task_id], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Raises ValueError for anything :meth:`encode` did not make."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            score, task_id = json.loads(raw)
+        except (binascii.Error, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError("not a cursor") from exc
+        if not isinstance(score, int | float) or not isinstance(task_id, str) or \
+                isinstance(score, bool) or not math.isfinite(score):
+            raise ValueError("not a cursor")
+        return cls(float(score), task_id)
 
 
 @dataclass(frozen=True)
@@ -505,8 +599,12 @@ class Lifecycle:
 
     def __init__(self, client: redis.Redis, *, record_ttl: int, result_ttl: int,
                  idempotency_ttl: int, dead_letter_ttl: int,
-                 result_key: Callable[[str], str], results_here: bool) -> None:
+                 result_key: Callable[[str], str], results_here: bool,
+                 max_countdown: int = 0) -> None:
         self.client = client
+        #: How long a listing index keeps an entry: no record outlives it (submission,
+        #: the longest countdown, then the result's lifetime once it ends).
+        self.keep = record_ttl + max_countdown + result_ttl
         self.record_ttl = record_ttl
         self.result_ttl = result_ttl
         self.idempotency_ttl = idempotency_ttl
@@ -540,9 +638,10 @@ class Lifecycle:
         for _ in range(5):
             keys = [record_key(record.id), open_key(record.tenant), rate_key(record.tenant),
                     ikey or record_key(record.id), push[0],
-                    record_key(held) if held else record_key(record.id)]
+                    record_key(held) if held else record_key(record.id),
+                    tasks_index_key(record.tenant), tasks_index_key(None)]
             args = [record.id, ttl, now, cap, rate, burst, fp, self.idempotency_ttl, held,
-                    push[1], *record.fields()]
+                    push[1], self.keep, *record.fields()]
             outcome, task_id, wait = self._call(self._submit, keys, args)
             outcome = outcome.decode()
             if outcome != "stale":
@@ -567,14 +666,16 @@ class Lifecycle:
         (a stock Celery client, ``celery call``): it then shows up for the operator, its
         failure is a dead letter, and nothing runs unaccounted for.
         """
-        keys, args = [record_key(task_id)], [time.time(), retries, "", 0]
+        tenant = adopt.tenant if adopt is not None else SYSTEM_TENANT
+        keys = [record_key(task_id), tasks_index_key(tenant), tasks_index_key(None)]
+        args: list[Any] = [time.time(), retries, "", 0]
         if started is not None and self.results_here:
             keys.append(started[0])
             args[2:4] = [started[1], started[2]]
         if adopt is not None:
-            args += [self.record_ttl, *adopt.fields()]
+            args += [self.record_ttl, self.keep, task_id, *adopt.fields()]
         else:
-            args.append(0)
+            args += [0, self.keep, task_id]
         verdict, died = self._call(self._start, keys, args)
         return RunStart(verdict.decode(), int(died))
 
@@ -598,14 +699,18 @@ class Lifecycle:
         """End the task in ``state`` (SUCCESS, REVOKED…) unless it already ended: record,
         result (when it lives here) and tenant slot together. ``state`` '' only counts the
         run as ended. ``tenant`` is a hint that saves a round trip when right."""
+        ended = state or SUCCESS  # '' ends nothing: any index key will do
+
         def call(tenant: str) -> list[Any]:
-            keys = [record_key(task_id), open_key(tenant)]
+            keys = [record_key(task_id), open_key(tenant), ended_index_key(tenant, ended),
+                    ended_index_key(None, ended)]
             value, ttl = "", 0
             if result is not None and self.results_here:
                 keys.append(result[0])
                 value, ttl = result[1], result[2]
             return self._call(self._finish, keys, [task_id, time.time(), self.result_ttl, state,
-                                                   tenant, "1" if run_ended else "0", value, ttl])
+                                                   tenant, "1" if run_ended else "0", value, ttl,
+                                                   self.keep])
         return self._with_tenant(call, tenant)
 
     def fail(self, task_id: str, letter: dict[str, Any], *, tenant: str = "",
@@ -624,27 +729,30 @@ class Lifecycle:
 
         def call(tenant: str) -> list[Any]:
             keys = [record_key(task_id), open_key(tenant), dead_key(task_id),
-                    dead_index_key(tenant), dead_index_key(None)]
+                    dead_index_key(tenant), dead_index_key(None),
+                    ended_index_key(tenant, FAILURE), ended_index_key(None, FAILURE)]
             value, ttl = "", 0
             if result is not None and self.results_here:
                 keys.append(result[0])
                 value, ttl = result[1], result[2]
             return self._call(self._fail, keys, [task_id, time.time(), self.result_ttl, tenant,
                                                  "1" if run_ended else "0", payload,
-                                                 self.dead_letter_ttl, value, ttl])
+                                                 self.dead_letter_ttl, value, ttl, self.keep])
         return self._with_tenant(call, tenant)
 
     def revoke(self, task_id: str, tenant: str, *, terminate: bool,
                result: ResultWrite | None = None) -> Transition:
         """Revoke the task unless it has ended: a task not yet started never runs; a
         running one only with ``terminate`` (the caller then broadcasts the kill)."""
-        keys = [record_key(task_id), open_key(tenant)]
+        keys = [record_key(task_id), open_key(tenant), ended_index_key(tenant, REVOKED),
+                ended_index_key(None, REVOKED)]
         value, ttl = "", 0
         if result is not None and self.results_here:
             keys.append(result[0])
             value, ttl = result[1], result[2]
         outcome, previous = self._call(self._revoke, keys, [
-            task_id, time.time(), self.result_ttl, tenant, "1" if terminate else "0", value, ttl])
+            task_id, time.time(), self.result_ttl, tenant, "1" if terminate else "0", value, ttl,
+            self.keep])
         return Transition(outcome.decode(), previous.decode())
 
     def _with_tenant(self, call: Callable[[str], list[Any]], tenant: str) -> Transition:
@@ -701,11 +809,14 @@ class Lifecycle:
         caller read it. Of concurrent retries exactly one finds it and wins."""
         now = time.time()
         keys = [record_key(record.id), open_key(record.tenant), dead_key(record.id),
-                dead_index_key(record.tenant), push[0], dead_index_key(None)]
+                dead_index_key(record.tenant), push[0], dead_index_key(None),
+                tasks_index_key(record.tenant), tasks_index_key(None),
+                ended_index_key(record.tenant, FAILURE), ended_index_key(None, FAILURE)]
         if self.results_here:
             keys.append(self.result_key(record.id))
         (outcome,) = self._call(self._retry_dead, keys, [
-            record.id, self.record_ttl, now, cap, record.tenant, read, push[1], *record.fields()])
+            record.id, self.record_ttl, now, cap, record.tenant, read, push[1], self.keep,
+            *record.fields()])
         return Transition(outcome.decode())
 
     # --- reads --------------------------------------------------------------------------
@@ -721,6 +832,69 @@ class Lifecycle:
             pipe.get(self.result_key(task_id))
             raw, meta = pipe.execute()
         return (TaskRecord.from_hash(task_id, raw) if raw else None), meta
+
+    def list_tasks(self, query: TaskQuery, limit: int, cursor: Cursor | None = None,
+                   max_examined: int = 1000
+                   ) -> tuple[list[tuple[TaskRecord, bytes | None]], Cursor | None]:
+        """A page of tasks matching ``query``, newest submission first, with their raw
+        results (when results live here), and the cursor of the next page (None: the end).
+
+        Walks one index: the tasks that ended in ``query.state`` when it is final, else all
+        the tenant's tasks, from ``cursor`` down, reading records a batch per round trip.
+        With no filter but time and a final state, a page costs O(log n + page); other
+        filters read at most ``max_examined`` entries per page, so a page may hold fewer
+        than ``limit`` tasks, and ``next`` says where to go on. Entries whose record has
+        expired are dropped from the index as they are met.
+        """
+        if query.state in FINAL_STATES:
+            index = ended_index_key(query.tenant, query.state)
+        else:
+            index = tasks_index_key(query.tenant)
+        low = "-inf" if query.after is None else f"({query.after!r}"
+        high = "+inf" if query.before is None else f"({query.before!r}"
+        skip_ties: Cursor | None = None
+        if cursor is not None:
+            high = repr(cursor.score) if query.before is None or cursor.score < query.before \
+                else high
+            skip_ties = cursor
+        found: list[tuple[TaskRecord, bytes | None]] = []
+        examined, last = 0, cursor
+        batch = max(limit, 50)
+        while len(found) < limit and examined < max_examined:
+            entries = self.client.zrevrangebyscore(index, high, low, start=0, num=batch,
+                                                   withscores=True)
+            if skip_ties is not None:  # entries at the cursor's score not yet passed
+                tie = skip_ties
+                entries = [(m, sc) for m, sc in entries
+                           if not (sc == tie.score and m.decode() >= tie.task_id)]
+            if not entries:
+                return found, None
+            with self.client.pipeline(transaction=False) as pipe:
+                for member, _ in entries:
+                    pipe.hgetall(record_key(member.decode()))
+                    if self.results_here:
+                        pipe.get(self.result_key(member.decode()))
+                replies = pipe.execute()
+            step = 2 if self.results_here else 1
+            gone = []
+            for n, (member, score) in enumerate(entries):
+                task_id = member.decode()
+                raw, meta = replies[n * step], replies[n * step + 1] if self.results_here else None
+                examined += 1
+                last = Cursor(score, task_id)
+                if not raw:
+                    gone.append(member)
+                else:
+                    record = TaskRecord.from_hash(task_id, raw)
+                    if query.matches(record):
+                        found.append((record, meta))
+                if len(found) >= limit or examined >= max_examined:
+                    break
+            if gone:
+                self.client.zrem(index, *gone)
+            if last is not None:
+                high, skip_ties = repr(last.score), last
+        return found, last
 
     def tenant_of(self, task_id: str) -> str:
         return (self.client.hget(record_key(task_id), "tenant") or b"").decode()

@@ -11,6 +11,7 @@ from typing import Any
 from .. import __version__
 from ..settings import Settings
 from . import schemas
+from .follow import MAX_WAIT
 
 _ERRORS = {
     400: "Malformed JSON, or a malformed header.",
@@ -53,6 +54,14 @@ def _op(summary: str, ok: int, ok_schema: dict[str, Any], errors: tuple[int, ...
     return op
 
 
+def _event_stream(op: dict[str, Any]) -> dict[str, Any]:
+    op["responses"]["200"] = {
+        "description": "`event: state` with a Task as `data`, each time it changes; the "
+                       "stream ends when the task has ended.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    return op
+
+
 _TASK_ID = {"name": "task_id", "in": "path", "required": True,
             "schema": {"type": "string", "maxLength": 128}}
 
@@ -61,7 +70,29 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     items = lambda ref: {"type": "object", "required": ["items"],  # noqa: E731
                          "properties": {"items": {"type": "array", "items": _ref(ref)}}}
     paths: dict[str, Any] = {
-        "/v1/tasks": {"post": _op(
+        "/v1/tasks": {"get": _op(
+            "The caller's tasks, newest first (cursor-paginated)", 200,
+            {"type": "object", "required": ["items", "next"], "properties": {
+                "items": {"type": "array", "items": _ref("Task")},
+                "next": {"type": ["string", "null"],
+                         "description": "Pass as `cursor` for the next page; null at the end. "
+                                        "A page may hold fewer than `limit` tasks."}}},
+            (422,), parameters=[
+                {"name": "state", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": list(schemas.STATES)}},
+                {"name": "task", "in": "query", "required": False,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+                {"name": "queue", "in": "query", "required": False,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
+                {"name": "submitted_after", "in": "query", "required": False,
+                 "schema": {"type": "string"}, "description": "ISO 8601 or epoch seconds"},
+                {"name": "submitted_before", "in": "query", "required": False,
+                 "schema": {"type": "string"}, "description": "ISO 8601 or epoch seconds"},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE}},
+                {"name": "cursor", "in": "query", "required": False,
+                 "schema": {"type": "string"}},
+            ]), "post": _op(
             "Submit a task", 202, _ref("Task"), (400, 404, 409, 413, 415, 422),
             requestBody={"required": True, "content": {
                 "application/json": {"schema": _ref("SubmitTask")}}},
@@ -70,8 +101,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                     "maxLength": schemas.MAX_IDEMPOTENCY_KEY}}],
         )},
         "/v1/tasks/{task_id}": {
-            "get": _op("A task's state, result or error", 200, _ref("Task"), (404,),
-                       parameters=[_TASK_ID]),
+            "get": _op("A task's state, result or error", 200, _ref("Task"), (404, 422),
+                       parameters=[_TASK_ID, {
+                           "name": "wait", "in": "query", "required": False,
+                           "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+                           "description": "Answer as soon as the task has ended, or after "
+                                          "this many seconds with its state then."}]),
             "delete": _op("Revoke a task", 202, _ref("Task"), (404, 409, 422), parameters=[
                 _TASK_ID,
                 {"name": "terminate", "in": "query", "required": False,
@@ -79,6 +114,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                  "description": "Also stop the task if it is running."},
             ]),
         },
+        "/v1/tasks/{task_id}/events": {"get": _event_stream(_op(
+            "Server-Sent Events of the task's state and progress until it ends", 200,
+            {"type": "string"}, (404,), parameters=[_TASK_ID]))},
         "/v1/task-types": {"get": _op("The task registry", 200, items("TaskType"), ())},
         "/v1/queues": {"get": _op("Waiting and reserved messages per queue", 200,
                                   items("Queue"), ())},

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -13,7 +15,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from .. import broker, lifecycle
 from ..celery_app import TenantCapReached, retry_dead_letter_task, revoke, submit
 from ..lifecycle import TaskRecord, fingerprint
-from . import observe, schemas
+from . import follow, observe, schemas
 from .auth import authenticate, current_tenant
 from .body import json_body, validate
 from .context import api_context
@@ -110,9 +112,106 @@ def _idempotency_key() -> str | None:
     return key
 
 
+@bp.get("/tasks")
+def list_tasks() -> Response:
+    """The caller's tasks, newest first, filtered, a cursor-paginated page at a time."""
+    ctx = api_context()
+    query, limit, cursor = _task_query(current_tenant())
+    rows, last = ctx.runtime.lifecycle.list_tasks(query, limit, cursor)
+    backend = ctx.celery.backend
+    items = []
+    for record, raw_meta in rows:
+        meta = backend.decode_result(raw_meta) if raw_meta else None
+        items.append(represent(TaskStatus(record, meta), task_url(record.id)))
+    return jsonify({"items": items, "next": last.encode() if last is not None else None})
+
+
+def _task_query(tenant: str | None) -> tuple[lifecycle.TaskQuery, int, lifecycle.Cursor | None]:
+    args, problems = request.args, []
+    state = args.get("state")
+    if state is not None and state not in lifecycle.STATES:
+        problems.append({"field": "state", "message": f"one of {', '.join(lifecycle.STATES)}"})
+    for name in ("task", "queue"):
+        value = args.get(name)
+        if value is not None and not 0 < len(value) <= 200:
+            problems.append({"field": name, "message": "1-200 characters"})
+    after, before = _timestamp("submitted_after", problems), _timestamp("submitted_before",
+                                                                      problems)
+    limit = 50
+    raw_limit = args.get("limit", "50")
+    if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= schemas.MAX_PAGE):
+        problems.append({"field": "limit", "message": f"integer 1-{schemas.MAX_PAGE}"})
+    else:
+        limit = int(raw_limit)
+    cursor = None
+    if args.get("cursor") is not None:
+        try:
+            cursor = lifecycle.Cursor.decode(args["cursor"])
+        except ValueError:
+            problems.append({"field": "cursor", "message": "not a cursor this API returned"})
+    if problems:
+        raise ApiError(422, "validation_failed", "query parameters are invalid",
+                       {"fields": problems})
+    query = lifecycle.TaskQuery(tenant=tenant, state=state, task=args.get("task"),
+                                queue=args.get("queue"), after=after, before=before)
+    return query, limit, cursor
+
+
+def _timestamp(name: str, problems: list[dict[str, str]]) -> float | None:
+    """An ISO 8601 time (a zone or Z; none means UTC) or epoch seconds, as epoch seconds."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw) if raw.isascii() and raw.replace(".", "", 1).isdigit() else None
+        if value is None:
+            parsed = datetime.fromisoformat(raw)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            value = parsed.timestamp()
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not math.isfinite(value):
+        problems.append({"field": name, "message": "an ISO 8601 time or epoch seconds"})
+        return None
+    return value
+
+
 @bp.get("/tasks/<task_id>")
 def get_task(task_id: str) -> Response:
-    return jsonify(represent(_owned(task_id), task_url(task_id)))
+    """The task; with ``?wait=N`` (seconds, at most ``MAX_WAIT``) as soon as it has ended,
+    or after N seconds as it is then."""
+    status = _owned(task_id)
+    seconds = _wait_seconds()
+    if seconds:
+        status = follow.wait(status, seconds)
+    return jsonify(represent(status, task_url(task_id)))
+
+
+@bp.get("/tasks/<task_id>/events")
+def task_events(task_id: str) -> Response:
+    """Server-Sent Events: the task's state (and progress) each time it changes, until it
+    ends."""
+    status = _owned(task_id)
+    url = task_url(task_id)
+    stream = follow.events(status, lambda current: represent(current, url))
+    return Response(stream, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _wait_seconds() -> float:
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw) if raw.isascii() else -1.0
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and 0 <= seconds <= follow.MAX_WAIT):
+        raise ApiError(422, "validation_failed", f"wait must be 0-{follow.MAX_WAIT} seconds",
+                       {"fields": [{"field": "wait",
+                                    "message": f"number 0-{follow.MAX_WAIT}"}]})
+    return seconds
 
 
 @bp.delete("/tasks/<task_id>")

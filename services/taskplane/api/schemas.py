@@ -11,6 +11,8 @@ from ..settings import QUEUE_NAME_RE
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_ARGS = 1000
 MAX_IDEMPOTENCY_KEY = 255
+#: The largest page ``GET /v1/tasks`` returns.
+MAX_PAGE = 200
 
 TERMINAL_STATES = lifecycle.FINAL_STATES
 STATES = lifecycle.STATES
