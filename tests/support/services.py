@@ -203,10 +203,10 @@ def _died(proc: Process) -> bool:
 class Api:
     """gunicorn serving the real app; ``get``/``post`` add a tenant's token."""
 
-    def __init__(self, redis_url: str, workers: int = 2, **env: str) -> None:
+    def __init__(self, redis_url: str, workers: int = 2, threads: int = 4, **env: str) -> None:
         self.port = free_port()
         e = base_env(redis_url, API_PORT=str(self.port), API_WORKERS=str(workers),
-                     API_THREADS="4", **env)
+                     API_THREADS=str(threads), **env)
         self.process = Process("api", [str(VENV_BIN / "taskplane"), "api"], e)
         self.base = f"http://127.0.0.1:{self.port}"
         self.session = requests.Session()

@@ -1,0 +1,185 @@
+"""Finding and following tasks: GET /v1/tasks, ?wait= and Server-Sent Events, against the
+real API, workers and Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from taskplane import lifecycle
+from tests.conftest import PARKED
+from tests.support.services import TEST_TOKENS, Api, RedisServer, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def listing(api: Api, tenant: str = "acme", **params: Any) -> dict[str, Any]:
+    r = api.get("/v1/tasks", params=params, tenant=tenant)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def all_pages(api: Api, **params: Any) -> list[dict[str, Any]]:
+    items, cursor = [], None
+    for _ in range(100):
+        page = listing(api, **params, **({"cursor": cursor} if cursor else {}))
+        items += page["items"]
+        cursor = page["next"]
+        if cursor is None:
+            return items
+    raise AssertionError("more than 100 pages")
+
+
+def test_listing_filters_orders_and_isolates_tenants(api: Api) -> None:
+    since = time.time()
+    parked = [api.submit("test.echo", kwargs={"value": i}, queue=PARKED)["id"] for i in range(3)]
+    done = api.submit("test.echo", kwargs={"value": "run"})
+    failed = api.submit("test.fail")
+    api.wait_state(done["id"], "SUCCESS")
+    api.wait_state(failed["id"], "FAILURE")
+    mine = [t["id"] for t in listing(api, submitted_after=since)["items"]]
+    assert mine == [failed["id"], done["id"], *reversed(parked)]  # newest first
+    assert [t["id"] for t in listing(api, submitted_after=since, queue=PARKED)["items"]] == \
+        list(reversed(parked))
+    assert [t["id"] for t in listing(api, submitted_after=since, state="SUCCESS")["items"]] == \
+        [done["id"]]
+    assert [t["id"] for t in listing(api, submitted_after=since, state="FAILURE")["items"]] == \
+        [failed["id"]]
+    assert [t["id"] for t in listing(api, submitted_after=since, state="PENDING",
+                                     task="test.echo")["items"]] == list(reversed(parked))
+    success = listing(api, submitted_after=since, state="SUCCESS")["items"][0]
+    assert success["result"] == "run" and success["links"]["self"].endswith(done["id"])
+    iso = listing(api, submitted_after=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since)))
+    assert {t["id"] for t in iso["items"]} >= set(mine)
+    assert listing(api, submitted_before=since - 3600, submitted_after=since - 3601)["items"] == []
+    theirs = {t["id"] for t in listing(api, tenant="globex", submitted_after=since)["items"]}
+    assert theirs.isdisjoint(mine)
+
+
+def test_pages_follow_the_cursor_while_tasks_are_added(api: Api) -> None:
+    since = time.time()
+    first = [api.submit("test.echo", kwargs={"value": i}, queue=PARKED)["id"] for i in range(7)]
+    seen, cursor, added = [], None, []
+    while True:
+        page = listing(api, submitted_after=since, limit=2, **({"cursor": cursor} if cursor else {}))
+        assert len(page["items"]) <= 2
+        seen += [t["id"] for t in page["items"]]
+        added.append(api.submit("test.echo", kwargs={"value": "late"}, queue=PARKED)["id"])
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(first))  # each once, in order; later tasks not mixed in
+    assert [t["id"] for t in all_pages(api, submitted_after=since, limit=3)] == \
+        list(reversed(first + added))
+
+
+def test_listing_drops_tasks_whose_records_expired(api: Api, redis_server: RedisServer) -> None:
+    since = time.time()
+    ids = [api.submit("test.echo", kwargs={"value": i}, queue=PARKED)["id"] for i in range(3)]
+    client = redis_server.client()
+    client.delete(lifecycle.record_key(ids[1]))  # as its TTL would
+    assert [t["id"] for t in listing(api, submitted_after=since)["items"]] == [ids[2], ids[0]]
+    assert client.zscore(lifecycle.tasks_index_key("acme"), ids[1]) is None
+
+
+def test_listing_refuses_bad_parameters(api: Api) -> None:
+    for params in ({"state": "DONE"}, {"limit": "0"}, {"limit": "201"}, {"cursor": "x"},
+                   {"submitted_after": "yesterday"}, {"task": "x" * 201}):
+        r = api.get("/v1/tasks", params=params)
+        assert r.status_code == 422, (params, r.text)
+        assert r.json()["error"]["code"] == "validation_failed"
+
+
+def test_wait_returns_as_soon_as_the_task_ends(api: Api) -> None:
+    task = api.submit("test.slow", kwargs={"seconds": 1})
+    started = time.monotonic()
+    body = api.get(f"/v1/tasks/{task['id']}", params={"wait": 20}).json()
+    elapsed = time.monotonic() - started
+    assert body["state"] == "SUCCESS"
+    assert elapsed < 10, elapsed  # woken by the ending, long before the deadline
+
+
+def test_wait_returns_at_the_deadline_with_the_current_state(api: Api) -> None:
+    task = api.submit("test.slow", kwargs={"seconds": 30})
+    api.wait_state(task["id"], ("STARTED", "PROGRESS"))
+    started = time.monotonic()
+    body = api.get(f"/v1/tasks/{task['id']}", params={"wait": 1.5}).json()
+    elapsed = time.monotonic() - started
+    assert body["state"] in ("STARTED", "PROGRESS")
+    assert 1.5 <= elapsed < 5, elapsed
+    assert api.delete(f"/v1/tasks/{task['id']}?terminate=true").status_code == 202
+    for bad in ("-1", "61", "nan", "soon"):
+        assert api.get(f"/v1/tasks/{task['id']}", params={"wait": bad}).status_code == 422
+
+
+def sse(api: Api, task_id: str) -> Iterator[dict[str, Any]]:
+    with requests.get(f"{api.base}/v1/tasks/{task_id}/events", stream=True, timeout=30,
+                      headers={"Authorization": f"Bearer {TEST_TOKENS['acme']}"}) as r:
+        assert r.status_code == 200
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        event: dict[str, str] = {}
+        for line in r.iter_lines(decode_unicode=True):
+            if line == "":
+                if event.get("event") == "state":
+                    yield json.loads(event["data"])
+                event = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                event[name] = value
+
+
+def test_events_stream_each_progress_step_in_order_until_the_end(api: Api) -> None:
+    task = api.submit("test.phases", kwargs={"before": 0.3, "seconds": 1.5})
+    events = list(sse(api, task["id"]))
+    states = [e["state"] for e in events]
+    assert states[-1] == "SUCCESS" and events[-1]["result"] == "done"
+    assert "PROGRESS" in states
+    percents = [e["progress"]["percent"] for e in events if e["state"] == "PROGRESS"]
+    assert len(percents) >= 3 and percents == sorted(percents)  # every step, in order
+    order = [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
+    ranks = {"PENDING": 0, "STARTED": 1, "PROGRESS": 2, "SUCCESS": 3}
+    assert [ranks[s] for s in order] == sorted(ranks[s] for s in order)
+
+
+def test_a_submit_answers_while_every_follower_slot_is_taken(isolated_redis: RedisServer) -> None:
+    """One process of 3 threads holds 2 followers (API_THREADS - 1): with both open, a
+    submit still answers at once, and a third wait answers at once with the state then."""
+    api = Api(isolated_redis.url, workers=1, threads=3, QUEUES=PARKED)
+    worker = start_worker(isolated_redis.url, name="follow", concurrency=1)
+    try:
+        parked = api.submit("test.echo", kwargs={"value": 1}, queue=PARKED)
+        answers: list[float] = []
+
+        def follow() -> None:
+            started = time.monotonic()
+            r = requests.get(f"{api.base}/v1/tasks/{parked['id']}", params={"wait": 8},
+                             headers={"Authorization": f"Bearer {TEST_TOKENS['acme']}"},
+                             timeout=30)
+            assert r.status_code == 200
+            answers.append(time.monotonic() - started)
+
+        followers = [threading.Thread(target=follow) for _ in range(2)]
+        for t in followers:
+            t.start()
+        client = isolated_redis.client()
+        channel = f"celery-task-meta-{parked['id']}"
+        wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 2, 10, "two followers")
+        started = time.monotonic()
+        task = api.submit("test.echo", kwargs={"value": "meanwhile"})
+        assert time.monotonic() - started < 2
+        started = time.monotonic()
+        third = api.get(f"/v1/tasks/{parked['id']}", params={"wait": 8}).json()
+        assert third["state"] == "PENDING" and time.monotonic() - started < 2
+        api.wait_state(task["id"], "SUCCESS")
+        for t in followers:
+            t.join(30)
+        assert len(answers) == 2 and all(a >= 7 for a in answers), answers
+    finally:
+        worker.stop()
+        api.close()
