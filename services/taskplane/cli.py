@@ -2,7 +2,8 @@
 
 ``taskplane api`` runs gunicorn, ``taskplane worker`` a Celery worker,
 ``taskplane dev`` the whole local stack, and ``taskplane settings`` prints the
-settings table the README carries.
+settings table the README carries. ``submit``, ``status``, ``wait``, ``ls``, ``cancel``,
+``dead-letters`` and ``retry`` talk to a running API (``client_cli.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def _api(extra: Sequence[str]) -> None:
@@ -55,12 +56,33 @@ COMMANDS = {
 }
 
 
+def _client_command(name: str) -> Callable[[Sequence[str]], None]:
+    def run(extra: Sequence[str]) -> None:
+        from .client_cli import main as client_main
+
+        sys.exit(client_main(name, extra))
+
+    return run
+
+
+for _name, _help in (("submit", "submit a task: TASK key=value ... [--wait] [--json]"),
+                     ("status", "show a task: ID"),
+                     ("wait", "follow a task to its end with a progress bar: ID"),
+                     ("ls", "list your tasks [--state S] [--task T] [--queue Q]"),
+                     ("cancel", "revoke a task: ID [--terminate]"),
+                     ("dead-letters", "list tasks that failed for good"),
+                     ("retry", "enqueue a dead letter again: ID")):
+    COMMANDS[_name] = (_client_command(_name), _help + " (TASKPLANE_URL, TASKPLANE_TOKEN)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="taskplane", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=sorted(COMMANDS),
                         help="; ".join(f"{k}: {v[1]}" for k, v in sorted(COMMANDS.items())))
-    args, extra = parser.parse_known_args(argv)
-    COMMANDS[args.command][0](extra)
+    parser.add_argument("extra", nargs=argparse.REMAINDER,
+                        help="the command's own arguments (--help after it for its own help)")
+    args = parser.parse_args(argv)
+    COMMANDS[args.command][0](args.extra)
 
 
 if __name__ == "__main__":

@@ -205,12 +205,17 @@ class Api:
 
     def __init__(self, redis_url: str, workers: int = 2, threads: int = 4, **env: str) -> None:
         self.port = free_port()
-        e = base_env(redis_url, API_PORT=str(self.port), API_WORKERS=str(workers),
-                     API_THREADS=str(threads), **env)
-        self.process = Process("api", [str(VENV_BIN / "taskplane"), "api"], e)
+        self.env = base_env(redis_url, API_PORT=str(self.port), API_WORKERS=str(workers),
+                            API_THREADS=str(threads), **env)
         self.base = f"http://127.0.0.1:{self.port}"
         self.session = requests.Session()
+        self.start()
+
+    def start(self) -> Api:
+        """(Re)start gunicorn on this API's port and wait until it serves."""
+        self.process = Process("api", [str(VENV_BIN / "taskplane"), "api"], self.env)
         wait_for(self._healthy, 30, "gunicorn /healthz")
+        return self
 
     def _healthy(self) -> bool:
         if not self.process.alive():
