@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,19 +74,49 @@ def test_hadolint_finds_nothing() -> None:
 
 
 def test_dockerfiles_follow_the_image_rules() -> None:
-    """Pinned slim base, non-root user, lock installed before the source, exec-form entrypoint."""
+    """Slim base pinned by digest, hashed lock installed before the source, no pip in the
+    runtime stage, non-root user, exec-form entrypoint."""
+    bases = set()
     for dockerfile in DOCKERFILES:
         text = dockerfile.read_text()
+        args = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ARG PYTHON_IMAGE=")]
+        assert len(args) == 1, dockerfile
+        base = args[0]
+        bases.add(base)
+        tag, _, digest = base.partition("@")
+        assert tag.startswith("python:3.") and "-slim" in tag and tag.count(".") >= 2, base
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{dockerfile.name}: base not pinned by digest"
         froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
-        assert len(froms) == 2 and all(
-            f.startswith("python:3.") and "-slim" in f and f.count(".") >= 2 for f in froms
-        ), froms
+        assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"], froms
         runtime = text.split("\nFROM ")[-1]
         assert "USER 10001" in runtime and "PYTHONUNBUFFERED=1" in runtime
         assert "COPY --from=build" in runtime and "pip install" not in runtime
+        assert "pip uninstall --yes pip setuptools" in runtime, "the runtime image keeps pip"
+        assert "-m 1777 /run/taskplane/metrics" in runtime, "metrics dir writable by one uid only"
         assert text.index("COPY requirements.lock") < text.index("COPY services")
-        assert "--no-deps ." in text
+        assert "--require-hashes --no-deps" in text
+        assert "--no-deps --no-build-isolation --no-index ." in text
         assert 'ENTRYPOINT ["taskplane", ' in text
+    assert len(bases) == 1, bases
+
+
+def test_image_locks_carry_hashes_and_build_backend_fits() -> None:
+    """Every pin of the image locks has a sha256; the locked setuptools satisfies
+    [build-system] and is new enough for the SPDX `license = "..."` string (77+)."""
+    import tomllib
+
+    for name in ("requirements.lock", "requirements-build.lock"):
+        text = (ROOT / name).read_text()
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)
+        assert pins, name
+        for block in re.split(r"\n(?=[A-Za-z0-9_.-]+==)", text):
+            if re.match(r"[A-Za-z0-9_.-]+==", block):
+                assert "--hash=sha256:" in block, f"{name}: {block.splitlines()[0]} has no hash"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    requires = project["build-system"]["requires"]
+    assert requires == ["setuptools>=77"], requires
+    locked = re.search(r"^setuptools==(\d+)", (ROOT / "requirements-build.lock").read_text(), re.M)
+    assert locked and int(locked.group(1)) >= 77
 
 
 def test_compose_runs_the_same_stack(yaml_module: Any) -> None:
