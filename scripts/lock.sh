@@ -40,6 +40,13 @@ cp -r "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/services" "$work/src/"
 # The versions pinned now are kept unless pyproject.toml no longer allows them.
 grep -v -e '^ *--hash' -e '^ *#' "$ROOT/requirements.lock" | sed 's/ *\\$//' > "$work/src/pinned-now.txt"
 compile requirements.lock --constraint pinned-now.txt pyproject.toml
+# redis-py needs async-timeout on Python older than 3.11.3 only, which pip-compile (run
+# on a newer Python) leaves out. The stand-in base image's Debian Python is 3.11.2:
+# lock it with its marker, so the same lock installs on both.
+echo "async-timeout>=4.0.3" > "$work/src/old-python.in"
+(cd "$work/src" && "$work/venv/bin/pip-compile" -q --generate-hashes --strip-extras --no-annotate --no-header \
+    --no-emit-index-url --no-emit-find-links --output-file "$work/old" old-python.in)
+sed -E 's/^(async-timeout==[^ ]+)/\1 ; python_full_version < "3.11.3"/' "$work/old" >> "$ROOT/requirements.lock"
 "$work/venv/bin/python" - "$ROOT/pyproject.toml" > "$work/src/build.in" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as fh:

@@ -191,16 +191,23 @@ def test_autoscalers_scale_on_queue_metrics_fast_up_slow_down(renders: dict[str,
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_worker_stop_path_covers_the_longest_task(renders: dict[str, Render], case: str) -> None:
-    """grace period >= the pool's longest hard time limit + soft shutdown timeout."""
+def test_worker_stop_path_follows_the_pool_shutdown_model(renders: dict[str, Render], case: str) -> None:
+    """One shutdown model per pool: warm (SIGTERM not remapped; the grace period covers the
+    pool's longest hard time limit) or soft (SIGTERM remapped to SIGQUIT; the grace period
+    covers the soft-shutdown timeout, after which running tasks are handed back)."""
     for deployment in worker_deployments(renders[case]):
         spec = deployment["spec"]["template"]["spec"]
         (worker,) = spec["containers"]
         env = {k: v.get("value") for k, v in env_of(worker).items()}
         limit = int(deployment["metadata"]["annotations"]["taskplane.io/max-task-time-limit"])
         soft = int(env["WORKER_SOFT_SHUTDOWN_TIMEOUT"])
-        assert spec["terminationGracePeriodSeconds"] >= limit + soft, name(deployment)
-        assert env["REMAP_SIGTERM"] == "SIGQUIT", name(deployment)
+        shutdown = deployment["metadata"]["annotations"]["taskplane.io/shutdown"]
+        if shutdown == "warm":
+            assert env["REMAP_SIGTERM"] == "", name(deployment)
+            assert spec["terminationGracePeriodSeconds"] >= limit, name(deployment)
+        else:
+            assert shutdown == "soft" and env["REMAP_SIGTERM"] == "SIGQUIT", name(deployment)
+            assert soft <= spec["terminationGracePeriodSeconds"] < limit, name(deployment)
         assert env["WORKER_QUEUES"] == deployment["metadata"]["annotations"]["taskplane.io/queues"]
         # Liveness must detect a stuck consumer, not merely a live process.
         assert worker["livenessProbe"]["httpGet"]["path"] == "/livez"
@@ -371,3 +378,12 @@ def test_helm_test_pod_submits_and_polls(renders: dict[str, Render]) -> None:
     for needle in ("/v1/tasks", "long_running_task", "SUCCESS", "Authorization", "deadline"):
         assert needle in script, needle
     assert pods[0]["spec"]["restartPolicy"] == "Never"
+
+
+def test_shutdown_models_are_both_rendered(renders: dict[str, Render]) -> None:
+    """The default pool stops warm; the two-pools case renders a soft pool too."""
+    two_pools = worker_deployments(renders["two-pools"])
+    models = {d["metadata"]["annotations"]["taskplane.io/shutdown"] for d in two_pools}
+    assert models == {"warm", "soft"}
+    (default,) = worker_deployments(renders["default"])
+    assert default["metadata"]["annotations"]["taskplane.io/shutdown"] == "warm"

@@ -108,7 +108,10 @@ Recursive merge of two maps where the second wins, explicit false/0/"" included
 {{/*
 Every worker pool with workers.defaults merged in, plus derived fields:
   fullname     the pool's Deployment (and autoscaler) name
-  gracePeriod  maxTaskTimeLimit + softShutdownTimeout + extraGracePeriodSeconds
+  gracePeriod  the pool's shutdown time plus extraGracePeriodSeconds: maxTaskTimeLimit
+               (warm: running tasks finish) or softShutdownTimeout (soft: then they are
+               handed back)
+  remapSigterm REMAP_SIGTERM: "" (SIGTERM is Celery's warm shutdown) or SIGQUIT (soft)
 Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 */}}
 {{- define "taskplane.pools" -}}
@@ -116,8 +119,9 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{- range $pool := .Values.workers.pools -}}
 {{- $merged := include "taskplane.merge" (dict "base" $.Values.workers.defaults "over" $pool) | fromYaml -}}
 {{- $_ := set $merged "fullname" (include "taskplane.componentName" (dict "ctx" $ "suffix" (printf "worker-%s" $pool.name))) -}}
-{{- $grace := add (int $merged.maxTaskTimeLimit) (int $merged.softShutdownTimeout) (int $merged.extraGracePeriodSeconds) -}}
-{{- $_ := set $merged "gracePeriod" $grace -}}
+{{- $shutdownTime := ternary (int $merged.softShutdownTimeout) (int $merged.maxTaskTimeLimit) (eq $merged.shutdown "soft") -}}
+{{- $_ := set $merged "gracePeriod" (add $shutdownTime (int $merged.extraGracePeriodSeconds)) -}}
+{{- $_ := set $merged "remapSigterm" (ternary "SIGQUIT" "" (eq $merged.shutdown "soft")) -}}
 {{- $pools = append $pools $merged -}}
 {{- end -}}
 {{- toYaml (dict "pools" $pools) -}}
