@@ -8,6 +8,7 @@ that lets running tasks finish (soft shutdown) before handing the rest back.
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -69,7 +70,18 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
         health_check_interval=30,
         retry=retry,
         retry_on_timeout=patient,
+        **(redis_tls_options(settings) if url.startswith("rediss:") else {}),
     )
+
+
+def redis_tls_options(settings: Settings) -> dict[str, Any]:
+    """TLS options of a ``rediss://`` connection: the server's certificate is checked,
+    against ``REDIS_TLS_CA_FILE`` when set (else the system's CAs). Celery's broker and
+    result backend take the same dict (``broker_use_ssl``, ``redis_backend_use_ssl``)."""
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = settings.redis_tls_ca_file
+    return options
 
 
 def create_celery(settings: Settings, patient: bool = False) -> Celery:
@@ -119,6 +131,10 @@ def create_celery(settings: Settings, patient: bool = False) -> Celery:
         redis_retry_on_timeout=False,
         result_backend_transport_options={"retry_policy": {"timeout": settings.redis_timeout}},
     )
+    if settings.redis_url.startswith("rediss:"):
+        app.conf.broker_use_ssl = redis_tls_options(settings)
+    if settings.results_url.startswith("rediss:"):
+        app.conf.redis_backend_use_ssl = redis_tls_options(settings)
     if patient:
         app.conf.update(
             result_backend_always_retry=True,

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 #: Queue names become Redis keys and label values: keep them short and plain.
 QUEUE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -40,6 +40,17 @@ class Settings:
     result_backend_url: str = _setting(
         "RESULT_BACKEND_URL", "",
         "Separate Redis for results; empty means `REDIS_URL`.",
+    )
+    redis_password: str = _setting(
+        "REDIS_PASSWORD", "",
+        "Password of the Redis in `REDIS_URL` (and in `RESULT_BACKEND_URL`), kept out of the "
+        "URL so it needs no escaping: any character works. Used for URLs that carry no "
+        "password of their own.",
+    )
+    redis_tls_ca_file: str = _setting(
+        "REDIS_TLS_CA_FILE", "",
+        "CA bundle (PEM) that signed the Redis server's certificate, for `rediss://` URLs; "
+        "empty means the system's CAs. The certificate and host name are always checked.",
     )
     api_tokens: str = _setting(
         "API_TOKENS", "",
@@ -183,6 +194,15 @@ class Settings:
 
     # --- construction -----------------------------------------------------------------
 
+    def __post_init__(self) -> None:
+        # REDIS_PASSWORD goes into each URL that has none, escaped: one place, so the
+        # broker, the result backend and every Redis client see the same credentials.
+        if self.redis_password:
+            for name in ("redis_url", "result_backend_url"):
+                url = getattr(self, name)
+                if url:
+                    object.__setattr__(self, name, with_password(url, self.redis_password))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from ``environ`` (default ``os.environ``); ``overrides`` win."""
@@ -258,6 +278,7 @@ class Settings:
         """Settings safe to log: passwords and tokens replaced."""
         out = dataclasses.asdict(self)
         out["api_tokens"] = "<set>" if self.api_tokens else ""
+        out["redis_password"] = "<set>" if self.redis_password else ""
         for key in ("redis_url", "result_backend_url"):
             parts = urlsplit(out[key])
             if parts.password:
@@ -303,6 +324,16 @@ def _check_redis_url(name: str, url: str, allow_no_password: bool) -> None:
         raise SettingsError(
             f"{name} points at {parts.hostname}, which is not loopback, and has no password; "
             "set one (redis://:PASSWORD@host:6379/0) or REDIS_ALLOW_NO_PASSWORD=true")
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` (percent-escaped) as its password, unless it has one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.password:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.rstrip(':')}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_loopback(host: str) -> bool:

@@ -387,3 +387,29 @@ def test_shutdown_models_are_both_rendered(renders: dict[str, Render]) -> None:
     assert models == {"warm", "soft"}
     (default,) = worker_deployments(renders["default"])
     assert default["metadata"]["annotations"]["taskplane.io/shutdown"] == "warm"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_redis_password_is_never_pasted_into_a_url(renders: dict[str, Render], case: str) -> None:
+    """REDIS_PASSWORD comes from a Secret on its own; no REDIS_URL value interpolates it
+    (a user's `p@ss/w0rd#1` would otherwise make the host `ss`)."""
+    for workload in workloads(renders[case]):
+        for container in containers(workload):
+            env = env_of(container)
+            url = env.get("REDIS_URL", {}).get("value", "")
+            assert "$(" not in url and "@" not in url, f"{name(workload)}: REDIS_URL {url!r}"
+            if "value" in env.get("REDIS_URL", {}):
+                assert "secretKeyRef" in env["REDIS_PASSWORD"]["valueFrom"], name(workload)
+
+
+def test_tls_redis_gets_its_ca_bundle(renders: dict[str, Render]) -> None:
+    """redis.external.caSecret: every Redis client container gets REDIS_TLS_CA_FILE, a file
+    of the mounted Secret."""
+    render = renders["external-redis"]
+    for component in ("taskplane-api", "taskplane-exporter", "taskplane-worker-default"):
+        spec = render.get("Deployment", component)["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        path = env_of(container)["REDIS_TLS_CA_FILE"]["value"]
+        mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "taskplane-ci-redis-ca" and mount["readOnly"] is True

@@ -16,6 +16,7 @@ why; under CI=true they fail instead.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -37,6 +38,10 @@ RELEASE = "taskplane"
 TAG = "imagetest"
 API_IMAGE = f"localhost/taskplane-api:{TAG}"
 WORKER_IMAGE = f"localhost/taskplane-worker:{TAG}"
+#: The user's Redis Secret (redis.auth.existingSecret in values.yaml), with the issue's
+#: password: pasted into a URL it would make the host "ss".
+REDIS_SECRET = "taskplane-redis-auth"
+REDIS_PASSWORD = "p@ss/w0rd#1"
 #: Seconds the whole image build may take here (stand-in base included).
 BUILD_TIMEOUT = 420
 
@@ -85,7 +90,11 @@ def rendered(helm: str) -> Rendered:
     cmd = [helm, "template", RELEASE, str(CHART), "--namespace", RELEASE, "--values", str(VALUES)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    return Rendered([d for d in yaml.safe_load_all(proc.stdout) if d])
+    objects = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    # What `kubectl create secret generic taskplane-redis-auth --from-literal=password=...` makes.
+    password = base64.b64encode(REDIS_PASSWORD.encode()).decode()
+    objects.append({"kind": "Secret", "metadata": {"name": REDIS_SECRET}, "data": {"password": password}})
+    return Rendered(objects)
 
 
 def workload(rendered: Rendered, kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -104,7 +113,7 @@ def stack(
     hosts = [f"{RELEASE}-redis", f"{RELEASE}-api", f"{RELEASE}-exporter"]
     pod = Pod(tmp_path_factory.mktemp("stack"), hosts)
     try:
-        pod.start_redis(rendered.secret_value(f"{RELEASE}-redis", "redis-password"))
+        pod.start_redis(rendered.secret_value(REDIS_SECRET, "password"))
         for component, port, probe in (
             ("api", 8000, "/readyz"),
             ("exporter", 9808, "/healthz"),

@@ -175,7 +175,11 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{- end -}}
 {{- end -}}
 
-{{/* REDIS_URL (and the password it is built from) for a Taskplane container. */}}
+{{/*
+REDIS_URL and REDIS_PASSWORD for a Taskplane container. The password is never pasted
+into the URL (Kubernetes' $(VAR) expansion does not escape it): the code adds it,
+escaped, to a URL that has none. REDIS_TLS_CA_FILE when a CA Secret is given.
+*/}}
 {{- define "taskplane.redisEnv" -}}
 {{- if .Values.redis.enabled }}
 - name: REDIS_PASSWORD
@@ -184,13 +188,45 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
       name: {{ include "taskplane.redisSecretName" . }}
       key: {{ include "taskplane.redisPasswordKey" . }}
 - name: REDIS_URL
-  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "taskplane.redisName" .) | quote }}
+  value: {{ printf "redis://%s:6379/0" (include "taskplane.redisName" .) | quote }}
 {{- else }}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "taskplane.externalRedisSecretName" . }}
       key: {{ .Values.redis.external.existingSecretUrlKey }}
+{{- if and .Values.redis.external.existingSecret .Values.redis.external.existingSecretPasswordKey }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.existingSecret }}
+      key: {{ .Values.redis.external.existingSecretPasswordKey }}
+{{- end }}
+{{- if .Values.redis.external.caSecret }}
+- name: REDIS_TLS_CA_FILE
+  value: /etc/taskplane/redis-ca/ca.crt
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The CA bundle of a TLS Redis (redis.external.caSecret), as a volume and its mount. */}}
+{{- define "taskplane.redisCaVolumes" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.redis.external.caSecret }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.redis.external.caSecretKey }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "taskplane.redisCaMounts" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.caSecret }}
+- name: redis-ca
+  mountPath: /etc/taskplane/redis-ca
+  readOnly: true
 {{- end }}
 {{- end -}}
 
