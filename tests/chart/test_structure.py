@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -413,3 +415,55 @@ def test_tls_redis_gets_its_ca_bundle(renders: dict[str, Render]) -> None:
         mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
         volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
         assert volume["secret"]["secretName"] == "taskplane-ci-redis-ca" and mount["readOnly"] is True
+
+
+@pytest.mark.parametrize("release", ["r" * 53, "taskplane-" + "x" * 43])
+def test_longest_release_name_makes_valid_distinct_names(helm: str, release: str, tmp_path: Path) -> None:
+    """Helm allows 53-character release names. Every name stays a DNS label (63), a
+    StatefulSet leaves room for its controller-revision-hash label (52), cutting keeps
+    each component's suffix so no two objects of a kind collide, and references follow."""
+    import yaml
+
+    from .conftest import CHART, CI_VALUES
+
+    values = next(p for p in CI_VALUES if p.name == "two-pools-values.yaml")
+    proc = subprocess.run(
+        [
+            helm,
+            "template",
+            release,
+            str(CHART),
+            "--values",
+            str(values),
+            "--api-versions",
+            "keda.sh/v1alpha1/ScaledObject",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    seen: dict[tuple[str, str], int] = {}
+    for obj in objects:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["name"])
+        seen[key] = seen.get(key, 0) + 1
+        limit = 52 if obj["kind"] == "StatefulSet" else 63
+        assert len(meta["name"]) <= limit, f"{obj['kind']} {meta['name']} ({len(meta['name'])})"
+        for label, value in meta.get("labels", {}).items():
+            assert len(str(value)) <= 63, f"{meta['name']}: label {label}"
+    assert all(n == 1 for n in seen.values()), [k for k, n in seen.items() if n > 1]
+    names = {kind: sorted(n for k, n in seen if k == kind) for kind in ("Deployment", "StatefulSet")}
+    assert [n.rsplit("-", 2)[-2:] for n in names["Deployment"] if "-worker-" in n] == [
+        ["worker", "default"],
+        ["worker", "heavy"],
+    ]
+    (redis,) = [o for o in objects if o["kind"] == "StatefulSet"]
+    assert redis["metadata"]["name"].endswith("-redis")
+    assert any(
+        o["kind"] == "Service" and o["metadata"]["name"] == redis["spec"]["serviceName"] for o in objects
+    )
+    api = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-api"))
+    url = env_of(api["spec"]["template"]["spec"]["containers"][0])["REDIS_URL"]["value"]
+    assert url == f"redis://{redis['spec']['serviceName']}:6379/0"

@@ -20,9 +20,16 @@ Names, labels and the values every template derives from. Object names are
 {{- end -}}
 {{- end -}}
 
-{{/* "<fullname>-<suffix>": call with (dict "ctx" $ "suffix" "api"). */}}
+{{/*
+"<fullname>-<suffix>": call with (dict "ctx" $ "suffix" "api" ["max" 52]). When too
+long, the fullname part is cut, never the suffix, so components stay distinct. The
+limit is 63 (a DNS label), 52 for a StatefulSet, whose pods carry the label
+controller-revision-hash = "<name>-<hash of up to 10 characters>" (63 at most).
+*/}}
 {{- define "taskplane.componentName" -}}
-{{- printf "%s-%s" (include "taskplane.fullname" .ctx) .suffix | trunc 63 | trimSuffix "-" -}}
+{{- $max := int (default 63 .max) -}}
+{{- $room := sub (sub $max (len .suffix)) 1 | int -}}
+{{- printf "%s-%s" (include "taskplane.fullname" .ctx | trunc $room | trimSuffix "-") .suffix -}}
 {{- end -}}
 
 {{- define "taskplane.chart" -}}
@@ -146,7 +153,7 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{- end -}}
 
 {{- define "taskplane.redisName" -}}
-{{- include "taskplane.componentName" (dict "ctx" . "suffix" "redis") -}}
+{{- include "taskplane.componentName" (dict "ctx" . "suffix" "redis" "max" 52) -}}
 {{- end -}}
 
 {{/* Secret with the password of the in-release Redis. */}}
