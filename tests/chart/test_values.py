@@ -124,6 +124,31 @@ HELPER_REJECTS: list[tuple[str, dict[str, Any], str]] = [
         },
         "needs autoscaling.keda.redisAddress",
     ),
+    (
+        "api extraEnv repeats a chart variable",
+        {"api": {"extraEnv": [{"name": "API_PORT", "value": "9000"}]}},
+        "api.extraEnv sets API_PORT, which the chart sets already",
+    ),
+    (
+        "api extraEnv names one variable twice",
+        {"api": {"extraEnv": [{"name": "FOO", "value": "1"}, {"name": "FOO", "value": "2"}]}},
+        "api.extraEnv sets FOO",
+    ),
+    (
+        "worker extraEnv repeats a chart variable",
+        {"workers": {"defaults": {"extraEnv": [{"name": "REDIS_URL", "value": "redis://x:6379/0"}]}}},
+        "workers.pools[default].extraEnv (or workers.defaults.extraEnv) sets REDIS_URL",
+    ),
+    (
+        "config extraEnv repeats a ConfigMap key",
+        {"config": {"extraEnv": {"LOG_LEVEL": "DEBUG"}}},
+        "config.extraEnv sets LOG_LEVEL",
+    ),
+    (
+        "preStop sleep eats the grace period",
+        {"api": {"preStopSleepSeconds": 30, "terminationGracePeriodSeconds": 40}},
+        "exceeds api.terminationGracePeriodSeconds (40)",
+    ),
 ]
 
 
@@ -191,3 +216,18 @@ def test_schema_describes_every_default_value(helm: str, yaml_module: Any) -> No
     schema = json.loads((CHART / "values.schema.json").read_text())
     values = yaml_module.safe_load((CHART / "values.yaml").read_text())
     assert set(values) == set(schema["properties"]), set(values) ^ set(schema["properties"])
+
+
+def test_extra_env_with_new_names_renders_once(helm: str, tmp_path: Path, yaml_module: Any) -> None:
+    values = {
+        "api": {"extraEnv": [{"name": "FOO", "value": "1"}]},
+        "workers": {"defaults": {"extraEnv": [{"name": "BAR", "value": "2"}]}},
+        "config": {"extraEnv": {"IDEMPOTENCY_TTL": "3600"}},
+    }
+    proc = render_with(helm, tmp_path, values)
+    assert proc.returncode == 0, proc.stderr
+    for obj in yaml_module.safe_load_all(proc.stdout):
+        if obj and obj["kind"] == "Deployment":
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                names = [e["name"] for e in container.get("env", [])]
+                assert len(names) == len(set(names)), (obj["metadata"]["name"], names)

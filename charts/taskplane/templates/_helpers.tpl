@@ -242,6 +242,82 @@ escaped, to a URL that has none. REDIS_TLS_CA_FILE when a CA Secret is given.
 {{ include "taskplane.redisEnv" . }}
 {{- end -}}
 
+{{/*
+The settings the chart writes into its ConfigMap, before config.extraEnv (which
+validateValues keeps from repeating any of them).
+*/}}
+{{- define "taskplane.configData" -}}
+LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+DEFAULT_QUEUE: {{ .Values.config.defaultQueue | quote }}
+QUEUES: {{ include "taskplane.allQueues" . | quote }}
+TASK_MODULES: {{ join "," .Values.config.taskModules | quote }}
+DEFAULT_TIME_LIMIT: {{ .Values.config.defaultTimeLimit | int | quote }}
+DEFAULT_SOFT_TIME_LIMIT: {{ .Values.config.defaultSoftTimeLimit | int | quote }}
+VISIBILITY_TIMEOUT: {{ .Values.config.visibilityTimeout | int | quote }}
+LEASE_INTERVAL: {{ .Values.config.leaseInterval | toString | quote }}
+UNACKED_RESTORE_INTERVAL: {{ .Values.config.unackedRestoreInterval | int | quote }}
+MAX_DELIVERIES: {{ .Values.config.maxDeliveries | int | quote }}
+RESULT_EXPIRES: {{ .Values.config.resultExpires | int | quote }}
+MAX_BODY_BYTES: {{ .Values.config.maxBodyBytes | int | quote }}
+PROMETHEUS_MULTIPROC_DIR: /run/taskplane/metrics
+# The worker and exporter HTTP servers must be reachable by probes and Prometheus.
+METRICS_HOST: "0.0.0.0"
+EXPORTER_PORT: {{ .Values.exporter.port | int | quote }}
+WORKER_METRICS_PORT: {{ .Values.workers.metricsPort | int | quote }}
+{{- end -}}
+
+{{/* The API container's env entries (api.extraEnv follows them). */}}
+{{- define "taskplane.apiEnv" -}}
+{{ include "taskplane.commonEnv" . }}
+# A value without ':' is a file: the mounted token Secret.
+- name: API_TOKENS
+  value: /etc/taskplane/tokens/tokens
+- name: API_HOST
+  value: "0.0.0.0"
+- name: API_PORT
+  value: {{ .Values.api.port | quote }}
+- name: API_WORKERS
+  value: {{ .Values.api.workers | quote }}
+- name: API_THREADS
+  value: {{ .Values.api.threads | quote }}
+- name: API_TIMEOUT
+  value: {{ .Values.api.timeout | quote }}
+{{- end -}}
+
+{{/* A worker container's env entries: call with (dict "ctx" $ "pool" $pool); the pool's extraEnv follows them. */}}
+{{- define "taskplane.workerEnv" -}}
+{{ include "taskplane.commonEnv" .ctx }}
+- name: WORKER_QUEUES
+  value: {{ join "," .pool.queues | quote }}
+- name: WORKER_CONCURRENCY
+  value: {{ .pool.concurrency | int | quote }}
+- name: WORKER_PREFETCH_MULTIPLIER
+  value: {{ .pool.prefetchMultiplier | int | quote }}
+- name: WORKER_SOFT_SHUTDOWN_TIMEOUT
+  value: {{ .pool.softShutdownTimeout | int | quote }}
+- name: LIVENESS_TIMEOUT
+  value: {{ .pool.livenessTimeout | int | quote }}
+- name: REMAP_SIGTERM
+  value: {{ .pool.remapSigterm | quote }}
+{{- end -}}
+
+{{/*
+Names a user's extraEnv repeats from the chart's own: call with (dict "own" <env list
+or map YAML> "extra" <list of names>); returns them comma-separated. Two entries of one
+name are rejected by server-side apply (Helm 4's default), so validateValues refuses them.
+*/}}
+{{- define "taskplane.repeatedNames" -}}
+{{- $own := list -}}
+{{- range .own -}}{{- $own = append $own .name -}}{{- end -}}
+{{- $repeated := list -}}
+{{- $seen := list -}}
+{{- range $name := .extra -}}
+{{- if or (has $name $own) (has $name $seen) -}}{{- $repeated = append $repeated $name -}}{{- end -}}
+{{- $seen = append $seen $name -}}
+{{- end -}}
+{{- $repeated | uniq | join ", " -}}
+{{- end -}}
+
 {{/* Volume and mount of the token file (API_TOKENS points at it). */}}
 {{- define "taskplane.tokensVolume" -}}
 - name: api-tokens
@@ -382,6 +458,26 @@ fails too.
 {{- else if not (contains ":" (default "" $u.userinfo)) -}}
 {{- $messages = append $messages "redis.external.url has no password (redis://:PASSWORD@host:6379/0); Taskplane refuses a remote Redis without one" -}}
 {{- end -}}
+{{- end -}}
+{{- $extraNames := list -}}
+{{- range .Values.api.extraEnv -}}{{- $extraNames = append $extraNames .name -}}{{- end -}}
+{{- with include "taskplane.repeatedNames" (dict "own" (include "taskplane.apiEnv" . | fromYamlArray) "extra" $extraNames) -}}
+{{- $messages = append $messages (printf "api.extraEnv sets %s, which the chart sets already (or twice): change the value that sets it (api.port, api.workers, ...) or drop the entry" .) -}}
+{{- end -}}
+{{- range $pool := $pools -}}
+{{- $extraNames := list -}}
+{{- range $pool.extraEnv -}}{{- $extraNames = append $extraNames .name -}}{{- end -}}
+{{- with include "taskplane.repeatedNames" (dict "own" (include "taskplane.workerEnv" (dict "ctx" $ "pool" $pool) | fromYamlArray) "extra" $extraNames) -}}
+{{- $messages = append $messages (printf "workers.pools[%s].extraEnv (or workers.defaults.extraEnv) sets %s, which the chart sets already (or twice): change the pool value that sets it or drop the entry" $pool.name .) -}}
+{{- end -}}
+{{- end -}}
+{{- $configOwn := list -}}
+{{- range $key, $_ := include "taskplane.configData" . | fromYaml -}}{{- $configOwn = append $configOwn (dict "name" $key) -}}{{- end -}}
+{{- with include "taskplane.repeatedNames" (dict "own" $configOwn "extra" (keys .Values.config.extraEnv | sortAlpha)) -}}
+{{- $messages = append $messages (printf "config.extraEnv sets %s, which the chart's ConfigMap sets already: use the config value that sets it" .) -}}
+{{- end -}}
+{{- if gt (add (int .Values.api.preStopSleepSeconds) 20) (int .Values.api.terminationGracePeriodSeconds) -}}
+{{- $messages = append $messages (printf "api.preStopSleepSeconds (%d) plus gunicorn's graceful timeout (20 s) exceeds api.terminationGracePeriodSeconds (%d): in-flight requests would be killed" (int .Values.api.preStopSleepSeconds) (int .Values.api.terminationGracePeriodSeconds)) -}}
 {{- end -}}
 {{- if and .Values.api.autoscaling.enabled (gt (int .Values.api.autoscaling.minReplicas) (int .Values.api.autoscaling.maxReplicas)) -}}
 {{- $messages = append $messages "api.autoscaling.minReplicas exceeds maxReplicas" -}}
