@@ -182,14 +182,9 @@ def test_autoscalers_scale_on_queue_metrics_fast_up_slow_down(renders: dict[str,
         )
         assert so["spec"]["triggers"], name(so)
         for trigger in so["spec"]["triggers"]:
-            assert trigger["type"] in ("prometheus", "redis"), name(so)
+            assert trigger["type"] == "prometheus", name(so)
             if so["spec"].get("minReplicaCount", 1) == 0:
-                key = "activationThreshold" if trigger["type"] == "prometheus" else "activationListLength"
-                assert key in trigger["metadata"], f"{name(so)}: scale to zero without {key}"
-            if trigger["type"] == "redis":
-                assert trigger.get("authenticationRef"), f"{name(so)}: redis trigger without credentials"
-                auth = render.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
-                assert auth["spec"]["secretTargetRef"][0]["parameter"] == "password"
+                assert "activationThreshold" in trigger["metadata"], f"{name(so)}: scale to zero without it"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -308,12 +303,7 @@ def test_network_policies_cover_every_pod_and_guard_redis(renders: dict[str, Ren
     ]
     if render.of_kind("StatefulSet"):
         (policy,) = redis_policies
-        uses_redis_list = any(
-            t["type"] == "redis" for so in render.of_kind("ScaledObject") for t in so["spec"]["triggers"]
-        )
-        rule, *others = policy["spec"]["ingress"]
-        # Only the KEDA operator may come in besides, and only for the redis-list trigger.
-        assert len(others) == (1 if uses_redis_list else 0), policy["spec"]["ingress"]
+        (rule,) = policy["spec"]["ingress"]
         (peer,) = rule["from"]
         allowed = peer["podSelector"]["matchExpressions"][0]
         assert allowed["key"] == "app.kubernetes.io/component"

@@ -59,6 +59,11 @@ SCHEMA_REJECTS: list[tuple[str, dict[str, Any], str]] = [
     ("external URL not redis", {"redis": {"external": {"url": "http://redis:6379"}}}, "url"),
     ("bad scrape interval", {"monitoring": {"serviceMonitor": {"interval": "often"}}}, "interval"),
     ("bad digest", {"image": {"api": {"digest": "latest"}}}, "digest"),
+    (
+        "the removed redis-list trigger",
+        {"workers": {"defaults": {"autoscaling": {"keda": {"trigger": "redis-list"}}}}},
+        "trigger",
+    ),
 ]
 
 # The helper included by NOTES.txt and configmap.yaml: combinations a schema cannot express.
@@ -108,21 +113,6 @@ HELPER_REJECTS: list[tuple[str, dict[str, Any], str]] = [
         "HPA min above max",
         {"workers": {"defaults": {"autoscaling": {"hpa": {"minReplicas": 5, "maxReplicas": 2}}}}},
         "minReplicas exceeds maxReplicas",
-    ),
-    (
-        "redis-list trigger without an address",
-        {
-            "redis": {"enabled": False, "external": {"existingSecret": "ext"}},
-            "workers": {
-                "defaults": {
-                    "autoscaling": {
-                        "hpa": {"enabled": False},
-                        "keda": {"enabled": True, "trigger": "redis-list"},
-                    }
-                }
-            },
-        },
-        "needs autoscaling.keda.redisAddress",
     ),
     (
         "api extraEnv repeats a chart variable",
@@ -231,3 +221,20 @@ def test_extra_env_with_new_names_renders_once(helm: str, tmp_path: Path, yaml_m
             for container in obj["spec"]["template"]["spec"]["containers"]:
                 names = [e["name"] for e in container.get("env", [])]
                 assert len(names) == len(set(names)), (obj["metadata"]["name"], names)
+
+
+def test_keda_needs_its_api(helm: str, tmp_path: Path) -> None:
+    """Like the monitoring objects, KEDA's are gated on the cluster serving their API; a
+    pool asking for KEDA where it is absent gets one readable message, not a failed apply."""
+    path = tmp_path / "values.yaml"
+    path.write_text(
+        json.dumps(
+            {"workers": {"defaults": {"autoscaling": {"hpa": {"enabled": False}, "keda": {"enabled": True}}}}}
+        )
+    )
+    proc = helm_template(helm, values=path, crds=False, check=False)
+    assert proc.returncode != 0
+    assert "VALUES VALIDATION" in proc.stderr and "autoscaling.keda.enabled needs KEDA" in proc.stderr, (
+        proc.stderr
+    )
+    assert helm_template(helm, values=path, crds=True, check=False).returncode == 0

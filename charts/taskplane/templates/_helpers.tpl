@@ -170,18 +170,6 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{- default (include "taskplane.componentName" (dict "ctx" . "suffix" "redis-external")) .Values.redis.external.existingSecret -}}
 {{- end -}}
 
-{{/* host:port of the in-release Redis, as KEDA (in its own namespace) resolves it. */}}
-{{- define "taskplane.redisAddress" -}}
-{{- if .Values.autoscaling.keda.redisAddress -}}
-{{- .Values.autoscaling.keda.redisAddress -}}
-{{- else if .Values.redis.enabled -}}
-{{- printf "%s.%s.svc.%s:6379" (include "taskplane.redisName" .) (include "taskplane.namespace" .) .Values.clusterDomain -}}
-{{- else if .Values.redis.external.url -}}
-{{- $u := urlParse .Values.redis.external.url -}}
-{{- if contains ":" $u.host -}}{{ $u.host }}{{- else -}}{{ printf "%s:6379" $u.host }}{{- end -}}
-{{- end -}}
-{{- end -}}
-
 {{/*
 REDIS_URL and REDIS_PASSWORD for a Taskplane container. The password is never pasted
 into the URL (Kubernetes' $(VAR) expansion does not escape it): the code adds it,
@@ -429,11 +417,8 @@ fails too.
 {{- if and $pool.autoscaling.keda.enabled (gt (int $pool.autoscaling.keda.minReplicaCount) (int $pool.autoscaling.keda.maxReplicaCount)) -}}
 {{- $messages = append $messages (printf "workers.pools[%s]: autoscaling.keda.minReplicaCount exceeds maxReplicaCount" $pool.name) -}}
 {{- end -}}
-{{- if and $pool.autoscaling.keda.enabled (eq $pool.autoscaling.keda.trigger "redis-list") (not $.Values.redis.enabled) (not $.Values.autoscaling.keda.redisAddress) (not $.Values.redis.external.url) -}}
-{{- $messages = append $messages (printf "workers.pools[%s]: the KEDA redis-list trigger needs autoscaling.keda.redisAddress when the Redis URL is in redis.external.existingSecret" $pool.name) -}}
-{{- end -}}
-{{- if and $pool.autoscaling.keda.enabled (eq $pool.autoscaling.keda.trigger "redis-list") (not $.Values.redis.enabled) $.Values.redis.external.existingSecret (not $.Values.redis.external.existingSecretPasswordKey) -}}
-{{- $messages = append $messages (printf "workers.pools[%s]: the KEDA redis-list trigger needs redis.external.existingSecretPasswordKey (the bare password's key in redis.external.existingSecret)" $pool.name) -}}
+{{- if and $pool.autoscaling.keda.enabled (not ($.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) -}}
+{{- $messages = append $messages (printf "workers.pools[%s]: autoscaling.keda.enabled needs KEDA, whose API (keda.sh/v1alpha1 ScaledObject) this cluster does not serve: install KEDA first, or scale the pool with autoscaling.hpa.enabled=true and keda.enabled=false (with `helm template`, pass --api-versions keda.sh/v1alpha1/ScaledObject)" $pool.name) -}}
 {{- end -}}
 {{- end -}}
 {{- if not (has .Values.config.defaultQueue $consumed) -}}
