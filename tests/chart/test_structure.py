@@ -457,3 +457,30 @@ def test_longest_release_name_makes_valid_distinct_names(helm: str, release: str
     api = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-api"))
     url = env_of(api["spec"]["template"]["spec"]["containers"][0])["REDIS_URL"]["value"]
     assert url == f"redis://{redis['spec']['serviceName']}:6379/0"
+
+
+def test_default_ingress_keeps_internal_routes_inside(helm: str) -> None:
+    """An enabled Ingress with the default paths routes the task API but not /metrics,
+    /openapi.json or the probes (Kubernetes Prefix matching: whole path elements)."""
+    import yaml
+
+    from .conftest import helm_template
+
+    render = helm_template(helm, "--set", "api.ingress.enabled=true")
+    (ingress,) = [o for o in yaml.safe_load_all(render.stdout) if o and o["kind"] == "Ingress"]
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+
+    def routed(request_path: str) -> bool:
+        for p in paths:
+            if p["pathType"] == "Exact" and request_path == p["path"]:
+                return True
+            if p["pathType"] in ("Prefix", "ImplementationSpecific"):
+                prefix = p["path"].rstrip("/").split("/")
+                if request_path.split("/")[: len(prefix)] == prefix:
+                    return True
+        return False
+
+    for public in ("/v1/tasks", "/v1/tasks/abc", "/start_task/hello", "/task_status/abc"):
+        assert routed(public), public
+    for internal in ("/metrics", "/openapi.json", "/healthz", "/readyz"):
+        assert not routed(internal), internal
