@@ -271,6 +271,26 @@ class Pod:
         self.containers.append(name)
         return podman(*args, check=detach, timeout=timeout)
 
+    def run_plain(self, name: str, image: str, env: dict[str, str], user: str) -> None:
+        """``podman run`` an image as a plain `docker run --user` would: no volumes."""
+        args = [
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            f"ns:{self.netns}",
+            "--no-healthcheck",
+            "--pull=never",
+            "--user",
+            user,
+        ]
+        args += [f"--add-host={host}:127.0.0.1" for host in self.hosts]
+        for k, v in env.items():
+            args += ["-e", f"{k}={v}"]
+        self.containers.append(name)
+        podman(*args, image)
+
     def _volume(
         self, container: str, volume: dict[str, Any], rendered: Rendered, mount: dict[str, Any]
     ) -> str:

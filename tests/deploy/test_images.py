@@ -200,6 +200,36 @@ def test_helm_test_script_passes_in_the_api_image(stack: Pod, rendered: Rendered
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("component", "port", "probe"), [("api", 8001, "/readyz"), ("worker", 9810, "/readyz")]
+)
+def test_images_run_under_an_arbitrary_uid(
+    stack: Pod, rendered: Rendered, component: str, port: int, probe: str
+) -> None:
+    """OpenShift's arbitrary uids, `docker run --user`: no volume mounted, a uid the image
+    does not know, group 0. The process starts and serves its probe and /metrics."""
+    _, container = workload(
+        rendered, "Deployment", f"{RELEASE}-{'api' if component == 'api' else 'worker-default'}"
+    )
+    env = {
+        "REDIS_URL": f"redis://{RELEASE}-redis:6379/0",
+        "REDIS_PASSWORD": REDIS_PASSWORD,
+        "API_PORT": str(port),
+        "API_TOKENS": "uid-test:" + "t" * 32,
+        "WORKER_METRICS_PORT": str(port),
+        "METRICS_HOST": "127.0.0.1",
+        "WORKER_QUEUES": "uid-test",
+        "QUEUES": "uid-test",
+    }
+    name = f"tp-uid-{component}-{os.getpid()}"
+    stack.run_plain(name, container["image"], env, "123456:0")
+    stack.wait_http(port, probe, container=name, timeout=60)
+    status, body = stack.http("GET", port, "/metrics")
+    assert status == 200, body
+    code, _ = stack.stop(name, timeout=60)
+    assert code == 0, stack.logs(name)
+
+
 def test_worker_sigterm_finishes_a_task_longer_than_the_soft_timeout(stack: Pod, rendered: Rendered) -> None:
     """SIGTERM during a task that outlives WORKER_SOFT_SHUTDOWN_TIMEOUT: the pool's
     shutdown model (warm here) lets it end SUCCESS, then the worker exits 0 within the
