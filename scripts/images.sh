@@ -88,7 +88,13 @@ elif timeout 120 "$builder" pull "$base" >/dev/null 2>&1; then
     say "pulled $base"
 else
     [[ "$builder" == buildah ]] && die "cannot pull $base, and the stand-in needs docker or podman"
-    command -v debootstrap >/dev/null || die "cannot pull $base, and debootstrap is missing for a stand-in"
+    if ! command -v debootstrap >/dev/null; then
+        [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null \
+            || die "cannot pull $base, and debootstrap is missing for a stand-in"
+        say "installing Debian's debootstrap for a stand-in base image"
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+    fi
     say "cannot pull $base: building a stand-in from Debian packages as $base_tag"
     "$ROOT/scripts/standin-base.sh" "$builder" "$base_tag"
     build_args+=(--build-arg "PYTHON_IMAGE=$base_tag")
