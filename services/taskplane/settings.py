@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +62,11 @@ class Settings:
         "AUTH_DISABLED", False,
         "Serve without authentication (every caller is tenant `local`). Local development only.",
     )
-    api_host: str = _setting("API_HOST", "127.0.0.1", "Address gunicorn binds.")
+    api_host: str = _setting(
+        "API_HOST", "127.0.0.1",
+        "Address gunicorn binds. `::` is every address, IPv6 and IPv4 (the images and the chart "
+        "use it; it falls back to `0.0.0.0` where the kernel has no IPv6).",
+    )
     api_port: int = _setting("API_PORT", 8000, "Port gunicorn binds.")
     api_workers: int = _setting("API_WORKERS", 2, "gunicorn worker processes.")
     api_threads: int = _setting(
@@ -74,7 +79,8 @@ class Settings:
         "Record task and request metrics (off only to measure what they cost).",
     )
     metrics_host: str = _setting(
-        "METRICS_HOST", "127.0.0.1", "Address the worker's and the exporter's HTTP servers bind.",
+        "METRICS_HOST", "127.0.0.1",
+        "Address the worker's and the exporter's HTTP servers bind; `::` as for `API_HOST`.",
     )
     exporter_port: int = _setting(
         "EXPORTER_PORT", 9808, "Port of the queue exporter's `/metrics` and `/healthz`.",
@@ -334,6 +340,18 @@ def with_password(url: str, password: str) -> str:
     userinfo, _, hostport = parts.netloc.rpartition("@")
     netloc = f"{userinfo.rstrip(':')}:{quote(password, safe='')}@{hostport}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def listen_host(host: str) -> str:
+    """The address a server binds for ``host``: ``::`` (every IPv6 address and, dual-stack,
+    every IPv4 one) becomes ``0.0.0.0`` where the kernel has no IPv6."""
+    if host.strip("[]") != "::":
+        return host
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return "0.0.0.0"  # noqa: S104 - the caller asked for every address
+    return "::"
 
 
 def is_loopback(host: str) -> bool:

@@ -250,7 +250,7 @@ def test_api_reads_tokens_from_a_mounted_secret(renders: dict[str, Render], case
     mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert "secret" in volume
-    assert env["API_HOST"]["value"] == "0.0.0.0"
+    assert env["API_HOST"]["value"] == "::"
     assert "REDIS_URL" in env
 
 

@@ -187,7 +187,13 @@ class Pod:
         )
 
     def http(
-        self, method: str, port: int, path: str, headers: dict[str, str] | None = None, body: Any = None
+        self,
+        method: str,
+        port: int,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+        host: str = "127.0.0.1",
     ) -> tuple[int, str]:
         data = "" if body is None else json.dumps(body)
         all_headers = {"Content-Type": "application/json", **(headers or {})}
@@ -197,7 +203,7 @@ class Pod:
                 "-c",
                 HTTP_CALL,
                 method,
-                f"http://127.0.0.1:{port}{path}",
+                f"http://{host}:{port}{path}",
                 json.dumps(all_headers),
                 data,
             ]

@@ -192,6 +192,17 @@ def test_every_component_serves_metrics(stack: Pod, rendered: Rendered) -> None:
         assert status == 200 and name in body, f":{port}/metrics lacks {name}: {body[:500]}"
 
 
+def test_servers_answer_over_ipv4_and_ipv6(stack: Pod) -> None:
+    """The chart's `::` binds every address: IPv6-only and dual-stack clusters reach the
+    API, the exporter and the worker's probes as IPv4 ones do."""
+    if not Path("/proc/net/if_inet6").exists():
+        pytest.skip("this kernel has no IPv6")
+    for port, path in ((8000, "/healthz"), (9808, "/healthz"), (9809, "/livez")):
+        for host in ("127.0.0.1", "[::1]"):
+            status, body = stack.http("GET", port, path, host=host)
+            assert status == 200, f"{host}:{port}{path} -> {status} {body[:200]}"
+
+
 def test_helm_test_script_passes_in_the_api_image(stack: Pod, rendered: Rendered) -> None:
     spec, container = workload(rendered, "Pod", f"{RELEASE}-test-task")
     assert container["image"] == API_IMAGE

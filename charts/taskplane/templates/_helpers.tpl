@@ -248,8 +248,9 @@ MAX_DELIVERIES: {{ .Values.config.maxDeliveries | int | quote }}
 RESULT_EXPIRES: {{ .Values.config.resultExpires | int | quote }}
 MAX_BODY_BYTES: {{ .Values.config.maxBodyBytes | int | quote }}
 PROMETHEUS_MULTIPROC_DIR: /run/taskplane/metrics
-# The worker and exporter HTTP servers must be reachable by probes and Prometheus.
-METRICS_HOST: "0.0.0.0"
+# The worker and exporter HTTP servers must be reachable by probes and Prometheus,
+# over IPv4 and IPv6 (single-stack IPv6 clusters too).
+METRICS_HOST: "::"
 EXPORTER_PORT: {{ .Values.exporter.port | int | quote }}
 WORKER_METRICS_PORT: {{ .Values.workers.metricsPort | int | quote }}
 {{- end -}}
@@ -261,7 +262,7 @@ WORKER_METRICS_PORT: {{ .Values.workers.metricsPort | int | quote }}
 - name: API_TOKENS
   value: /etc/taskplane/tokens/tokens
 - name: API_HOST
-  value: "0.0.0.0"
+  value: "::"
 - name: API_PORT
   value: {{ .Values.api.port | quote }}
 - name: API_WORKERS
