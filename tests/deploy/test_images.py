@@ -104,6 +104,23 @@ def workload(rendered: Rendered, kind: str, name: str) -> tuple[dict[str, Any], 
     return spec, container
 
 
+def probe(container: dict[str, Any], kind: str = "readinessProbe") -> tuple[int, str]:
+    """The port and path of a container's HTTP probe, as rendered."""
+    get = container[kind]["httpGet"]
+    port = get["port"]
+    if isinstance(port, str):
+        port = next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+    return int(port), get["path"]
+
+
+#: The chart's long-running components, by Deployment suffix.
+COMPONENTS = ("api", "exporter", "worker-default")
+
+
+def api_port(rendered: Rendered) -> int:
+    return probe(workload(rendered, "Deployment", f"{RELEASE}-api")[1])[0]
+
+
 @pytest.fixture(scope="module")
 def stack(
     images: dict[str, float], rendered: Rendered, tmp_path_factory: pytest.TempPathFactory
@@ -114,16 +131,13 @@ def stack(
     pod = Pod(tmp_path_factory.mktemp("stack"), hosts)
     try:
         pod.start_redis(rendered.secret_value(REDIS_SECRET, "password"))
-        for component, port, probe in (
-            ("api", 8000, "/readyz"),
-            ("exporter", 9808, "/healthz"),
-            ("worker-default", 9809, "/readyz"),
-        ):
+        for component in COMPONENTS:
             spec, container = workload(rendered, "Deployment", f"{RELEASE}-{component}")
             name = f"tp-{component}-{suffix}"
             pod.run_container(name, rendered, spec, container)
             pod.names[component] = name
-            pod.wait_http(port, probe, container=name, timeout=90)
+            port, path = probe(container)
+            pod.wait_http(port, path, container=name, timeout=90)
         yield pod
     finally:
         pod.close()
@@ -137,7 +151,7 @@ def token(rendered: Rendered) -> str:
 def submit(pod: Pod, rendered: Rendered, seconds: float) -> str:
     status, body = pod.http(
         "POST",
-        8000,
+        api_port(rendered),
         "/v1/tasks",
         {"Authorization": f"Bearer {token(rendered)}"},
         {"task": "long_running_task", "kwargs": {"data": "image-test", "seconds": seconds}},
@@ -151,7 +165,7 @@ def wait_state(pod: Pod, rendered: Rendered, task_id: str, states: set[str], tim
     state = None
     while time.monotonic() < deadline:
         status, body = pod.http(
-            "GET", 8000, f"/v1/tasks/{task_id}", {"Authorization": f"Bearer {token(rendered)}"}
+            "GET", api_port(rendered), f"/v1/tasks/{task_id}", {"Authorization": f"Bearer {token(rendered)}"}
         )
         if status == 200:
             state = json.loads(body)["state"]
@@ -183,21 +197,23 @@ def test_a_task_runs_to_success(stack: Pod, rendered: Rendered) -> None:
 
 def test_every_component_serves_metrics(stack: Pod, rendered: Rendered) -> None:
     expected = {
-        8000: "taskplane_api_tasks_accepted_total",
-        9808: "taskplane_queue_waiting",
-        9809: "taskplane_tasks_total",
+        "api": "taskplane_api_tasks_accepted_total",
+        "exporter": "taskplane_queue_waiting",
+        "worker-default": "taskplane_tasks_total",
     }
-    for port, name in expected.items():
+    for component, name in expected.items():
+        port, _ = probe(workload(rendered, "Deployment", f"{RELEASE}-{component}")[1])
         status, body = stack.http("GET", port, "/metrics")
         assert status == 200 and name in body, f":{port}/metrics lacks {name}: {body[:500]}"
 
 
-def test_servers_answer_over_ipv4_and_ipv6(stack: Pod) -> None:
+def test_servers_answer_over_ipv4_and_ipv6(stack: Pod, rendered: Rendered) -> None:
     """The chart's `::` binds every address: IPv6-only and dual-stack clusters reach the
     API, the exporter and the worker's probes as IPv4 ones do."""
     if not Path("/proc/net/if_inet6").exists():
         pytest.skip("this kernel has no IPv6")
-    for port, path in ((8000, "/healthz"), (9808, "/healthz"), (9809, "/livez")):
+    for component in COMPONENTS:
+        port, path = probe(workload(rendered, "Deployment", f"{RELEASE}-{component}")[1], "livenessProbe")
         for host in ("127.0.0.1", "[::1]"):
             status, body = stack.http("GET", port, path, host=host)
             assert status == 200, f"{host}:{port}{path} -> {status} {body[:200]}"
