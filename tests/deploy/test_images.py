@@ -66,7 +66,7 @@ def helm() -> str:
 
 @pytest.fixture(scope="module")
 def images() -> dict[str, float]:
-    """Both images built by scripts/images.sh with podman; the build's seconds."""
+    """Both images built by `make images` (scripts/images.sh) with podman; the build's seconds."""
     if os.geteuid() != 0:
         unavailable("the image test needs root: it runs containers in a network namespace of its own")
     for tool in ("unshare", "nsenter"):
@@ -74,10 +74,10 @@ def images() -> dict[str, float]:
             unavailable(f"{tool} (util-linux) is missing")
     env = {**os.environ, "BUILDER": "podman", "IMAGE_TAG": TAG, "IMAGE_PREFIX": "localhost/"}
     if shutil.which("podman") is None:
-        env.pop("BUILDER")  # scripts/images.sh installs podman when it finds no builder
+        env.pop("BUILDER")  # `make images` installs podman when it finds no builder
     start = time.monotonic()
     proc = subprocess.run(
-        [str(ROOT / "scripts" / "images.sh")], capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT
+        ["make", "-C", str(ROOT), "images"], capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT
     )
     if shutil.which("podman") is None:
         unavailable(f"podman is not installed and could not be: {proc.stderr[-2000:]}")
