@@ -4,7 +4,7 @@ VENV  ?= .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install run monitor test chaos bench unit integration lint docs chart manifests images image-test lock clean
+.PHONY: help install run monitor test chaos bench unit integration lint docs chart manifests lock clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,7 @@ manifests: install  ## render k8s/ and the chart's generated files from the char
 	@scripts/chart-tools.sh
 	PATH="$(CURDIR)/.tools/bin:$$PATH" scripts/render-manifests.sh
 
+.PHONY: images
 images:  ## build taskplane-api:local and taskplane-worker:local with Docker, podman or buildah
 	@scripts/images.sh
 

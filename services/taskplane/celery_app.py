@@ -8,7 +8,6 @@ that lets running tasks finish (soft shutdown) before handing the rest back.
 
 from __future__ import annotations
 
-import ssl
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -56,6 +55,16 @@ WORKER_REDIS_RETRIES = 25  # 0.1 s doubling to 2 s apart: about 45 s in all
 WORKER_REDIS_BACKOFF = {"base": 0.1, "cap": 2.0}
 
 
+def redis_tls_options(settings: Settings) -> dict[str, Any]:
+    """TLS options of a ``rediss://`` connection: the server's certificate is checked,
+    against ``REDIS_TLS_CA_FILE`` when set (else the system's CAs). Celery's broker and
+    result backend take the same dict (``broker_use_ssl``, ``redis_backend_use_ssl``)."""
+    options: dict[str, Any] = {"ssl_cert_reqs": "required"}  # redis-py, kombu and Celery all read it
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = settings.redis_tls_ca_file
+    return options
+
+
 def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.Redis:
     """A client that fails fast (the API: a quick 503 beats a hung request), or, when
     ``patient`` (workers), retries connection errors with back-off through an outage."""
@@ -72,16 +81,6 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
         retry_on_timeout=patient,
         **(redis_tls_options(settings) if url.startswith("rediss:") else {}),
     )
-
-
-def redis_tls_options(settings: Settings) -> dict[str, Any]:
-    """TLS options of a ``rediss://`` connection: the server's certificate is checked,
-    against ``REDIS_TLS_CA_FILE`` when set (else the system's CAs). Celery's broker and
-    result backend take the same dict (``broker_use_ssl``, ``redis_backend_use_ssl``)."""
-    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    if settings.redis_tls_ca_file:
-        options["ssl_ca_certs"] = settings.redis_tls_ca_file
-    return options
 
 
 def create_celery(settings: Settings, patient: bool = False) -> Celery:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,8 @@ def test_worker_runs_a_task_over_tls(tls_redis: TlsRedis, tmp_path: Path) -> Non
     )
     try:
         app = create_celery(Settings.from_env(tls_redis.env))
-        record = submit(
+        task_id = str(uuid.uuid4())
+        submit(
             app,
             tenant="tls",
             name="long_running_task",
@@ -197,12 +199,13 @@ def test_worker_runs_a_task_over_tls(tls_redis: TlsRedis, tmp_path: Path) -> Non
             kwargs={"data": "over tls", "seconds": 0},
             queue="default",
             priority=broker.DEFAULT_PRIORITY,
+            task_id=task_id,
         )
         deadline = time.monotonic() + 60
         state = None
         while time.monotonic() < deadline:
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
-            state = app.AsyncResult(record.id).state
+            state = app.AsyncResult(task_id).state
             if state == "SUCCESS":
                 break
             time.sleep(0.2)
