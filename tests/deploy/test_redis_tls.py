@@ -217,3 +217,17 @@ def test_worker_runs_a_task_over_tls(tls_redis: TlsRedis, tmp_path: Path) -> Non
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://r:6379/0", "redis://:p%40ss%2Fw0rd%231%3A%3F%25x@r:6379/0"),
+        ("rediss://user@r:6380/2", "rediss://user:p%40ss%2Fw0rd%231%3A%3F%25x@r:6380/2"),
+        ("redis://:inline@r:6379/0", "redis://:inline@r:6379/0"),  # a password in the URL wins
+    ],
+)
+def test_redis_password_is_escaped_into_urls_without_one(url: str, expected: str) -> None:
+    settings = Settings.from_env({"REDIS_URL": url, "RESULT_BACKEND_URL": url, "REDIS_PASSWORD": PASSWORD})
+    assert settings.redis_url == expected and settings.results_url == expected
+    assert settings.redacted()["redis_password"] == "<set>"
