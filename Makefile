@@ -55,11 +55,13 @@ manifests: install  ## render k8s/ and the chart's generated files from the char
 	@scripts/chart-tools.sh
 	PATH="$(CURDIR)/.tools/bin:$$PATH" scripts/render-manifests.sh
 
-lock:  ## re-pin requirements.lock (runtime, for images) and requirements-dev.lock from clean virtualenvs
+.PHONY: images
+images:  ## build taskplane-api:local and taskplane-worker:local with Docker, podman or buildah
+	@scripts/images.sh
+
+lock:  ## re-pin requirements.lock and requirements-build.lock (hashed, for images) and requirements-dev.lock
+	scripts/lock.sh
 	rm -rf /tmp/taskplane-lock && python3 -m venv /tmp/taskplane-lock
-	/tmp/taskplane-lock/bin/pip install -q .
-	(echo "# Runtime dependencies, pinned: what the images install. Regenerate with: make lock"; \
-	 /tmp/taskplane-lock/bin/pip freeze --exclude taskplane) > requirements.lock
 	/tmp/taskplane-lock/bin/pip install -q '.[dev,test]'
 	(echo "# Every dependency of development and tests (runtime included), pinned. Regenerate with: make lock"; \
 	 /tmp/taskplane-lock/bin/pip freeze --exclude taskplane) > requirements-dev.lock

@@ -41,6 +41,16 @@ WORKER_REDIS_RETRIES = 25  # 0.1 s doubling to 2 s apart: about 45 s in all
 WORKER_REDIS_BACKOFF = {"base": 0.1, "cap": 2.0}
 
 
+def redis_tls_options(settings: Settings) -> dict[str, Any]:
+    """TLS options of a ``rediss://`` connection: the server's certificate is checked,
+    against ``REDIS_TLS_CA_FILE`` when set (else the system's CAs). Celery's broker and
+    result backend take the same dict (``broker_use_ssl``, ``redis_backend_use_ssl``)."""
+    options: dict[str, Any] = {"ssl_cert_reqs": "required"}  # redis-py, kombu and Celery all read it
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = settings.redis_tls_ca_file
+    return options
+
+
 def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.Redis:
     """A client that fails fast (the API: a quick 503 beats a hung request), or, when
     ``patient`` (workers), retries connection errors with back-off through an outage."""
@@ -55,6 +65,7 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
         health_check_interval=30,
         retry=retry,
         retry_on_timeout=patient,
+        **(redis_tls_options(settings) if url.startswith("rediss:") else {}),
     )
 
 
@@ -110,6 +121,10 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
         redis_retry_on_timeout=False,
         result_backend_transport_options={"retry_policy": {"timeout": settings.redis_timeout}},
     )
+    if settings.redis_url.startswith("rediss:"):
+        app.conf.broker_use_ssl = redis_tls_options(settings)
+    if settings.results_url.startswith("rediss:"):
+        app.conf.redis_backend_use_ssl = redis_tls_options(settings)
     if patient:
         app.conf.update(
             result_backend_always_retry=True,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .settings import listen_host
 
 log = logging.getLogger("taskplane.http")
 
@@ -20,6 +23,12 @@ Handler = Callable[[], tuple[int, str, bytes]]
 
 def json_answer(status: int, body: Mapping[str, object]) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(body).encode()
+
+
+class ThreadingHTTPServer6(ThreadingHTTPServer):
+    """The same server on an IPv6 socket: ``::`` takes IPv4 clients too (dual stack)."""
+
+    address_family = socket.AF_INET6
 
 
 def serve(host: str, port: int, routes: Mapping[str, Handler], name: str) -> ThreadingHTTPServer:
@@ -49,7 +58,9 @@ def serve(host: str, port: int, routes: Mapping[str, Handler], name: str) -> Thr
         def log_message(self, format: str, *args: object) -> None:
             return  # probes every few seconds would drown the worker's log
 
-    server = ThreadingHTTPServer((host, port), RouteHandler)
+    host = listen_host(host)
+    server_class = ThreadingHTTPServer6 if ":" in host else ThreadingHTTPServer
+    server = server_class((host, port), RouteHandler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name=f"{name}-http", daemon=True)
     thread.start()

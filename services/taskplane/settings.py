@@ -12,10 +12,11 @@ import dataclasses
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 #: Queue names become Redis keys and label values: keep them short and plain.
 QUEUE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -41,6 +42,17 @@ class Settings:
         "RESULT_BACKEND_URL", "",
         "Separate Redis for results; empty means `REDIS_URL`.",
     )
+    redis_password: str = _setting(
+        "REDIS_PASSWORD", "",
+        "Password of the Redis in `REDIS_URL` (and in `RESULT_BACKEND_URL`), kept out of the "
+        "URL so it needs no escaping: any character works. Used for URLs that carry no "
+        "password of their own.",
+    )
+    redis_tls_ca_file: str = _setting(
+        "REDIS_TLS_CA_FILE", "",
+        "CA bundle (PEM) that signed the Redis server's certificate, for `rediss://` URLs; "
+        "empty means the system's CAs. The certificate and host name are always checked.",
+    )
     api_tokens: str = _setting(
         "API_TOKENS", "",
         "Bearer tokens as `tenant:token,tenant:token`, or the path of a file with one "
@@ -50,7 +62,11 @@ class Settings:
         "AUTH_DISABLED", False,
         "Serve without authentication (every caller is tenant `local`). Local development only.",
     )
-    api_host: str = _setting("API_HOST", "127.0.0.1", "Address gunicorn binds.")
+    api_host: str = _setting(
+        "API_HOST", "127.0.0.1",
+        "Address gunicorn binds. `::` is every address, IPv6 and IPv4 (the images and the chart "
+        "use it; it falls back to `0.0.0.0` where the kernel has no IPv6).",
+    )
     api_port: int = _setting("API_PORT", 8000, "Port gunicorn binds.")
     api_workers: int = _setting("API_WORKERS", 2, "gunicorn worker processes.")
     api_threads: int = _setting(
@@ -63,7 +79,8 @@ class Settings:
         "Record task and request metrics (off only to measure what they cost).",
     )
     metrics_host: str = _setting(
-        "METRICS_HOST", "127.0.0.1", "Address the worker's and the exporter's HTTP servers bind.",
+        "METRICS_HOST", "127.0.0.1",
+        "Address the worker's and the exporter's HTTP servers bind; `::` as for `API_HOST`.",
     )
     exporter_port: int = _setting(
         "EXPORTER_PORT", 9808, "Port of the queue exporter's `/metrics` and `/healthz`.",
@@ -183,6 +200,15 @@ class Settings:
 
     # --- construction -----------------------------------------------------------------
 
+    def __post_init__(self) -> None:
+        # REDIS_PASSWORD goes into each URL that has none, escaped: one place, so the
+        # broker, the result backend and every Redis client see the same credentials.
+        if self.redis_password:
+            for name in ("redis_url", "result_backend_url"):
+                url = getattr(self, name)
+                if url:
+                    object.__setattr__(self, name, with_password(url, self.redis_password))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from ``environ`` (default ``os.environ``); ``overrides`` win."""
@@ -258,6 +284,7 @@ class Settings:
         """Settings safe to log: passwords and tokens replaced."""
         out = dataclasses.asdict(self)
         out["api_tokens"] = "<set>" if self.api_tokens else ""
+        out["redis_password"] = "<set>" if self.redis_password else ""
         for key in ("redis_url", "result_backend_url"):
             parts = urlsplit(out[key])
             if parts.password:
@@ -303,6 +330,28 @@ def _check_redis_url(name: str, url: str, allow_no_password: bool) -> None:
         raise SettingsError(
             f"{name} points at {parts.hostname}, which is not loopback, and has no password; "
             "set one (redis://:PASSWORD@host:6379/0) or REDIS_ALLOW_NO_PASSWORD=true")
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` (percent-escaped) as its password, unless it has one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or parts.password:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo.rstrip(':')}:{quote(password, safe='')}@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def listen_host(host: str) -> str:
+    """The address a server binds for ``host``: ``::`` (every IPv6 address and, dual-stack,
+    every IPv4 one) becomes ``0.0.0.0`` where the kernel has no IPv6."""
+    if host.strip("[]") != "::":
+        return host
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return "0.0.0.0"  # noqa: S104 - the caller asked for every address
+    return "::"
 
 
 def is_loopback(host: str) -> bool:

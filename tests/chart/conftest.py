@@ -37,7 +37,6 @@ CRD_API_VERSIONS = (
     "monitoring.coreos.com/v1/PodMonitor",
     "monitoring.coreos.com/v1/PrometheusRule",
     "keda.sh/v1alpha1/ScaledObject",
-    "keda.sh/v1alpha1/TriggerAuthentication",
 )
 INSTALL_HINT = "run scripts/chart-tools.sh"
 

@@ -244,25 +244,29 @@ def test_keda_queries_select_the_pool_queues(renders: dict[str, Render]) -> None
             deployment = renders[case].get("Deployment", so["spec"]["scaleTargetRef"]["name"])
             queues = deployment["metadata"]["annotations"]["taskplane.io/queues"].split(",")
             for trigger in so["spec"]["triggers"]:
-                if trigger["type"] == "prometheus":
-                    matcher = re.search(r'queue=~"([^"]*)"', trigger["metadata"]["query"]).group(1)
-                    assert [q.replace("\\\\.", ".") for q in matcher.split("|")] == queues, (case, matcher)
-                    assert 'namespace="taskplane"' in trigger["metadata"]["query"]
-                else:
-                    assert trigger["metadata"]["listName"].split(":")[0] in queues
+                assert trigger["type"] == "prometheus", (case, trigger)
+                matcher = re.search(r'queue=~"([^"]*)"', trigger["metadata"]["query"]).group(1)
+                assert [q.replace("\\\\.", ".") for q in matcher.split("|")] == queues, (case, matcher)
+                assert 'namespace="taskplane"' in trigger["metadata"]["query"]
 
 
-def test_redis_list_triggers_cover_every_priority_list(
+def test_keda_backlog_is_one_sum_of_waiting_and_reserved(
     renders: dict[str, Render], contract: dict[str, Any]
 ) -> None:
-    broker = contract["broker"]
-    render = renders["keda-redis-list"]
-    (so,) = render.of_kind("ScaledObject")
-    lists = {t["metadata"]["listName"] for t in so["spec"]["triggers"]}
-    for queue in ("default", "reports"):
-        for step in broker["prioritySteps"]:
-            expected = queue if step == 0 else f"{queue}{broker['prioritySeparator']}{step}"
-            assert expected in lists, expected
+    """KEDA's HPA follows the largest of its triggers' recommendations, not their sum: the
+    backlog must be a single metric summing waiting (every priority list, as the exporter
+    counts them) and reserved over every queue of the pool."""
+    metrics = contract["metrics"]
+    seen = 0
+    for case in CASES:
+        for so in renders[case].of_kind("ScaledObject"):
+            (backlog,) = [t for t in so["spec"]["triggers"] if t["metadata"]["query"].startswith("sum(")]
+            query = backlog["metadata"]["query"]
+            assert metrics["queueWaiting"]["name"] in query and metrics["queueReserved"]["name"] in query
+            assert backlog["metricType"] == "AverageValue"
+            assert query.count("sum(") == 1 and " by " not in query, query
+            seen += 1
+    assert seen >= 2
 
 
 def test_broker_layout_matches_the_code(contract: dict[str, Any]) -> None:

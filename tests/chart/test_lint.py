@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,24 +74,54 @@ def test_hadolint_finds_nothing() -> None:
 
 
 def test_dockerfiles_follow_the_image_rules() -> None:
-    """Pinned slim base, non-root user, lock installed before the source, exec-form entrypoint."""
+    """Slim base pinned by digest, hashed lock installed before the source, no pip in the
+    runtime stage, non-root user, exec-form entrypoint."""
+    bases = set()
     for dockerfile in DOCKERFILES:
         text = dockerfile.read_text()
+        args = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ARG PYTHON_IMAGE=")]
+        assert len(args) == 1, dockerfile
+        base = args[0]
+        bases.add(base)
+        tag, _, digest = base.partition("@")
+        assert tag.startswith("python:3.") and "-slim" in tag and tag.count(".") >= 2, base
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{dockerfile.name}: base not pinned by digest"
         froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
-        assert len(froms) == 2 and all(
-            f.startswith("python:3.") and "-slim" in f and f.count(".") >= 2 for f in froms
-        ), froms
+        assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"], froms
         runtime = text.split("\nFROM ")[-1]
         assert "USER 10001" in runtime and "PYTHONUNBUFFERED=1" in runtime
         assert "COPY --from=build" in runtime and "pip install" not in runtime
+        assert "pip uninstall --yes pip setuptools" in runtime, "the runtime image keeps pip"
+        assert "-m 1777 /run/taskplane/metrics" in runtime, "metrics dir writable by one uid only"
         assert text.index("COPY requirements.lock") < text.index("COPY services")
-        assert "--no-deps ." in text
+        assert "--require-hashes --no-deps" in text
+        assert "--no-deps --no-build-isolation --no-index ." in text
         assert 'ENTRYPOINT ["taskplane", ' in text
+    assert len(bases) == 1, bases
+
+
+def test_image_locks_carry_hashes_and_build_backend_fits() -> None:
+    """Every pin of the image locks has a sha256; the locked setuptools satisfies
+    [build-system] and is new enough for the SPDX `license = "..."` string (77+)."""
+    import tomllib
+
+    for name in ("requirements.lock", "requirements-build.lock"):
+        text = (ROOT / name).read_text()
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)
+        assert pins, name
+        for block in re.split(r"\n(?=[A-Za-z0-9_.-]+==)", text):
+            if re.match(r"[A-Za-z0-9_.-]+==", block):
+                assert "--hash=sha256:" in block, f"{name}: {block.splitlines()[0]} has no hash"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    requires = project["build-system"]["requires"]
+    assert requires == ["setuptools>=77"], requires
+    locked = re.search(r"^setuptools==(\d+)", (ROOT / "requirements-build.lock").read_text(), re.M)
+    assert locked and int(locked.group(1)) >= 77
 
 
 def test_compose_runs_the_same_stack(yaml_module: Any) -> None:
-    """docker-compose.yml: the four services, persistent non-evicting Redis, a worker stop
-    grace as long as the chart's default pool gets."""
+    """docker-compose.yml: the four services, persistent non-evicting Redis, the
+    repository's Dockerfiles, hardened containers."""
     compose = yaml_module.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert set(services) == {"api", "worker", "exporter", "redis"}
@@ -105,13 +136,51 @@ def test_compose_runs_the_same_stack(yaml_module: Any) -> None:
     assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
     assert services["api"]["build"]["dockerfile"] == "Dockerfile.api"
     assert services["worker"]["build"]["dockerfile"] == "Dockerfile.worker"
-    assert services["worker"]["environment"]["REMAP_SIGTERM"] == "SIGQUIT"
-    grace = int(services["worker"]["stop_grace_period"].removesuffix("s"))
-    values = yaml_module.safe_load((CHART / "values.yaml").read_text())
-    default_pool = values["workers"]["pools"][0]
-    soft = values["workers"]["defaults"]["softShutdownTimeout"]
-    assert grace >= default_pool["maxTaskTimeLimit"] + soft
     for name in ("api", "worker", "exporter", "redis"):
         service = services[name]
         assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"], name
         assert str(service.get("user", "0")).split(":")[0] not in ("0", "root"), name
+
+
+#: Variables whose value differs between compose and the chart by design: the Redis
+#: host and password source, and the token list inline instead of a mounted file.
+COMPOSE_OWN = {"REDIS_URL", "REDIS_PASSWORD", "API_TOKENS"}
+
+
+def test_compose_settings_match_the_rendered_chart(helm: str, yaml_module: Any) -> None:
+    """Every variable, grace period, user and read-only root the chart's defaults give the
+    API, the default worker pool and the exporter, compose gives its service too."""
+    from .conftest import helm_template
+
+    objects = [o for o in yaml_module.safe_load_all(helm_template(helm, "--skip-tests").stdout) if o]
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    services = yaml_module.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for service, deployment in (
+        ("api", "taskplane-api"),
+        ("worker", "taskplane-worker-default"),
+        ("exporter", "taskplane-exporter"),
+    ):
+        spec = by_name[("Deployment", deployment)]["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        chart_env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            chart_env.update(by_name[("ConfigMap", source["configMapRef"]["name"])]["data"])
+        for item in container["env"]:
+            chart_env[item["name"]] = item.get("value", "<from a Secret>")
+        compose_env = {k: str(v) for k, v in services[service]["environment"].items()}
+        if "LOG_LEVEL" in compose_env:  # compose lets TASKPLANE_LOG_LEVEL override it
+            compose_env["LOG_LEVEL"] = (
+                compose_env["LOG_LEVEL"].replace("${TASKPLANE_LOG_LEVEL:-", "").rstrip("}")
+            )
+        mismatched = {
+            k: (chart_env.get(k), compose_env.get(k))
+            for k in set(chart_env) | set(compose_env)
+            if k not in COMPOSE_OWN and chart_env.get(k) != compose_env.get(k)
+        }
+        assert not mismatched, f"{service}: (chart, compose) {mismatched}"
+        assert set(COMPOSE_OWN) & set(chart_env) <= set(compose_env), service
+        grace = int(str(services[service]["stop_grace_period"]).removesuffix("s"))
+        assert grace == spec["terminationGracePeriodSeconds"], service
+        sc = {**spec["securityContext"], **container["securityContext"]}
+        assert services[service]["user"] == f"{sc['runAsUser']}:{sc['runAsGroup']}", service
+        assert services[service]["read_only"] is sc["readOnlyRootFilesystem"], service

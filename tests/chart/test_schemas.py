@@ -115,7 +115,6 @@ def test_custom_resources_match_their_crds(renders: dict[str, Render], node: str
     kinds = {o["kind"] for o in objects}
     assert {
         "ScaledObject",
-        "TriggerAuthentication",
         "ServiceMonitor",
         "PodMonitor",
         "PrometheusRule",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,27 +182,29 @@ def test_autoscalers_scale_on_queue_metrics_fast_up_slow_down(renders: dict[str,
         )
         assert so["spec"]["triggers"], name(so)
         for trigger in so["spec"]["triggers"]:
-            assert trigger["type"] in ("prometheus", "redis"), name(so)
+            assert trigger["type"] == "prometheus", name(so)
             if so["spec"].get("minReplicaCount", 1) == 0:
-                key = "activationThreshold" if trigger["type"] == "prometheus" else "activationListLength"
-                assert key in trigger["metadata"], f"{name(so)}: scale to zero without {key}"
-            if trigger["type"] == "redis":
-                assert trigger.get("authenticationRef"), f"{name(so)}: redis trigger without credentials"
-                auth = render.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
-                assert auth["spec"]["secretTargetRef"][0]["parameter"] == "password"
+                assert "activationThreshold" in trigger["metadata"], f"{name(so)}: scale to zero without it"
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_worker_stop_path_covers_the_longest_task(renders: dict[str, Render], case: str) -> None:
-    """grace period >= the pool's longest hard time limit + soft shutdown timeout."""
+def test_worker_stop_path_follows_the_pool_shutdown_model(renders: dict[str, Render], case: str) -> None:
+    """One shutdown model per pool: warm (SIGTERM not remapped; the grace period covers the
+    pool's longest hard time limit) or soft (SIGTERM remapped to SIGQUIT; the grace period
+    covers the soft-shutdown timeout, after which running tasks are handed back)."""
     for deployment in worker_deployments(renders[case]):
         spec = deployment["spec"]["template"]["spec"]
         (worker,) = spec["containers"]
         env = {k: v.get("value") for k, v in env_of(worker).items()}
         limit = int(deployment["metadata"]["annotations"]["taskplane.io/max-task-time-limit"])
         soft = int(env["WORKER_SOFT_SHUTDOWN_TIMEOUT"])
-        assert spec["terminationGracePeriodSeconds"] >= limit + soft, name(deployment)
-        assert env["REMAP_SIGTERM"] == "SIGQUIT", name(deployment)
+        shutdown = deployment["metadata"]["annotations"]["taskplane.io/shutdown"]
+        if shutdown == "warm":
+            assert env["REMAP_SIGTERM"] == "", name(deployment)
+            assert spec["terminationGracePeriodSeconds"] >= limit, name(deployment)
+        else:
+            assert shutdown == "soft" and env["REMAP_SIGTERM"] == "SIGQUIT", name(deployment)
+            assert soft <= spec["terminationGracePeriodSeconds"] < limit, name(deployment)
         assert env["WORKER_QUEUES"] == deployment["metadata"]["annotations"]["taskplane.io/queues"]
         # Liveness must detect a stuck consumer, not merely a live process.
         assert worker["livenessProbe"]["httpGet"]["path"] == "/livez"
@@ -246,7 +250,7 @@ def test_api_reads_tokens_from_a_mounted_secret(renders: dict[str, Render], case
     mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert "secret" in volume
-    assert env["API_HOST"]["value"] == "0.0.0.0"
+    assert env["API_HOST"]["value"] == "::"
     assert "REDIS_URL" in env
 
 
@@ -299,12 +303,7 @@ def test_network_policies_cover_every_pod_and_guard_redis(renders: dict[str, Ren
     ]
     if render.of_kind("StatefulSet"):
         (policy,) = redis_policies
-        uses_redis_list = any(
-            t["type"] == "redis" for so in render.of_kind("ScaledObject") for t in so["spec"]["triggers"]
-        )
-        rule, *others = policy["spec"]["ingress"]
-        # Only the KEDA operator may come in besides, and only for the redis-list trigger.
-        assert len(others) == (1 if uses_redis_list else 0), policy["spec"]["ingress"]
+        (rule,) = policy["spec"]["ingress"]
         (peer,) = rule["from"]
         allowed = peer["podSelector"]["matchExpressions"][0]
         assert allowed["key"] == "app.kubernetes.io/component"
@@ -371,3 +370,117 @@ def test_helm_test_pod_submits_and_polls(renders: dict[str, Render]) -> None:
     for needle in ("/v1/tasks", "long_running_task", "SUCCESS", "Authorization", "deadline"):
         assert needle in script, needle
     assert pods[0]["spec"]["restartPolicy"] == "Never"
+
+
+def test_shutdown_models_are_both_rendered(renders: dict[str, Render]) -> None:
+    """The default pool stops warm; the two-pools case renders a soft pool too."""
+    two_pools = worker_deployments(renders["two-pools"])
+    models = {d["metadata"]["annotations"]["taskplane.io/shutdown"] for d in two_pools}
+    assert models == {"warm", "soft"}
+    (default,) = worker_deployments(renders["default"])
+    assert default["metadata"]["annotations"]["taskplane.io/shutdown"] == "warm"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_redis_password_is_never_pasted_into_a_url(renders: dict[str, Render], case: str) -> None:
+    """REDIS_PASSWORD comes from a Secret on its own; no REDIS_URL value interpolates it
+    (a user's `p@ss/w0rd#1` would otherwise make the host `ss`)."""
+    for workload in workloads(renders[case]):
+        for container in containers(workload):
+            env = env_of(container)
+            url = env.get("REDIS_URL", {}).get("value", "")
+            assert "$(" not in url and "@" not in url, f"{name(workload)}: REDIS_URL {url!r}"
+            if "value" in env.get("REDIS_URL", {}):
+                assert "secretKeyRef" in env["REDIS_PASSWORD"]["valueFrom"], name(workload)
+
+
+def test_tls_redis_gets_its_ca_bundle(renders: dict[str, Render]) -> None:
+    """redis.external.caSecret: every Redis client container gets REDIS_TLS_CA_FILE, a file
+    of the mounted Secret."""
+    render = renders["external-redis"]
+    for component in ("taskplane-api", "taskplane-exporter", "taskplane-worker-default"):
+        spec = render.get("Deployment", component)["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        path = env_of(container)["REDIS_TLS_CA_FILE"]["value"]
+        mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "taskplane-ci-redis-ca" and mount["readOnly"] is True
+
+
+@pytest.mark.parametrize("release", ["r" * 53, "taskplane-" + "x" * 43])
+def test_longest_release_name_makes_valid_distinct_names(helm: str, release: str, tmp_path: Path) -> None:
+    """Helm allows 53-character release names. Every name stays a DNS label (63), a
+    StatefulSet leaves room for its controller-revision-hash label (52), cutting keeps
+    each component's suffix so no two objects of a kind collide, and references follow."""
+    import yaml
+
+    from .conftest import CHART, CI_VALUES
+
+    values = next(p for p in CI_VALUES if p.name == "two-pools-values.yaml")
+    proc = subprocess.run(
+        [
+            helm,
+            "template",
+            release,
+            str(CHART),
+            "--values",
+            str(values),
+            "--api-versions",
+            "keda.sh/v1alpha1/ScaledObject",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    seen: dict[tuple[str, str], int] = {}
+    for obj in objects:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["name"])
+        seen[key] = seen.get(key, 0) + 1
+        limit = 52 if obj["kind"] == "StatefulSet" else 63
+        assert len(meta["name"]) <= limit, f"{obj['kind']} {meta['name']} ({len(meta['name'])})"
+        for label, value in meta.get("labels", {}).items():
+            assert len(str(value)) <= 63, f"{meta['name']}: label {label}"
+    assert all(n == 1 for n in seen.values()), [k for k, n in seen.items() if n > 1]
+    names = {kind: sorted(n for k, n in seen if k == kind) for kind in ("Deployment", "StatefulSet")}
+    assert [n.rsplit("-", 2)[-2:] for n in names["Deployment"] if "-worker-" in n] == [
+        ["worker", "default"],
+        ["worker", "heavy"],
+    ]
+    (redis,) = [o for o in objects if o["kind"] == "StatefulSet"]
+    assert redis["metadata"]["name"].endswith("-redis")
+    assert any(
+        o["kind"] == "Service" and o["metadata"]["name"] == redis["spec"]["serviceName"] for o in objects
+    )
+    api = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-api"))
+    url = env_of(api["spec"]["template"]["spec"]["containers"][0])["REDIS_URL"]["value"]
+    assert url == f"redis://{redis['spec']['serviceName']}:6379/0"
+
+
+def test_default_ingress_keeps_internal_routes_inside(helm: str) -> None:
+    """An enabled Ingress with the default paths routes the task API but not /metrics,
+    /openapi.json or the probes (Kubernetes Prefix matching: whole path elements)."""
+    import yaml
+
+    from .conftest import helm_template
+
+    render = helm_template(helm, "--set", "api.ingress.enabled=true")
+    (ingress,) = [o for o in yaml.safe_load_all(render.stdout) if o and o["kind"] == "Ingress"]
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+
+    def routed(request_path: str) -> bool:
+        for p in paths:
+            if p["pathType"] == "Exact" and request_path == p["path"]:
+                return True
+            if p["pathType"] in ("Prefix", "ImplementationSpecific"):
+                prefix = p["path"].rstrip("/").split("/")
+                if request_path.split("/")[: len(prefix)] == prefix:
+                    return True
+        return False
+
+    for public in ("/v1/tasks", "/v1/tasks/abc", "/start_task/hello", "/task_status/abc"):
+        assert routed(public), public
+    for internal in ("/metrics", "/openapi.json", "/healthz", "/readyz"):
+        assert not routed(internal), internal

@@ -59,6 +59,11 @@ SCHEMA_REJECTS: list[tuple[str, dict[str, Any], str]] = [
     ("external URL not redis", {"redis": {"external": {"url": "http://redis:6379"}}}, "url"),
     ("bad scrape interval", {"monitoring": {"serviceMonitor": {"interval": "often"}}}, "interval"),
     ("bad digest", {"image": {"api": {"digest": "latest"}}}, "digest"),
+    (
+        "the removed redis-list trigger",
+        {"workers": {"defaults": {"autoscaling": {"keda": {"trigger": "redis-list"}}}}},
+        "trigger",
+    ),
 ]
 
 # The helper included by NOTES.txt and configmap.yaml: combinations a schema cannot express.
@@ -110,19 +115,29 @@ HELPER_REJECTS: list[tuple[str, dict[str, Any], str]] = [
         "minReplicas exceeds maxReplicas",
     ),
     (
-        "redis-list trigger without an address",
-        {
-            "redis": {"enabled": False, "external": {"existingSecret": "ext"}},
-            "workers": {
-                "defaults": {
-                    "autoscaling": {
-                        "hpa": {"enabled": False},
-                        "keda": {"enabled": True, "trigger": "redis-list"},
-                    }
-                }
-            },
-        },
-        "needs autoscaling.keda.redisAddress",
+        "api extraEnv repeats a chart variable",
+        {"api": {"extraEnv": [{"name": "API_PORT", "value": "9000"}]}},
+        "api.extraEnv sets API_PORT, which the chart sets already",
+    ),
+    (
+        "api extraEnv names one variable twice",
+        {"api": {"extraEnv": [{"name": "FOO", "value": "1"}, {"name": "FOO", "value": "2"}]}},
+        "api.extraEnv sets FOO",
+    ),
+    (
+        "worker extraEnv repeats a chart variable",
+        {"workers": {"defaults": {"extraEnv": [{"name": "REDIS_URL", "value": "redis://x:6379/0"}]}}},
+        "workers.pools[default].extraEnv (or workers.defaults.extraEnv) sets REDIS_URL",
+    ),
+    (
+        "config extraEnv repeats a ConfigMap key",
+        {"config": {"extraEnv": {"LOG_LEVEL": "DEBUG"}}},
+        "config.extraEnv sets LOG_LEVEL",
+    ),
+    (
+        "preStop sleep eats the grace period",
+        {"api": {"preStopSleepSeconds": 30, "terminationGracePeriodSeconds": 40}},
+        "exceeds api.terminationGracePeriodSeconds (40)",
     ),
 ]
 
@@ -191,3 +206,35 @@ def test_schema_describes_every_default_value(helm: str, yaml_module: Any) -> No
     schema = json.loads((CHART / "values.schema.json").read_text())
     values = yaml_module.safe_load((CHART / "values.yaml").read_text())
     assert set(values) == set(schema["properties"]), set(values) ^ set(schema["properties"])
+
+
+def test_extra_env_with_new_names_renders_once(helm: str, tmp_path: Path, yaml_module: Any) -> None:
+    values = {
+        "api": {"extraEnv": [{"name": "FOO", "value": "1"}]},
+        "workers": {"defaults": {"extraEnv": [{"name": "BAR", "value": "2"}]}},
+        "config": {"extraEnv": {"IDEMPOTENCY_TTL": "3600"}},
+    }
+    proc = render_with(helm, tmp_path, values)
+    assert proc.returncode == 0, proc.stderr
+    for obj in yaml_module.safe_load_all(proc.stdout):
+        if obj and obj["kind"] == "Deployment":
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                names = [e["name"] for e in container.get("env", [])]
+                assert len(names) == len(set(names)), (obj["metadata"]["name"], names)
+
+
+def test_keda_needs_its_api(helm: str, tmp_path: Path) -> None:
+    """Like the monitoring objects, KEDA's are gated on the cluster serving their API; a
+    pool asking for KEDA where it is absent gets one readable message, not a failed apply."""
+    path = tmp_path / "values.yaml"
+    path.write_text(
+        json.dumps(
+            {"workers": {"defaults": {"autoscaling": {"hpa": {"enabled": False}, "keda": {"enabled": True}}}}}
+        )
+    )
+    proc = helm_template(helm, values=path, crds=False, check=False)
+    assert proc.returncode != 0
+    assert "VALUES VALIDATION" in proc.stderr and "autoscaling.keda.enabled needs KEDA" in proc.stderr, (
+        proc.stderr
+    )
+    assert helm_template(helm, values=path, crds=True, check=False).returncode == 0

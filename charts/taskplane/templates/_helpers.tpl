@@ -20,9 +20,16 @@ Names, labels and the values every template derives from. Object names are
 {{- end -}}
 {{- end -}}
 
-{{/* "<fullname>-<suffix>": call with (dict "ctx" $ "suffix" "api"). */}}
+{{/*
+"<fullname>-<suffix>": call with (dict "ctx" $ "suffix" "api" ["max" 52]). When too
+long, the fullname part is cut, never the suffix, so components stay distinct. The
+limit is 63 (a DNS label), 52 for a StatefulSet, whose pods carry the label
+controller-revision-hash = "<name>-<hash of up to 10 characters>" (63 at most).
+*/}}
 {{- define "taskplane.componentName" -}}
-{{- printf "%s-%s" (include "taskplane.fullname" .ctx) .suffix | trunc 63 | trimSuffix "-" -}}
+{{- $max := int (default 63 .max) -}}
+{{- $room := sub (sub $max (len .suffix)) 1 | int -}}
+{{- printf "%s-%s" (include "taskplane.fullname" .ctx | trunc $room | trimSuffix "-") .suffix -}}
 {{- end -}}
 
 {{- define "taskplane.chart" -}}
@@ -108,7 +115,10 @@ Recursive merge of two maps where the second wins, explicit false/0/"" included
 {{/*
 Every worker pool with workers.defaults merged in, plus derived fields:
   fullname     the pool's Deployment (and autoscaler) name
-  gracePeriod  maxTaskTimeLimit + softShutdownTimeout + extraGracePeriodSeconds
+  gracePeriod  the pool's shutdown time plus extraGracePeriodSeconds: maxTaskTimeLimit
+               (warm: running tasks finish) or softShutdownTimeout (soft: then they are
+               handed back)
+  remapSigterm REMAP_SIGTERM: "" (SIGTERM is Celery's warm shutdown) or SIGQUIT (soft)
 Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 */}}
 {{- define "taskplane.pools" -}}
@@ -116,8 +126,9 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{- range $pool := .Values.workers.pools -}}
 {{- $merged := include "taskplane.merge" (dict "base" $.Values.workers.defaults "over" $pool) | fromYaml -}}
 {{- $_ := set $merged "fullname" (include "taskplane.componentName" (dict "ctx" $ "suffix" (printf "worker-%s" $pool.name))) -}}
-{{- $grace := add (int $merged.maxTaskTimeLimit) (int $merged.softShutdownTimeout) (int $merged.extraGracePeriodSeconds) -}}
-{{- $_ := set $merged "gracePeriod" $grace -}}
+{{- $shutdownTime := ternary (int $merged.softShutdownTimeout) (int $merged.maxTaskTimeLimit) (eq $merged.shutdown "soft") -}}
+{{- $_ := set $merged "gracePeriod" (add $shutdownTime (int $merged.extraGracePeriodSeconds)) -}}
+{{- $_ := set $merged "remapSigterm" (ternary "SIGQUIT" "" (eq $merged.shutdown "soft")) -}}
 {{- $pools = append $pools $merged -}}
 {{- end -}}
 {{- toYaml (dict "pools" $pools) -}}
@@ -142,7 +153,7 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{- end -}}
 
 {{- define "taskplane.redisName" -}}
-{{- include "taskplane.componentName" (dict "ctx" . "suffix" "redis") -}}
+{{- include "taskplane.componentName" (dict "ctx" . "suffix" "redis" "max" 52) -}}
 {{- end -}}
 
 {{/* Secret with the password of the in-release Redis. */}}
@@ -159,19 +170,11 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{- default (include "taskplane.componentName" (dict "ctx" . "suffix" "redis-external")) .Values.redis.external.existingSecret -}}
 {{- end -}}
 
-{{/* host:port of the in-release Redis, as KEDA (in its own namespace) resolves it. */}}
-{{- define "taskplane.redisAddress" -}}
-{{- if .Values.autoscaling.keda.redisAddress -}}
-{{- .Values.autoscaling.keda.redisAddress -}}
-{{- else if .Values.redis.enabled -}}
-{{- printf "%s.%s.svc.%s:6379" (include "taskplane.redisName" .) (include "taskplane.namespace" .) .Values.clusterDomain -}}
-{{- else if .Values.redis.external.url -}}
-{{- $u := urlParse .Values.redis.external.url -}}
-{{- if contains ":" $u.host -}}{{ $u.host }}{{- else -}}{{ printf "%s:6379" $u.host }}{{- end -}}
-{{- end -}}
-{{- end -}}
-
-{{/* REDIS_URL (and the password it is built from) for a Taskplane container. */}}
+{{/*
+REDIS_URL and REDIS_PASSWORD for a Taskplane container. The password is never pasted
+into the URL (Kubernetes' $(VAR) expansion does not escape it): the code adds it,
+escaped, to a URL that has none. REDIS_TLS_CA_FILE when a CA Secret is given.
+*/}}
 {{- define "taskplane.redisEnv" -}}
 {{- if .Values.redis.enabled }}
 - name: REDIS_PASSWORD
@@ -180,19 +183,128 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
       name: {{ include "taskplane.redisSecretName" . }}
       key: {{ include "taskplane.redisPasswordKey" . }}
 - name: REDIS_URL
-  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "taskplane.redisName" .) | quote }}
+  value: {{ printf "redis://%s:6379/0" (include "taskplane.redisName" .) | quote }}
 {{- else }}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "taskplane.externalRedisSecretName" . }}
       key: {{ .Values.redis.external.existingSecretUrlKey }}
+{{- if and .Values.redis.external.existingSecret .Values.redis.external.existingSecretPasswordKey }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.existingSecret }}
+      key: {{ .Values.redis.external.existingSecretPasswordKey }}
+{{- end }}
+{{- if .Values.redis.external.caSecret }}
+- name: REDIS_TLS_CA_FILE
+  value: /etc/taskplane/redis-ca/ca.crt
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The CA bundle of a TLS Redis (redis.external.caSecret), as a volume and its mount. */}}
+{{- define "taskplane.redisCaVolumes" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.redis.external.caSecret }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.redis.external.caSecretKey }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
+{{- define "taskplane.redisCaMounts" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.caSecret }}
+- name: redis-ca
+  mountPath: /etc/taskplane/redis-ca
+  readOnly: true
 {{- end }}
 {{- end -}}
 
 {{/* Environment shared by the API, worker and exporter containers. */}}
 {{- define "taskplane.commonEnv" -}}
 {{ include "taskplane.redisEnv" . }}
+{{- end -}}
+
+{{/*
+The settings the chart writes into its ConfigMap, before config.extraEnv (which
+validateValues keeps from repeating any of them).
+*/}}
+{{- define "taskplane.configData" -}}
+LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+DEFAULT_QUEUE: {{ .Values.config.defaultQueue | quote }}
+QUEUES: {{ include "taskplane.allQueues" . | quote }}
+TASK_MODULES: {{ join "," .Values.config.taskModules | quote }}
+DEFAULT_TIME_LIMIT: {{ .Values.config.defaultTimeLimit | int | quote }}
+DEFAULT_SOFT_TIME_LIMIT: {{ .Values.config.defaultSoftTimeLimit | int | quote }}
+VISIBILITY_TIMEOUT: {{ .Values.config.visibilityTimeout | int | quote }}
+LEASE_INTERVAL: {{ .Values.config.leaseInterval | toString | quote }}
+UNACKED_RESTORE_INTERVAL: {{ .Values.config.unackedRestoreInterval | int | quote }}
+MAX_DELIVERIES: {{ .Values.config.maxDeliveries | int | quote }}
+RESULT_EXPIRES: {{ .Values.config.resultExpires | int | quote }}
+MAX_BODY_BYTES: {{ .Values.config.maxBodyBytes | int | quote }}
+PROMETHEUS_MULTIPROC_DIR: /run/taskplane/metrics
+# The worker and exporter HTTP servers must be reachable by probes and Prometheus,
+# over IPv4 and IPv6 (single-stack IPv6 clusters too).
+METRICS_HOST: "::"
+EXPORTER_PORT: {{ .Values.exporter.port | int | quote }}
+WORKER_METRICS_PORT: {{ .Values.workers.metricsPort | int | quote }}
+{{- end -}}
+
+{{/* The API container's env entries (api.extraEnv follows them). */}}
+{{- define "taskplane.apiEnv" -}}
+{{ include "taskplane.commonEnv" . }}
+# A value without ':' is a file: the mounted token Secret.
+- name: API_TOKENS
+  value: /etc/taskplane/tokens/tokens
+- name: API_HOST
+  value: "::"
+- name: API_PORT
+  value: {{ .Values.api.port | quote }}
+- name: API_WORKERS
+  value: {{ .Values.api.workers | quote }}
+- name: API_THREADS
+  value: {{ .Values.api.threads | quote }}
+- name: API_TIMEOUT
+  value: {{ .Values.api.timeout | quote }}
+{{- end -}}
+
+{{/* A worker container's env entries: call with (dict "ctx" $ "pool" $pool); the pool's extraEnv follows them. */}}
+{{- define "taskplane.workerEnv" -}}
+{{ include "taskplane.commonEnv" .ctx }}
+- name: WORKER_QUEUES
+  value: {{ join "," .pool.queues | quote }}
+- name: WORKER_CONCURRENCY
+  value: {{ .pool.concurrency | int | quote }}
+- name: WORKER_PREFETCH_MULTIPLIER
+  value: {{ .pool.prefetchMultiplier | int | quote }}
+- name: WORKER_SOFT_SHUTDOWN_TIMEOUT
+  value: {{ .pool.softShutdownTimeout | int | quote }}
+- name: LIVENESS_TIMEOUT
+  value: {{ .pool.livenessTimeout | int | quote }}
+- name: REMAP_SIGTERM
+  value: {{ .pool.remapSigterm | quote }}
+{{- end -}}
+
+{{/*
+Names a user's extraEnv repeats from the chart's own: call with (dict "own" <env list
+or map YAML> "extra" <list of names>); returns them comma-separated. Two entries of one
+name are rejected by server-side apply (Helm 4's default), so validateValues refuses them.
+*/}}
+{{- define "taskplane.repeatedNames" -}}
+{{- $own := list -}}
+{{- range .own -}}{{- $own = append $own .name -}}{{- end -}}
+{{- $repeated := list -}}
+{{- $seen := list -}}
+{{- range $name := .extra -}}
+{{- if or (has $name $own) (has $name $seen) -}}{{- $repeated = append $repeated $name -}}{{- end -}}
+{{- $seen = append $seen $name -}}
+{{- end -}}
+{{- $repeated | uniq | join ", " -}}
 {{- end -}}
 
 {{/* Volume and mount of the token file (API_TOKENS points at it). */}}
@@ -306,11 +418,8 @@ fails too.
 {{- if and $pool.autoscaling.keda.enabled (gt (int $pool.autoscaling.keda.minReplicaCount) (int $pool.autoscaling.keda.maxReplicaCount)) -}}
 {{- $messages = append $messages (printf "workers.pools[%s]: autoscaling.keda.minReplicaCount exceeds maxReplicaCount" $pool.name) -}}
 {{- end -}}
-{{- if and $pool.autoscaling.keda.enabled (eq $pool.autoscaling.keda.trigger "redis-list") (not $.Values.redis.enabled) (not $.Values.autoscaling.keda.redisAddress) (not $.Values.redis.external.url) -}}
-{{- $messages = append $messages (printf "workers.pools[%s]: the KEDA redis-list trigger needs autoscaling.keda.redisAddress when the Redis URL is in redis.external.existingSecret" $pool.name) -}}
-{{- end -}}
-{{- if and $pool.autoscaling.keda.enabled (eq $pool.autoscaling.keda.trigger "redis-list") (not $.Values.redis.enabled) $.Values.redis.external.existingSecret (not $.Values.redis.external.existingSecretPasswordKey) -}}
-{{- $messages = append $messages (printf "workers.pools[%s]: the KEDA redis-list trigger needs redis.external.existingSecretPasswordKey (the bare password's key in redis.external.existingSecret)" $pool.name) -}}
+{{- if and $pool.autoscaling.keda.enabled (not ($.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) -}}
+{{- $messages = append $messages (printf "workers.pools[%s]: autoscaling.keda.enabled needs KEDA, whose API (keda.sh/v1alpha1 ScaledObject) this cluster does not serve: install KEDA first, or scale the pool with autoscaling.hpa.enabled=true and keda.enabled=false (with `helm template`, pass --api-versions keda.sh/v1alpha1/ScaledObject)" $pool.name) -}}
 {{- end -}}
 {{- end -}}
 {{- if not (has .Values.config.defaultQueue $consumed) -}}
@@ -335,6 +444,26 @@ fails too.
 {{- else if not (contains ":" (default "" $u.userinfo)) -}}
 {{- $messages = append $messages "redis.external.url has no password (redis://:PASSWORD@host:6379/0); Taskplane refuses a remote Redis without one" -}}
 {{- end -}}
+{{- end -}}
+{{- $extraNames := list -}}
+{{- range .Values.api.extraEnv -}}{{- $extraNames = append $extraNames .name -}}{{- end -}}
+{{- with include "taskplane.repeatedNames" (dict "own" (include "taskplane.apiEnv" . | fromYamlArray) "extra" $extraNames) -}}
+{{- $messages = append $messages (printf "api.extraEnv sets %s, which the chart sets already (or twice): change the value that sets it (api.port, api.workers, ...) or drop the entry" .) -}}
+{{- end -}}
+{{- range $pool := $pools -}}
+{{- $extraNames := list -}}
+{{- range $pool.extraEnv -}}{{- $extraNames = append $extraNames .name -}}{{- end -}}
+{{- with include "taskplane.repeatedNames" (dict "own" (include "taskplane.workerEnv" (dict "ctx" $ "pool" $pool) | fromYamlArray) "extra" $extraNames) -}}
+{{- $messages = append $messages (printf "workers.pools[%s].extraEnv (or workers.defaults.extraEnv) sets %s, which the chart sets already (or twice): change the pool value that sets it or drop the entry" $pool.name .) -}}
+{{- end -}}
+{{- end -}}
+{{- $configOwn := list -}}
+{{- range $key, $_ := include "taskplane.configData" . | fromYaml -}}{{- $configOwn = append $configOwn (dict "name" $key) -}}{{- end -}}
+{{- with include "taskplane.repeatedNames" (dict "own" $configOwn "extra" (keys .Values.config.extraEnv | sortAlpha)) -}}
+{{- $messages = append $messages (printf "config.extraEnv sets %s, which the chart's ConfigMap sets already: use the config value that sets it" .) -}}
+{{- end -}}
+{{- if gt (add (int .Values.api.preStopSleepSeconds) 20) (int .Values.api.terminationGracePeriodSeconds) -}}
+{{- $messages = append $messages (printf "api.preStopSleepSeconds (%d) plus gunicorn's graceful timeout (20 s) exceeds api.terminationGracePeriodSeconds (%d): in-flight requests would be killed" (int .Values.api.preStopSleepSeconds) (int .Values.api.terminationGracePeriodSeconds)) -}}
 {{- end -}}
 {{- if and .Values.api.autoscaling.enabled (gt (int .Values.api.autoscaling.minReplicas) (int .Values.api.autoscaling.maxReplicas)) -}}
 {{- $messages = append $messages "api.autoscaling.minReplicas exceeds maxReplicas" -}}

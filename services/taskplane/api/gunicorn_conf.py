@@ -13,14 +13,15 @@ from typing import Any
 from gunicorn import util
 
 from taskplane import metrics
-from taskplane.settings import Settings
+from taskplane.settings import Settings, listen_host
 
 _settings = Settings.from_env()
 # Every gunicorn worker of this pod writes its metrics under one directory, emptied now,
 # before any worker is forked (and before prometheus_client is imported anywhere).
 metrics.prepare_multiprocess_dir("api")
 
-bind = [f"{_settings.api_host}:{_settings.api_port}"]
+_host = listen_host(_settings.api_host)
+bind = [f"[{_host}]:{_settings.api_port}" if ":" in _host else f"{_host}:{_settings.api_port}"]
 workers = _settings.api_workers
 threads = _settings.api_threads
 worker_class = "gthread"
