@@ -26,8 +26,9 @@ import requests
 
 #: States a task never leaves.
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
-#: The longest single ``?wait=`` the API grants.
-MAX_WAIT = 60.0
+#: The longest single ``?wait=`` this client asks for (the API's ``MAX_WAIT`` is 60 by
+#: default; a shorter one there makes the client ask for less, see :meth:`Client.wait`).
+MAX_WAIT = 25.0
 
 
 class TaskplaneError(Exception):
@@ -88,6 +89,7 @@ class Client:
         self.max_retry_wait = max_retry_wait
         self.session = session or requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
+        self._wait_chunk = MAX_WAIT
 
     # --- tasks ------------------------------------------------------------------------
 
@@ -114,10 +116,17 @@ class Client:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = MAX_WAIT if deadline is None else min(MAX_WAIT, deadline - time.monotonic())
-            body = self._call("GET", f"/v1/tasks/{task_id}",
-                              params={"wait": f"{max(0.0, left):.3f}"}, retry_unanswered=True,
-                              timeout=self.timeout + MAX_WAIT)
+            chunk = self._wait_chunk
+            left = chunk if deadline is None else min(chunk, deadline - time.monotonic())
+            try:
+                body = self._call("GET", f"/v1/tasks/{task_id}",
+                                  params={"wait": f"{max(0.0, left):.3f}"},
+                                  retry_unanswered=True, timeout=self.timeout + chunk)
+            except TaskplaneError as err:
+                if err.status == 422 and chunk > 1:  # the API's MAX_WAIT is shorter
+                    self._wait_chunk = max(1.0, chunk / 2)
+                    continue
+                raise
             task = Task.from_json(body)
             if task.done or (deadline is not None and time.monotonic() >= deadline):
                 return task

@@ -191,6 +191,16 @@ class Settings:
         "REDIS_ALLOW_NO_PASSWORD", False,
         "Accept a Redis URL without a password on a non-loopback host (refused otherwise).",
     )
+    max_wait: float = _setting(
+        "MAX_WAIT", 60.0,
+        "Longest `?wait=` a client may ask of `GET /v1/tasks/<id>`, seconds. Keep it below "
+        "the idle timeout of every proxy in front of the API.",
+    )
+    max_event_stream: int = _setting(
+        "MAX_EVENT_STREAM", 300,
+        "Seconds an event stream (`GET /v1/tasks/<id>/events`) lasts at most; clients "
+        "reconnect (Server-Sent Events do so by themselves).",
+    )
     log_level: str = _setting("LOG_LEVEL", "INFO", "Log level of every process.")
     access_log: bool = _setting(
         "ACCESS_LOG", True,

@@ -99,7 +99,8 @@ def fuzz_stack() -> Iterator[FuzzStack]:
     try:
         worker = start_worker(redis.url, name="fuzz", concurrency=3, WORKER_QUEUES="default",
                               QUEUES="parked", WORKER_METRICS_PORT="0")
-        api = Api(redis.url, QUEUES="parked")
+        # Waits and event streams short enough for the fuzzer's read timeout.
+        api = Api(redis.url, QUEUES="parked", MAX_WAIT="1", MAX_EVENT_STREAM="2")
         stack = FuzzStack(redis, worker, api)
         stack.seeded = _seed(api)
         stack.task_names = [t["name"] for t in api.get("/v1/task-types").json()["items"]]

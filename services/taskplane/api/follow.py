@@ -30,10 +30,6 @@ from .context import api_context
 from .errors import ApiError
 from .status import TaskStatus, load
 
-#: The longest ``?wait=`` a client may ask for, seconds.
-MAX_WAIT = 60
-#: How long one event stream lasts at most; an SSE client reconnects by itself.
-MAX_STREAM = 300
 #: A comment line this often keeps proxies from closing an idle stream.
 KEEPALIVE = 15.0
 
@@ -125,7 +121,7 @@ def wait(status: TaskStatus, seconds: float) -> TaskStatus:
 
 def events(status: TaskStatus, represent: Any) -> Iterator[str]:
     """Server-Sent Events of the task's state and progress, until it ends (or after
-    ``MAX_STREAM`` seconds). ``represent(status)`` is the body of each ``state`` event."""
+    ``MAX_EVENT_STREAM`` seconds). ``represent(status)`` is the body of each ``state`` event."""
     slots = _followers()
     if not slots.acquire(blocking=False):
         settings = api_context().settings
@@ -141,9 +137,11 @@ def events(status: TaskStatus, represent: Any) -> Iterator[str]:
         slots.release()
         raise
 
+    lasts = api_context().settings.max_event_stream
+
     def stream() -> Iterator[str]:
         try:
-            deadline = time.monotonic() + MAX_STREAM
+            deadline = time.monotonic() + lasts
             current = load(celery, task_id) or status
             sent, n = None, 0
             while True:

@@ -11,7 +11,6 @@ from typing import Any
 from .. import __version__
 from ..settings import Settings
 from . import schemas
-from .follow import MAX_WAIT
 
 _ERRORS = {
     400: "Malformed JSON, or a malformed header.",
@@ -55,10 +54,16 @@ def _op(summary: str, ok: int, ok_schema: dict[str, Any], errors: tuple[int, ...
 
 
 def _event_stream(op: dict[str, Any]) -> dict[str, Any]:
+    """Each event of the stream: ``event: state`` with a Task, as JSON, in ``data``."""
+    event = {"type": "object", "required": ["data"], "properties": {
+        "event": {"const": "state"},
+        "id": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": _ref("Task")}}}
     op["responses"]["200"] = {
-        "description": "`event: state` with a Task as `data`, each time it changes; the "
-                       "stream ends when the task has ended.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+        "description": "`event: state` with the Task as JSON `data`, each time it changes; "
+                       "the stream ends when the task has ended (or after MAX_EVENT_STREAM s).",
+        "content": {"text/event-stream": {"schema": event}}}
     return op
 
 
@@ -104,7 +109,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "get": _op("A task's state, result or error", 200, _ref("Task"), (404, 422),
                        parameters=[_TASK_ID, {
                            "name": "wait", "in": "query", "required": False,
-                           "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT},
+                           "schema": {"type": "number", "minimum": 0,
+                                      "maximum": settings.max_wait},
                            "description": "Answer as soon as the task has ended, or after "
                                           "this many seconds with its state then."}]),
             "delete": _op("Revoke a task", 202, _ref("Task"), (404, 409, 422), parameters=[

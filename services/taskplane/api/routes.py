@@ -207,10 +207,10 @@ def _wait_seconds() -> float:
         seconds = float(raw) if raw.isascii() else -1.0
     except ValueError:
         seconds = -1.0
-    if not (math.isfinite(seconds) and 0 <= seconds <= follow.MAX_WAIT):
-        raise ApiError(422, "validation_failed", f"wait must be 0-{follow.MAX_WAIT} seconds",
-                       {"fields": [{"field": "wait",
-                                    "message": f"number 0-{follow.MAX_WAIT}"}]})
+    most = api_context().settings.max_wait
+    if not (math.isfinite(seconds) and 0 <= seconds <= most):
+        raise ApiError(422, "validation_failed", f"wait must be 0-{most:g} seconds",
+                       {"fields": [{"field": "wait", "message": f"number 0-{most:g}"}]})
     return seconds
 
 
