@@ -896,6 +896,17 @@ class Lifecycle:
                 high, skip_ties = repr(last.score), last
         return found, last
 
+    def runs_over(self, task_ids: Sequence[str]) -> bool:
+        """Whether none of these tasks is running any more (each ended, is waiting for a
+        retry, or has no record): one round trip."""
+        if not task_ids:
+            return True
+        with self.client.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(record_key(task_id), "state")
+            states = pipe.execute()
+        return all(state != STARTED.encode() for state in states)
+
     def tenant_of(self, task_id: str) -> str:
         return (self.client.hget(record_key(task_id), "tenant") or b"").decode()
 

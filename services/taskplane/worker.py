@@ -19,7 +19,9 @@ from typing import Any
 
 from celery import Celery, signals, states
 from celery.app import trace as celery_trace
+from celery.apps.worker import Worker as CeleryWorker
 from celery.exceptions import Retry
+from celery.worker import state as worker_state
 
 from . import broker, lifecycle, metrics
 from .celery_app import create_celery
@@ -205,12 +207,46 @@ class RedactReturnValues(logging.Filter):
         return True
 
 
+class TaskplaneWorker(CeleryWorker):
+    """Celery's worker, whose soft shutdown ends as soon as the tasks it held have ended.
+
+    Celery's ``wait_for_soft_shutdown`` sleeps the whole ``WORKER_SOFT_SHUTDOWN_TIMEOUT``
+    once any task runs, even one that ends a moment later. The worker's event loop is
+    paused during that wait, so its own bookkeeping cannot tell when the pool finishes;
+    the task records can: each run writes its ending there itself. A finished task whose
+    message was not yet acknowledged is delivered again and skipped at start (its record
+    has ended), so ending the wait early never runs anything twice.
+    """
+
+    #: How often the records are read while waiting.
+    SOFT_SHUTDOWN_POLL = 0.2
+
+    def wait_for_soft_shutdown(self) -> None:
+        timeout = float(self.app.conf.worker_soft_shutdown_timeout or 0)
+        running = [r.id for r in tuple(worker_state.active_requests)]
+        if timeout <= 0 or not running or self.app.conf.worker_enable_soft_shutdown_on_idle:
+            super().wait_for_soft_shutdown()
+            return
+        log.warning("soft shutdown: waiting up to %ss for %d running task(s)", timeout,
+                    len(running))
+        life = self.app.runtime.lifecycle
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if life.runs_over(running):
+                    return
+            except Exception as exc:  # Redis away: keep waiting out the timeout
+                log.warning("soft shutdown: cannot read task records: %s", type(exc).__name__)
+            time.sleep(min(self.SOFT_SHUTDOWN_POLL, max(0.0, deadline - time.monotonic())))
+
+
 def create_worker_app(settings: Settings) -> Celery:
     metrics.prepare_multiprocess_dir("worker")
     metrics.configure(settings.metrics_enabled)
     logging.getLogger(celery_trace.logger.name).addFilter(RedactReturnValues())
     app = create_celery(settings, patient=True)
     app.steps["consumer"].add(LeaseStep)
+    app.Worker = app.subclass_with_self(TaskplaneWorker)
     connect_signals()
     return app
 
