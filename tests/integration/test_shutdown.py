@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Set as AbstractSet
 
 import pytest
 from celery.apps.worker import Worker
@@ -24,7 +25,7 @@ def test_the_celery_hooks_the_soft_shutdown_relies_on_exist() -> None:
 
     assert "wait_for_soft_shutdown" in vars(WorkController)
     assert issubclass(Worker, WorkController)
-    assert isinstance(state.active_requests, set)
+    assert isinstance(state.active_requests, AbstractSet)  # a WeakSet of requests
 
 
 def test_soft_shutdown_ends_when_the_running_task_ends(isolated_redis: RedisServer) -> None:
