@@ -24,9 +24,9 @@ def fill_taskplane(n: int) -> list[str]:
     app = create_celery(settings)
     ids = []
     for _ in range(n):
-        record = submit(app, tenant="bench", name="bench.noop", args=[], kwargs={"data": DATA},
+        accepted = submit(app, tenant="bench", name="bench.noop", args=[], kwargs={"data": DATA},
                         queue=settings.default_queue, priority=broker.DEFAULT_PRIORITY)
-        ids.append(record.id)
+        ids.append(accepted.task_id)
     return ids
 
 
