@@ -25,7 +25,7 @@ def fill_taskplane(n: int) -> list[str]:
     ids = []
     for _ in range(n):
         accepted = submit(app, tenant="bench", name="bench.noop", args=[], kwargs={"data": DATA},
-                        queue=settings.default_queue, priority=broker.DEFAULT_PRIORITY)
+                          queue=settings.default_queue, priority=broker.DEFAULT_PRIORITY)
         ids.append(accepted.task_id)
     return ids
 
