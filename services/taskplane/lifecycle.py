@@ -54,7 +54,9 @@ key                                           type    holds
 ``taskplane:rate:{tenant}``                   hash    token bucket of the tenant's request rate.
 ``taskplane:tasks:{tenant}``                  zset    the tenant's task ids by submission time
                                                       (``GET /v1/tasks``); ``taskplane:tasks``
-                                                      holds every tenant's.
+                                                      holds every tenant's. The same with
+                                                      ``:task:{name}`` or ``:queue:{name}``
+                                                      appended: one task type's, one queue's.
 ``taskplane:ended:{tenant}:{state}``          zset    ids of the tenant's tasks that ended in
                                                       ``state`` (SUCCESS, FAILURE, REVOKED) by
                                                       submission time; ``taskplane:ended:{state}``
@@ -129,9 +131,18 @@ def dead_index_key(tenant: str | None) -> str:
     return f"{PREFIX}dead-letters:{tenant}" if tenant is not None else f"{PREFIX}dead-letters"
 
 
-def tasks_index_key(tenant: str | None) -> str:
-    """Every task of a tenant (``None``: of every tenant) by submission time."""
-    return f"{PREFIX}tasks:{tenant}" if tenant is not None else f"{PREFIX}tasks"
+def tasks_index_key(tenant: str | None, field: str = "", value: str = "") -> str:
+    """The tasks of a tenant (``None``: of every tenant) by submission time: all of them,
+    or (``field`` "task" or "queue") those of one task type or queue."""
+    base = f"{PREFIX}tasks:{tenant}" if tenant is not None else f"{PREFIX}tasks"
+    return f"{base}:{field}:{value}" if field else base
+
+
+def listing_keys(tenant: str, task: str, queue: str) -> list[str]:
+    """The six listing indexes a task is entered in when submitted (or adopted): all, by
+    task type, by queue; each for its tenant and for every tenant."""
+    return [tasks_index_key(t, f, v) for f, v in (("", ""), ("task", task), ("queue", queue))
+            for t in (tenant, None)]
 
 
 def ended_index_key(tenant: str | None, state: str) -> str:
@@ -212,8 +223,8 @@ redis.call('EXPIRE', bucket, math.ceil(burst / rate) + 1)
 """
 
 # submit. KEYS: record, open set, rate bucket, idempotency key, queue list, record of the
-# task the idempotency key held when the caller read it (or the new record again), the
-# tenant's task index, every tenant's. ARGV: id, record ttl, now, cap, rate (0: none),
+# task the idempotency key held when the caller read it (or the new record again), the six
+# listing indexes (``listing_keys``). ARGV: id, record ttl, now, cap, rate (0: none),
 # burst, fp ('' without a key), idempotency ttl, id the key held when read ('' if none),
 # message, index lifetime, record fields...
 # Returns {outcome, id, retry_after}: created | replay | conflict | rate_limited |
@@ -244,8 +255,7 @@ redis.call('HSET', KEYS[1], 'state', 'PENDING', unpack(ARGV, 12))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, id)
 redis.call('EXPIRE', KEYS[2], ttl)
-index(KEYS[7], id, now, now, ARGV[11])
-index(KEYS[8], id, now, now, ARGV[11])
+for i = 7, 12 do index(KEYS[i], id, now, now, ARGV[11]) end
 redis.call('LPUSH', KEYS[5], ARGV[10])
 if fp ~= '' then
   redis.call('DEL', KEYS[4])
@@ -255,7 +265,8 @@ end
 return {'created', id, '0'}
 """
 
-# start. KEYS: record, the adopting tenant's task index, every tenant's[, result].
+# start. KEYS: record, the six listing indexes of an adopted record (``listing_keys``)
+# [, result].
 # ARGV: now, retries, STARTED value ('' for none), its ttl, ttl of a record adopted for a
 # task sent around the API (0: adopt none), index lifetime, task id, the adopted record's
 # fields...
@@ -267,10 +278,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
     redis.call('HSET', KEYS[1], 'state', 'STARTED', 'started_at', ARGV[1], 'retries', ARGV[2],
                'runs_started', 1, unpack(ARGV, 8))
     redis.call('EXPIRE', KEYS[1], ARGV[5])
-    index(KEYS[2], ARGV[7], ARGV[1], ARGV[1], ARGV[6])
-    index(KEYS[3], ARGV[7], ARGV[1], ARGV[1], ARGV[6])
+    for i = 2, 7 do index(KEYS[i], ARGV[7], ARGV[1], ARGV[1], ARGV[6]) end
   end
-  if KEYS[4] and ARGV[3] ~= '' then write_result(KEYS[4], ARGV[3], ARGV[4]) end
+  if KEYS[8] and ARGV[3] ~= '' then write_result(KEYS[8], ARGV[3], ARGV[4]) end
   return {'unknown', 0}
 end
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -279,7 +289,7 @@ redis.call('HSET', KEYS[1], 'state', 'STARTED', 'started_at', ARGV[1], 'retries'
 redis.call('HDEL', KEYS[1], 'finished_at')
 local started = redis.call('HINCRBY', KEYS[1], 'runs_started', 1)
 local ended = tonumber(redis.call('HGET', KEYS[1], 'runs_ended') or '0')
-if KEYS[4] and ARGV[3] ~= '' then write_result(KEYS[4], ARGV[3], ARGV[4]) end
+if KEYS[8] and ARGV[3] ~= '' then write_result(KEYS[8], ARGV[3], ARGV[4]) end
 return {'run', started - 1 - ended}
 """
 
@@ -357,7 +367,7 @@ return {'revoked', current}
 
 # retry_dead: only the caller that removes the dead letter re-enqueues the task.
 # KEYS: record, open set, dead letter, tenant's dead-letter index, queue list, every
-# tenant's dead-letter index, the tenant's and every tenant's task index, the tenant's
+# tenant's dead-letter index, the six listing indexes (``listing_keys``), the tenant's
 # and every tenant's index of FAILUREs[, result].
 # ARGV: id, record ttl, now, cap, tenant, the dead letter as the caller read it,
 # message, index lifetime, record fields... Returns {outcome}: queued | gone (no dead letter: another
@@ -377,11 +387,10 @@ redis.call('HSET', KEYS[1], 'state', 'PENDING', unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, id)
 redis.call('EXPIRE', KEYS[2], ttl)
-index(KEYS[7], id, now, now, ARGV[8])
-index(KEYS[8], id, now, now, ARGV[8])
-redis.call('ZREM', KEYS[9], id)
-redis.call('ZREM', KEYS[10], id)
-if KEYS[11] then redis.call('DEL', KEYS[11]) end
+for i = 7, 12 do index(KEYS[i], id, now, now, ARGV[8]) end
+redis.call('ZREM', KEYS[13], id)
+redis.call('ZREM', KEYS[14], id)
+if KEYS[15] then redis.call('DEL', KEYS[15]) end
 redis.call('LPUSH', KEYS[5], ARGV[7])
 return {'queued'}
 """
@@ -639,7 +648,7 @@ class Lifecycle:
             keys = [record_key(record.id), open_key(record.tenant), rate_key(record.tenant),
                     ikey or record_key(record.id), push[0],
                     record_key(held) if held else record_key(record.id),
-                    tasks_index_key(record.tenant), tasks_index_key(None)]
+                    *listing_keys(record.tenant, record.task, record.queue)]
             args = [record.id, ttl, now, cap, rate, burst, fp, self.idempotency_ttl, held,
                     push[1], self.keep, *record.fields()]
             outcome, task_id, wait = self._call(self._submit, keys, args)
@@ -666,8 +675,11 @@ class Lifecycle:
         (a stock Celery client, ``celery call``): it then shows up for the operator, its
         failure is a dead letter, and nothing runs unaccounted for.
         """
-        tenant = adopt.tenant if adopt is not None else SYSTEM_TENANT
-        keys = [record_key(task_id), tasks_index_key(tenant), tasks_index_key(None)]
+        keys = [record_key(task_id)]
+        if adopt is not None:
+            keys += listing_keys(adopt.tenant, adopt.task, adopt.queue)
+        else:  # unused by the script: any key names will do
+            keys += [record_key(task_id)] * 6
         args: list[Any] = [time.time(), retries, "", 0]
         if started is not None and self.results_here:
             keys.append(started[0])
@@ -810,7 +822,7 @@ class Lifecycle:
         now = time.time()
         keys = [record_key(record.id), open_key(record.tenant), dead_key(record.id),
                 dead_index_key(record.tenant), push[0], dead_index_key(None),
-                tasks_index_key(record.tenant), tasks_index_key(None),
+                *listing_keys(record.tenant, record.task, record.queue),
                 ended_index_key(record.tenant, FAILURE), ended_index_key(None, FAILURE)]
         if self.results_here:
             keys.append(self.result_key(record.id))
@@ -839,17 +851,15 @@ class Lifecycle:
         """A page of tasks matching ``query``, newest submission first, with their raw
         results (when results live here), and the cursor of the next page (None: the end).
 
-        Walks one index: the tasks that ended in ``query.state`` when it is final, else all
-        the tenant's tasks, from ``cursor`` down, reading records a batch per round trip.
-        With no filter but time and a final state, a page costs O(log n + page); other
-        filters read at most ``max_examined`` entries per page, so a page may hold fewer
-        than ``limit`` tasks, and ``next`` says where to go on. Entries whose record has
+        Walks the one index that holds every possible match (:meth:`_index_for`: the tasks
+        that ended in a final state, the tenant's unfinished tasks, one task type's, one
+        queue's, or all), from ``cursor`` down, reading records a batch per round trip. With
+        one filter (and the time window) a page costs O(log n + page); a second filter
+        reads at most ``max_examined`` entries per page, so a page may hold fewer than
+        ``limit`` tasks, and ``next`` says where to go on. Entries whose record has
         expired are dropped from the index as they are met.
         """
-        if query.state in FINAL_STATES:
-            index = ended_index_key(query.tenant, query.state)
-        else:
-            index = tasks_index_key(query.tenant)
+        index = self._index_for(query)
         low = "-inf" if query.after is None else f"({query.after!r}"
         high = "+inf" if query.before is None else f"({query.before!r}"
         skip_ties: Cursor | None = None
@@ -895,6 +905,19 @@ class Lifecycle:
             if last is not None:
                 high, skip_ties = repr(last.score), last
         return found, last
+
+    @staticmethod
+    def _index_for(query: TaskQuery) -> str:
+        """The smallest index that holds every task ``query`` can match."""
+        if query.state in FINAL_STATES:
+            return ended_index_key(query.tenant, query.state)
+        if query.state is not None and query.tenant is not None:
+            return open_key(query.tenant)  # unfinished tasks only, by submission time
+        if query.task is not None:
+            return tasks_index_key(query.tenant, "task", query.task)
+        if query.queue is not None:
+            return tasks_index_key(query.tenant, "queue", query.queue)
+        return tasks_index_key(query.tenant)
 
     def runs_over(self, task_ids: Sequence[str]) -> bool:
         """Whether none of these tasks is running any more (each ended, is waiting for a

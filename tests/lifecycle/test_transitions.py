@@ -374,3 +374,14 @@ def test_every_dead_letter_is_in_the_operators_index_until_retried(
     assert read is not None
     assert retry_dead_letter_task(app, TENANT, ids[TENANT], read[0]).outcome == "queued"
     assert [e["id"] for e in life.dead_letters(None, 10, 0)[1]] == [ids["globex"]]
+
+
+def test_submit_enters_the_task_in_every_listing_index(app: TaskplaneCelery, life: Lifecycle,
+                                                       client: redis.Redis) -> None:
+    task_id = accept(app)
+    for key in lifecycle.listing_keys(TENANT, TASK, QUEUE):
+        assert client.zscore(key, task_id) is not None, key
+    query = lifecycle.TaskQuery(tenant=TENANT, task=TASK)
+    rows, _ = life.list_tasks(query, 10)
+    assert [record.id for record, _ in rows] == [task_id]
+    assert life.list_tasks(lifecycle.TaskQuery(tenant=TENANT, task="other"), 10) == ([], None)
