@@ -714,12 +714,9 @@ class Lifecycle:
         ended = state or SUCCESS  # '' ends nothing: any index key will do
 
         def call(tenant: str) -> list[Any]:
-            keys = [record_key(task_id), open_key(tenant), ended_index_key(tenant, ended),
-                    ended_index_key(None, ended)]
-            value, ttl = "", 0
-            if result is not None and self.results_here:
-                keys.append(result[0])
-                value, ttl = result[1], result[2]
+            keys, value, ttl = self._with_result(
+                [record_key(task_id), open_key(tenant), ended_index_key(tenant, ended),
+                 ended_index_key(None, ended)], result)
             return self._call(self._finish, keys, [task_id, time.time(), self.result_ttl, state,
                                                    tenant, "1" if run_ended else "0", value, ttl,
                                                    self.keep])
@@ -740,13 +737,10 @@ class Lifecycle:
             payload = json.dumps(letter)
 
         def call(tenant: str) -> list[Any]:
-            keys = [record_key(task_id), open_key(tenant), dead_key(task_id),
-                    dead_index_key(tenant), dead_index_key(None),
-                    ended_index_key(tenant, FAILURE), ended_index_key(None, FAILURE)]
-            value, ttl = "", 0
-            if result is not None and self.results_here:
-                keys.append(result[0])
-                value, ttl = result[1], result[2]
+            keys, value, ttl = self._with_result(
+                [record_key(task_id), open_key(tenant), dead_key(task_id), dead_index_key(tenant),
+                 dead_index_key(None), ended_index_key(tenant, FAILURE),
+                 ended_index_key(None, FAILURE)], result)
             return self._call(self._fail, keys, [task_id, time.time(), self.result_ttl, tenant,
                                                  "1" if run_ended else "0", payload,
                                                  self.dead_letter_ttl, value, ttl, self.keep])
@@ -756,16 +750,21 @@ class Lifecycle:
                result: ResultWrite | None = None) -> Transition:
         """Revoke the task unless it has ended: a task not yet started never runs; a
         running one only with ``terminate`` (the caller then broadcasts the kill)."""
-        keys = [record_key(task_id), open_key(tenant), ended_index_key(tenant, REVOKED),
-                ended_index_key(None, REVOKED)]
-        value, ttl = "", 0
-        if result is not None and self.results_here:
-            keys.append(result[0])
-            value, ttl = result[1], result[2]
+        keys, value, ttl = self._with_result(
+            [record_key(task_id), open_key(tenant), ended_index_key(tenant, REVOKED),
+             ended_index_key(None, REVOKED)], result)
         outcome, previous = self._call(self._revoke, keys, [
             task_id, time.time(), self.result_ttl, tenant, "1" if terminate else "0", value, ttl,
             self.keep])
         return Transition(outcome.decode(), previous.decode())
+
+    def _with_result(self, keys: list[str], result: ResultWrite | None
+                     ) -> tuple[list[str], str, int]:
+        """``keys`` with the result's key appended, and the result's value and ttl, when
+        there is a result to write in this Redis; else ``keys`` and no value."""
+        if result is None or not self.results_here:
+            return keys, "", 0
+        return [*keys, result[0]], result[1], result[2]
 
     def _with_tenant(self, call: Callable[[str], list[Any]], tenant: str) -> Transition:
         for _ in range(2):
