@@ -14,7 +14,7 @@ from .. import broker, lifecycle
 from ..celery_app import TenantCapReached, retry_dead_letter_task, revoke, submit
 from ..lifecycle import TaskRecord, fingerprint
 from . import observe, schemas
-from .auth import authenticate, current_tenant
+from .auth import authenticate, current_tenant, may_see, scope
 from .body import json_body, validate
 from .context import api_context
 from .errors import UNAVAILABLE, ApiError
@@ -35,11 +35,12 @@ def _not_found(task_id: str) -> ApiError:
 
 
 def _owned(task_id: str) -> TaskStatus:
-    """The task if it exists and belongs to the caller; another tenant's task is 404 too."""
+    """The task if it exists and the caller may see it (its tenant, or an operator);
+    another tenant's task is 404 too."""
     if not _TASK_ID.fullmatch(task_id):
         raise _not_found(task_id)
     status = load(api_context().celery, task_id)
-    if status is None or status.record.tenant != current_tenant():
+    if status is None or not may_see(status.record.tenant):
         raise _not_found(task_id)
     return status
 
@@ -191,8 +192,9 @@ def _page() -> tuple[int, int]:
     return limit, offset
 
 
-def _dead_letter(entry: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in entry.items() if k != "tenant"}
+def _dead_letter(entry: dict[str, Any], with_tenant: bool) -> dict[str, Any]:
+    """A dead letter as shown: its tenant only to an operator, who sees every tenant's."""
+    out = {k: v for k, v in entry.items() if with_tenant or k != "tenant"}
     out["submitted_at"] = iso(entry.get("submitted_at"))
     out["failed_at"] = iso(entry.get("failed_at"))
     return out
@@ -201,20 +203,22 @@ def _dead_letter(entry: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/dead-letters")
 def dead_letters() -> Response:
     limit, offset = _page()
-    total, entries = api_context().runtime.lifecycle.dead_letters(current_tenant(), limit, offset)
-    return jsonify({"items": [_dead_letter(e) for e in entries], "total": total,
+    tenant = scope()
+    total, entries = api_context().runtime.lifecycle.dead_letters(tenant, limit, offset)
+    return jsonify({"items": [_dead_letter(e, tenant is None) for e in entries], "total": total,
                     "limit": limit, "offset": offset})
 
 
 @bp.post("/dead-letters/<task_id>/retry")
 def retry_dead_letter(task_id: str) -> Response:
     ctx = api_context()
-    tenant = current_tenant()
+    status = load(ctx.celery, task_id) if _TASK_ID.fullmatch(task_id) else None
+    # an operator acts for the task's tenant (known from its record)
+    tenant = status.record.tenant if scope() is None and status is not None else current_tenant()
     found = ctx.runtime.lifecycle.dead_letter_raw(tenant, task_id) if _TASK_ID.fullmatch(
         task_id) else None
     if found is None:
-        status = load(ctx.celery, task_id) if _TASK_ID.fullmatch(task_id) else None
-        if status is not None and status.record.tenant == tenant:
+        if status is not None and may_see(status.record.tenant):
             raise _not_dead_lettered(task_id, status.state)
         raise ApiError(404, "dead_letter_not_found", f"no dead letter with id {task_id!r}",
                        {"id": task_id})
