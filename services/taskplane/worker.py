@@ -276,6 +276,9 @@ def create_worker_app(settings: Settings) -> Celery:
     app = create_celery(settings, patient=True)
     # "terminate" stops the task whichever signal it names (taskplane.pool).
     app.conf.worker_pool = POOL
+    # Task events (Flower) carry no return value: results may hold anything a tenant sent.
+    for task in app.tasks.values():
+        task.resultrepr_maxsize = 0
     app.steps["consumer"].add(LeaseStep)
     connect_signals()
     return app

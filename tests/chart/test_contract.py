@@ -238,7 +238,9 @@ def test_external_metric_sources_come_from_the_contract(contract: dict[str, Any]
         assert set(external["from"]) <= names, key
 
 
-def test_keda_queries_select_the_pool_queues(renders: dict[str, Render]) -> None:
+def test_keda_queries_select_the_pool_queues(renders: dict[str, Render],
+                                             contract: dict[str, Any]) -> None:
+    sep = contract["broker"]["prioritySeparator"]
     for case in CASES:
         for so in renders[case].of_kind("ScaledObject"):
             deployment = renders[case].get("Deployment", so["spec"]["scaleTargetRef"]["name"])
@@ -249,7 +251,7 @@ def test_keda_queries_select_the_pool_queues(renders: dict[str, Render]) -> None
                     assert [q.replace("\\\\.", ".") for q in matcher.split("|")] == queues, (case, matcher)
                     assert 'namespace="taskplane"' in trigger["metadata"]["query"]
                 else:
-                    assert trigger["metadata"]["listName"].split(":")[0] in queues
+                    assert trigger["metadata"]["listName"].split(sep)[0] in queues
 
 
 def test_redis_list_triggers_cover_every_priority_list(
