@@ -64,6 +64,10 @@ class Stack:
         (name,) = [n for n in replies if n.startswith("tools@")]
         return str(name)
 
+    @functools.cached_property
+    def api(self) -> Api:
+        return Api(self.redis.url, workers=1)
+
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
@@ -74,6 +78,8 @@ class Stack:
                               timeout=timeout, env=env or base_env(self.redis.url))
 
     def close(self) -> None:
+        if "api" in self.__dict__:
+            self.api.close()
         self.stock.close()
         self.taskplane.close()
         self.worker.stop()
@@ -107,6 +113,23 @@ def test_a_stock_client_runs_tasks_of_every_priority(stack: Stack) -> None:
     wait_for(lambda: value(scrape(stack.metrics_url), "taskplane_tasks_total", task="test.echo",
                            queue="default", outcome="succeeded") == before + 3, 10,
              "three stock-client runs counted")
+
+
+def test_an_operator_sees_a_stock_clients_tasks_and_no_tenant_does(stack: Stack) -> None:
+    done = stack.stock.send_task("test.echo", kwargs={"value": "stock"}, queue="default")
+    failed = stack.stock.send_task("test.fail", kwargs={"message": "stock failure"},
+                                   queue="default")
+    assert done.get(timeout=60) == "stock"
+    wait_for(lambda: failed.state == "FAILURE", 60, "the failing task failed")
+    api = stack.api
+    status = api.get(f"/v1/tasks/{done.id}", tenant="ops")
+    assert status.status_code == 200 and status.json()["state"] == "SUCCESS", status.text
+    assert api.get(f"/v1/tasks/{done.id}", tenant="acme").status_code == 404
+    dead = wait_for(lambda: {e["id"]: e for e in
+                             api.get("/v1/dead-letters?limit=500", tenant="ops").json()["items"]
+                             }.get(failed.id), 20, "the stock task's dead letter")
+    assert dead["tenant"] == lifecycle.SYSTEM_TENANT and dead["task"] == "test.fail"
+    assert failed.id not in {e["id"] for e in api.get("/v1/dead-letters?limit=500").json()["items"]}
 
 
 def test_queue_figures_count_every_list_a_stock_client_writes(stack: Stack) -> None:
