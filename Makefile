@@ -68,3 +68,9 @@ lock:  ## re-pin requirements.lock and requirements-build.lock (hashed, for imag
 
 clean:  ## remove the virtualenv, tool cache and local stack data
 	rm -rf $(VENV) .tools .run .pytest_cache .ruff_cache
+
+.PHONY: flower
+flower: install  ## Flower on 127.0.0.1:5555 for REDIS_URL (beside `make run`); FLOWER_BASIC_AUTH=user:pass asks a login
+	$(BIN)/celery --broker="$${REDIS_URL:-redis://127.0.0.1:6379/0}" flower \
+	  --address=127.0.0.1 --port="$${FLOWER_PORT:-5555}" \
+	  --conf="$$($(BIN)/python -c 'import taskplane.flowerconfig as c; print(c.__file__)')"

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+from taskplane import broker
+
 from .loadgen import Client, connection_split, paced, redis_benchmark, run_wrk
 from .progress import Reporter
 from .stack import BASELINE, ROOT, Proc, Server, Stack, free_port, rss_kib
@@ -125,7 +127,7 @@ def auth_headers(stack: Stack) -> dict[str, str]:
 
 def taskplane_waiting(stack: Stack, queue: str = "default") -> int:
     client = stack.client()
-    keys = [queue] + [f"{queue}:{n}" for n in range(1, 10)]
+    keys = broker.queue_keys(queue)
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.llen(key)

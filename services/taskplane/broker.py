@@ -4,15 +4,19 @@ Routes, metrics and the exporter ask this module; nothing else knows a broker
 key. A second broker (Sentinel, RabbitMQ) is a second module with the same
 ``QueueStats``-returning surface.
 
-Layout (``kombu/transport/redis.py``, with the transport options set below):
+Layout: kombu's Redis transport with its *defaults* (``kombu/transport/redis.py``), so
+any Celery 5 client, the stock ``celery`` CLI and Flower read and write the same keys
+configured with nothing but the broker URL. ``SEP`` and ``PRIORITY_STEPS`` are read from
+kombu, not restated: this module cannot drift from what a stock client writes.
 
 ==================================  ======  ==================================================
 key                                 type    holds
 ==================================  ======  ==================================================
-``{queue}``                         list    waiting messages of transport priority 0 (served
+``{queue}``                         list    waiting messages of priority step 0 (served
                                             first); producers LPUSH, consumers BRPOP, so the
                                             oldest message is at index -1
-``{queue}:{n}`` for n in 1..9       list    waiting messages of transport priority n
+``{queue}{SEP}{n}``, n in 3, 6, 9    list    waiting messages of priority step n; ``SEP``
+                                            is kombu's separator, the two bytes 0x06 0x16
 ``unacked``                         hash    delivery tag → JSON ``[message, exchange,
                                             routing_key]`` for every message a worker holds
                                             and has not acknowledged (all queues together)
@@ -23,11 +27,18 @@ key                                 type    holds
                                             lease); entries older than the visibility
                                             timeout are restored to their queue
 ``unacked_mutex``                   string  lock around that restore
+``_kombu.binding.*``                set     kombu's exchange bindings (``celery.pidbox``,
+                                            ``celeryev``...): ``inspect``/``control`` replies
 ==================================  ======  ==================================================
 
-Priorities: Taskplane's API takes 0-9 with 9 the most urgent (as AMQP does). The
-Redis transport serves its *lowest* number first, so the API value p is sent as
-transport priority ``9 - p``; this module is the only place that flips it.
+Priorities: Taskplane's API takes 0-9 with 9 the most urgent (as AMQP does). The Redis
+transport serves its *lowest* number first, so the API value p is sent as transport
+priority ``9 - p`` (the message's ``priority`` property, what a stock client sets), and
+kombu files transport priority t in the list of the highest step <= t. So API priorities
+share four lists, each served before the next: 7-9 (step 0), 4-6 (step 3, the default 5
+included), 1-3 (step 6), 0 (step 9); within a list, first in first out. A stock client
+that sets no priority lands in step 0, served with API priorities 7-9. This module is
+the only place that flips or bins a priority.
 
 Losing the broker connection (Redis restarted, killed, stalled, failed over) is handled
 here too, by ``RideThroughTransport``: see "Riding through a lost connection" below.
@@ -36,6 +47,7 @@ here too, by ``RideThroughTransport``: see "Riding through a lost connection" be
 from __future__ import annotations
 
 import base64
+import bisect
 import logging
 import threading
 import time
@@ -53,10 +65,11 @@ from kombu.utils.json import dumps as json_dumps
 
 log = logging.getLogger("taskplane.broker")
 
-#: One list per priority level, so every API priority is distinct on the broker.
-PRIORITY_STEPS: tuple[int, ...] = tuple(range(10))
-#: Separator between queue name and priority step; queue names cannot contain it.
-SEP = ":"
+#: kombu's default priority steps (0, 3, 6, 9): one list per step. Kept at the default so
+#: stock clients, the CLI and Flower need no transport options.
+PRIORITY_STEPS: tuple[int, ...] = tuple(kombu_redis.PRIORITY_STEPS)
+#: kombu's default separator between queue name and priority step (``\x06\x16``).
+SEP: str = kombu_redis.Channel.sep
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
 #: API priority range and the priority of a task submitted without one.
@@ -127,7 +140,8 @@ class QueueStats:
 
 
 def transport_options(visibility_timeout: int, restore_interval: int) -> dict[str, Any]:
-    """``broker_transport_options`` that give the layout documented above.
+    """``broker_transport_options`` for the layout documented above: none of them changes
+    a key or the priority lists (those stay kombu's defaults), only timing and order.
 
     Every worker sweeps ``unacked_index`` each ``restore_interval`` seconds (throttle 1:
     kombu's default sweeps only every tenth tick) and hands back messages whose lease is
@@ -135,8 +149,6 @@ def transport_options(visibility_timeout: int, restore_interval: int) -> dict[st
     dies holding it delays the next sweep by seconds, not minutes.
     """
     return {
-        "priority_steps": list(PRIORITY_STEPS),
-        "sep": SEP,
         "queue_order_strategy": "priority",
         "visibility_timeout": visibility_timeout,
         "unacked_restore_interval": restore_interval,
@@ -171,14 +183,22 @@ def api_priority(message_priority: Any) -> int:
     return min(MAX_PRIORITY, max(MIN_PRIORITY, MAX_PRIORITY - step))
 
 
-def queue_key(queue: str, step: int) -> str:
-    """The list holding ``queue``'s waiting messages of transport priority ``step``."""
+def priority_step(transport_priority: int) -> int:
+    """The step whose list holds messages of ``transport_priority``: the highest step at
+    or below it, as kombu's ``Channel.priority`` files them."""
+    clamped = min(MAX_PRIORITY, max(MIN_PRIORITY, int(transport_priority)))
+    return PRIORITY_STEPS[bisect.bisect(PRIORITY_STEPS, clamped) - 1]
+
+
+def queue_key(queue: str, transport_priority: int) -> str:
+    """The list holding ``queue``'s waiting messages of ``transport_priority``."""
+    step = priority_step(transport_priority)
     return queue if step == 0 else f"{queue}{SEP}{step}"
 
 
 def queue_keys(queue: str) -> list[str]:
     """Every Redis list that holds waiting messages of ``queue``."""
-    return [queue_key(queue, step) for step in PRIORITY_STEPS]
+    return [queue if step == 0 else f"{queue}{SEP}{step}" for step in PRIORITY_STEPS]
 
 
 #: kombu's Redis channel base64-encodes message bodies (``Channel.body_encoding``).

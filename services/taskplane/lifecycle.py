@@ -783,12 +783,15 @@ class Lifecycle:
         entry: dict[str, Any] = json.loads(raw)
         return entry if entry.get("tenant") == tenant else None
 
-    def dead_letter_raw(self, tenant: str, task_id: str) -> tuple[str, dict[str, Any]] | None:
+    def dead_letter_raw(self, tenant: str | None, task_id: str
+                        ) -> tuple[str, dict[str, Any]] | None:
+        """The dead letter as stored (for ``retry_dead``) and decoded, if it is ``tenant``'s
+        (``None``: whoever's, for operators)."""
         raw = self.client.get(dead_key(task_id))
         if raw is None:
             return None
         entry: dict[str, Any] = json.loads(raw)
-        return (raw.decode(), entry) if entry.get("tenant") == tenant else None
+        return (raw.decode(), entry) if tenant in (None, entry.get("tenant")) else None
 
     def dead_letters(self, tenant: str | None, limit: int, offset: int
                      ) -> tuple[int, list[dict[str, Any]]]:

@@ -16,8 +16,8 @@ API and worker record from several processes, so they use prometheus-client's
 multiprocess mode: each process writes its own files under
 ``PROMETHEUS_MULTIPROC_DIR``, which is emptied when the pod starts, and the files
 are merged at scrape time. ``PROMETHEUS_MULTIPROC_DIR`` must be set before
-``prometheus_client`` is first imported: :func:`prepare_multiprocess_dir` does it for
-every entry point.
+``prometheus_client`` is first imported: :func:`prepare_multiprocess_dir` does it in
+the process that owns the directory, at its start (never on import).
 
 Labels are bounded by construction: ``task`` is a registered task name (unknown
 names are rejected before anything is counted), ``queue`` a configured queue,
@@ -26,9 +26,11 @@ names are rejected before anything is counted), ``queue`` a configured queue,
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,12 +179,25 @@ def reference_table() -> str:
     return "\n".join(rows)
 
 
+#: The process that prepared this process's directory, and the directory: preparing twice
+#: in one process (``taskplane worker`` and Celery's ``celeryd_init``) is a no-op.
+_prepared: dict[int, Path] = {}
+
+
 def prepare_multiprocess_dir(role: str, clean: bool = True) -> Path:
-    """Point prometheus-client at a per-pod directory and empty it; call before importing it.
+    """Point prometheus-client at this pod's directory and empty it; call before importing it.
+
+    Only the process that owns the directory calls this, at its start (a worker's main
+    process, gunicorn's master), never on import: a ``celery -A taskplane.worker inspect``
+    run inside a live worker's pod must not empty that worker's files.
 
     A value already in the environment wins (the chart mounts an emptyDir there);
-    otherwise a fresh temporary directory is made for this process tree.
+    otherwise a fresh temporary directory is made for this process tree and removed when
+    this process exits (not when one of its forked children does).
     """
+    pid = os.getpid()
+    if pid in _prepared:
+        return _prepared[pid]
     current = os.environ.get(MULTIPROC_ENV)
     if current:
         path = Path(current)
@@ -193,8 +208,17 @@ def prepare_multiprocess_dir(role: str, clean: bool = True) -> Path:
     else:
         path = Path(tempfile.mkdtemp(prefix=f"taskplane-{role}-metrics-"))
         os.environ[MULTIPROC_ENV] = str(path)
+        atexit.register(_remove_temporary, path, pid)
     path.mkdir(parents=True, exist_ok=True)
+    _prepared[pid] = path
     return path
+
+
+def _remove_temporary(path: Path, owner: int) -> None:
+    """atexit: forked children (pool processes, gunicorn workers) inherit the handler;
+    only the process that made the directory removes it."""
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)

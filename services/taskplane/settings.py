@@ -58,6 +58,13 @@ class Settings:
         "Bearer tokens as `tenant:token,tenant:token`, or the path of a file with one "
         "`tenant:token` per line (a mounted Secret). A value without `:` is a path.",
     )
+    api_admin_tokens: str = _setting(
+        "API_ADMIN_TOKENS", "",
+        "Operator tokens, as `name:token,name:token` or a file path like `API_TOKENS`. An "
+        "operator reads, revokes and retries any tenant's tasks and lists every tenant's "
+        "dead letters; tasks it submits belong to the tenant `name`. Names must not be "
+        "tenant names.",
+    )
     auth_disabled: bool = _setting(
         "AUTH_DISABLED", False,
         "Serve without authentication (every caller is tenant `local`). Local development only.",
@@ -269,37 +276,54 @@ class Settings:
         return self.results_url == self.redis_url
 
     def tokens(self) -> dict[str, str]:
-        """Map each bearer token to its tenant, reading the token file if one is named."""
-        raw = self.api_tokens.strip()
-        if not raw:
-            return {}
-        if ":" not in raw:
-            try:
-                with open(raw, encoding="utf-8") as fh:
-                    entries = [ln.strip() for ln in fh if ln.strip() and not ln.startswith("#")]
-            except OSError as exc:
-                raise SettingsError(f"API_TOKENS file {raw!r} cannot be read: {exc}") from exc
-        else:
-            entries = [e.strip() for e in raw.split(",") if e.strip()]
-        tokens: dict[str, str] = {}
-        for entry in entries:
-            tenant, sep, token = entry.partition(":")
-            if not sep or not tenant or len(token) < 16:
-                raise SettingsError(
-                    "API_TOKENS entries must be tenant:token with a token of 16+ characters")
-            tokens[token] = tenant
-        return tokens
+        """Map each tenant bearer token to its tenant, reading the token file if one is named."""
+        return _token_map("API_TOKENS", self.api_tokens)
+
+    def admin_tokens(self) -> dict[str, str]:
+        """Map each operator token to the operator's name (``API_ADMIN_TOKENS``)."""
+        operators = _token_map("API_ADMIN_TOKENS", self.api_admin_tokens)
+        tenants = self.tokens()
+        if set(operators) & set(tenants):
+            raise SettingsError("a token is in both API_TOKENS and API_ADMIN_TOKENS")
+        if set(operators.values()) & set(tenants.values()):
+            raise SettingsError("API_ADMIN_TOKENS names must not be tenant names in API_TOKENS")
+        return operators
 
     def redacted(self) -> dict[str, Any]:
         """Settings safe to log: passwords and tokens replaced."""
         out = dataclasses.asdict(self)
         out["api_tokens"] = "<set>" if self.api_tokens else ""
         out["redis_password"] = "<set>" if self.redis_password else ""
+        out["api_admin_tokens"] = "<set>" if self.api_admin_tokens else ""
         for key in ("redis_url", "result_backend_url"):
             parts = urlsplit(out[key])
             if parts.password:
                 out[key] = out[key].replace(parts.password, "***", 1)
         return out
+
+
+def _token_map(env: str, value: str) -> dict[str, str]:
+    """``name:token`` entries (comma-separated, or one a line in the file ``value`` names
+    when it has no ``:``) → {token: name}."""
+    raw = value.strip()
+    if not raw:
+        return {}
+    if ":" not in raw:
+        try:
+            with open(raw, encoding="utf-8") as fh:
+                entries = [ln.strip() for ln in fh if ln.strip() and not ln.startswith("#")]
+        except OSError as exc:
+            raise SettingsError(f"{env} file {raw!r} cannot be read: {exc}") from exc
+    else:
+        entries = [e.strip() for e in raw.split(",") if e.strip()]
+    tokens: dict[str, str] = {}
+    for entry in entries:
+        name, sep, token = entry.partition(":")
+        if not sep or not name or len(token) < 16:
+            raise SettingsError(
+                f"{env} entries must be name:token with a token of 16+ characters")
+        tokens[token] = name
+    return tokens
 
 
 def _env(field_name: str) -> str:

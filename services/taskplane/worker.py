@@ -26,6 +26,7 @@ from celery.worker import state as worker_state
 from . import broker, lifecycle, metrics
 from .celery_app import create_celery
 from .lifecycle import Lifecycle, PoisonedTask
+from .pool import POOL
 from .results import ResultBackend
 from .settings import Settings
 from .worker_probes import LeaseStep, serve_probes
@@ -189,10 +190,70 @@ def connect_signals() -> None:
     signals.task_rejected.connect(_on_rejected, weak=False)
     signals.task_unknown.connect(_on_rejected, weak=False)
     signals.worker_process_shutdown.connect(_on_process_shutdown, weak=False)
+    signals.celeryd_init.connect(_on_worker_init, weak=False)
     signals.worker_ready.connect(_on_worker_ready, weak=False)
     signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
     ResultBackend.on_dead_letter = staticmethod(_on_dead_letter)  # type: ignore[assignment]
     _connected = True
+
+
+def consumer_module_logger() -> str:
+    """The logger Celery's consumer reports undeliverable messages on, with their whole body
+    and headers (which carry the arguments and their reprs).
+
+    Reads Celery's consumer module (not public API); the one place that does.
+    ``tests/integration/test_celery_tools.py`` sends an unknown task and fails if its
+    arguments reach the worker's log, so a change in Celery shows up there.
+    """
+    from celery.worker.consumer import consumer
+
+    return str(consumer.logger.name)
+
+
+def _message_dump_templates() -> dict[str, str]:
+    """Celery's log templates that dump a message body → the line logged instead."""
+    from celery.worker.consumer import consumer
+
+    return {
+        consumer.UNKNOWN_TASK_ERROR: "Received unregistered task of type %s (id %s); "
+                                     "discarded. Its arguments are not logged.",
+        consumer.INVALID_TASK_ERROR: "Received an invalid task message (%s); discarded. "
+                                     "Its body is not logged.",
+        consumer.UNKNOWN_FORMAT: "Received and deleted a message of unknown format; its "
+                                 "body is not logged.",
+        consumer.MESSAGE_DECODE_ERROR: "Cannot decode a message body (%s); its body is not "
+                                       "logged.",
+    }
+
+
+class RedactMessageDumps(logging.Filter):
+    """Celery logs the whole body and headers of a message it cannot run (an unknown task
+    name from a foreign client, an invalid or undecodable message): task arguments would
+    reach the logs. The line keeps what identifies the message, not its contents."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.templates = _message_dump_templates()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        replacement = self.templates.get(record.msg) if isinstance(record.msg, str) else None
+        if replacement is None:
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        first = args[0] if args else None
+        if replacement.count("%s") == 2:  # unknown task: its name, and its id from the headers
+            headers = args[2] if len(args) > 2 and isinstance(args[2], dict) else {}
+            name = str(first.args[0]) if isinstance(first, KeyError) and first.args else str(first)
+            record.args = (name[:200], str(headers.get("id", "?"))[:200])
+        elif replacement.count("%s") == 1:
+            record.args = (type(first).__name__ if isinstance(first, BaseException)
+                           else "?",)
+        else:
+            record.args = ()
+        record.msg = replacement
+        record.exc_info = None  # the traceback's locals and message may quote the body
+        record.exc_text = None
+        return True
 
 
 class RedactReturnValues(logging.Filter):
@@ -241,14 +302,28 @@ class TaskplaneWorker(CeleryWorker):
 
 
 def create_worker_app(settings: Settings) -> Celery:
-    metrics.prepare_multiprocess_dir("worker")
+    """The worker's Celery app. Side-effect free: ``celery -A taskplane.worker inspect``
+    builds it too, inside a live worker's pod, so the metrics directory is prepared only
+    when a worker starts (``_on_worker_init``), by the process that owns it."""
     metrics.configure(settings.metrics_enabled)
     logging.getLogger(celery_trace.logger.name).addFilter(RedactReturnValues())
+    logging.getLogger(consumer_module_logger()).addFilter(RedactMessageDumps())
     app = create_celery(settings, patient=True)
+    # "terminate" stops the task whichever signal it names (taskplane.pool).
+    app.conf.worker_pool = POOL
+    # Task events (Flower) carry no return value: results may hold anything a tenant sent.
+    for task in app.tasks.values():
+        task.resultrepr_maxsize = 0
     app.steps["consumer"].add(LeaseStep)
     app.Worker = app.subclass_with_self(TaskplaneWorker)
     connect_signals()
     return app
+
+
+def _on_worker_init(**_: Any) -> None:
+    """``celeryd_init``: in a starting worker's main process, before its pool forks and
+    before prometheus-client is imported: the metrics directory is this process's now."""
+    metrics.prepare_multiprocess_dir("worker")
 
 
 def worker_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
@@ -285,6 +360,7 @@ def run(settings: Settings, extra: Sequence[str] = ()) -> None:
     # SIGTERM means "soft shutdown": finish running tasks for WORKER_SOFT_SHUTDOWN_TIMEOUT,
     # then hand the rest back. billiard reads this at import, so it must be set first.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    metrics.prepare_multiprocess_dir("worker")  # this process owns it; before the probes serve
     _app(settings)
     serve_probes(settings)  # a taken port stops the worker here, before it takes any task
     # The ``celery`` command itself, pointed at this app: its ``main`` returns the worker's

@@ -238,7 +238,8 @@ def test_external_metric_sources_come_from_the_contract(contract: dict[str, Any]
         assert set(external["from"]) <= names, key
 
 
-def test_keda_queries_select_the_pool_queues(renders: dict[str, Render]) -> None:
+def test_keda_queries_select_the_pool_queues(renders: dict[str, Render],
+                                             contract: dict[str, Any]) -> None:
     for case in CASES:
         for so in renders[case].of_kind("ScaledObject"):
             deployment = renders[case].get("Deployment", so["spec"]["scaleTargetRef"]["name"])

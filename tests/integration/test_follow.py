@@ -183,3 +183,14 @@ def test_a_submit_answers_while_every_follower_slot_is_taken(isolated_redis: Red
     finally:
         worker.stop()
         api.close()
+
+
+def test_an_operator_lists_every_tenants_tasks(api: Api) -> None:
+    since = time.time()
+    ours = api.submit("test.echo", kwargs={"value": 1}, queue=PARKED)["id"]
+    theirs = api.submit("test.echo", tenant="globex", kwargs={"value": 2}, queue=PARKED)["id"]
+    seen = {t["id"]: t["tenant"] for t in listing(api, tenant="ops", submitted_after=since)["items"]}
+    assert seen == {theirs: "globex", ours: "acme"}
+    assert all("tenant" not in t for t in listing(api, submitted_after=since)["items"])
+    pending = listing(api, tenant="ops", submitted_after=since, state="PENDING")["items"]
+    assert {t["id"] for t in pending} == {ours, theirs}

@@ -93,11 +93,12 @@ def test_record_and_message_are_written_together_or_not_at_all(
     client = life.client
     first = submit(app, tenant="capped", name=TASK, args=[], kwargs={"data": "x"},
                    queue=QUEUE, priority=5)
-    assert client.llen(QUEUE + ":4") == 1
+    key = broker.queue_key(QUEUE, broker.transport_priority(5))
+    assert client.llen(key) == 1
     with pytest.raises(TenantCapReached):
         submit(app, tenant="capped", name=TASK, args=[], kwargs={"data": "x"},
                queue=QUEUE, priority=5)
-    assert client.llen(QUEUE + ":4") == 1  # the refused task left no message behind
+    assert client.llen(key) == 1  # the refused task left no message behind
     assert life.read(first.task_id, with_result=False)[0] is not None
     app.close()
 

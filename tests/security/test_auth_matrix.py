@@ -22,11 +22,12 @@ import requests
 
 from tests.conftest import PARKED
 from tests.security.helpers import PUBLIC_ROUTES, assert_error
-from tests.support.services import TEST_TOKENS, Api
+from tests.support.services import OPERATOR_TOKENS, TEST_TOKENS, Api
 
 pytestmark = pytest.mark.security
 
 ACME, GLOBEX = TEST_TOKENS["acme"], TEST_TOKENS["globex"]
+OPS = OPERATOR_TOKENS["ops"]
 UNKNOWN_ID = "0b6c2f0e-0000-4000-8000-000000000000"
 
 #: Authorization values that must all be 401.
@@ -49,6 +50,9 @@ REFUSED = {
     "comma-list": f"Bearer {ACME}, Bearer {ACME}",
     "very-long": "Bearer " + "a" * 6000,
     "non-ascii": "Bearer ÿacme",
+    "operator-one-char-changed": f"Bearer {OPS[:-1]}{'0' if OPS[-1] != '0' else '1'}",
+    "operator-prefix": f"Bearer {OPS[:-1]}",
+    "operator-name-prefixed": f"Bearer ops:{OPS}",
 }
 
 #: Authorization values that must be accepted (scheme case-insensitive, 1*SP separator).
@@ -57,6 +61,7 @@ ACCEPTED = {
     "uppercase-scheme": f"BEARER {ACME}",
     "mixed-case-scheme": f"BeArEr {ACME}",
     "two-spaces": f"Bearer  {ACME}",
+    "operator": f"Bearer {OPS}",
 }
 
 
@@ -225,3 +230,82 @@ def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -
         expected = tokens.get(presented)
         assert auth.match_token(tokens, presented) == expected
         assert len(calls) == len(tokens), f"{presented[:20]}: {len(calls)} comparisons"
+
+
+# --- the operator role (API_ADMIN_TOKENS) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["waiting", "done", "dead"])
+def test_an_operator_reads_any_tenants_task(api: Api, acme_tasks: dict[str, str],
+                                            which: str) -> None:
+    task_id = acme_tasks[which]
+    theirs = api.get(f"/v1/tasks/{task_id}", tenant="ops")
+    assert theirs.status_code == 200, theirs.text
+    assert theirs.json() == api.get(f"/v1/tasks/{task_id}").json()
+    assert _call(api, "GET", "/task_status/{task_id}", f"Bearer {OPS}", task_id).status_code == 200
+    # and still 404 for what does not exist, like everyone
+    _not_found(_call(api, "GET", "/v1/tasks/{task_id}", f"Bearer {OPS}", UNKNOWN_ID),
+               UNKNOWN_ID, "task_not_found")
+
+
+def test_an_operator_lists_every_tenants_dead_letters_with_their_tenant(
+        api: Api, acme_tasks: dict[str, str]) -> None:
+    globex_failed = api.submit("test.fail", tenant="globex", kwargs={"message": "globex's"})
+    api.wait_state(globex_failed["id"], "FAILURE", tenant="globex")
+    listing = api.get("/v1/dead-letters?limit=500", tenant="ops").json()
+    tenants = {e["id"]: e["tenant"] for e in listing["items"]}
+    assert tenants[acme_tasks["dead"]] == "acme"
+    assert tenants[globex_failed["id"]] == "globex"
+    assert listing["total"] >= 2
+    # tenants keep seeing only their own, without a tenant field
+    acme = api.get("/v1/dead-letters?limit=500").json()["items"]
+    assert globex_failed["id"] not in {e["id"] for e in acme}
+    assert all("tenant" not in e for e in acme)
+
+
+def test_an_operator_revokes_and_retries_for_the_tasks_tenant(api: Api) -> None:
+    waiting = api.submit("test.echo", kwargs={"value": "ops revokes"}, queue=PARKED)
+    r = api.delete(f"/v1/tasks/{waiting['id']}", tenant="ops")
+    assert r.status_code == 202, r.text
+    assert api.get(f"/v1/tasks/{waiting['id']}").json()["state"] == "REVOKED"
+
+    failed = api.submit("test.fail", kwargs={"message": "ops retries"})
+    api.wait_state(failed["id"], "FAILURE")
+    retried = api.post(f"/v1/dead-letters/{failed['id']}/retry", tenant="ops")
+    assert retried.status_code == 202, retried.text
+    # still acme's task: acme sees it run (and fail) again; globex still does not
+    api.wait_state(failed["id"], "FAILURE")
+    assert failed["id"] in {e["id"] for e in api.get("/v1/dead-letters?limit=500").json()["items"]}
+    assert api.get(f"/v1/tasks/{failed['id']}", tenant="globex").status_code == 404
+
+
+def test_an_operators_own_tasks_are_its_own_tenants(api: Api) -> None:
+    mine = api.submit("test.echo", tenant="ops", kwargs={"value": "ops"}, queue=PARKED)
+    assert api.get(f"/v1/tasks/{mine['id']}", tenant="ops").status_code == 200
+    for tenant in ("acme", "globex"):
+        assert api.get(f"/v1/tasks/{mine['id']}", tenant=tenant).status_code == 404
+
+
+def test_operator_tokens_are_compared_in_constant_time_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A presented token meets every tenant and every operator token, whichever matches."""
+    from taskplane.api import create_app
+    from taskplane.settings import Settings
+
+    settings = Settings.from_env({
+        "API_TOKENS": ",".join(f"t{i}:tenant-token-{i:02d}-0123456789" for i in range(5)),
+        "API_ADMIN_TOKENS": ",".join(f"o{i}:operator-token-{i:02d}-0123456789" for i in range(3)),
+    })
+    app = create_app(settings)
+    from taskplane.api import auth
+
+    calls: list[Any] = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest",
+                        lambda a, b: calls.append(a) or real(a, b))
+    client = app.test_client()
+    for presented in ("tenant-token-00-0123456789", "operator-token-02-0123456789", "nope"):
+        calls.clear()
+        client.get("/v1/task-types", headers={"Authorization": f"Bearer {presented}"})
+        assert len(calls) == 8, f"{presented}: {len(calls)} comparisons"
+    assert client.get("/v1/task-types", headers={
+        "Authorization": "Bearer operator-token-02-0123456789"}).status_code == 200

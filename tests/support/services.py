@@ -24,6 +24,8 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 TEST_TOKENS = {"acme": "acme-token-0123456789abcdef", "globex": "globex-token-0123456789abcdef"}
+#: Operator tokens (API_ADMIN_TOKENS): every tenant's tasks and dead letters.
+OPERATOR_TOKENS = {"ops": "ops-operator-token-0123456789abcdef"}
 
 
 def free_port() -> int:
@@ -127,6 +129,7 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
     env.update({
         "REDIS_URL": redis_url,
         "API_TOKENS": ",".join(f"{t}:{tok}" for t, tok in TEST_TOKENS.items()),
+        "API_ADMIN_TOKENS": ",".join(f"{o}:{tok}" for o, tok in OPERATOR_TOKENS.items()),
         "TASK_MODULES": "tests.support.tasks",
         "PYTHONPATH": str(ROOT),
         "PYTHONUNBUFFERED": "1",
@@ -226,7 +229,8 @@ class Api:
                 **kwargs: Any) -> requests.Response:
         headers = dict(kwargs.pop("headers", {}) or {})
         if tenant is not None:
-            headers.setdefault("Authorization", f"Bearer {TEST_TOKENS[tenant]}")
+            token = TEST_TOKENS.get(tenant) or OPERATOR_TOKENS[tenant]
+            headers.setdefault("Authorization", f"Bearer {token}")
         return self.session.request(method, self.base + path, headers=headers, timeout=30,
                                     **kwargs)
 

@@ -31,7 +31,11 @@ def test_fingerprint_ignores_key_order() -> None:
 def test_priorities_flip_for_the_redis_transport() -> None:
     assert broker.transport_priority(9) == 0  # most urgent is served first
     assert broker.transport_priority(0) == 9
-    assert broker.queue_keys("q")[:3] == ["q", "q:1", "q:2"]
+    # kombu's default layout: four lists, the bare name served first
+    assert broker.queue_keys("q") == ["q", "q\x06\x163", "q\x06\x166", "q\x06\x169"]
+    assert [broker.queue_key("q", broker.transport_priority(p)) for p in (9, 7, 6, 4, 3, 1, 0)] == [
+        "q", "q", "q\x06\x163", "q\x06\x163", "q\x06\x166", "q\x06\x166", "q\x06\x169"]
+    assert [broker.api_priority(broker.transport_priority(p)) for p in range(10)] == list(range(10))
     assert len(broker.queue_keys("q")) == len(broker.PRIORITY_STEPS)
 
 

@@ -61,6 +61,25 @@ def test_tokens_from_value_and_from_file(tmp_path: Path) -> None:
         Settings.from_env({"API_TOKENS": str(tmp_path / "missing")}).tokens()
 
 
+def test_operator_tokens_are_their_own_kind(tmp_path: Path) -> None:
+    tenants = "acme:aaaaaaaaaaaaaaaa1"
+    s = Settings.from_env({"API_TOKENS": tenants, "API_ADMIN_TOKENS": "ops:oooooooooooooooo1"})
+    assert s.admin_tokens() == {"oooooooooooooooo1": "ops"}
+    f = tmp_path / "operators"
+    f.write_text("ops:pppppppppppppppp2\n")
+    assert Settings.from_env({"API_ADMIN_TOKENS": str(f)}).admin_tokens() == {
+        "pppppppppppppppp2": "ops"}
+    with pytest.raises(SettingsError, match="both"):
+        Settings.from_env({"API_TOKENS": tenants,
+                           "API_ADMIN_TOKENS": "ops:aaaaaaaaaaaaaaaa1"}).admin_tokens()
+    with pytest.raises(SettingsError, match="tenant names"):
+        Settings.from_env({"API_TOKENS": tenants,
+                           "API_ADMIN_TOKENS": "acme:oooooooooooooooo1"}).admin_tokens()
+    with pytest.raises(SettingsError, match="API_ADMIN_TOKENS entries"):
+        Settings.from_env({"API_ADMIN_TOKENS": "ops:short"}).admin_tokens()
+    assert "oooooooooooooooo1" not in repr(s.redacted())
+
+
 def test_redacted_hides_secrets() -> None:
     s = Settings.from_env({"REDIS_URL": "redis://:hunter2@localhost:6379/0",
                            "API_TOKENS": "acme:aaaaaaaaaaaaaaaa1"})

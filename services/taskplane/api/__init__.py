@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=celery,
         runtime=celery.runtime,
         tokens=tokens,
+        admin_tokens=settings.admin_tokens(),
         auth_disabled=settings.auth_disabled,
         submit_validator=routes.submit_validator(settings.max_countdown),
     )

@@ -1,8 +1,13 @@
-"""Bearer-token authentication: every token belongs to one tenant.
+"""Bearer-token authentication: every token belongs to one tenant, or to an operator.
 
-Tokens are compared in constant time against every configured token (no early
-exit), so response time does not reveal how much of a guess was right. Tokens
-never reach the logs: only the tenant name does.
+A tenant token sees and acts on its tenant's tasks only; another tenant's task is 404, as
+if it did not exist. An operator token (``API_ADMIN_TOKENS``) may read, revoke and retry
+any tenant's tasks and list every tenant's dead letters: views ask :func:`scope` (None for
+an operator: every tenant) or :func:`may_see`, never compare tenants themselves.
+
+Tokens are compared in constant time against every configured token, tenant and operator
+alike (no early exit), so response time does not reveal how much of a guess was right,
+nor which kind of token it was close to. Tokens never reach the logs: only the name does.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ def authenticate() -> None:
     """``before_request`` hook: set ``g.tenant`` or answer 401."""
     config = current_app.extensions["taskplane"]
     if config.auth_disabled:
-        g.tenant = LOCAL_TENANT
+        g.tenant, g.operator = LOCAL_TENANT, False
         return
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -34,10 +39,15 @@ def authenticate() -> None:
         raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <token>'")
     if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
         raise _unauthorized("malformed Authorization header; expected 'Bearer <token>'")
-    tenant = match_token(config.tokens, token.strip())
-    if tenant is None:
+    presented = token.strip()
+    tenant = match_token(config.tokens, presented)
+    operator = match_token(config.admin_tokens, presented)
+    if operator is not None:
+        g.tenant, g.operator = operator, True
+    elif tenant is not None:
+        g.tenant, g.operator = tenant, False
+    else:
         raise _unauthorized("invalid token")
-    g.tenant = tenant
 
 
 def match_token(tokens: dict[str, str], presented: str) -> str | None:
@@ -51,7 +61,22 @@ def match_token(tokens: dict[str, str], presented: str) -> str | None:
 
 
 def current_tenant() -> str:
+    """The tenant the caller's new tasks belong to (an operator's: its own name)."""
     return g.tenant  # type: ignore[no-any-return]
+
+
+def is_operator() -> bool:
+    return bool(g.get("operator", False))
+
+
+def scope() -> str | None:
+    """Whose tasks the caller may see: its tenant, or None (every tenant) for an operator."""
+    return None if is_operator() else current_tenant()
+
+
+def may_see(tenant: str) -> bool:
+    """Whether the caller may read and act on a task of ``tenant``."""
+    return is_operator() or tenant == current_tenant()
 
 
 def init_app(app: Flask, tokens: dict[str, str], auth_disabled: bool) -> None:

@@ -17,6 +17,7 @@ class ApiContext:
     celery: TaskplaneCelery
     runtime: Runtime
     tokens: dict[str, str]
+    admin_tokens: dict[str, str]
     auth_disabled: bool
     submit_validator: jsonschema.protocols.Validator
 

@@ -16,7 +16,7 @@ from .. import broker, lifecycle
 from ..celery_app import TenantCapReached, retry_dead_letter_task, revoke, submit
 from ..lifecycle import TaskRecord, fingerprint
 from . import follow, observe, schemas
-from .auth import authenticate, current_tenant
+from .auth import authenticate, current_tenant, may_see, scope
 from .body import json_body, validate
 from .context import api_context
 from .errors import UNAVAILABLE, ApiError
@@ -37,11 +37,12 @@ def _not_found(task_id: str) -> ApiError:
 
 
 def _owned(task_id: str) -> TaskStatus:
-    """The task if it exists and belongs to the caller; another tenant's task is 404 too."""
+    """The task if it exists and the caller may see it (its tenant, or an operator);
+    another tenant's task is 404 too."""
     if not _TASK_ID.fullmatch(task_id):
         raise _not_found(task_id)
     status = load(api_context().celery, task_id)
-    if status is None or status.record.tenant != current_tenant():
+    if status is None or not may_see(status.record.tenant):
         raise _not_found(task_id)
     return status
 
@@ -114,15 +115,20 @@ def _idempotency_key() -> str | None:
 
 @bp.get("/tasks")
 def list_tasks() -> Response:
-    """The caller's tasks, newest first, filtered, a cursor-paginated page at a time."""
+    """The caller's tasks (an operator's: every tenant's, each with its ``tenant``), newest
+    first, filtered, a cursor-paginated page at a time."""
     ctx = api_context()
-    query, limit, cursor = _task_query(current_tenant())
+    owner = scope()
+    query, limit, cursor = _task_query(owner)
     rows, last = ctx.runtime.lifecycle.list_tasks(query, limit, cursor)
     backend = ctx.celery.backend
     items = []
     for record, raw_meta in rows:
         meta = backend.decode_result(raw_meta) if raw_meta else None
-        items.append(represent(TaskStatus(record, meta), task_url(record.id)))
+        item = represent(TaskStatus(record, meta), task_url(record.id))
+        if owner is None:
+            item["tenant"] = record.tenant
+        items.append(item)
     return jsonify({"items": items, "next": last.encode() if last is not None else None})
 
 
@@ -290,8 +296,9 @@ def _page() -> tuple[int, int]:
     return limit, offset
 
 
-def _dead_letter(entry: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in entry.items() if k != "tenant"}
+def _dead_letter(entry: dict[str, Any], with_tenant: bool) -> dict[str, Any]:
+    """A dead letter as shown: its tenant only to an operator, who sees every tenant's."""
+    out = {k: v for k, v in entry.items() if with_tenant or k != "tenant"}
     out["submitted_at"] = iso(entry.get("submitted_at"))
     out["failed_at"] = iso(entry.get("failed_at"))
     return out
@@ -300,24 +307,26 @@ def _dead_letter(entry: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/dead-letters")
 def dead_letters() -> Response:
     limit, offset = _page()
-    total, entries = api_context().runtime.lifecycle.dead_letters(current_tenant(), limit, offset)
-    return jsonify({"items": [_dead_letter(e) for e in entries], "total": total,
+    tenant = scope()
+    total, entries = api_context().runtime.lifecycle.dead_letters(tenant, limit, offset)
+    return jsonify({"items": [_dead_letter(e, tenant is None) for e in entries], "total": total,
                     "limit": limit, "offset": offset})
 
 
 @bp.post("/dead-letters/<task_id>/retry")
 def retry_dead_letter(task_id: str) -> Response:
     ctx = api_context()
-    tenant = current_tenant()
-    found = ctx.runtime.lifecycle.dead_letter_raw(tenant, task_id) if _TASK_ID.fullmatch(
-        task_id) else None
+    valid = bool(_TASK_ID.fullmatch(task_id))
+    # an operator (scope None) finds any tenant's, and acts for that tenant
+    found = ctx.runtime.lifecycle.dead_letter_raw(scope(), task_id) if valid else None
     if found is None:
-        status = load(ctx.celery, task_id) if _TASK_ID.fullmatch(task_id) else None
-        if status is not None and status.record.tenant == tenant:
+        status = load(ctx.celery, task_id) if valid else None
+        if status is not None and may_see(status.record.tenant):
             raise _not_dead_lettered(task_id, status.state)
         raise ApiError(404, "dead_letter_not_found", f"no dead letter with id {task_id!r}",
                        {"id": task_id})
     read, entry = found
+    tenant = str(entry["tenant"])
     if ctx.runtime.registry.get(entry["task"]) is None:
         raise ApiError(409, "unknown_task",
                        f"task type {entry['task']!r} is no longer registered", None)

@@ -1,0 +1,33 @@
+"""Flower's configuration for Taskplane: ``celery --broker=$REDIS_URL flower --conf=<this file>``.
+
+Self-contained (it imports nothing of Taskplane), so the chart mounts the same file into
+the stock Flower image (``charts/taskplane/files/flowerconfig.py`` is a copy that a test
+keeps identical).
+
+What Flower shows of a task comes from the workers' events. Taskplane keeps task data out
+of them at the source: the API sends every task with its argument reprs redacted
+(``<2 redacted>``) and Taskplane's worker puts no return value in its events
+(``resultrepr_maxsize = 0``). ``format_task`` below is the second line for Flower's task
+pages: whatever a foreign client put in its reprs, the pages show only their size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: What the task pages show in place of arguments and results.
+REDACTED = "<redacted>"
+
+# Flower's own defaults, stated: the tasks page must not grow without bound.
+max_tasks = 10000
+# Workers start with events off; Flower turns them on in the workers it finds.
+enable_events = True
+
+
+def format_task(task: Any) -> Any:
+    """Flower's hook for its task pages: show argument and result sizes, not contents."""
+    for field in ("args", "kwargs", "result"):
+        value = getattr(task, field, None)
+        if value is not None and value != "" and "redacted" not in str(value):
+            setattr(task, field, f"{REDACTED} ({len(str(value))} characters)")
+    return task
