@@ -252,6 +252,13 @@ def test_api_reads_tokens_from_a_mounted_secret(renders: dict[str, Render], case
     assert "secret" in volume
     assert env["API_HOST"]["value"] == "::"
     assert "REDIS_URL" in env
+    if case != "flower":
+        assert "API_ADMIN_TOKENS" not in env  # no operator role unless a Secret is named
+        return
+    operators = env["API_ADMIN_TOKENS"]["value"]  # the operators' token file, mounted too
+    mount = next(m for m in container["volumeMounts"] if operators.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "taskplane-operators"
 
 
 @pytest.mark.parametrize("case", CASES)

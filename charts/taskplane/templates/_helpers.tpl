@@ -261,6 +261,10 @@ WORKER_METRICS_PORT: {{ .Values.workers.metricsPort | int | quote }}
 # A value without ':' is a file: the mounted token Secret.
 - name: API_TOKENS
   value: /etc/taskplane/tokens/tokens
+{{- if .Values.auth.operatorSecret }}
+- name: API_ADMIN_TOKENS
+  value: /etc/taskplane/operators/tokens
+{{- end }}
 - name: API_HOST
   value: "::"
 - name: API_PORT
@@ -316,12 +320,26 @@ name are rejected by server-side apply (Helm 4's default), so validateValues ref
     items:
       - key: {{ include "taskplane.tokensSecretKey" . }}
         path: tokens
+{{- if .Values.auth.operatorSecret }}
+- name: operator-tokens
+  secret:
+    secretName: {{ .Values.auth.operatorSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.auth.operatorSecretKey }}
+        path: tokens
+{{- end }}
 {{- end -}}
 
 {{- define "taskplane.tokensMount" -}}
 - name: api-tokens
   mountPath: /etc/taskplane/tokens
   readOnly: true
+{{- if .Values.auth.operatorSecret }}
+- name: operator-tokens
+  mountPath: /etc/taskplane/operators
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* Label matchers of one pool's queue metrics, as a map (HPA selector, KEDA query). */}}
