@@ -81,21 +81,20 @@ ENQUEUED_AT_HEADER = "taskplane_enqueued_at"
 # time of the oldest message at the tail of each, and the routing key and ETA of
 # every unacknowledged delivery (a worker holds countdown/ETA tasks unacknowledged
 # until due: those are "scheduled", the rest "reserved").
+# KEYS: the unacked hash, then each queue's lists in PRIORITY_STEPS order (``queue_keys``).
+# ARGV: the enqueue-time header, now (ISO 8601 UTC), len(PRIORITY_STEPS), queue names.
 # Returns {name, waiting, reserved, oldest_enqueued_at, scheduled} per queue.
 _QUEUE_STATS = """
-local sep, unacked, nsteps = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local header, now = ARGV[4], ARGV[5]
+local header, now, nsteps = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local out, index = {}, {}
-for q = 6 + nsteps, #ARGV do
+for q = 4, #ARGV do
   local name, waiting, oldest = ARGV[q], 0, ''
-  for s = 1, nsteps do
-    local pri = ARGV[5 + s]
-    local key = name
-    if pri ~= '0' then key = name .. sep .. pri end
-    local n = redis.call('LLEN', key)
+  local first = 2 + (q - 4) * nsteps
+  for k = first, first + nsteps - 1 do
+    local n = redis.call('LLEN', KEYS[k])
     if n > 0 then
       waiting = waiting + n
-      local ok, msg = pcall(cjson.decode, redis.call('LINDEX', key, -1))
+      local ok, msg = pcall(cjson.decode, redis.call('LINDEX', KEYS[k], -1))
       if ok and type(msg) == 'table' and type(msg['headers']) == 'table' then
         local t = tonumber(msg['headers'][header])
         if t and (oldest == '' or t < tonumber(oldest)) then oldest = string.format('%.6f', t) end
@@ -105,7 +104,7 @@ for q = 6 + nsteps, #ARGV do
   out[#out + 1] = {name, waiting, 0, oldest, 0}
   index[name] = #out
 end
-for _, raw in ipairs(redis.call('HVALS', unacked)) do
+for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
   local ok, entry = pcall(cjson.decode, raw)
   if ok and type(entry) == 'table' then
     local i = index[entry[3]]
@@ -250,8 +249,9 @@ class RedisBroker:
         if not names:
             return []
         now = datetime.now(UTC).isoformat(timespec="microseconds")
-        rows = self._stats(args=[SEP, UNACKED_KEY, len(PRIORITY_STEPS), ENQUEUED_AT_HEADER, now,
-                                 *PRIORITY_STEPS, *names])
+        keys = [UNACKED_KEY, *(key for name in names for key in queue_keys(name))]
+        rows = self._stats(keys=keys, args=[ENQUEUED_AT_HEADER, now, len(PRIORITY_STEPS),
+                                            *names])
         return [
             QueueStats(
                 name=_text(name), waiting=int(waiting), reserved=int(reserved),
