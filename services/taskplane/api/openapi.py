@@ -90,13 +90,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 {"name": "queue", "in": "query", "required": False,
                  "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
                 {"name": "submitted_after", "in": "query", "required": False,
-                 "schema": {"type": "string"}, "description": "ISO 8601 or epoch seconds"},
+                 "schema": {"type": "string", "maxLength": schemas.MAX_TIMESTAMP},
+                 "description": "ISO 8601 or epoch seconds"},
                 {"name": "submitted_before", "in": "query", "required": False,
-                 "schema": {"type": "string"}, "description": "ISO 8601 or epoch seconds"},
+                 "schema": {"type": "string", "maxLength": schemas.MAX_TIMESTAMP},
+                 "description": "ISO 8601 or epoch seconds"},
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE}},
                 {"name": "cursor", "in": "query", "required": False,
-                 "schema": {"type": "string"}},
+                 "schema": {"type": "string", "maxLength": schemas.MAX_CURSOR}},
             ]), "post": _op(
             "Submit a task", 202, _ref("Task"), (400, 404, 409, 413, 415, 422),
             requestBody={"required": True, "content": {

@@ -152,6 +152,8 @@ def _task_query(tenant: str | None) -> tuple[lifecycle.TaskQuery, int, lifecycle
     cursor = None
     if args.get("cursor") is not None:
         try:
+            if len(args["cursor"]) > schemas.MAX_CURSOR:
+                raise ValueError("too long")
             cursor = lifecycle.Cursor.decode(args["cursor"])
         except ValueError:
             problems.append({"field": "cursor", "message": "not a cursor this API returned"})
@@ -169,6 +171,8 @@ def _timestamp(name: str, problems: list[dict[str, str]]) -> float | None:
     if raw is None:
         return None
     try:
+        if len(raw) > schemas.MAX_TIMESTAMP:
+            raise ValueError("too long")
         value = float(raw) if raw.isascii() and raw.replace(".", "", 1).isdigit() else None
         if value is None:
             parsed = datetime.fromisoformat(raw)

@@ -11,8 +11,10 @@ from ..settings import QUEUE_NAME_RE
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_ARGS = 1000
 MAX_IDEMPOTENCY_KEY = 255
-#: The largest page ``GET /v1/tasks`` returns.
+#: The largest page ``GET /v1/tasks`` returns, and the longest cursor and time it reads.
 MAX_PAGE = 200
+MAX_CURSOR = 128  # a cursor this API makes is about 60 characters
+MAX_TIMESTAMP = 40
 
 TERMINAL_STATES = lifecycle.FINAL_STATES
 STATES = lifecycle.STATES
