@@ -19,6 +19,7 @@ _ERRORS = {
     405: "Method not allowed on this path.",
     409: "Conflicts with the resource's state.",
     413: "Body larger than MAX_BODY_BYTES.",
+    414: "Request line (path and query) longer than the server reads (8190 bytes).",
     415: "Body is not JSON.",
     422: "Valid JSON that breaks the schema; details name each field.",
     429: "Tenant over its request rate or its cap of unfinished tasks; retry after Retry-After.",
@@ -82,7 +83,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "next": {"type": ["string", "null"],
                          "description": "Pass as `cursor` for the next page; null at the end. "
                                         "A page may hold fewer than `limit` tasks."}}},
-            (422,), parameters=[
+            (414, 422), parameters=[
                 {"name": "state", "in": "query", "required": False,
                  "schema": {"type": "string", "enum": list(schemas.STATES)}},
                 {"name": "task", "in": "query", "required": False,
@@ -98,7 +99,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE}},
                 {"name": "cursor", "in": "query", "required": False,
-                 "schema": {"type": "string", "maxLength": schemas.MAX_CURSOR}},
+                 "schema": {"type": "string", "maxLength": schemas.MAX_CURSOR,
+                            "pattern": "^[A-Za-z0-9_-]*$"}},
             ]), "post": _op(
             "Submit a task", 202, _ref("Task"), (400, 404, 409, 413, 415, 422),
             requestBody={"required": True, "content": {

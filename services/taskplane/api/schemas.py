@@ -13,8 +13,8 @@ MAX_ARGS = 1000
 MAX_IDEMPOTENCY_KEY = 255
 #: The largest page ``GET /v1/tasks`` returns, and the longest cursor and time it reads.
 MAX_PAGE = 200
-MAX_CURSOR = 128  # a cursor this API makes is about 60 characters
-MAX_TIMESTAMP = 40
+MAX_CURSOR = 256  # a cursor this API makes is 80 characters for a UUID task id
+MAX_TIMESTAMP = 40  # 2026-11-30T10:25:15.123456+00:00 is 32
 
 TERMINAL_STATES = lifecycle.FINAL_STATES
 STATES = lifecycle.STATES
