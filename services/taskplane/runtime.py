@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from celery import Celery
+from celery.app.defaults import DEFAULTS
 from celery.utils.nodenames import anon_nodename
 
 from .broker import RedisBroker
@@ -19,6 +20,12 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .tasks.registry import Registry
+
+
+#: The queue a stock Celery client sends to when it names none (Celery's default
+#: ``task_default_queue``): workers that consume the default queue consume it too, so such
+#: a task runs instead of waiting where no worker reads.
+STOCK_DEFAULT_QUEUE: str = DEFAULTS["task_default_queue"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ class Runtime:
     origin: str = field(default_factory=anon_nodename)
 
     def known_queues(self) -> list[str]:
-        queues = {self.settings.default_queue, *self.settings.queues}
+        queues = {self.settings.default_queue, STOCK_DEFAULT_QUEUE, *self.settings.queues}
         queues |= self.registry.queues(self.settings.default_queue)
         return sorted(queues)
 

@@ -28,6 +28,7 @@ from .celery_app import create_celery
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
 from .results import ResultBackend
+from .runtime import STOCK_DEFAULT_QUEUE
 from .settings import Settings
 from .worker_probes import LeaseStep, serve_probes
 
@@ -329,6 +330,8 @@ def _on_worker_init(**_: Any) -> None:
 def worker_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
     """The ``celery worker`` command line the settings describe; ``extra`` wins."""
     queues = settings.worker_queues or tuple(runtime_queues(settings))
+    if settings.default_queue in queues and STOCK_DEFAULT_QUEUE not in queues:
+        queues = (*queues, STOCK_DEFAULT_QUEUE)  # where stock clients send by default
     return [
         "worker",
         f"--loglevel={settings.log_level}",

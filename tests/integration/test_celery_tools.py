@@ -21,6 +21,7 @@ from celery import Celery
 
 from taskplane import broker, lifecycle
 from taskplane.celery_app import create_celery
+from taskplane.runtime import STOCK_DEFAULT_QUEUE
 from taskplane.settings import Settings
 from tests.support.scrape import scrape, value
 from tests.support.services import (
@@ -113,6 +114,16 @@ def test_a_stock_client_runs_tasks_of_every_priority(stack: Stack) -> None:
     wait_for(lambda: value(scrape(stack.metrics_url), "taskplane_tasks_total", task="test.echo",
                            queue="default", outcome="succeeded") == before + 3, 10,
              "three stock-client runs counted")
+
+
+def test_a_stock_client_that_names_no_queue_is_served(stack: Stack) -> None:
+    """Celery's default queue is `celery`: the workers of the default queue consume it too."""
+    result = stack.stock.send_task("test.echo", kwargs={"value": "no queue named"})
+    assert result.get(timeout=60) == "no queue named"
+    found = record(stack, result.id)
+    assert found is not None and found.queue == STOCK_DEFAULT_QUEUE
+    names = [q["name"] for q in stack.api.get("/v1/queues").json()["items"]]
+    assert STOCK_DEFAULT_QUEUE in names
 
 
 def test_an_operator_sees_a_stock_clients_tasks_and_no_tenant_does(stack: Stack) -> None:
