@@ -209,6 +209,8 @@ class Scheduler:
                                         idempotency=key)
         except IdempotencyConflict as exc:  # fired under an older definition: still fired
             out.replayed += 1
+            log.info("replay schedule=%s tick=%s task=%s (older definition)", schedule.ident,
+                     _iso(tick), exc.task_id)
             return exc.task_id
         except (TenantCapReached, RateLimited, OutcomeUnknown, redis.RedisError) as exc:
             log.warning("fire schedule=%s tick=%s not accepted: %s", schedule.ident,
@@ -216,6 +218,8 @@ class Scheduler:
             return None
         if accepted.replayed:
             out.replayed += 1
+            log.info("replay schedule=%s tick=%s task=%s", schedule.ident, _iso(tick),
+                     accepted.task_id)
             return accepted.task_id
         lag = time.time() - tick
         out.fired.append((tick, accepted.task_id))
