@@ -58,7 +58,8 @@ class Outcome:
     """What one scan did with one schedule (tests and logs read it)."""
 
     fired: list[tuple[float, str]] = field(default_factory=list)  # (tick, task id) created
-    replayed: int = 0  # ticks another replica (or an earlier attempt) had fired
+    #: (tick, task id) another replica (or an earlier attempt) had fired
+    replayed: list[tuple[float, str]] = field(default_factory=list)
     skipped: int = 0  # overlap: forbid
     missed: int = 0  # catch_up
     advanced: bool = False
@@ -175,7 +176,7 @@ class Scheduler:
         reachable = [t for t in late if now - t <= window]
         if schedule.catch_up == "all":
             keep.update(reachable[-most:])
-        elif schedule.catch_up == "latest" and not on_time and reachable:
+        elif schedule.catch_up == "latest" and reachable:
             keep.add(reachable[-1])
         return [(t, t in keep) for t in ticks]
 
@@ -208,7 +209,7 @@ class Scheduler:
                                         queue=queue, priority=schedule.priority,
                                         idempotency=key)
         except IdempotencyConflict as exc:  # fired under an older definition: still fired
-            out.replayed += 1
+            out.replayed.append((tick, exc.task_id))
             log.info("replay schedule=%s tick=%s task=%s (older definition)", schedule.ident,
                      _iso(tick), exc.task_id)
             return exc.task_id
@@ -217,7 +218,7 @@ class Scheduler:
                         _iso(tick), type(exc).__name__)
             return None
         if accepted.replayed:
-            out.replayed += 1
+            out.replayed.append((tick, accepted.task_id))
             log.info("replay schedule=%s tick=%s task=%s", schedule.ident, _iso(tick),
                      accepted.task_id)
             return accepted.task_id

@@ -22,7 +22,8 @@ Policies (checked when a tick is due):
   previous task is unfinished (counted as *skipped*); ``replace`` revokes it (terminating
   it if it runs) and fires.
 * ``catch_up``: for ticks more than ``SCHEDULER_MISFIRE_GRACE`` seconds late (no scheduler
-  ran when they fell due): ``none`` fires none of them, ``latest`` fires the newest one,
+  ran when they fell due): ``none`` fires none of them, ``latest`` fires the newest one
+  (as well as the ticks on time),
   ``all`` fires every one of them not older than ``SCHEDULER_CATCH_UP_WINDOW`` (itself
   bounded below ``IDEMPOTENCY_TTL`` so the claim of each tick outlives any catch-up), at
   most ``SCHEDULER_MAX_CATCH_UP`` of them. The rest are counted as *missed*.

@@ -3,6 +3,7 @@ tick fires exactly once however many replicas run and whichever one dies."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 
@@ -87,3 +88,83 @@ def test_sigkill_of_the_firing_replica_misses_no_tick_and_doubles_none(
     assert worst <= lease + interval + 0.5, worst
     assert worst >= 1.0, "the kill cost no lateness: the standby was not waiting on the lease"
     wait_for(lambda: counted(r, "kill") == len(ticks), 20, f"{len(ticks)} runs")
+
+
+def test_overlap_forbid_skips_ticks_while_the_previous_run_is_unfinished(
+        sched_redis: RedisServer, sched_worker: Process, r: redis.Redis) -> None:
+    """A 2.5 s task every second: ticks falling inside a run are skipped and counted, and no
+    two runs of the schedule overlap."""
+    s = store(r, Schedule(name="forbid", tenant="acme", task="test.slow", every=1,
+                          kwargs={"seconds": 2.5, "key": "forbid"}, overlap="forbid"))
+    proc = start_scheduler(sched_redis.url, name="f", SCHEDULER_INTERVAL="0.2")
+    try:
+        wait_for(lambda: int(state(r, s).get("skipped", 0)) >= 4
+                 and int(state(r, s).get("fires", 0)) >= 2, 20, "fires and skips")
+    finally:
+        proc.stop()
+    st = state(r, s)
+    assert int(st["skipped"]) == proc.log().count("skip schedule=acme/forbid")
+    created = [f.task_id for f in fires(proc, ident=s.ident) if f.kind == "fire"]
+    assert len(created) == int(st["fires"])
+    wait_for(lambda: r.hget(f"taskplane:task:{created[-1]}", "state") == b"SUCCESS", 10,
+             "the last run ends")
+    records = [r.hgetall(f"taskplane:task:{t}") for t in created]
+    for earlier, later in itertools.pairwise(records):
+        assert float(later[b"submitted_at"]) >= float(earlier[b"finished_at"]), \
+            "a run was fired while the previous one ran"
+    assert counted(r, "forbid") == len(created)
+
+
+def test_overlap_replace_revokes_the_running_task_first(
+        sched_redis: RedisServer, sched_worker: Process, r: redis.Redis) -> None:
+    s = store(r, Schedule(name="replace", tenant="acme", task="test.slow", every=2,
+                          kwargs={"seconds": 60, "key": "replace"}, overlap="replace"))
+    proc = start_scheduler(sched_redis.url, name="r", SCHEDULER_INTERVAL="0.2")
+    try:
+        wait_for(lambda: int(state(r, s).get("fires", 0)) >= 3, 20, "three fires")
+    finally:
+        proc.stop()
+    created = [f.task_id for f in fires(proc, ident=s.ident) if f.kind == "fire"]
+    for task_id in created[:-1]:
+        wait_for(lambda t=task_id: r.hget(f"taskplane:task:{t}", "state") == b"REVOKED", 10,
+                 f"{task_id} revoked")
+    assert r.hget(f"taskplane:task:{created[-1]}", "state") != b"REVOKED"
+
+
+def test_catch_up_after_every_scheduler_was_stopped(
+        sched_redis: RedisServer, sched_worker: Process, r: redis.Redis) -> None:
+    """The only scheduler stops for about five ticks, then comes back: ``none`` fires none
+    of the missed ticks, ``latest`` the newest, ``all`` each one."""
+    env = {"SCHEDULER_INTERVAL": "0.2", "SCHEDULER_LEASE_TTL": "0.5",
+           "SCHEDULER_MISFIRE_GRACE": "1"}
+    sched = {p: store(r, Schedule(name=f"cu-{p}", tenant="acme", task="test.count", every=1,
+                                  kwargs={"key": f"cu-{p}"}, catch_up=p))
+             for p in ("none", "latest", "all")}
+    first = start_scheduler(sched_redis.url, name="c1", **env)
+    try:
+        wait_for(lambda: all(int(state(r, s).get("fires", 0)) >= 2 for s in sched.values()),
+                 15, "two fires each")
+    finally:
+        first.stop()
+    stopped = time.time()
+    wait_for(lambda: time.time() > stopped + 5, 10, "five ticks without a scheduler")
+    restarted = time.time()
+    second = start_scheduler(sched_redis.url, name="c2", **env)
+    try:
+        wait_for(lambda: all(float(state(r, s).get("last_tick", 0)) >= restarted + 2
+                             for s in sched.values()), 15, "two ticks after the restart")
+    finally:
+        second.stop()
+    # the ticks fired late, beyond the grace: those the catch-up policy chose
+    gap = {p: [f for f in fires(second, ident=s.ident) if f.lag is not None and f.lag > 1]
+           for p, s in sched.items()}
+    missed = {p: int(state(r, s).get("missed", 0)) for p, s in sched.items()}
+    assert gap["none"] == [] and missed["none"] >= 4, (gap["none"], missed)
+    assert len(gap["latest"]) == 1 and missed["latest"] >= 3, (gap["latest"], missed)
+    assert len(gap["all"]) >= 4 and missed["all"] == 0, (gap["all"], missed)
+    for p, s in sched.items():  # nothing fired twice, across both processes
+        ticks = [f.tick for f in fires(first, second, ident=s.ident)]
+        assert len(ticks) == len(set(ticks)), p
+    all_ticks = [f.tick for f in fires(first, second, ident=sched["all"].ident)]
+    assert all_ticks == [all_ticks[0] + i for i in range(len(all_ticks))], "all skipped one"
+    wait_for(lambda: counted(r, "cu-all") == len(all_ticks), 15, "every run of cu-all")
