@@ -35,7 +35,7 @@ from types import FrameType
 
 import redis
 
-from . import lifecycle, schedules
+from . import httpserver, lifecycle, metrics, schedules
 from .celery_app import (
     Accepted,
     IdempotencyConflict,
@@ -76,6 +76,7 @@ class Scheduler:
         self.code = schedules.declared(app.runtime.registry)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
+        self.looped = time.monotonic()
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -93,8 +94,10 @@ class Scheduler:
                     log.info("scheduler %s %s the lease", self.holder,
                              "took" if holds else "lost")
                     leading = holds
+                    self.lead(holds)
                 if holds:
                     self.scan(time.time())
+                self.looped = time.monotonic()
             except (redis.RedisError, OutcomeUnknown) as exc:
                 log.warning("scan failed, retrying: %s", exc)
             self.stopping.wait(max(0.0, self.settings.scheduler_interval
@@ -104,6 +107,19 @@ class Scheduler:
         except (redis.RedisError, OutcomeUnknown):
             pass  # it lapses by itself
         log.info("scheduler %s stopped", self.holder)
+
+    def lead(self, holds: bool) -> None:
+        """Only the scanning replica reports per-schedule gauges: a standby drops its old
+        ones, so a dashboard never shows two replicas' (one of them stale) at once."""
+        m = metrics.instruments()
+        m.scheduler_leading.set(1 if holds else 0)
+        if not holds:
+            m.schedule_fire_lag.clear()
+            m.schedule_next_fire.clear()
+
+    def healthy(self) -> bool:
+        """The loop went round lately (a stuck scan or a dead Redis client fails it)."""
+        return time.monotonic() - self.looped < max(30.0, 10 * self.settings.scheduler_interval)
 
     def stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.stopping.set()
@@ -136,6 +152,8 @@ class Scheduler:
         on_time_room = int(grace // (schedule.every or 60)) + 2
         ticks, dropped = schedule.due(after, now, most + on_time_room)
         if not ticks and not dropped:
+            metrics.instruments().schedule_next_fire.labels(schedule.ident).set(
+                schedule.next_tick(max(after, now)))
             return out
         plan = self.plan(schedule, ticks, now, grace, window, most)
         last_task = state.get("last_task_id", "")
@@ -161,6 +179,13 @@ class Scheduler:
             schedule.ident, read, handled, task_id=last_task if last_fired_at else "",
             fired_at=last_fired_at, fires=len(out.fired), skipped=out.skipped,
             missed=out.missed)
+        m = metrics.instruments()
+        if out.advanced:  # counted by the replica whose record stands: never twice
+            if out.skipped:
+                m.schedule_skipped.labels(schedule.ident).inc(out.skipped)
+            if out.missed:
+                m.schedule_missed.labels(schedule.ident).inc(out.missed)
+        m.schedule_next_fire.labels(schedule.ident).set(schedule.next_tick(max(handled, now)))
         if out.missed:
             log.warning("missed schedule=%s ticks=%d (catch_up %s)", schedule.ident, out.missed,
                         schedule.catch_up)
@@ -224,6 +249,9 @@ class Scheduler:
             return accepted.task_id
         lag = time.time() - tick
         out.fired.append((tick, accepted.task_id))
+        m = metrics.instruments()
+        m.schedule_fires.labels(schedule.ident).inc()
+        m.schedule_fire_lag.labels(schedule.ident).set(lag)
         log.info("fire schedule=%s tick=%s task=%s lag=%.3f", schedule.ident, _iso(tick),
                  accepted.task_id, lag)
         return accepted.task_id
@@ -237,8 +265,20 @@ def run(settings: Settings) -> None:
     """The ``taskplane scheduler`` process: scan until SIGTERM or SIGINT."""
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics.configure(settings.metrics_enabled)
     app = create_celery(settings, patient=False)
     scheduler = Scheduler(app)
+    if settings.scheduler_metrics_port:
+        def scrape() -> tuple[int, str, bytes]:
+            body, ctype = metrics.scrape()
+            return 200, ctype, body
+
+        def health() -> tuple[int, str, bytes]:
+            ok = scheduler.healthy()
+            return httpserver.json_answer(200 if ok else 503, {"ok": ok})
+
+        httpserver.serve(settings.metrics_host, settings.scheduler_metrics_port,
+                         {"/metrics": scrape, "/healthz": health}, "scheduler")
     signal.signal(signal.SIGTERM, scheduler.stop)
     signal.signal(signal.SIGINT, scheduler.stop)
     scheduler.run()

@@ -208,6 +208,10 @@ class Settings:
         "metrics count every request either way; off saves about 5% of an API worker's CPU.",
     )
     # --- periodic schedules (taskplane scheduler) ---
+    scheduler_metrics_port: int = _setting(
+        "SCHEDULER_METRICS_PORT", 9810,
+        "Port of a scheduler replica's `/metrics` and `/healthz` (0: no server).",
+    )
     scheduler_interval: float = _setting(
         "SCHEDULER_INTERVAL", 0.5,
         "Seconds between a scheduler replica's scans of the schedules (and lease renewals).",

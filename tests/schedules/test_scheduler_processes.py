@@ -7,11 +7,19 @@ import itertools
 import signal
 import time
 
+import pytest
 import redis
 
 from taskplane.schedules import Schedule
 from tests.schedules.conftest import counted, fires, state, store
-from tests.support.services import Process, RedisServer, start_scheduler, wait_for
+from tests.support.scrape import scrape, value
+from tests.support.services import (
+    Process,
+    RedisServer,
+    free_port,
+    start_scheduler,
+    wait_for,
+)
 
 
 def tasks_of(client: redis.Redis, tenant: str) -> set[str]:
@@ -96,12 +104,25 @@ def test_overlap_forbid_skips_ticks_while_the_previous_run_is_unfinished(
     two runs of the schedule overlap."""
     s = store(r, Schedule(name="forbid", tenant="acme", task="test.slow", every=1,
                           kwargs={"seconds": 2.5, "key": "forbid"}, overlap="forbid"))
-    proc = start_scheduler(sched_redis.url, name="f", SCHEDULER_INTERVAL="0.2")
+    port = free_port()
+    proc = start_scheduler(sched_redis.url, name="f", SCHEDULER_INTERVAL="0.2",
+                           SCHEDULER_METRICS_PORT=str(port))
     try:
         wait_for(lambda: int(state(r, s).get("skipped", 0)) >= 4
                  and int(state(r, s).get("fires", 0)) >= 2, 20, "fires and skips")
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        st = state(r, s)
     finally:
         proc.stop()
+    # the metrics say what the state says (read in the same instant, between two scans)
+    assert value(samples, "taskplane_schedule_skipped_total", schedule=s.ident) == \
+        pytest.approx(int(st["skipped"]), abs=1)
+    assert value(samples, "taskplane_schedule_fires_total", schedule=s.ident) == \
+        pytest.approx(int(st["fires"]), abs=1)
+    assert value(samples, "taskplane_scheduler_leading") == 1
+    assert 0 <= value(samples, "taskplane_schedule_fire_lag_seconds", schedule=s.ident) < 1
+    assert value(samples, "taskplane_schedule_next_fire_timestamp_seconds",
+                 schedule=s.ident) > float(st["last_tick"])
     st = state(r, s)
     assert int(st["skipped"]) == proc.log().count("skip schedule=acme/forbid")
     created = [f.task_id for f in fires(proc, ident=s.ident) if f.kind == "fire"]
