@@ -265,6 +265,9 @@ def run(settings: Settings) -> None:
     """The ``taskplane scheduler`` process: scan until SIGTERM or SIGINT."""
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One process: its own registry, not multiprocess files (the pod's environment may
+    # name a directory for them), so a gauge a standby clears is gone from the scrape.
+    os.environ.pop(metrics.MULTIPROC_ENV, None)
     metrics.configure(settings.metrics_enabled)
     app = create_celery(settings, patient=False)
     scheduler = Scheduler(app)
