@@ -131,6 +131,10 @@ class Scheduler:
 
     def scan(self, now: float) -> dict[str, Outcome]:
         active = self.schedules()
+        m = metrics.instruments()
+        for s in active:  # counters start at zero, so rate() has a series from the start
+            for counter in (m.schedule_fires, m.schedule_skipped, m.schedule_missed):
+                counter.labels(s.ident)
         states = self.life.schedule_states([s.ident for s in active])
         return {s.ident: self.handle(s, state, now) for s, state in zip(active, states, strict=True)}
 
