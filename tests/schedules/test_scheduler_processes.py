@@ -74,6 +74,8 @@ def test_sigkill_of_the_firing_replica_misses_no_tick_and_doubles_none(
         leader = wait_for(lambda: next((n for n, p in procs.items()
                                         if "took the lease" in p.log()), None), 10, "a leader")
         wait_for(lambda: len(fires(procs[leader], ident=s.ident)) >= 3, 15, "3 fires")
+        # the worst moment: just before a tick, so the tick falls inside the whole outage
+        wait_for(lambda: time.time() % 1 > 0.9, 2, "the end of a second", interval=0.01)
         killed_at = time.time()
         procs[leader].stop(signal.SIGKILL)
         standby = procs["b" if leader == "a" else "a"]
@@ -96,7 +98,7 @@ def test_sigkill_of_the_firing_replica_misses_no_tick_and_doubles_none(
     print(f"\nfire lag after SIGKILL of the lease holder: worst {worst:.3f}s over "
           f"{len(lags)} fires (bound {lease + interval:.1f}s + a scan)")
     assert worst <= lease + interval + 0.5, worst
-    assert worst >= 1.0, "the kill cost no lateness: the standby was not waiting on the lease"
+    assert worst >= lease - 0.5, "the kill cost little lateness: was the standby waiting?"
     wait_for(lambda: counted(r, "kill") == len(ticks), 20, f"{len(ticks)} runs")
 
 
