@@ -106,3 +106,31 @@ def test_a_code_schedule_starts_at_first_sight(app: TaskplaneCelery, r: redis.Re
                  source="code")
     assert scan(app, s, T0 + 0.5) == ([], 0, 0)
     assert scan(app, s, T0 + 2.5) == ([T0 + 1, T0 + 2], 0, 0)
+
+
+def test_the_scan_lease_has_one_holder_until_released_or_lapsed(app: TaskplaneCelery) -> None:
+    life = app.runtime.lifecycle
+    life.client.delete("taskplane:scheduler-lease")
+    assert life.scheduler_lease("a", 5) and not life.scheduler_lease("b", 5)
+    assert life.scheduler_lease("a", 5)  # a renewal
+    life.scheduler_release("b")  # not b's to release
+    assert not life.scheduler_lease("b", 5)
+    life.scheduler_release("a")
+    assert life.scheduler_lease("b", 0.05)
+    ttl_ms = life.client.pttl("taskplane:scheduler-lease")
+    assert 0 < ttl_ms <= 50  # it lapses by itself: a SIGKILLed holder frees it
+
+
+def test_advance_moves_only_from_the_state_read_and_never_back(app: TaskplaneCelery,
+                                                               r: redis.Redis) -> None:
+    life = app.runtime.lifecycle
+    s = every("advance")
+    assert life.schedule_advance(s.ident, "", T0, skipped=1)
+    read = state(r, s)["last_tick"]
+    assert not life.schedule_advance(s.ident, "", T0 + 5, missed=3)  # a stale reader
+    assert not life.schedule_advance(s.ident, read, T0 - 5)  # backwards
+    assert life.schedule_advance(s.ident, read, T0 + 5, task_id="t1", fired_at=T0 + 5.2,
+                                 fires=1)
+    st = state(r, s)
+    assert (st["skipped"], st["missed"], st["fires"], st["last_task_id"]) == ("1", "0", "1", "t1")
+    assert float(st["last_tick"]) == T0 + 5
