@@ -9,12 +9,25 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support.services import Api, Process, RedisServer, start_scheduler, wait_for
+from tests.support.services import (
+    TEST_TOKENS,
+    Api,
+    Process,
+    RedisServer,
+    start_scheduler,
+    wait_for,
+)
+
+#: An operator's token: tenant ``system``, which owns the schedules declared in code.
+SYSTEM = {"Authorization": "Bearer system-token-0123456789abcdef"}
 
 
 @pytest.fixture(scope="module")
 def sched_api(sched_redis: RedisServer, sched_worker: Process) -> Iterator[Api]:
-    server = Api(sched_redis.url, workers=1, threads=4)
+    tokens = ",".join(f"{t}:{tok}" for t, tok in {
+        **TEST_TOKENS, "system": SYSTEM["Authorization"].split()[1]}.items())
+    server = Api(sched_redis.url, workers=1, threads=4, API_TOKENS=tokens,
+                 TASK_MODULES="tests.support.tasks,tests.support.schedules")
     yield server
     server.close()
 
@@ -100,3 +113,21 @@ def test_get_shows_last_and_next_fire_and_the_last_task(
         "task"] == "test.count"
     final = sched_api.wait_state(task["id"], "SUCCESS")
     assert final["id"] == task["id"]
+
+
+def test_operators_see_the_schedules_declared_in_code_read_only(sched_api: Api,
+                                                                r: redis.Redis) -> None:
+    name = "declared-every-second"
+    listed = sched_api.get("/v1/schedules", tenant=None, headers=SYSTEM).json()["items"]
+    assert [(s["name"], s["source"]) for s in listed] == [(name, "code")]
+    shown = sched_api.get(f"/v1/schedules/{name}", tenant=None, headers=SYSTEM).json()
+    assert shown["every"] == 1 and shown["kwargs"] == {"key": name}
+    assert sched_api.get(f"/v1/schedules/{name}").status_code == 404  # a tenant does not
+    for method, body in (("PATCH", {"enabled": False}), ("DELETE", None)):
+        answer = sched_api.request(method, f"/v1/schedules/{name}", tenant=None,
+                                   headers=SYSTEM, json=body)
+        assert answer.status_code == 409 and \
+            answer.json()["error"]["code"] == "declared_in_code", answer.text
+    again = sched_api.post("/v1/schedules", tenant=None, headers=SYSTEM,
+                           json={**GOOD, "name": name})
+    assert again.status_code == 409

@@ -200,7 +200,7 @@ def _schedule_paths() -> dict[str, Any]:
     created = _op("Create a periodic schedule (checked in full: 422 names the field)", 201,
                   _ref("Schedule"), (400, 409, 413, 415, 422), requestBody=body("NewSchedule"))
     created["responses"]["201"]["headers"] = {"Location": {"schema": {"type": "string"}}}
-    deleted = _op("Delete a schedule", 204, {}, (404,), parameters=[_SCHEDULE_NAME])
+    deleted = _op("Delete a schedule", 204, {}, (404, 409), parameters=[_SCHEDULE_NAME])
     deleted["responses"]["204"] = {"description": "Deleted."}
     return {
         "/v1/schedules": {
@@ -213,7 +213,7 @@ def _schedule_paths() -> dict[str, Any]:
             "get": _op("A schedule with its last and next fire and its last task", 200,
                        _ref("Schedule"), (404,), parameters=[_SCHEDULE_NAME]),
             "patch": _op("Change a schedule (checked in full)", 200, _ref("Schedule"),
-                         (400, 404, 413, 415, 422), parameters=[_SCHEDULE_NAME],
+                         (400, 404, 409, 413, 415, 422), parameters=[_SCHEDULE_NAME],
                          requestBody=body("ScheduleChange")),
             "delete": deleted,
         },

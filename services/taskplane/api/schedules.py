@@ -3,8 +3,9 @@
 Every write is checked in full before it is stored (the body's shape, the cron expression,
 the time zone, the task and its arguments against the task's schema), so a bad schedule is
 a 422 naming the field now, not a FAILURE at its first tick. A schedule of another tenant
-is a 404, exactly like a schedule that does not exist. The schedulers (``scheduler.py``)
-pick a change up at their next scan.
+is a 404, exactly like a schedule that does not exist. Schedules declared in code belong
+to the ``system`` tenant: a ``system`` token (operators) sees them and their fire state,
+read-only. The schedulers (``scheduler.py``) pick a change up at their next scan.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import jsonschema
 from flask import Blueprint, Response, jsonify, request
 
-from .. import schedules
+from .. import lifecycle, schedules
 from ..schedules import Schedule, ScheduleError, ScheduleStore
 from . import schemas
 from .auth import authenticate, current_tenant
@@ -48,8 +49,20 @@ def _not_found(name: str) -> ApiError:
     return ApiError(404, "schedule_not_found", f"no schedule named {shown!r}", {"name": shown})
 
 
-def _owned(name: str) -> Schedule:
+def _declared() -> list[Schedule]:
+    """Schedules declared in code: the ``system`` tenant's (operators), read-only here."""
+    if current_tenant() != lifecycle.SYSTEM_TENANT:
+        return []
+    return sorted(schedules.DECLARED.values(), key=lambda s: s.name)
+
+
+def _owned(name: str, writing: bool = False) -> Schedule:
     schedule = _store().get(current_tenant(), name) if _NAME.fullmatch(name) else None
+    if schedule is None:
+        schedule = next((s for s in _declared() if s.name == name), None)
+        if schedule is not None and writing:
+            raise ApiError(409, "declared_in_code", f"schedule {name!r} is declared in code "
+                           "(taskplane.schedules.periodic); change it there", {"name": name})
     if schedule is None:
         raise _not_found(name)
     return schedule
@@ -105,7 +118,7 @@ def create_schedule() -> Response:
     body = json_body()
     validate(body, _CREATE, "request body")
     schedule = _checked(_from_body(body, current_tenant(), {"created_at": time.time()}))
-    if not _store().create(schedule):
+    if any(s.name == schedule.name for s in _declared()) or not _store().create(schedule):
         raise ApiError(409, "schedule_exists", f"a schedule named {schedule.name!r} exists; "
                        "PATCH it or DELETE it first", {"name": schedule.name})
     response = jsonify(represent(schedule))
@@ -116,7 +129,8 @@ def create_schedule() -> Response:
 
 @bp.get("/schedules")
 def list_schedules() -> Response:
-    return jsonify({"items": [represent(s) for s in _store().of_tenant(current_tenant())]})
+    stored = _store().of_tenant(current_tenant())
+    return jsonify({"items": [represent(s) for s in (*_declared(), *stored)]})
 
 
 @bp.get("/schedules/<name>")
@@ -126,7 +140,7 @@ def get_schedule(name: str) -> Response:
 
 @bp.patch("/schedules/<name>")
 def update_schedule(name: str) -> Response:
-    current = _owned(name)
+    current = _owned(name, writing=True)
     body = json_body()
     validate(body, _PATCH, "request body")
     base = {k: v for k, v in current.__dict__.items() if k not in ("tenant",)}
@@ -138,5 +152,6 @@ def update_schedule(name: str) -> Response:
 @bp.delete("/schedules/<name>")
 def delete_schedule(name: str) -> Response:
     if not (_NAME.fullmatch(name) and _store().delete(current_tenant(), name)):
+        _owned(name, writing=True)  # 409 for a schedule declared in code
         raise _not_found(name)
     return Response(status=204)
