@@ -35,6 +35,13 @@ def _exporter(extra: Sequence[str]) -> None:
     run(Settings.from_env())
 
 
+def _scheduler(extra: Sequence[str]) -> None:
+    from .scheduler import run
+    from .settings import Settings
+
+    run(Settings.from_env())
+
+
 def _dev(extra: Sequence[str]) -> None:
     from .devstack import main as dev_main
 
@@ -51,6 +58,7 @@ COMMANDS = {
     "api": (_api, "serve the HTTP API under gunicorn (extra arguments go to gunicorn)"),
     "worker": (_worker, "run a Celery worker (extra arguments go to 'celery worker')"),
     "exporter": (_exporter, "serve the queue metrics read from Redis"),
+    "scheduler": (_scheduler, "fire periodic schedules, exactly once per tick (run 2 replicas)"),
     "dev": (_dev, "run the whole local stack: Redis, API, worker"),
     "settings": (_settings_table, "print the settings table (Markdown)"),
 }

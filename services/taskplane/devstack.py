@@ -1,7 +1,7 @@
 """``taskplane dev``: the whole platform on one machine, stopped by one Ctrl-C.
 
-Starts Redis (unless ``REDIS_URL`` names one), the API, a worker and the queue
-exporter under honcho, which stops all of them when any one exits or on
+Starts Redis (unless ``REDIS_URL`` names one), the API, a worker, the scheduler and
+the queue exporter under honcho, which stops all of them when any one exits or on
 Ctrl-C. Settings already in the environment win; a development token is made
 when ``API_TOKENS`` is unset, and printed with a curl example.
 """
@@ -114,6 +114,7 @@ def plan(env: dict[str, str], monitor: bool = False) -> tuple[dict[str, str], di
     procs["api"] = f"{taskplane} api"
     procs["worker"] = f"{taskplane} worker"
     procs["exporter"] = f"{taskplane} exporter"
+    procs["scheduler"] = f"{taskplane} scheduler"
     if monitor:
         env.setdefault("PROMETHEUS_PORT", str(9090 if port_free(9090) else free_port()))
         config = RUN_DIR / "prometheus.yml"
@@ -122,6 +123,7 @@ def plan(env: dict[str, str], monitor: bool = False) -> tuple[dict[str, str], di
             "taskplane-api": f"{host}:{env['API_PORT']}",
             "taskplane-worker": f"{host}:{env.get('WORKER_METRICS_PORT', '9809')}",
             "taskplane-exporter": f"{host}:{env.get('EXPORTER_PORT', '9808')}",
+            "taskplane-scheduler": f"{host}:{env.get('SCHEDULER_METRICS_PORT', '9810')}",
         }, [str(Path(p).resolve()) for p in RULE_FILES]))
         procs["prometheus"] = shlex.join([
             prometheus_binary(), f"--config.file={config}",

@@ -70,6 +70,15 @@ key                                           type    holds
                                                       live in this Redis, else by ``results.py``).
 queue list (``broker.py``)                    list    the task message, pushed by ``submit`` and
                                                       ``retry_dead``.
+``taskplane:schedules``                        hash    periodic schedules stored over the API:
+                                                      ``tenant/name`` -> JSON (``schedules.py``).
+``taskplane:schedule-state:{tenant}/{name}``  hash    a schedule's fire state: ``last_tick`` (the
+                                                      newest tick handled), ``last_fired_at``,
+                                                      ``last_task_id``, ``fires``, ``skipped``,
+                                                      ``missed``; moved only by ``schedule_advance``.
+``taskplane:scheduler-lease``                 string  the scheduler replica that scans (saves work
+                                                      only: a fire's exactly-once rests on its
+                                                      Idempotency-Key ``schedule {name} {tick}``).
 ============================================  ======  ==============================================
 """
 
@@ -77,6 +86,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
@@ -415,6 +425,60 @@ return {0, tostring((1 - tokens) / rate)}
 # A result state written on its own (results in another Redis than the records).
 # KEYS: result. ARGV: value, ttl. Never overwrites a final state.
 WRITE_RESULT = _LUA_LIB + "return write_result(KEYS[1], ARGV[1], ARGV[2])\n"
+
+
+# --- periodic schedules (scheduler.py) -----------------------------------------------
+# A fire is a plain ``submit`` under the Idempotency-Key ``schedule {name} {tick}``: the
+# submit script claims the tick with the record and the message. What follows only keeps
+# each schedule's fire state and the scan lease; neither decides whether a tick fires twice.
+
+def schedules_key() -> str:
+    return f"{PREFIX}schedules"
+
+
+def schedule_state_key(ident: str) -> str:
+    """The fire state of the schedule ``tenant/name``."""
+    return f"{PREFIX}schedule-state:{ident}"
+
+
+def scheduler_lease_key() -> str:
+    return f"{PREFIX}scheduler-lease"
+
+
+# schedule_advance: move a schedule's ``last_tick`` from what the caller read to a later
+# tick, with the counts of what it did on the way, only if nobody moved it meanwhile.
+# ``fires`` (tasks this caller's submits created: each tick creates one at most) count
+# either way; skips and misses only with the move, so two replicas never count one twice.
+# KEYS: state. ARGV: last_tick read ('' if none), new last_tick, last task id ('' keeps
+# it), fired at ('' keeps it), fires, skipped, missed. Returns 1 if moved, else 0.
+_SCHEDULE_ADVANCE = """
+if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[1], 'fires', ARGV[5]) end
+local held = redis.call('HGET', KEYS[1], 'last_tick') or ''
+if held ~= ARGV[1] then return 0 end
+if ARGV[1] ~= '' and tonumber(ARGV[2]) < tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'last_tick', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'last_task_id', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_fired_at', ARGV[4]) end
+redis.call('HINCRBY', KEYS[1], 'skipped', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'missed', ARGV[7])
+return 1
+"""
+
+# scheduler_lease: take the scan lease if free, or renew it if held by this replica.
+# KEYS: lease. ARGV: holder, ttl (ms). Returns 1 if held by the caller afterwards.
+_SCHEDULER_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# Give the lease up (a replica that stops): only if the caller holds it. KEYS: lease.
+# ARGV: holder. Returns 1 if released.
+_SCHEDULER_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 # --- records and outcomes --------------------------------------------------------------
@@ -945,6 +1009,45 @@ class Lifecycle:
             if never_sent(exc):
                 raise
             raise OutcomeUnknown(exc) from exc
+
+    # --- periodic schedules --------------------------------------------------------------
+
+    @functools.cached_property
+    def _schedule_scripts(self) -> tuple[Any, Any, Any]:
+        register = self.client.register_script
+        return (register(_SCHEDULE_ADVANCE), register(_SCHEDULER_LEASE),
+                register(_SCHEDULER_RELEASE))
+
+    def schedule_state(self, ident: str) -> dict[str, str]:
+        """A schedule's fire state (``schedule_state_key``), decoded; {} before its first."""
+        raw = self.client.hgetall(schedule_state_key(ident))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def schedule_states(self, idents: Sequence[str]) -> list[dict[str, str]]:
+        """The fire states of several schedules: one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for ident in idents:
+                pipe.hgetall(schedule_state_key(ident))
+            replies = pipe.execute()
+        return [{k.decode(): v.decode() for k, v in raw.items()} for raw in replies]
+
+    def schedule_advance(self, ident: str, read: str, tick: float, *, task_id: str = "",
+                         fired_at: float | None = None, fires: int = 0, skipped: int = 0,
+                         missed: int = 0) -> bool:
+        """Move the schedule's ``last_tick`` from ``read`` (as the caller read it) to
+        ``tick``, counting what was done; False if another replica moved it first."""
+        script = self._schedule_scripts[0]
+        return bool(self._call(script, [schedule_state_key(ident)], [
+            read, repr(tick), task_id, "" if fired_at is None else repr(fired_at), fires,
+            skipped, missed]))
+
+    def scheduler_lease(self, holder: str, ttl: float) -> bool:
+        """Take or renew the scan lease for ``ttl`` seconds; True if ``holder`` has it."""
+        script = self._schedule_scripts[1]
+        return bool(self._call(script, [scheduler_lease_key()], [holder, int(ttl * 1000)]))
+
+    def scheduler_release(self, holder: str) -> None:
+        self._call(self._schedule_scripts[2], [scheduler_lease_key()], [holder])
 
 
 def tenant_hint(request: Any) -> str:

@@ -10,7 +10,9 @@ Three kinds of process export metrics, each on its own endpoint:
 * each worker pod (Celery main process plus prefork children) serves ``/metrics``
   on ``WORKER_METRICS_PORT``;
 * the exporter (one replica) serves the queue metrics on ``EXPORTER_PORT``, read
-  from Redis at scrape time, so per-queue series are not repeated by every pod.
+  from Redis at scrape time, so per-queue series are not repeated by every pod;
+* each scheduler replica (one process) serves the schedule metrics on
+  ``SCHEDULER_METRICS_PORT``; only the replica that scans records them.
 
 API and worker record from several processes, so they use prometheus-client's
 multiprocess mode: each process writes its own files under
@@ -61,7 +63,7 @@ class MetricSpec:
     labels: tuple[str, ...]
     help: str
     use: str  # what an operator or autoscaler uses it for
-    endpoint: str  # api, worker, exporter
+    endpoint: str  # api, worker, exporter, scheduler
     multiprocess_mode: str = ""  # gauges only
 
 
@@ -146,11 +148,41 @@ TASKS_REJECTED = _m(
     "Submissions refused, by error code (validation_failed, unknown_task, ...).",
     "Client errors and broker outages at the door.", "api")
 
+# The scheduler (``taskplane scheduler``, one process per pod, no multiprocess files).
+# ``schedule`` is ``tenant/name``: bounded by the schedules that exist (declared in code or
+# created over the API), and its series go when a replica loses the scan lease.
+SCHEDULE_FIRES = _m(
+    "taskplane_schedule_fires_total", "counter", ("schedule",),
+    "Ticks fired: tasks a schedule's fire created (a replayed tick is not counted).",
+    "Periodic work is happening; exactly once per tick.", "scheduler")
+SCHEDULE_SKIPPED = _m(
+    "taskplane_schedule_skipped_total", "counter", ("schedule",),
+    "Ticks skipped because the previous run was unfinished (overlap: forbid).",
+    "Runs longer than the period.", "scheduler")
+SCHEDULE_MISSED = _m(
+    "taskplane_schedule_missed_total", "counter", ("schedule",),
+    "Ticks not fired because no scheduler ran in time (catch_up none, or beyond its bound).",
+    "Scheduler outages; the schedule alert.", "scheduler")
+SCHEDULE_FIRE_LAG = _m(
+    "taskplane_schedule_fire_lag_seconds", "gauge", ("schedule",),
+    "Seconds between a tick and its fire, for the latest fire (actual - scheduled).",
+    "Late fires (failover, overload); the schedule alert.", "scheduler", "livemax")
+SCHEDULE_NEXT_FIRE = _m(
+    "taskplane_schedule_next_fire_timestamp_seconds", "gauge", ("schedule",),
+    "Unix time of the schedule's next tick, as the scanning replica computed it.",
+    "What fires next; a value in the past means nothing scans.", "scheduler", "livemax")
+SCHEDULER_LEADING = _m(
+    "taskplane_scheduler_leading", "gauge", (),
+    "1 while this scheduler replica holds the scan lease (or scans without one), else 0.",
+    "Exactly one replica should scan; none is the scheduler-down alert.", "scheduler",
+    "livemax")
+
 CATALOGUE_SPECS: tuple[MetricSpec, ...] = (
     QUEUE_WAITING, QUEUE_RESERVED, QUEUE_SCHEDULED, QUEUE_OLDEST_AGE, REDIS_UP,
     EXPORTER_SCRAPE_SECONDS, LEASE_OLDEST_AGE, TASK_QUEUE_WAIT, TASK_RUNTIME, TASK_END_TO_END,
     TASKS, WORKER_RUNNING, WORKER_UP, LEASE_RENEWALS, HTTP_REQUESTS, HTTP_DURATION,
-    TASKS_ACCEPTED, TASKS_REJECTED,
+    TASKS_ACCEPTED, TASKS_REJECTED, SCHEDULE_FIRES, SCHEDULE_SKIPPED, SCHEDULE_MISSED,
+    SCHEDULE_FIRE_LAG, SCHEDULE_NEXT_FIRE, SCHEDULER_LEADING,
 )
 #: Metric name → type, as the chart, rules and dashboard tests read it.
 CATALOGUE: dict[str, str] = {m.name: m.type for m in CATALOGUE_SPECS}
@@ -236,6 +268,12 @@ class Instruments:
     http_duration: Any
     tasks_accepted: Any
     tasks_rejected: Any
+    schedule_fires: Any
+    schedule_skipped: Any
+    schedule_missed: Any
+    schedule_fire_lag: Any
+    schedule_next_fire: Any
+    scheduler_leading: Any
 
 
 class _Null:
@@ -248,6 +286,7 @@ class _Null:
     def dec(self, *_: Any) -> None: ...
     def set(self, *_: Any) -> None: ...
     def observe(self, *_: Any) -> None: ...
+    def clear(self) -> None: ...
 
 
 _enabled = True
@@ -291,6 +330,12 @@ def _instruments() -> Instruments:
         http_duration=histogram(HTTP_DURATION, HTTP_BUCKETS),
         tasks_accepted=counter(TASKS_ACCEPTED),
         tasks_rejected=counter(TASKS_REJECTED),
+        schedule_fires=counter(SCHEDULE_FIRES),
+        schedule_skipped=counter(SCHEDULE_SKIPPED),
+        schedule_missed=counter(SCHEDULE_MISSED),
+        schedule_fire_lag=gauge(SCHEDULE_FIRE_LAG),
+        schedule_next_fire=gauge(SCHEDULE_NEXT_FIRE),
+        scheduler_leading=gauge(SCHEDULER_LEADING),
     )
 
 

@@ -214,6 +214,37 @@ class Settings:
         "Log one line per API request (method, route template, status, time). The request "
         "metrics count every request either way; off saves about 5% of an API worker's CPU.",
     )
+    # --- periodic schedules (taskplane scheduler) ---
+    scheduler_metrics_port: int = _setting(
+        "SCHEDULER_METRICS_PORT", 9810,
+        "Port of a scheduler replica's `/metrics` and `/healthz` (0: no server).",
+    )
+    scheduler_interval: float = _setting(
+        "SCHEDULER_INTERVAL", 0.5,
+        "Seconds between a scheduler replica's scans of the schedules (and lease renewals).",
+    )
+    scheduler_lease_ttl: float = _setting(
+        "SCHEDULER_LEASE_TTL", 5.0,
+        "Seconds the scheduler replica that scans holds its lease; the standby takes over "
+        "when it lapses, so a SIGKILLed replica's ticks fire at most `SCHEDULER_LEASE_TTL + "
+        "SCHEDULER_INTERVAL` late. 0: every replica scans (the Idempotency-Key of each tick "
+        "keeps fires exactly once either way; the lease only saves work).",
+    )
+    scheduler_misfire_grace: float = _setting(
+        "SCHEDULER_MISFIRE_GRACE", 30.0,
+        "Seconds late a tick may fire as usual; later ticks (no scheduler ran) follow the "
+        "schedule's `catch_up`. At least `SCHEDULER_LEASE_TTL + 2 * SCHEDULER_INTERVAL`, so "
+        "a failover never turns a tick into a miss.",
+    )
+    scheduler_catch_up_window: int = _setting(
+        "SCHEDULER_CATCH_UP_WINDOW", 3600,
+        "Oldest tick, seconds back, that `catch_up: all` or `latest` still fires; below "
+        "`IDEMPOTENCY_TTL`, so every fired tick's claim outlives it.",
+    )
+    scheduler_max_catch_up: int = _setting(
+        "SCHEDULER_MAX_CATCH_UP", 100,
+        "Most missed ticks of one schedule that `catch_up: all` fires (the newest ones).",
+    )
 
     # --- construction -----------------------------------------------------------------
 
@@ -259,6 +290,18 @@ class Settings:
                 "or one late renewal lets a live worker's task be delivered twice")
         if self.unacked_restore_interval < 1 or self.max_deliveries < 1:
             raise SettingsError("UNACKED_RESTORE_INTERVAL and MAX_DELIVERIES must be at least 1")
+        if self.scheduler_interval <= 0 or self.scheduler_lease_ttl < 0 or \
+                self.scheduler_max_catch_up < 1 or self.scheduler_misfire_grace < \
+                self.scheduler_lease_ttl + 2 * self.scheduler_interval:
+            raise SettingsError(
+                "SCHEDULER_INTERVAL must be above 0, SCHEDULER_MAX_CATCH_UP at least 1, and "
+                "SCHEDULER_MISFIRE_GRACE at least SCHEDULER_LEASE_TTL + 2 * SCHEDULER_INTERVAL, "
+                "or a failover would count ticks as missed")
+        if not self.scheduler_misfire_grace <= self.scheduler_catch_up_window \
+                < self.idempotency_ttl:
+            raise SettingsError(
+                "SCHEDULER_CATCH_UP_WINDOW must be at least SCHEDULER_MISFIRE_GRACE and below "
+                "IDEMPOTENCY_TTL, or a caught-up tick's claim could expire and fire it twice")
         for name, url in (("REDIS_URL", self.redis_url),
                           ("RESULT_BACKEND_URL", self.result_backend_url)):
             if url:

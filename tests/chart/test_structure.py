@@ -316,7 +316,7 @@ def test_network_policies_cover_every_pod_and_guard_redis(renders: dict[str, Ren
         (peer,) = rule["from"]
         allowed = peer["podSelector"]["matchExpressions"][0]
         assert allowed["key"] == "app.kubernetes.io/component"
-        assert sorted(allowed["values"]) == ["api", "exporter", "worker"]
+        assert sorted(allowed["values"]) == ["api", "exporter", "scheduler", "worker"]
         assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "taskplane"
 
 

@@ -23,6 +23,7 @@ from tests.support.services import (
     RedisServer,
     base_env,
     free_port,
+    start_scheduler,
     start_worker,
     wait_for,
 )
@@ -94,16 +95,21 @@ def substitute(expr: str) -> str:
 @pytest.fixture(scope="module")
 def stack():
     redis_server = RedisServer().start()
-    worker_port, exporter_port = free_port(), free_port()
+    worker_port, exporter_port, scheduler_port = free_port(), free_port(), free_port()
     worker = start_worker(redis_server.url, name="prom", concurrency=2,
                           WORKER_METRICS_PORT=str(worker_port), WORKER_QUEUES="default",
                           QUEUES="parked")
     api = Api(redis_server.url, workers=2, QUEUES="parked")
     exporter = Process("exporter", [str(VENV_BIN / "taskplane"), "exporter"],
                        base_env(redis_server.url, EXPORTER_PORT=str(exporter_port), QUEUES="parked"))
+    # a schedule declared in code fires every second (tests.support.schedules)
+    scheduler = start_scheduler(redis_server.url, name="prom",
+                                SCHEDULER_METRICS_PORT=str(scheduler_port),
+                                TASK_MODULES="tests.support.tasks,tests.support.schedules")
     prom = Prometheus({"taskplane-api": f"127.0.0.1:{api.port}",
                        "taskplane-worker": f"127.0.0.1:{worker_port}",
-                       "taskplane-exporter": f"127.0.0.1:{exporter_port}"})
+                       "taskplane-exporter": f"127.0.0.1:{exporter_port}",
+                       "taskplane-scheduler": f"127.0.0.1:{scheduler_port}"})
     try:
         ids = [api.submit("test.echo", kwargs={"value": i})["id"] for i in range(SUCCEEDED)]
         ids += [api.submit("test.flaky", kwargs={"key": f"prom-{i}", "failures": 1})["id"]
@@ -119,6 +125,7 @@ def stack():
         yield prom
     finally:
         prom.close()
+        scheduler.stop()
         exporter.stop()
         api.close()
         worker.stop()
@@ -128,9 +135,9 @@ def stack():
 def test_every_target_is_scraped(stack: Prometheus) -> None:
     def all_up() -> bool:
         result = stack.query("up")
-        return len(result) == 3 and all(r["value"][1] == "1" for r in result)
+        return len(result) == 4 and all(r["value"][1] == "1" for r in result)
 
-    wait_for(all_up, 30, "all three targets up", interval=0.5)
+    wait_for(all_up, 30, "all four targets up", interval=0.5)
 
 
 def test_counters_match_the_workload(stack: Prometheus) -> None:

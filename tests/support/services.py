@@ -199,6 +199,18 @@ def start_worker(redis_url: str, name: str = "w1", concurrency: int = 2, wait: b
     return proc
 
 
+def start_scheduler(redis_url: str, name: str = "s1", **env: str) -> Process:
+    """A ``taskplane scheduler`` process, returned once its loop has started. No metrics
+    port unless the test asks for one (a free one)."""
+    env.setdefault("SCHEDULER_METRICS_PORT", "0")
+    proc = Process(f"scheduler-{name}", [str(VENV_BIN / "taskplane"), "scheduler"],
+                   base_env(redis_url, **env))
+    wait_for(lambda: "declared in code" in proc.log() or _died(proc), 30, f"scheduler {name}")
+    if not proc.alive():
+        raise RuntimeError(f"scheduler {name} died:\n{proc.log()[-3000:]}")
+    return proc
+
+
 def _died(proc: Process) -> bool:
     return not proc.alive()
 

@@ -14,7 +14,7 @@ from flask import Flask, Response
 from .. import metrics
 from ..celery_app import create_celery
 from ..settings import Settings
-from . import auth, errors, health, limits, observe, routes, seed
+from . import auth, errors, health, limits, observe, routes, schedules, seed
 from .context import ApiContext
 
 
@@ -58,4 +58,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(routes.bp)
     app.register_blueprint(seed.bp)
+    app.register_blueprint(schedules.bp)
     return app

@@ -15,7 +15,7 @@ from . import schemas
 _ERRORS = {
     400: "Malformed JSON, or a malformed header.",
     401: "Missing, malformed or unknown bearer token.",
-    404: "No such task, task type or dead letter (or it belongs to another tenant).",
+    404: "No such task, task type, dead letter or schedule (or it belongs to another tenant).",
     405: "Method not allowed on this path.",
     409: "Conflicts with the resource's state.",
     413: "Body larger than MAX_BODY_BYTES.",
@@ -145,6 +145,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "/v1/dead-letters/{task_id}/retry": {"post": _op(
             "Enqueue a dead letter again under its id", 202, _ref("Task"), (404, 409),
             parameters=[_TASK_ID])},
+        **_schedule_paths(),
         "/start_task/{data}": {"get": _op(
             "The blog post's enqueue route (long_running_task)", 200,
             {"type": "object", "required": ["task_id", "message"],
@@ -184,6 +185,40 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "Queue": schemas.QUEUE,
                 "DeadLetter": schemas.DEAD_LETTER,
                 "Error": schemas.ERROR,
+                "NewSchedule": schemas.schedule_schema(create=True),
+                "ScheduleChange": schemas.schedule_schema(create=False),
+                "Schedule": schemas.SCHEDULE,
             },
+        },
+    }
+
+
+_SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "maxLength": 64}}
+
+
+def _schedule_paths() -> dict[str, Any]:
+    """``/v1/schedules``: a tenant's periodic schedules (``api/schedules.py``)."""
+    body = lambda ref: {"required": True, "content": {  # noqa: E731
+        "application/json": {"schema": _ref(ref)}}}
+    created = _op("Create a periodic schedule (checked in full: 422 names the field)", 201,
+                  _ref("Schedule"), (400, 409, 413, 415, 422), requestBody=body("NewSchedule"))
+    created["responses"]["201"]["headers"] = {"Location": {"schema": {"type": "string"}}}
+    deleted = _op("Delete a schedule", 204, {}, (404, 409), parameters=[_SCHEDULE_NAME])
+    deleted["responses"]["204"] = {"description": "Deleted."}
+    return {
+        "/v1/schedules": {
+            "get": _op("The caller's schedules", 200,
+                       {"type": "object", "required": ["items"], "properties": {
+                           "items": {"type": "array", "items": _ref("Schedule")}}}, ()),
+            "post": created,
+        },
+        "/v1/schedules/{name}": {
+            "get": _op("A schedule with its last and next fire and its last task", 200,
+                       _ref("Schedule"), (404,), parameters=[_SCHEDULE_NAME]),
+            "patch": _op("Change a schedule (checked in full)", 200, _ref("Schedule"),
+                         (400, 404, 409, 413, 415, 422), parameters=[_SCHEDULE_NAME],
+                         requestBody=body("ScheduleChange")),
+            "delete": deleted,
         },
     }

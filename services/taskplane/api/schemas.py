@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import broker, lifecycle
+from .. import broker, lifecycle, schedules
 from ..settings import QUEUE_NAME_RE
 
 #: Task ids are ours (UUIDs) but clients may send anything in a path: this bounds it.
@@ -132,5 +132,61 @@ DEAD_LETTER = {
         "retries": {"type": "integer"},
         "submitted_at": TIMESTAMP,
         "failed_at": TIMESTAMP,
+    },
+}
+
+
+# --- periodic schedules (api/schedules.py) ---------------------------------------------
+
+def schedule_schema(*, create: bool) -> dict[str, Any]:
+    """The body of ``POST /v1/schedules`` (``create``) or of ``PATCH /v1/schedules/<name>``
+    (every field optional; ``name`` comes from the path). The time zone, the cron
+    expression and the arguments are checked beyond the schema (``schedules.check``)."""
+    properties: dict[str, Any] = {
+        "task": {"type": "string", "minLength": 1, "maxLength": 200,
+                 "description": "Registered task name (see GET /v1/task-types)."},
+        "args": {"type": "array", "maxItems": MAX_ARGS},
+        "kwargs": {"type": "object", "maxProperties": MAX_ARGS},
+        "cron": {"type": ["string", "null"], "minLength": 1, "maxLength": 200,
+                 "description": "Five-field cron expression, in `timezone`; or give `every`."},
+        "every": {"type": ["integer", "null"], "minimum": schedules.MIN_EVERY,
+                  "maximum": schedules.MAX_EVERY,
+                  "description": "Seconds between ticks, on a grid from the Unix epoch."},
+        "timezone": {"type": "string", "minLength": 1, "maxLength": 64,
+                     "description": "IANA time zone of `cron` (default UTC)."},
+        "queue": {"type": ["string", "null"], "pattern": QUEUE_NAME_RE.pattern},
+        "priority": {"type": "integer", "minimum": broker.MIN_PRIORITY,
+                     "maximum": broker.MAX_PRIORITY},
+        "enabled": {"type": "boolean"},
+        "overlap": {"enum": list(schedules.OVERLAP),
+                    "description": "forbid: skip a tick while the previous run is unfinished; "
+                                   "replace: revoke it first."},
+        "catch_up": {"enum": list(schedules.CATCH_UP),
+                     "description": "What to fire of the ticks missed while no scheduler ran."},
+    }
+    if create:
+        properties = {"name": {"type": "string", "pattern": schedules.NAME_PATTERN},
+                      **properties}
+    return {"type": "object", "additionalProperties": False,
+            "required": ["name", "task"] if create else [], "properties": properties}
+
+
+SCHEDULE = {
+    "type": "object",
+    "required": ["name", "task", "enabled", "overlap", "catch_up", "next_fire_at", "links"],
+    "properties": {
+        **schedule_schema(create=True)["properties"],
+        "source": {"enum": ["api", "code"]},
+        "next_fire_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_tick_at": {"type": ["string", "null"], "format": "date-time",
+                         "description": "The newest tick handled (fired, skipped or missed)."},
+        "last_fired_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_task": {"type": ["object", "null"], "properties": {
+            "id": {"type": "string"}, "state": {"type": "string"},
+            "links": {"type": "object"}}},
+        "fires": {"type": "integer"},
+        "skipped": {"type": "integer"},
+        "missed": {"type": "integer"},
+        "links": {"type": "object", "properties": {"self": {"type": "string"}}},
     },
 }
