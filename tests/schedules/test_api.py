@@ -131,3 +131,19 @@ def test_operators_see_the_schedules_declared_in_code_read_only(sched_api: Api,
     again = sched_api.post("/v1/schedules", tenant=None, headers=SYSTEM,
                            json={**GOOD, "name": name})
     assert again.status_code == 409
+
+
+def test_an_operator_sees_every_tenants_schedules(sched_api: Api, r: redis.Redis) -> None:
+    body = {**GOOD, "name": "operator-view", "enabled": False}
+    assert sched_api.post("/v1/schedules", json=body, tenant="globex").status_code == 201
+    listed = {(s["tenant"], s["name"]) for s in
+              sched_api.get("/v1/schedules", tenant="ops").json()["items"]}
+    assert ("globex", "operator-view") in listed
+    one = sched_api.get("/v1/schedules/operator-view", params={"tenant": "globex"}, tenant="ops")
+    assert one.status_code == 200 and one.json()["name"] == "operator-view"
+    # a tenant's ?tenant= names nothing: it still sees only its own
+    assert sched_api.get("/v1/schedules/operator-view", params={"tenant": "globex"},
+                         tenant="acme").status_code == 404
+    assert sched_api.delete("/v1/schedules/operator-view", params={"tenant": "globex"},
+                            tenant="ops").status_code == 204
+    assert sched_api.get("/v1/schedules/operator-view", tenant="globex").status_code == 404

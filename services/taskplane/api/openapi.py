@@ -193,6 +193,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     }
 
 
+_SCHEDULE_TENANT = {"name": "tenant", "in": "query", "required": False,
+                    "schema": {"type": "string", "maxLength": 64},
+                    "description": "Operators only: the tenant whose schedule this is "
+                                   "(default: the schedules declared in code)."}
 _SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
                   "schema": {"type": "string", "maxLength": 64}}
 
@@ -204,7 +208,7 @@ def _schedule_paths() -> dict[str, Any]:
     created = _op("Create a periodic schedule (checked in full: 422 names the field)", 201,
                   _ref("Schedule"), (400, 409, 413, 415, 422), requestBody=body("NewSchedule"))
     created["responses"]["201"]["headers"] = {"Location": {"schema": {"type": "string"}}}
-    deleted = _op("Delete a schedule", 204, {}, (404, 409), parameters=[_SCHEDULE_NAME])
+    deleted = _op("Delete a schedule", 204, {}, (404, 409), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT])
     deleted["responses"]["204"] = {"description": "Deleted."}
     return {
         "/v1/schedules": {
@@ -215,9 +219,9 @@ def _schedule_paths() -> dict[str, Any]:
         },
         "/v1/schedules/{name}": {
             "get": _op("A schedule with its last and next fire and its last task", 200,
-                       _ref("Schedule"), (404,), parameters=[_SCHEDULE_NAME]),
+                       _ref("Schedule"), (404,), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT]),
             "patch": _op("Change a schedule (checked in full)", 200, _ref("Schedule"),
-                         (400, 404, 409, 413, 415, 422), parameters=[_SCHEDULE_NAME],
+                         (400, 404, 409, 413, 415, 422), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT],
                          requestBody=body("ScheduleChange")),
             "delete": deleted,
         },

@@ -20,7 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from .. import lifecycle, schedules
 from ..schedules import Schedule, ScheduleError, ScheduleStore
 from . import schemas
-from .auth import authenticate, current_tenant
+from .auth import authenticate, current_tenant, scope
 from .body import json_body, validate
 from .context import api_context
 from .errors import ApiError
@@ -49,17 +49,26 @@ def _not_found(name: str) -> ApiError:
     return ApiError(404, "schedule_not_found", f"no schedule named {shown!r}", {"name": shown})
 
 
-def _declared() -> list[Schedule]:
-    """Schedules declared in code: the ``system`` tenant's (operators), read-only here."""
-    if current_tenant() != lifecycle.SYSTEM_TENANT:
+def _tenant() -> str:
+    """Whose schedule a route names: the caller's tenant; an operator names any tenant with
+    ``?tenant=`` (the code-declared ``system`` schedules without it)."""
+    if scope() is None:
+        return request.args.get("tenant") or lifecycle.SYSTEM_TENANT
+    return current_tenant()
+
+
+def _declared(tenant: str | None) -> list[Schedule]:
+    """Schedules declared in code: the ``system`` tenant's, read-only here."""
+    if tenant not in (None, lifecycle.SYSTEM_TENANT):
         return []
     return sorted(schedules.DECLARED.values(), key=lambda s: s.name)
 
 
 def _owned(name: str, writing: bool = False) -> Schedule:
-    schedule = _store().get(current_tenant(), name) if _NAME.fullmatch(name) else None
+    tenant = _tenant()
+    schedule = _store().get(tenant, name) if _NAME.fullmatch(name) else None
     if schedule is None:
-        schedule = next((s for s in _declared() if s.name == name), None)
+        schedule = next((s for s in _declared(tenant) if s.name == name), None)
         if schedule is not None and writing:
             raise ApiError(409, "declared_in_code", f"schedule {name!r} is declared in code "
                            "(taskplane.schedules.periodic); change it there", {"name": name})
@@ -118,7 +127,8 @@ def create_schedule() -> Response:
     body = json_body()
     validate(body, _CREATE, "request body")
     schedule = _checked(_from_body(body, current_tenant(), {"created_at": time.time()}))
-    if any(s.name == schedule.name for s in _declared()) or not _store().create(schedule):
+    declared = _declared(schedule.tenant)
+    if any(s.name == schedule.name for s in declared) or not _store().create(schedule):
         raise ApiError(409, "schedule_exists", f"a schedule named {schedule.name!r} exists; "
                        "PATCH it or DELETE it first", {"name": schedule.name})
     response = jsonify(represent(schedule))
@@ -129,8 +139,16 @@ def create_schedule() -> Response:
 
 @bp.get("/schedules")
 def list_schedules() -> Response:
-    stored = _store().of_tenant(current_tenant())
-    return jsonify({"items": [represent(s) for s in (*_declared(), *stored)]})
+    """The caller's schedules; an operator's: every tenant's, each with its ``tenant``."""
+    owner = scope()
+    stored = _store().all() if owner is None else _store().of_tenant(owner)
+    items = []
+    for schedule in (*_declared(owner), *stored):
+        item = represent(schedule)
+        if owner is None:
+            item["tenant"] = schedule.tenant
+        items.append(item)
+    return jsonify({"items": items})
 
 
 @bp.get("/schedules/<name>")
@@ -151,7 +169,7 @@ def update_schedule(name: str) -> Response:
 
 @bp.delete("/schedules/<name>")
 def delete_schedule(name: str) -> Response:
-    if not (_NAME.fullmatch(name) and _store().delete(current_tenant(), name)):
+    if not (_NAME.fullmatch(name) and _store().delete(_tenant(), name)):
         _owned(name, writing=True)  # 409 for a schedule declared in code
         raise _not_found(name)
     return Response(status=204)
