@@ -49,9 +49,13 @@ class Stack:
         self.metrics_dir = tmp / "worker-metrics"
         self.metrics_dir.mkdir()
         self.port = free_port()
-        self.worker = start_worker(self.redis.url, name="tools", concurrency=2,
-                                   WORKER_METRICS_PORT=str(self.port),
-                                   PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir))
+        try:
+            self.worker = start_worker(self.redis.url, name="tools", concurrency=2,
+                                       WORKER_METRICS_PORT=str(self.port),
+                                       PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir))
+        except BaseException:
+            self.redis.close()  # a worker that did not start leaves no Redis behind
+            raise
         self.stock = Celery("stock", broker=self.redis.url, backend=self.redis.url)
         self.taskplane = create_celery(Settings.from_env({"REDIS_URL": self.redis.url}))
 

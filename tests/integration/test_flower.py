@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,11 @@ class Flower:
             "--address=127.0.0.1", f"--port={self.port}", f"--conf={flowerconfig.__file__}",
             f"--basic-auth={USER}:{PASSWORD}",
         ], base_env(redis_url))
-        wait_for(self._up, 60, "flower answering")
+        try:
+            wait_for(self._up, 60, "flower answering")
+        except BaseException:
+            self.process.stop()  # a failed start leaves no Flower behind
+            raise
 
     def _up(self) -> bool:
         if not self.process.alive():
@@ -65,17 +70,21 @@ class Flower:
 
 class Stack:
     def __init__(self) -> None:
-        self.redis = RedisServer().start()
-        # one pool process: while it runs a slow task, what follows waits in the queue
-        self.worker: Process = start_worker(self.redis.url, name="flower", concurrency=1)
-        self.api = Api(self.redis.url, workers=1)
-        self.flower = Flower(self.redis.url)
+        self._cleanup = ExitStack()  # whatever started is stopped, even if a later start fails
+        with self._cleanup:
+            self.redis = RedisServer().start()
+            self._cleanup.callback(self.redis.close)
+            # one pool process: while it runs a slow task, what follows waits in the queue
+            self.worker: Process = start_worker(self.redis.url, name="flower", concurrency=1)
+            self._cleanup.callback(self.worker.stop)
+            self.api = Api(self.redis.url, workers=1)
+            self._cleanup.callback(self.api.close)
+            self.flower = Flower(self.redis.url)
+            self._cleanup.callback(self.flower.close)
+            self._cleanup = self._cleanup.pop_all()  # started: close() stops them
 
     def close(self) -> None:
-        self.flower.close()
-        self.api.close()
-        self.worker.stop()
-        self.redis.close()
+        self._cleanup.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -93,24 +95,31 @@ def substitute(expr: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack():
-    redis_server = RedisServer().start()
-    worker_port, exporter_port, scheduler_port = free_port(), free_port(), free_port()
-    worker = start_worker(redis_server.url, name="prom", concurrency=2,
-                          WORKER_METRICS_PORT=str(worker_port), WORKER_QUEUES="default",
-                          QUEUES="parked")
-    api = Api(redis_server.url, workers=2, QUEUES="parked")
-    exporter = Process("exporter", [str(VENV_BIN / "taskplane"), "exporter"],
-                       base_env(redis_server.url, EXPORTER_PORT=str(exporter_port), QUEUES="parked"))
-    # a schedule declared in code fires every second (tests.support.schedules)
-    scheduler = start_scheduler(redis_server.url, name="prom",
-                                SCHEDULER_METRICS_PORT=str(scheduler_port),
-                                TASK_MODULES="tests.support.tasks,tests.support.schedules")
-    prom = Prometheus({"taskplane-api": f"127.0.0.1:{api.port}",
-                       "taskplane-worker": f"127.0.0.1:{worker_port}",
-                       "taskplane-exporter": f"127.0.0.1:{exporter_port}",
-                       "taskplane-scheduler": f"127.0.0.1:{scheduler_port}"})
-    try:
+def stack() -> Iterator[Prometheus]:
+    with ExitStack() as cleanup:  # whatever started is stopped, even if a later start fails
+        redis_server = RedisServer().start()
+        cleanup.callback(redis_server.close)
+        worker_port, exporter_port, scheduler_port = free_port(), free_port(), free_port()
+        worker = start_worker(redis_server.url, name="prom", concurrency=2,
+                              WORKER_METRICS_PORT=str(worker_port), WORKER_QUEUES="default",
+                              QUEUES="parked")
+        cleanup.callback(worker.stop)
+        api = Api(redis_server.url, workers=2, QUEUES="parked")
+        cleanup.callback(api.close)
+        exporter = Process("exporter", [str(VENV_BIN / "taskplane"), "exporter"],
+                           base_env(redis_server.url, EXPORTER_PORT=str(exporter_port),
+                                    QUEUES="parked"))
+        cleanup.callback(exporter.stop)
+        # a schedule declared in code fires every second (tests.support.schedules)
+        scheduler = start_scheduler(redis_server.url, name="prom",
+                                    SCHEDULER_METRICS_PORT=str(scheduler_port),
+                                    TASK_MODULES="tests.support.tasks,tests.support.schedules")
+        cleanup.callback(scheduler.stop)
+        prom = Prometheus({"taskplane-api": f"127.0.0.1:{api.port}",
+                           "taskplane-worker": f"127.0.0.1:{worker_port}",
+                           "taskplane-exporter": f"127.0.0.1:{exporter_port}",
+                           "taskplane-scheduler": f"127.0.0.1:{scheduler_port}"})
+        cleanup.callback(prom.close)
         ids = [api.submit("test.echo", kwargs={"value": i})["id"] for i in range(SUCCEEDED)]
         ids += [api.submit("test.flaky", kwargs={"key": f"prom-{i}", "failures": 1})["id"]
                 for i in range(FLAKY)]
@@ -123,13 +132,6 @@ def stack():
         for task_id in failed:
             api.wait_state(task_id, "FAILURE")
         yield prom
-    finally:
-        prom.close()
-        scheduler.stop()
-        exporter.stop()
-        api.close()
-        worker.stop()
-        redis_server.close()
 
 
 def test_every_target_is_scraped(stack: Prometheus) -> None:

@@ -193,10 +193,20 @@ def start_worker(redis_url: str, name: str = "w1", concurrency: int = 2, wait: b
     args = [str(VENV_BIN / "taskplane"), "worker", f"--hostname={name}@%h", *extra_args]
     proc = Process(f"worker-{name}", args, e)
     if wait:
-        wait_for(lambda: " ready." in proc.log() or _died(proc), 60, f"worker {name} ready")
-        if not proc.alive():
-            raise RuntimeError(f"worker {name} died:\n{proc.log()[-3000:]}")
+        _started(proc, lambda: " ready." in proc.log(), 60, f"worker {name} ready")
     return proc
+
+
+def _started(proc: Process, ready: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait until ``proc`` is ready; if it dies or never gets there, stop it and raise, so a
+    failed start leaves no process behind."""
+    try:
+        wait_for(lambda: ready() or _died(proc), timeout, what)
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} died:\n{proc.log()[-3000:]}")
+    except BaseException:
+        proc.stop()
+        raise
 
 
 def start_scheduler(redis_url: str, name: str = "s1", **env: str) -> Process:
@@ -205,9 +215,7 @@ def start_scheduler(redis_url: str, name: str = "s1", **env: str) -> Process:
     env.setdefault("SCHEDULER_METRICS_PORT", "0")
     proc = Process(f"scheduler-{name}", [str(VENV_BIN / "taskplane"), "scheduler"],
                    base_env(redis_url, **env))
-    wait_for(lambda: "declared in code" in proc.log() or _died(proc), 30, f"scheduler {name}")
-    if not proc.alive():
-        raise RuntimeError(f"scheduler {name} died:\n{proc.log()[-3000:]}")
+    _started(proc, lambda: "declared in code" in proc.log(), 30, f"scheduler {name}")
     return proc
 
 
@@ -229,7 +237,11 @@ class Api:
     def start(self) -> Api:
         """(Re)start gunicorn on this API's port and wait until it serves."""
         self.process = Process("api", [str(VENV_BIN / "taskplane"), "api"], self.env)
-        wait_for(self._healthy, 30, "gunicorn /healthz")
+        try:
+            wait_for(self._healthy, 30, "gunicorn /healthz")
+        except BaseException:
+            self.process.stop()  # a failed start leaves no gunicorn behind
+            raise
         return self
 
     def _healthy(self) -> bool:
