@@ -12,7 +12,7 @@ help:  ## this list
 install:  ## create .venv and install Taskplane with dev and test extras (pinned)
 	@scripts/bootstrap.sh
 
-run: install  ## start Redis, the API on :8000 and a worker; Ctrl-C stops them all
+run: install  ## start Redis, the API on :8000, a worker and the scheduler; Ctrl-C stops them all
 	@$(BIN)/taskplane dev
 
 monitor: install  ## the local stack plus a Prometheus loaded with the rules; prints its URL
