@@ -107,9 +107,11 @@ def test_the_scaler_reads_the_chart_not_a_copy():
     targets = {m.target_type: m.target for m in read.metrics}
     assert targets["AverageValue"] == float(hpa_values["targetBacklogPerReplica"])
     assert targets["Value"] == float(hpa_values["targetOldestAgeSeconds"])
+    pool_queues = "|".join(values["workers"]["pools"][0]["queues"])  # the default pool's
     for metric in read.metrics:
         assert "<<" not in metric.query
-        assert 'namespace="taskplane"' in metric.query and 'queue=~"default"' in metric.query
+        assert 'namespace="taskplane"' in metric.query
+        assert f'queue=~"{pool_queues}"' in metric.query, metric.query
     changed = read_chart_autoscaler(set_values={
         "workers.defaults.autoscaling.hpa.targetBacklogPerReplica": 7,
         "workers.defaults.autoscaling.scaleDown.stabilizationWindowSeconds": 42})
