@@ -405,14 +405,6 @@ redis.call('LPUSH', KEYS[5], ARGV[7])
 return {'queued'}
 """
 
-# A run ended in this process (success, failure, retry): count it for poison detection.
-# KEYS: record. Returns 1 if the record exists.
-_RUN_ENDED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'runs_ended', 1)
-return 1
-"""
-
 # A request token of a tenant (routes that submit nothing). KEYS: bucket. ARGV: rate,
 # burst. Returns {allowed, seconds until a token is available}.
 _RATE = """
@@ -688,7 +680,7 @@ class Lifecycle:
         self._submit, self._start, self._write = register(_SUBMIT), register(_START), register(_WRITE)
         self._finish, self._fail = register(_FINISH), register(_FAIL)
         self._revoke, self._retry_dead = register(_REVOKE), register(_RETRY_DEAD)
-        self._run_ended, self._rate = register(_RUN_ENDED), register(_RATE)
+        self._rate = register(_RATE)
 
     # --- submit -------------------------------------------------------------------------
 
@@ -764,10 +756,6 @@ class Lifecycle:
             keys.append(record_key(task_id))
         return bool(self._call(self._write, keys, [result[1], result[2], *record_fields]))
 
-    def run_ended(self, task_id: str) -> None:
-        """A run ended in this process without its process dying (poison detection)."""
-        self._call(self._run_ended, [record_key(task_id)], [])
-
     # --- ends ---------------------------------------------------------------------------
 
     def finish(self, task_id: str, state: str, *, tenant: str = "", run_ended: bool = False,
@@ -840,12 +828,10 @@ class Lifecycle:
 
     # --- dead letters -------------------------------------------------------------------
 
-    def dead_letter(self, tenant: str, task_id: str) -> dict[str, Any] | None:
-        raw = self.client.get(dead_key(task_id))
-        if raw is None:
-            return None
-        entry: dict[str, Any] = json.loads(raw)
-        return entry if entry.get("tenant") == tenant else None
+    def dead_letter(self, tenant: str | None, task_id: str) -> dict[str, Any] | None:
+        """The dead letter, decoded, if it is ``tenant``'s (``None``: whoever's)."""
+        found = self.dead_letter_raw(tenant, task_id)
+        return found[1] if found is not None else None
 
     def dead_letter_raw(self, tenant: str | None, task_id: str
                         ) -> tuple[str, dict[str, Any]] | None:
@@ -995,9 +981,6 @@ class Lifecycle:
                 pipe.hget(record_key(task_id), "state")
             states = pipe.execute()
         return all(state != STARTED.encode() for state in states)
-
-    def tenant_of(self, task_id: str) -> str:
-        return (self.client.hget(record_key(task_id), "tenant") or b"").decode()
 
     # --- plumbing -----------------------------------------------------------------------
 
