@@ -78,7 +78,8 @@ class ResultBackend(RedisBackend):
         if life is None or not life.results_here:
             self.ensure(self._write, write)
         elif state in (states.SUCCESS, states.REVOKED):
-            life.finish(task_id, state, tenant=lifecycle.tenant_hint(request), result=write)
+            life.finish(task_id, state, tenant=lifecycle.tenant_hint(request), result=write,
+                        run_ended=_ends_run(task_id, state, request))
         elif state == states.RETRY:
             retries = (getattr(request, "retries", None) or 0) + 1
             life.write(task_id, write, ["state", lifecycle.RETRY, "retries", str(retries)])
@@ -118,6 +119,24 @@ class ResultBackend(RedisBackend):
             script = self.__dict__["_write_script"] = client.register_script(
                 lifecycle.WRITE_RESULT)
         return int(script(keys=[key], args=[value, ttl]))
+
+
+#: Set on a run's request once its end was counted with its SUCCESS (see ``_ends_run``).
+RUN_ENDED = "taskplane_run_ended"
+
+
+def _ends_run(task_id: str, state: str, request: Any) -> bool:
+    """Whether this SUCCESS write also counts the run as ended: it does when stored by the
+    run itself (the request is the running task's), saving the worker's ``task_postrun``
+    handler a round trip of its own; the request is marked so that handler knows."""
+    if state != states.SUCCESS or request is None or getattr(request, "id", None) != task_id \
+            or getattr(request, RUN_ENDED, False):
+        return False
+    try:
+        setattr(request, RUN_ENDED, True)
+    except AttributeError:  # a request that takes no attributes: postrun counts the run
+        return False
+    return True
 
 
 def backend_url(results_url: str) -> str:

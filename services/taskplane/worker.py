@@ -27,7 +27,7 @@ from . import broker, lifecycle, metrics
 from .celery_app import create_celery
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
-from .results import ResultBackend
+from .results import RUN_ENDED, ResultBackend
 from .runtime import STOCK_DEFAULT_QUEUE
 from .settings import Settings
 from .worker_probes import LeaseStep, serve_probes
@@ -105,6 +105,8 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None
     request = task.request
     if getattr(request, "taskplane_skipped", False):
         return  # revoked or already ended: no run started, none ends
+    if getattr(request, RUN_ENDED, False):
+        return  # its SUCCESS, stored by the result backend, counted the run's end too
     # Count the run as ended; SUCCESS and REVOKED also end the task, unless the result
     # backend already did in the same step as storing the result.
     final = state if state in (states.SUCCESS, states.REVOKED) else ""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jsonschema
 from flask import current_app
 
 from ..runtime import Runtime, TaskplaneCelery
+from ..schema import CompiledSchema
 from ..settings import Settings
 
 
@@ -19,7 +19,7 @@ class ApiContext:
     tokens: dict[str, str]
     admin_tokens: dict[str, str]
     auth_disabled: bool
-    submit_validator: jsonschema.protocols.Validator
+    submit_validator: CompiledSchema
 
 
 def api_context() -> ApiContext:

@@ -9,12 +9,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import jsonschema
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from .. import broker, lifecycle
 from ..celery_app import TenantCapReached, retry_dead_letter_task, revoke, submit
 from ..lifecycle import TaskRecord, fingerprint
+from ..schema import CompiledSchema
 from . import follow, observe, schemas
 from .auth import authenticate, current_tenant, may_see, scope
 from .body import json_body, validate
@@ -353,7 +353,6 @@ def _not_dead_lettered(task_id: str, state: str) -> ApiError:
                                                                         "state": state})
 
 
-def submit_validator(max_countdown: int) -> jsonschema.protocols.Validator:
-    schema = schemas.submit_schema(max_countdown)
-    return jsonschema.validators.validator_for(schema)(schema)
+def submit_validator(max_countdown: int) -> CompiledSchema:
+    return CompiledSchema(schemas.submit_schema(max_countdown), "body")
 

@@ -14,11 +14,11 @@ import re
 import time
 from typing import Any
 
-import jsonschema
 from flask import Blueprint, Response, jsonify, request
 
 from .. import lifecycle, schedules
 from ..schedules import Schedule, ScheduleError, ScheduleStore
+from ..schema import CompiledSchema
 from . import schemas
 from .auth import authenticate, current_tenant, scope
 from .body import json_body, validate
@@ -32,8 +32,8 @@ bp.before_request(authenticate)
 bp.before_request(enforce_rate)
 
 _NAME = re.compile(schedules.NAME_PATTERN)
-_CREATE = jsonschema.Draft202012Validator(schemas.schedule_schema(create=True))
-_PATCH = jsonschema.Draft202012Validator(schemas.schedule_schema(create=False))
+_CREATE = CompiledSchema(schemas.schedule_schema(create=True), "body")
+_PATCH = CompiledSchema(schemas.schedule_schema(create=False), "body")
 
 
 def _store() -> ScheduleStore:

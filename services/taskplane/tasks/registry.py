@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
 from celery import shared_task
 
+from ..schema import CompiledSchema
 from .base import TaskplaneTask
 
 #: Back-off between retries grows as ``2**retries`` seconds with full jitter, capped here.
@@ -38,15 +38,16 @@ class TaskSpec:
     retry_for: tuple[type[BaseException], ...] = ()
     max_retries: int = 3
     retry_backoff_max: int = DEFAULT_RETRY_BACKOFF_MAX
-    validator: jsonschema.protocols.Validator = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    contract: CompiledSchema = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    signature: inspect.Signature = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
 
     def bind_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Name every argument as the task function would, so one schema covers both forms.
 
         Missing arguments are left to the schema's ``required``, which names them.
         """
-        bound = inspect.signature(self.func).bind_partial(*args, **kwargs)
-        return dict(bound.arguments)
+        signature = self.signature or inspect.signature(self.func)
+        return dict(signature.bind_partial(*args, **kwargs).arguments)
 
     def argument_errors(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[dict[str, str]]:
         """Every way ``args``/``kwargs`` break the contract, one entry per failing field."""
@@ -55,8 +56,7 @@ class TaskSpec:
         except TypeError as exc:
             field = "args" if "positional" in str(exc) else "kwargs"
             return [{"field": field, "message": str(exc)}]
-        errors = sorted(self.validator.iter_errors(named), key=lambda e: list(e.absolute_path))
-        return [describe_error(err, "kwargs") for err in errors]
+        return self.contract.errors(named)
 
     def public(self, default_queue: str) -> dict[str, Any]:
         return {
@@ -68,15 +68,6 @@ class TaskSpec:
             "soft_time_limit": self.soft_time_limit,
             "max_retries": self.max_retries if self.retry_for else 0,
         }
-
-
-def describe_error(err: jsonschema.ValidationError, root: str) -> dict[str, str]:
-    """A schema error as ``{field, message}``; a missing property is named as the field."""
-    path = ".".join(str(p) for p in err.absolute_path)
-    if err.validator == "required" and "'" in err.message:
-        path = ".".join(filter(None, [path, err.message.split("'")[1]]))
-    message = err.message if len(err.message) <= 200 else err.message[:197] + "..."
-    return {"field": path or root, "message": message}
 
 
 class Registry:
@@ -127,8 +118,7 @@ def task(
     default to the settings (``DEFAULT_QUEUE``, ``DEFAULT_TIME_LIMIT``...).
     """
     full_schema = {"type": "object", "additionalProperties": False, **schema}
-    validator_cls = jsonschema.validators.validator_for(full_schema)
-    validator_cls.check_schema(full_schema)
+    contract = CompiledSchema(full_schema, "kwargs")
     retry_for = tuple(retry_for)
 
     def decorate(func: Callable[..., Any]) -> Any:
@@ -168,7 +158,8 @@ def task(
             retry_for=retry_for,
             max_retries=max_retries if retry_for else 0,
             retry_backoff_max=retry_backoff_max,
-            validator=validator_cls(full_schema),
+            contract=contract,
+            signature=inspect.signature(func),
         ))
         return celery_task
 
