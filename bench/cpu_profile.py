@@ -419,11 +419,14 @@ def cpu_shares(counted: dict[str, Any], user_s: float, system_s: float, units: i
     total = user_s + system_s
     n = max(1, units)
     rows = []
+    scale = user_s / total if total else 0.0  # a share of the samples → a share of the CPU
     for row in counted["components"]:
         cpu = row["share_pct"] / 100 * user_s
         rows.append({**row, "samples_pct": row["share_pct"],
-                     "share_pct": round(100 * cpu / total, 2) if total else 0.0,
-                     "us_per_unit": round(cpu * 1e6 / n, 1)})
+                     "share_pct": round(row["share_pct"] * scale, 2),
+                     "us_per_unit": round(cpu * 1e6 / n, 1),
+                     "top_frames": [{"frame": f["frame"], "share_pct": round(f["share_pct"] * scale, 2)}
+                                    for f in row["top_frames"]]})
     rows.append({"component": KERNEL, "samples": 0, "samples_pct": None,
                  "share_pct": round(100 * system_s / total, 2) if total else 0.0,
                  "us_per_unit": round(system_s * 1e6 / n, 1), "by_role_pct": {}, "top_frames": []})
