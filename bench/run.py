@@ -1,7 +1,7 @@
 """``python -m bench`` (or ``bench/run.py``): every benchmark, the autoscaling experiment,
 ``latest.json``, the PNGs and BENCHMARKS.md.
 
-    python -m bench                      # full size (make bench), about 11 minutes on 2 cores
+    python -m bench                      # full size (make bench), about 13 minutes on 2 cores
     python -m bench --smoke [--out DIR]  # tiny sizes (the tests), under a minute
     python -m bench --only enqueue,execution
 
