@@ -24,6 +24,7 @@ from typing import Any
 
 from taskplane import broker
 
+from . import cpu_profile
 from .loadgen import Client, connection_split, paced, redis_benchmark, run_wrk
 from .progress import Reporter
 from .stack import BASELINE, ROOT, Proc, Server, Stack, free_port, rss_kib
@@ -59,6 +60,9 @@ class Sizes:
     autoscale_max_seconds: float
     fixed_max_seconds: float
     hpa_overrides: tuple[tuple[str, Any], ...]
+    profile_rate: int  # py-spy samples per second per process (cpu_profile.py)
+    profile_enqueue_seconds: float  # the profiled wrk run of figure 1
+    profile_exec_tasks: int  # the backlog of figure 2's profiled drain
 
 
 # Chart values the autoscaling experiment overrides so the whole run fits the bench's
@@ -70,15 +74,19 @@ FULL_HPA_OVERRIDES = (
     ("workers.defaults.autoscaling.scaleDown.periodSeconds", 15),
 )
 
+# FULL: enqueue and execution (5 interleaved rounds each, and their profiled rounds) took
+# 342 s here with enqueue_seconds=6 and profile_exec_tasks=6000; 5 s and 4000 keep `make
+# bench` (the other figures take about 470 s) near 13 minutes, under its 15.
 FULL = Sizes(
-    enqueue_seconds=6, enqueue_warmup_seconds=2, enqueue_rounds=3, connections=16,
+    enqueue_seconds=5, enqueue_warmup_seconds=2, enqueue_rounds=5, connections=16,
     redis_requests=200_000,
-    exec_tasks=3000, exec_rounds=3,
+    exec_tasks=3000, exec_rounds=5,
     capacity_seconds=6, probe_rate=2000, light_rate=10, light_seconds=15, load_seconds=20,
     memory_tasks=100_000,
     burst_tasks=2000, task_ms=(50, 200), trickle_rate=10.0, scrape_interval=5.0,
     sync_period=15.0, autoscale_max_seconds=260, fixed_max_seconds=200,
     hpa_overrides=FULL_HPA_OVERRIDES,
+    profile_rate=200, profile_enqueue_seconds=8, profile_exec_tasks=4000,
 )
 
 SMOKE = Sizes(
@@ -98,6 +106,7 @@ SMOKE = Sizes(
         ("workers.defaults.autoscaling.scaleDown.maxPercent", 100),
         ("workers.defaults.softShutdownTimeout", 2),
     ),
+    profile_rate=100, profile_enqueue_seconds=1, profile_exec_tasks=300,
 )
 
 
@@ -119,6 +128,35 @@ def percentile(values: list[float], q: float) -> float:
 
 def rounded(value: float, digits: int = 3) -> float:
     return round(value, digits) if value == value else value  # keep NaN
+
+
+def per_round_ratios(runs: dict[str, list[dict[str, Any]]], key: str,
+                     pairs: dict[str, tuple[str, str]]) -> dict[str, list[float | None]]:
+    """For each ratio name → (side, baseline): ``side / baseline`` of ``key`` in each round.
+
+    ``runs[side][i]`` is the side's run of round i (every side runs once per round), so
+    each side is divided by its baseline measured in the same round, minutes apart at
+    most. A round where either value is missing or zero gives None.
+    """
+    out: dict[str, list[float | None]] = {}
+    for name, (side, baseline) in pairs.items():
+        values: list[float | None] = []
+        for a, b in zip(runs[side], runs[baseline], strict=True):
+            x, y = a.get(key), b.get(key)
+            values.append(rounded(x / y) if x and y else None)
+        out[name] = values
+    return out
+
+
+def median_ratios(per_round: dict[str, list[float | None]]) -> dict[str, float]:
+    """The median of each ratio's per-round values (None skipped; NaN if none is left)."""
+    return {name: rounded(median(v for v in values if v is not None))
+            for name, values in per_round.items()}
+
+
+def met_targets(ratios: dict[str, float], targets: dict[str, float]) -> dict[str, bool]:
+    """Each target met (ratio >= target); a NaN ratio is not met."""
+    return {name: bool(ratios[name] >= target) for name, target in targets.items()}
 
 
 def auth_headers(stack: Stack) -> dict[str, str]:
@@ -231,6 +269,17 @@ def fill(stack: Stack, side: str, n: int, queue: str = "default") -> list[str]:
 
 # -- figure 1: enqueue --------------------------------------------------------------------
 
+#: Ratio name → (side, baseline), each computed per round. Only the targets are targets:
+#: the others are there to read the targets by.
+ENQUEUE_RATIOS = {
+    "taskplane_vs_floor": ("taskplane", "floor"),
+    "taskplane_vs_seed": ("taskplane", "seed"),
+    "taskplane_vs_bare": ("taskplane", "bare"),
+    "floor_vs_bare": ("floor", "bare"),
+    "floor_vs_seed": ("floor", "seed"),
+}
+ENQUEUE_TARGETS = {"taskplane_vs_floor": 0.8}
+
 def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     """Requests/s and latency of submitting a task, against the post's app, the bare route
     and the floor (one LPUSH per request)."""
@@ -279,9 +328,12 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                     row["queued"] = int(stack.client().llen("celery"))
                 elif name == "floor":
                     row["queued"] = int(stack.client().llen("floor"))
+                row["round"] = rnd
                 runs[name].append(row)
                 done += 1
                 bar.update(done)
+    profiled = profile_enqueue(stack, servers["taskplane"], requests["taskplane"], spreads["taskplane"],
+                               sizes, rep)
     stack.stop(*servers.values())
 
     summary = {}
@@ -294,21 +346,20 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
             "errors": sum(sum(r["errors"].values()) for r in rows),
             "runs": rows,
         }
-    tp, seed, bare, floor = (summary[n]["requests_per_s"]
-                             for n in ("taskplane", "seed", "bare", "floor"))
-    ratios = {"taskplane_vs_seed": rounded(tp / seed), "taskplane_vs_bare": rounded(tp / bare),
-              "taskplane_vs_floor": rounded(tp / floor), "floor_vs_bare": rounded(floor / bare),
-              "floor_vs_seed": rounded(floor / seed)}
+    per_round = per_round_ratios(runs, "requests_per_s", ENQUEUE_RATIOS)
+    ratios = median_ratios(per_round)
     return {
-        "what": "POST /v1/tasks (auth, schema validation, record + message in one Redis call, "
-                "metrics on) vs. the post's GET /start_task/<data> (.delay()) vs. a constant Flask "
-                "route (bare) vs. a route that does one LPUSH (floor); all under Taskplane's "
-                "gunicorn configuration, driven by wrk on loopback at fixed concurrency",
+        "what": "POST /v1/tasks (auth, schema validation, rate limit, record + message in one Redis "
+                "call, metrics and access log on) vs. the post's GET /start_task/<data> (.delay()) vs. "
+                "a constant Flask route (bare) vs. a route that does one LPUSH (floor); all under "
+                "Taskplane's gunicorn configuration, driven by wrk on loopback at fixed concurrency",
         "connections": sizes.connections, "seconds_per_run": sizes.enqueue_seconds,
         "rounds": sizes.enqueue_rounds, "results": summary, "ratios": ratios,
-        "targets": {"taskplane_vs_seed": 2.5, "taskplane_vs_bare": 0.75},
-        "met": {"taskplane_vs_seed": ratios["taskplane_vs_seed"] >= 2.5,
-                "taskplane_vs_bare": ratios["taskplane_vs_bare"] >= 0.75},
+        "per_round_ratios": per_round,
+        "ratios_how": "each side's requests/s divided by its baseline's in the same round; the "
+                      "median of those per-round ratios",
+        "targets": dict(ENQUEUE_TARGETS), "met": met_targets(ratios, ENQUEUE_TARGETS),
+        "profile": profiled,
     }
 
 
@@ -323,9 +374,31 @@ def redis_limits(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
 
 # -- figure 2: execution ------------------------------------------------------------------
 
+#: Figure 2's sides, in the order the rounds rotate.
+EXEC_SIDES = ("taskplane", "taskplane_metrics_off", "seed", "floor")
+EXEC_RATIOS = {
+    "taskplane_vs_seed": ("taskplane", "seed"),
+    "taskplane_vs_floor": ("taskplane", "floor"),
+    "seed_vs_floor": ("seed", "floor"),
+    "taskplane_metrics_off_vs_floor": ("taskplane_metrics_off", "floor"),
+}
+EXEC_TARGETS = {"taskplane_vs_seed": 1.3}
+
+
+def floor_list(stack: Stack, queue: str, n: int) -> str:
+    """The one list a Taskplane backlog of ``n`` default-priority tasks lies in (the
+    execution floor pops it)."""
+    key = broker.queue_key(queue, broker.transport_priority(broker.DEFAULT_PRIORITY))
+    held = int(stack.client().llen(key))
+    if held != n:
+        raise RuntimeError(f"the floor's backlog: {held} messages in {key!r}, wanted {n}")
+    return key
+
+
 def execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
-    """Tasks/s one worker pod (2 processes) drains from a backlog of no-op tasks."""
-    sides = ["taskplane", "taskplane_metrics_off", "seed"]
+    """Tasks/s one worker pod (2 processes) drains from a backlog of no-op tasks, against the
+    post's worker and the execution floor (``baseline/exec_floor.py``)."""
+    sides = list(EXEC_SIDES)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
     n = sizes.exec_tasks
     previous: Proc | None = None
@@ -339,10 +412,13 @@ def execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                 if previous is not None:
                     stack.stop(previous, sig=signals.SIGKILL)
                 stack.flush()
+                # the floor drains real Taskplane messages (same shape and size)
                 ids = fill(stack, "seed" if side == "seed" else "taskplane", n, queue)
                 started = time.time()
                 if side == "seed":
                     worker = stack.start_seed_worker(f"seed-{rnd}")
+                elif side == "floor":
+                    worker = stack.start_exec_floor(f"exec-floor-{rnd}", floor_list(stack, queue, n))
                 else:
                     worker = stack.start_worker(f"exec-{side}-{rnd}", metrics=side == "taskplane",
                                                 DEFAULT_QUEUE=queue)
@@ -352,6 +428,7 @@ def execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                 previous = worker
                 first, last = min(dates), max(dates)
                 runs[side].append({
+                    "round": rnd,
                     "tasks": n,
                     "tasks_per_s": rounded((n - 1) / (last - first), 1) if last > first else None,
                     "wall_tasks_per_s": rounded(n / (finished - ready), 1),
@@ -361,19 +438,95 @@ def execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                 bar.update(done)
     if previous is not None:
         stack.stop(previous, sig=signals.SIGKILL)
+    profiled = profile_execution(stack, sizes, rep)
     summary = {s: {"tasks_per_s": rounded(median(r["tasks_per_s"] for r in runs[s] if r["tasks_per_s"]), 1),
                    "runs": runs[s]} for s in sides}
-    ratio = summary["taskplane"]["tasks_per_s"] / summary["seed"]["tasks_per_s"]
+    per_round = per_round_ratios(runs, "tasks_per_s", EXEC_RATIOS)
+    ratios = median_ratios(per_round)
     return {
         "what": "one worker pod with 2 pool processes draining a backlog of no-op tasks: Taskplane "
-                "(acks late, prefetch 1, results, task records, metrics) vs. the post's worker "
-                "(celery -A tasks.celery_app worker -l info --concurrency=2); rate = (n-1) / "
-                "(last date_done - first date_done)",
+                "(acks late, prefetch 1, results, task records, leases, metrics) vs. the post's worker "
+                "(celery -A tasks.celery_app worker -l info --concurrency=2) vs. the execution floor "
+                "(2 plain Python processes, each a loop of BLMOVE, decode, no-op, SET result + LREM "
+                "ack: bench/baseline/exec_floor.py); rate = (n-1) / (last date_done - first date_done)",
         "tasks_per_run": n, "rounds": sizes.exec_rounds, "results": summary,
-        "ratios": {"taskplane_vs_seed": rounded(ratio)},
-        "targets": {"taskplane_vs_seed": 2.0},
-        "met": {"taskplane_vs_seed": ratio >= 2.0},
+        "ratios": ratios, "per_round_ratios": per_round,
+        "ratios_how": "each side's tasks/s divided by its baseline's in the same round; the median "
+                      "of those per-round ratios",
+        "targets": dict(EXEC_TARGETS), "met": met_targets(ratios, EXEC_TARGETS),
+        "profile": profiled,
     }
+
+
+# -- where the time goes: one profiled round of figures 1 and 2 ---------------------------
+
+API_ROLES = {"root": "gunicorn master", "children": "gunicorn workers"}
+WORKER_ROLES = {"root": "worker main process (consumer)", "children": "pool children"}
+
+
+def _profile_failed(exc: Exception) -> dict[str, Any]:
+    return {"error": f"{type(exc).__name__}: {exc}"[:4000]}
+
+
+def profile_enqueue(stack: Stack, server: Server, request: dict[str, Any],
+                    spread: Callable[[], list[int]], sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+    """One more wrk run against Taskplane's API (metrics on) under py-spy: not counted above."""
+    rep.say(f"figure 1: one more {sizes.profile_enqueue_seconds:g}s run of Taskplane's API under "
+            "py-spy (CPU breakdown; not counted)")
+    try:
+        stack.flush()
+        client = stack.client()
+        with cpu_profile.Sampler(server.proc.pid, rate=sizes.profile_rate, workdir=stack.workdir,
+                                 name="enqueue") as sampler, sampler.window(client) as window:
+            result = run_wrk(seconds=sizes.profile_enqueue_seconds, connections=sizes.connections,
+                             workdir=stack.workdir, spread=spread, **request)
+        accepted = taskplane_waiting(stack)  # every request accepted, restarted wrk runs included
+        out = cpu_profile.breakdown(
+            sampler, window, units=accepted, unit="request", table=cpu_profile.API, roles=API_ROLES,
+            what="POST /v1/tasks as in the measured rounds (metrics and access log on), wrk for "
+                 f"{sizes.profile_enqueue_seconds:g} s, py-spy attached to gunicorn's master and "
+                 "workers; requests = tasks the API stored in the round")
+        out["wrk"] = {"requests": result.requests, "errors": result.errors, "attempts": result.attempts}
+        return out
+    except Exception as exc:  # the figure stands without its breakdown; run.py reports it
+        return _profile_failed(exc)
+
+
+def profile_execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+    """One more drain by a Taskplane worker pod (metrics on) under py-spy: not counted above.
+
+    The backlog is filled first and moved aside (RENAME) until the worker is up and py-spy
+    sampling, then moved back, so the whole drain is sampled.
+    """
+    n = sizes.profile_exec_tasks
+    rep.say(f"figure 2: one more drain of {n:,} tasks by a Taskplane worker pod under py-spy "
+            "(CPU breakdown; not counted)")
+    worker: Proc | None = None
+    try:
+        queue = "bench-exec-profile"
+        stack.flush()
+        ids = fill(stack, "taskplane", n, queue)
+        client = stack.client()
+        held = [(key, f"bench:held:{key}") for key in broker.queue_keys(queue) if client.exists(key)]
+        for key, away in held:
+            client.rename(key, away)
+        worker = stack.start_worker("exec-profile", metrics=True, DEFAULT_QUEUE=queue)
+        with cpu_profile.Sampler(worker.pid, rate=sizes.profile_rate, workdir=stack.workdir,
+                                 name="execution") as sampler, sampler.window(client) as window:
+            with client.pipeline(transaction=True) as pipe:
+                for key, away in held:
+                    pipe.rename(away, key)
+                pipe.execute()
+            wait_results(stack, ids, timeout=60 + n / 10, proc=worker)
+        return cpu_profile.breakdown(
+            sampler, window, units=n, unit="task", table=cpu_profile.WORKER, roles=WORKER_ROLES,
+            what=f"a Taskplane worker pod (2 pool processes, metrics on) draining {n:,} no-op tasks, "
+                 "py-spy attached to the worker's main process and its pool children")
+    except Exception as exc:
+        return _profile_failed(exc)
+    finally:
+        if worker is not None:
+            stack.stop(worker, sig=signals.SIGKILL)
 
 
 # -- figure 3: end-to-end latency ---------------------------------------------------------

@@ -8,6 +8,8 @@
 #   helm                     scripts/chart-tools.sh (./.tools/bin/helm): the scaler renders
 #                            the chart to read its autoscaler
 #   matplotlib               into the project venv (.venv), for the PNGs
+#   py-spy                   the CPU breakdown's sampler: `make install` brings it (the dev
+#                            extra, pinned in requirements-dev.lock); installed here if missing
 #
 # Usage: bench/install-tools.sh      Idempotent. Installing needs root (apt-get).
 # Set BENCH_TOOLS_VERBOSE=1 to see what it does.
@@ -52,4 +54,10 @@ if ! "$VENV/bin/python" -c "import matplotlib" >/dev/null 2>&1; then
         | grep -v "is ignored: it is neither a file nor a directory" || true
     "$VENV/bin/python" -c "import matplotlib" || die "matplotlib did not install into $VENV"
 fi
-say "wrk, redis-benchmark, prometheus, helm and matplotlib are there"
+if [[ ! -x "$VENV/bin/py-spy" ]]; then
+    say "pip install py-spy (pinned by requirements-dev.lock) into $VENV"
+    "$VENV/bin/pip" install -q -c "$ROOT/requirements-dev.lock" py-spy 2>&1 \
+        | grep -v "is ignored: it is neither a file nor a directory" || true
+    [[ -x "$VENV/bin/py-spy" ]] || die "py-spy did not install into $VENV"
+fi
+say "wrk, redis-benchmark, prometheus, helm, matplotlib and py-spy are there"

@@ -112,6 +112,7 @@ def describe() -> dict[str, Any]:
             "redis-py": _package("redis"),
             "prometheus-client": _package("prometheus-client"),
             "matplotlib": _package("matplotlib"),
+            "py-spy": _package("py-spy"),
             "redis-server": _version(_first_line([shutil.which("redis-server") or "redis-server",
                                                   "--version"])),
             "redis-benchmark": _version(redis_benchmark_version()),

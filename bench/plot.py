@@ -29,8 +29,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def _bars(ax: Any, names: list[str], values: list[float], fmt: str = "{:,.0f}") -> None:
-    bars = ax.bar([LABELS.get(n, n) for n in names], values, color=[COLORS.get(n, "#777") for n in names])
+def _bars(ax: Any, names: list[str], values: list[float], fmt: str = "{:,.0f}",
+          labels: dict[str, str] | None = None) -> None:
+    names_shown = [(labels or {}).get(n) or LABELS.get(n, n) for n in names]
+    bars = ax.bar(names_shown, values, color=[COLORS.get(n, "#777") for n in names])
     for bar, value in zip(bars, values, strict=True):
         if value == value:  # not NaN
             ax.annotate(fmt.format(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
@@ -60,8 +62,8 @@ def figures_png(results: dict[str, Any], out: Path) -> Path:
         _bars(a1, names, [enq["results"][n]["requests_per_s"] for n in names])
         r = enq["ratios"]
         a1.set_title(f"1. Enqueue, {enq['connections']} connections: requests/s\n"
-                     f"Taskplane = {r['taskplane_vs_seed']:.2f}x post, {r['taskplane_vs_bare']:.0%} of bare, "
-                     f"{r['taskplane_vs_floor']:.0%} of floor",
+                     f"Taskplane = {r['taskplane_vs_floor']:.0%} of floor, "
+                     f"{r['taskplane_vs_seed']:.2f}x post, {r['taskplane_vs_bare']:.0%} of bare",
                      fontsize=10)
         a1.set_ylabel("requests/s")
 
@@ -79,10 +81,13 @@ def figures_png(results: dict[str, Any], out: Path) -> Path:
 
     exe = results.get("execution")
     if not _missing(a3, "2. Execution (tasks/s)", exe):
-        names = ["seed", "taskplane", "taskplane_metrics_off"]
-        _bars(a3, names, [exe["results"][n]["tasks_per_s"] for n in names])
+        names = [n for n in ("floor", "seed", "taskplane", "taskplane_metrics_off") if n in exe["results"]]
+        _bars(a3, names, [exe["results"][n]["tasks_per_s"] for n in names],
+              labels={"floor": "floor\n(plain loops)"})
+        of_floor = (f", {exe['ratios']['taskplane_vs_floor']:.0%} of floor"
+                    if "taskplane_vs_floor" in exe["ratios"] else "")
         a3.set_title(f"2. Execution, one pod (2 processes): tasks/s\n"
-                     f"Taskplane = {exe['ratios']['taskplane_vs_seed']:.2f}x post", fontsize=10)
+                     f"Taskplane = {exe['ratios']['taskplane_vs_seed']:.2f}x post{of_floor}", fontsize=10)
         a3.set_ylabel("tasks/s")
 
     lat = results.get("latency")

@@ -1,7 +1,7 @@
 """``python -m bench`` (or ``bench/run.py``): every benchmark, the autoscaling experiment,
 ``latest.json``, the PNGs and BENCHMARKS.md.
 
-    python -m bench                      # full size (make bench), about 11 minutes on 2 cores
+    python -m bench                      # full size (make bench), about 13 minutes on 2 cores
     python -m bench --smoke [--out DIR]  # tiny sizes (the tests), under a minute
     python -m bench --only enqueue,execution
 
@@ -94,6 +94,13 @@ def check_tools(selected: list[str]) -> list[str]:
         missing.append("redis-server (Debian's redis-server)")
     if {"enqueue", "memory"} & set(selected) and not shutil.which("wrk"):
         missing.append("wrk (bench/install-tools.sh)")
+    if {"enqueue", "execution"} & set(selected):
+        from .cpu_profile import py_spy_binary
+
+        try:
+            py_spy_binary()
+        except RuntimeError:
+            missing.append("py-spy in the venv (make install: the dev extra)")
     if "redis" in selected and not shutil.which("redis-benchmark"):
         missing.append("redis-benchmark (Debian's redis-tools)")
     if "autoscaling" in selected:
@@ -178,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                 # a half-finished benchmark may leave processes behind: stop them before the next
                 stack.stop(*stack.procs)
             results[name]["seconds"] = round(time.time() - t, 1)
+            profiled = results[name].get("profile")
+            if isinstance(profiled, dict) and "error" in profiled:
+                # the figure stands; its CPU breakdown is missing, and the run says so
+                failed.append(f"{name}.profile")
+                rep.say(f"{name}: the profiled round FAILED: {profiled['error'][:500]}")
             rep.say(f"== {name} done in {time.time() - t:.0f}s")
         if args.keep_logs:
             rep.say(f"process logs kept in {stack.workdir}")
@@ -209,14 +221,26 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(f"  enqueue   Taskplane {r['taskplane']['requests_per_s']:,.0f} req/s, post "
                      f"{r['seed']['requests_per_s']:,.0f}, bare {r['bare']['requests_per_s']:,.0f}, "
                      f"floor {r['floor']['requests_per_s']:,.0f}: "
+                     f"{enq['ratios']['taskplane_vs_floor']:.0%} of floor (target "
+                     f"{enq['targets']['taskplane_vs_floor']:.0%}: "
+                     f"{_met(enq['met']['taskplane_vs_floor'])}), "
                      f"{enq['ratios']['taskplane_vs_seed']:.2f}x post, "
-                     f"{enq['ratios']['taskplane_vs_bare']:.0%} of bare, "
-                     f"{enq['ratios']['taskplane_vs_floor']:.0%} of floor")
+                     f"{enq['ratios']['taskplane_vs_bare']:.0%} of bare (medians of per-round ratios)")
     exe = results.get("execution")
     if exe and "error" not in exe:
         r = exe["results"]
         lines.append(f"  execution Taskplane {r['taskplane']['tasks_per_s']:,.0f} tasks/s, post "
-                     f"{r['seed']['tasks_per_s']:,.0f}: {exe['ratios']['taskplane_vs_seed']:.2f}x")
+                     f"{r['seed']['tasks_per_s']:,.0f}, floor {r['floor']['tasks_per_s']:,.0f}: "
+                     f"{exe['ratios']['taskplane_vs_seed']:.2f}x post (target "
+                     f"{exe['targets']['taskplane_vs_seed']:g}x: {_met(exe['met']['taskplane_vs_seed'])}), "
+                     f"{exe['ratios']['taskplane_vs_floor']:.0%} of floor")
+    for name, unit in (("enqueue", "request"), ("execution", "task")):
+        prof = (results.get(name) or {}).get("profile")
+        if prof and "error" not in prof:
+            top = ", ".join(f"{c['component']} {c['share_pct']:.0f}%" for c in prof["components"][:4])
+            lines.append(f"  profile   {name}: {prof['cpu_us_per_unit']:,.0f} us CPU per {unit} "
+                         f"(+ Redis {prof.get('redis', {}).get('cpu_us_per_unit', float('nan')):,.0f} us): "
+                         f"{top}")
     lat = results.get("latency")
     if lat and "error" not in lat:
         lines.append(f"  latency   light p50 {lat['light']['polled']['p50_ms']} ms p99 "
@@ -239,8 +263,14 @@ def summary(results: dict[str, Any]) -> str:
                      f"drained {a['time_to_drain_s']}s "
                      f"(fixed: {f['time_to_drain_s']}s), lost {a['lost']}, ran twice {a['ran_twice']}")
     for name in results.get("failed", []):
-        lines.append(f"  FAILED    {name}: {results[name]['error'][:200]}")
+        section, _, part = name.partition(".")
+        error = (results[section].get(part) if part else results[section]) or {}
+        lines.append(f"  FAILED    {name}: {str(error.get('error', '?'))[:200]}")
     return "\n".join(lines)
+
+
+def _met(flag: bool) -> str:
+    return "met" if flag else "NOT met"
 
 
 if __name__ == "__main__":

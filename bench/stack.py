@@ -305,6 +305,18 @@ class Stack:
             self.wait_worker_ready(proc)
         return proc
 
+    def start_exec_floor(self, name: str, queue_list: str, processes: int = 2,
+                         wait: bool = True) -> Proc:
+        """The execution floor (``baseline/exec_floor.py``): ``processes`` plain loops popping
+        ``queue_list``, storing results with Taskplane's result expiry."""
+        expires = Settings.from_env(self.env()).result_expires
+        args = [sys.executable, str(BASELINE / "exec_floor.py"), queue_list,
+                f"--processes={processes}", f"--expires={int(expires)}"]
+        proc = self.spawn(name, args, self.env(PYTHONPATH=str(BASELINE)), cwd=BASELINE)
+        if wait:
+            self.wait_worker_ready(proc)
+        return proc
+
     @staticmethod
     def wait_worker_ready(proc: Proc, timeout: float = 90) -> None:
         def ready() -> bool:

@@ -40,7 +40,8 @@ def test_results_describe_the_machine(smoke):
     assert results["mode"] == "smoke" and results["failed"] == []
     machine = results["machine"]
     assert number(machine["nproc"]) and machine["cpu_model"] and number(machine["memory_gib"])
-    for name in ("taskplane", "celery", "flask", "gunicorn", "redis-server", "wrk", "prometheus", "helm"):
+    for name in ("taskplane", "celery", "flask", "gunicorn", "redis-server", "wrk", "prometheus", "helm",
+                 "py-spy"):
         assert machine["versions"][name] not in ("", "missing"), name
 
 
@@ -56,16 +57,42 @@ def test_enqueue_and_the_bare_limits(smoke):
         assert all(run["queued"] > 0 for run in enq["results"][side]["runs"]), side
     for ratio in ("taskplane_vs_seed", "taskplane_vs_bare", "taskplane_vs_floor", "floor_vs_bare"):
         assert number(enq["ratios"][ratio]), ratio
-    assert set(enq["met"]) == {"taskplane_vs_seed", "taskplane_vs_bare"}
+        # one ratio per round, each side against its baseline of that round
+        assert len(enq["per_round_ratios"][ratio]) == enq["rounds"], ratio
+        assert all(number(x) for x in enq["per_round_ratios"][ratio]), ratio
+    assert enq["targets"] == {"taskplane_vs_floor": 0.8}
+    assert set(enq["met"]) == {"taskplane_vs_floor"} and isinstance(enq["met"]["taskplane_vs_floor"], bool)
     redis = smoke["results"]["redis"]["results"]
     assert number(redis["lpush"]["ops_per_s"]) and number(redis["rpop"]["ops_per_s"])
 
 
-def test_execution(smoke):
+def test_execution_and_its_floor(smoke):
     exe = smoke["results"]["execution"]
-    for side in ("seed", "taskplane", "taskplane_metrics_off"):
-        assert number(exe["results"][side]["tasks_per_s"])
-    assert number(exe["ratios"]["taskplane_vs_seed"])
+    for side in ("seed", "taskplane", "taskplane_metrics_off", "floor"):
+        assert number(exe["results"][side]["tasks_per_s"]), side
+        assert [run["round"] for run in exe["results"][side]["runs"]] == list(range(exe["rounds"])), side
+    for ratio in ("taskplane_vs_seed", "taskplane_vs_floor", "seed_vs_floor"):
+        assert number(exe["ratios"][ratio]), ratio
+        assert len(exe["per_round_ratios"][ratio]) == exe["rounds"], ratio
+    assert exe["targets"] == {"taskplane_vs_seed": 1.3}
+    assert isinstance(exe["met"]["taskplane_vs_seed"], bool)
+
+
+@pytest.mark.parametrize(("figure", "unit", "children"), [("enqueue", "request", "gunicorn workers"),
+                                                          ("execution", "task", "pool children")])
+def test_cpu_breakdown(smoke, figure, unit, children):
+    prof = smoke["results"][figure]["profile"]
+    assert "error" not in prof, prof.get("error")
+    assert prof["unit"] == unit and prof["units"] > 0 and prof["samples"] > 0
+    assert number(prof["cpu_s"]) and prof["cpu_s"] > 0 and number(prof["cpu_us_per_unit"])
+    components = {c["component"]: c for c in prof["components"]}
+    assert len(components) >= 3  # the kernel row and at least two Python components
+    assert abs(sum(c["share_pct"] for c in components.values()) - 100) < 0.5
+    assert abs(sum(c["us_per_unit"] for c in components.values()) - prof["cpu_us_per_unit"]) \
+        <= 0.01 * prof["cpu_us_per_unit"] + 1
+    assert prof["processes"][children]["pids"] and number(prof["processes"][children]["us_per_unit"])
+    redis = prof["redis"]
+    assert number(redis["cpu_us_per_unit"]) and redis["commands_per_unit"] > 0 and redis["commands"]
 
 
 def test_latency(smoke):
@@ -110,6 +137,8 @@ def test_pngs_and_markdown(smoke):
     text = smoke["markdown"].read_text()
     assert "<!-- BEGIN bench" in text and "<!-- END bench -->" in text
     for heading in ("## 1. Enqueue", "## 2. Execution", "## 3. End-to-end latency", "## 4. Cost of metrics",
-                    "## 5. Memory", "## Autoscaling"):
+                    "## 5. Memory", "## 6. Where the time goes", "### Per request", "### Per task",
+                    "## Autoscaling"):
         assert heading in text
+    assert "| Floor: 2 plain loops" in text and "| Component | Share of CPU | µs per request" in text
     assert "failed" not in text.split("<!-- BEGIN bench")[1].lower().split("## 1.")[0]
