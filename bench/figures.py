@@ -33,6 +33,8 @@ SUBMIT_PATH = "/v1/tasks"
 NOOP_BODY = {"task": "bench.noop", "kwargs": {"data": "example_data"}}
 SEED_PATH = "/start_task/example_data"
 RESULT_PREFIX = "celery-task-meta-"
+#: Where the post's ``.delay()`` puts its tasks: Celery's default queue.
+SEED_QUEUE = "celery"
 
 
 @dataclass(frozen=True)
@@ -325,7 +327,7 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                 if name.startswith("taskplane"):
                     row["queued"] = taskplane_waiting(stack)
                 elif name == "seed":
-                    row["queued"] = int(stack.client().llen("celery"))
+                    row["queued"] = int(stack.client().llen(SEED_QUEUE))
                 elif name == "floor":
                     row["queued"] = int(stack.client().llen("floor"))
                 row["round"] = rnd
@@ -334,6 +336,8 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                 bar.update(done)
     profiled = profile_enqueue(stack, servers["taskplane"], requests["taskplane"], spreads["taskplane"],
                                sizes, rep)
+    profiled_floor = profile_enqueue(stack, servers["floor"], requests["floor"], spreads["floor"],
+                                     sizes, rep, side="floor")
     stack.stop(*servers.values())
 
     summary = {}
@@ -360,6 +364,7 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                       "median of those per-round ratios",
         "targets": dict(ENQUEUE_TARGETS), "met": met_targets(ratios, ENQUEUE_TARGETS),
         "profile": profiled,
+        "profile_baseline": profiled_floor,
     }
 
 
@@ -439,6 +444,7 @@ def execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     if previous is not None:
         stack.stop(previous, sig=signals.SIGKILL)
     profiled = profile_execution(stack, sizes, rep)
+    profiled_seed = profile_execution(stack, sizes, rep, side="seed")
     summary = {s: {"tasks_per_s": rounded(median(r["tasks_per_s"] for r in runs[s] if r["tasks_per_s"]), 1),
                    "runs": runs[s]} for s in sides}
     per_round = per_round_ratios(runs, "tasks_per_s", EXEC_RATIOS)
@@ -455,6 +461,7 @@ def execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                       "of those per-round ratios",
         "targets": dict(EXEC_TARGETS), "met": met_targets(ratios, EXEC_TARGETS),
         "profile": profiled,
+        "profile_baseline": profiled_seed,
     }
 
 
@@ -468,10 +475,20 @@ def _profile_failed(exc: Exception) -> dict[str, Any]:
     return {"error": f"{type(exc).__name__}: {exc}"[:4000]}
 
 
+#: What each profiled side is, in the report's words.
+PROFILED = {
+    "taskplane": "POST /v1/tasks as in the measured rounds (metrics and access log on)",
+    "floor": "the floor's POST / (one LPUSH), as in the measured rounds",
+}
+
+
 def profile_enqueue(stack: Stack, server: Server, request: dict[str, Any],
-                    spread: Callable[[], list[int]], sizes: Sizes, rep: Reporter) -> dict[str, Any]:
-    """One more wrk run against Taskplane's API (metrics on) under py-spy: not counted above."""
-    rep.say(f"figure 1: one more {sizes.profile_enqueue_seconds:g}s run of Taskplane's API under "
+                    spread: Callable[[], list[int]], sizes: Sizes, rep: Reporter,
+                    side: str = "taskplane") -> dict[str, Any]:
+    """One more wrk run against ``side``'s server (Taskplane's API with metrics on, or the
+    floor, whose profile shows what the machinery both share costs) under py-spy: not
+    counted above."""
+    rep.say(f"figure 1: one more {sizes.profile_enqueue_seconds:g}s run of {side} under "
             "py-spy (CPU breakdown; not counted)")
     try:
         stack.flush()
@@ -480,37 +497,45 @@ def profile_enqueue(stack: Stack, server: Server, request: dict[str, Any],
                                  name="enqueue") as sampler, sampler.window(client) as window:
             result = run_wrk(seconds=sizes.profile_enqueue_seconds, connections=sizes.connections,
                              workdir=stack.workdir, spread=spread, **request)
-        accepted = taskplane_waiting(stack)  # every request accepted, restarted wrk runs included
+        # every request stored, restarted wrk runs included
+        accepted = taskplane_waiting(stack) if side == "taskplane" else int(stack.client().llen("floor"))
         out = cpu_profile.breakdown(
             sampler, window, units=accepted, unit="request", table=cpu_profile.API, roles=API_ROLES,
-            what="POST /v1/tasks as in the measured rounds (metrics and access log on), wrk for "
-                 f"{sizes.profile_enqueue_seconds:g} s, py-spy attached to gunicorn's master and "
-                 "workers; requests = tasks the API stored in the round")
+            what=f"{PROFILED[side]}, wrk for {sizes.profile_enqueue_seconds:g} s, py-spy attached "
+                 "to gunicorn's master and workers; requests = messages stored in the round")
+        out["side"] = side
         out["wrk"] = {"requests": result.requests, "errors": result.errors, "attempts": result.attempts}
         return out
     except Exception as exc:  # the figure stands without its breakdown; run.py reports it
         return _profile_failed(exc)
 
 
-def profile_execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
-    """One more drain by a Taskplane worker pod (metrics on) under py-spy: not counted above.
+def profile_execution(stack: Stack, sizes: Sizes, rep: Reporter, side: str = "taskplane"
+                      ) -> dict[str, Any]:
+    """One more drain by a Taskplane worker pod (metrics on), or by the post's worker (what
+    Celery's own loop costs), under py-spy: not counted above.
 
     The backlog is filled first and moved aside (RENAME) until the worker is up and py-spy
     sampling, then moved back, so the whole drain is sampled.
     """
     n = sizes.profile_exec_tasks
-    rep.say(f"figure 2: one more drain of {n:,} tasks by a Taskplane worker pod under py-spy "
+    who = "a Taskplane worker pod" if side == "taskplane" else "the post's worker"
+    rep.say(f"figure 2: one more drain of {n:,} tasks by {who} under py-spy "
             "(CPU breakdown; not counted)")
     worker: Proc | None = None
     try:
         queue = "bench-exec-profile"
         stack.flush()
-        ids = fill(stack, "taskplane", n, queue)
+        ids = fill(stack, side, n, queue)
         client = stack.client()
-        held = [(key, f"bench:held:{key}") for key in broker.queue_keys(queue) if client.exists(key)]
+        lists = broker.queue_keys(queue if side == "taskplane" else SEED_QUEUE)
+        held = [(key, f"bench:held:{key}") for key in lists if client.exists(key)]
         for key, away in held:
             client.rename(key, away)
-        worker = stack.start_worker("exec-profile", metrics=True, DEFAULT_QUEUE=queue)
+        if side == "taskplane":
+            worker = stack.start_worker("exec-profile", metrics=True, DEFAULT_QUEUE=queue)
+        else:
+            worker = stack.start_seed_worker("seed-profile")
         with cpu_profile.Sampler(worker.pid, rate=sizes.profile_rate, workdir=stack.workdir,
                                  name="execution") as sampler, sampler.window(client) as window:
             with client.pipeline(transaction=True) as pipe:
@@ -518,10 +543,14 @@ def profile_execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, An
                     pipe.rename(away, key)
                 pipe.execute()
             wait_results(stack, ids, timeout=60 + n / 10, proc=worker)
-        return cpu_profile.breakdown(
+        pod = ("a Taskplane worker pod (2 pool processes, metrics on)" if side == "taskplane"
+               else "the post's worker (`celery worker -l info --concurrency=2`)")
+        out = cpu_profile.breakdown(
             sampler, window, units=n, unit="task", table=cpu_profile.WORKER, roles=WORKER_ROLES,
-            what=f"a Taskplane worker pod (2 pool processes, metrics on) draining {n:,} no-op tasks, "
-                 "py-spy attached to the worker's main process and its pool children")
+            what=f"{pod} draining {n:,} no-op tasks, py-spy attached to the worker's main process "
+                 "and its pool children")
+        out["side"] = side
+        return out
     except Exception as exc:
         return _profile_failed(exc)
     finally:

@@ -349,7 +349,8 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
     if not any(p for _, p in found):
         return [*lines, "*Not in this run: its results predate the profiled round.*", ""]
     lines += ["After the measured rounds of figures 1 and 2, one more round of Taskplane (metrics on) "
-              "runs under py-spy (`bench/cpu_profile.py`). Each sample is the stack of the thread "
+              "runs under py-spy (`bench/cpu_profile.py`), and one of the baseline its target is set "
+              "against (the floor, the post's worker). Each sample is the stack of the thread "
               "holding its process's GIL, given to the component of its innermost frame that the "
               "component table (`API`, `WORKER`) recognises; the processes' user CPU time (from "
               "/proc) is split by those shares, and their system time is the kernel row (socket "
@@ -365,7 +366,56 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
             lines += [f"*The profiled round failed: `{prof['error'][:300]}`*", ""]
         else:
             lines += [_sentence(prof["what"]) + ".", "", *_profile_table(prof), ""]
+            base = (results.get(key) or {}).get("profile_baseline")
+            if base and "error" not in base:
+                lines += _comparison(key, results[key], prof, base)
     return lines
+
+
+#: Per figure: the baseline the target is set against, its name, and how to read the budget.
+_BASELINES = {
+    "enqueue": ("taskplane_vs_floor", "the floor", "request"),
+    "execution": ("taskplane_vs_seed", "the post's worker", "task"),
+}
+
+
+def _total(prof: dict[str, Any]) -> float:
+    """CPU µs per unit of the profiled processes and of Redis together."""
+    return float(prof["cpu_us_per_unit"]) + float((prof.get("redis") or {}).get("cpu_us_per_unit", 0.0))
+
+
+def _comparison(key: str, figure: dict[str, Any], prof: dict[str, Any],
+                base: dict[str, Any]) -> list[str]:
+    """Taskplane's profile next to its baseline's, component by component, and the CPU a
+    unit may cost for the target to hold if CPU were all that limited both."""
+    ratio_name, label, unit = _BASELINES[key]
+    target = (figure.get("targets") or {}).get(ratio_name)
+    ours = {c["component"]: c["us_per_unit"] for c in prof["components"]}
+    theirs = {c["component"]: c["us_per_unit"] for c in base["components"]}
+    names = sorted(set(ours) | set(theirs), key=lambda n: -(ours.get(n, 0.0) - theirs.get(n, 0.0)))
+    rows = [f"The same round for {label} ({_sentence(base['what'])[0].lower() + base['what'][1:]}), "
+            f"component by component (µs per {unit}):", "",
+            f"| Component | Taskplane | {label[0].upper() + label[1:]} | Difference |",
+            "|---|---:|---:|---:|"]
+    for name in names:
+        a, b = ours.get(name, 0.0), theirs.get(name, 0.0)
+        rows.append(f"| {name} | {a:,.0f} | {b:,.0f} | {a - b:+,.0f} |")
+    ra = float((prof.get("redis") or {}).get("cpu_us_per_unit", 0.0))
+    rb = float((base.get("redis") or {}).get("cpu_us_per_unit", 0.0))
+    rows.append(f"| Redis server | {ra:,.0f} | {rb:,.0f} | {ra - rb:+,.0f} |")
+    ta, tb = _total(prof), _total(base)
+    rows.append(f"| **total** | **{ta:,.0f}** | **{tb:,.0f}** | **{ta - tb:+,.0f}** |")
+    rows.append("")
+    if target:
+        budget = tb / float(target)
+        rows.append(
+            f"Both sides share this machine's 2 cores with Redis, so the CPU one {unit} costs "
+            f"bounds its rate. For Taskplane to reach {target:g}x {label}'s rate on CPU alone, "
+            f"a {unit} may cost at most {tb:,.0f} / {target:g} = **{budget:,.0f} µs**; it costs "
+            f"**{ta:,.0f} µs** ({ta / budget:.0%} of that budget). The rows above show where the "
+            "difference lies.")
+        rows.append("")
+    return rows
 
 
 def _restarts(enq: dict[str, Any]) -> int:

@@ -80,9 +80,13 @@ def test_execution_and_its_floor(smoke):
 
 @pytest.mark.parametrize(("figure", "unit", "children"), [("enqueue", "request", "gunicorn workers"),
                                                           ("execution", "task", "pool children")])
-def test_cpu_breakdown(smoke, figure, unit, children):
-    prof = smoke["results"][figure]["profile"]
+@pytest.mark.parametrize("key", ["profile", "profile_baseline"])
+def test_cpu_breakdown(smoke, figure, unit, children, key):
+    """Taskplane's profiled round, and its baseline's (the floor, the post's worker)."""
+    prof = smoke["results"][figure][key]
     assert "error" not in prof, prof.get("error")
+    assert prof["side"] == ("taskplane" if key == "profile" else
+                            {"enqueue": "floor", "execution": "seed"}[figure])
     assert prof["unit"] == unit and prof["units"] > 0 and prof["samples"] > 0
     assert number(prof["cpu_s"]) and prof["cpu_s"] > 0 and number(prof["cpu_us_per_unit"])
     components = {c["component"]: c for c in prof["components"]}

@@ -36,12 +36,17 @@ def test_two_schedulers_without_a_lease_fire_each_tick_once(
     earlier = tasks_of(r, "system")
     procs = [start_scheduler(sched_redis.url, name=n, SCHEDULER_INTERVAL=i, **env)
              for n, i in (("a", "0.2"), ("b", "0.13"))]
+    ident = "system/declared-every-second"
     try:
-        wait_for(lambda: counted(r, "declared-every-second") >= 8, 30, "8 fires")
+        # Which replica scans first after a tick is chance: poll until each has fired (or
+        # replayed) one, rather than hoping 8 ticks split between them.
+        wait_for(lambda: counted(r, "declared-every-second") >= 8
+                 and all(fires(p, ident=ident) for p in procs), 60,
+                 "8 fires, and one by each replica")
     finally:
         for p in procs:
             p.stop()
-    logged = fires(*procs, ident="system/declared-every-second")
+    logged = fires(*procs, ident=ident)
     created = [f for f in logged if f.kind == "fire"]
     ticks = sorted({f.tick for f in created})
     assert len(ticks) == len(created), "a tick created two tasks"

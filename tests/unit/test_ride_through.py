@@ -76,3 +76,32 @@ def test_sweep_gate_waits_half_the_visibility_timeout_after_an_outage() -> None:
     gate.reachable()
     assert not gate.allowed(30)  # 15 s to go: every live worker renews meanwhile
     assert gate.allowed(0)
+
+
+def test_channel_keeps_one_sync_client_per_pool() -> None:
+    """kombu builds a client per ack and per delivery through ``_create_client``; the
+    channel keeps one per pool instead, and a new pool (a reconnection) gets a new one."""
+    assert "asynchronous" in inspect.signature(kombu_redis.Channel._create_client).parameters
+    assert "_create_client()" in inspect.getsource(kombu_redis.Channel.conn_or_acquire)
+
+    class Pool:
+        pass
+
+    built: list[object] = []
+
+    class Base:
+        def _create_client(self, asynchronous: bool = False) -> object:
+            client = type("Client", (), {"connection_pool": self.pool, "asynchronous": asynchronous})()
+            built.append(client)
+            return client
+
+    class Channel(broker.RideThroughChannelMixin, Base):
+        def __init__(self) -> None:  # no kombu connection: only the cache is under test
+            self.pool = Pool()
+
+    channel = Channel()
+    first = channel._create_client()
+    assert channel._create_client() is first and len(built) == 1
+    assert channel._create_client(asynchronous=True) is not first  # BRPOP's own, as kombu's
+    channel.pool = Pool()
+    assert channel._create_client() is not first
