@@ -254,7 +254,8 @@ def one_run(stack: Stack, spec: HpaSpec, prom: str, api_base: str, sizes: Sizes,
                 raise TimeoutError("workers not ready")
             time.sleep(0.1)
         # Prometheus must have seen the (empty) queue before the burst
-        deadline = time.monotonic() + 30 + 3 * sizes.scrape_interval
+        # (a minute: right after the memory figure this busy machine is slow to start scraping)
+        deadline = time.monotonic() + 60 + 3 * sizes.scrape_interval
         while any(prometheus_query(prom, m.query) is None for m in spec.metrics):
             if time.monotonic() > deadline:
                 raise TimeoutError("Prometheus has no queue metrics from the exporter")

@@ -380,12 +380,16 @@ def redis_limits(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
 # -- figure 2: execution ------------------------------------------------------------------
 
 #: Figure 2's sides, in the order the rounds rotate.
-EXEC_SIDES = ("taskplane", "taskplane_metrics_off", "seed", "floor")
+#: ``taskplane_prefetch2`` is not a target: Taskplane with WORKER_PREFETCH_MULTIPLIER=2 (the
+#: default, 1, keeps a long task from hiding work from idle workers), to show what the
+#: consumer loop's round trips between one task and the next cost at prefetch 1.
+EXEC_SIDES = ("taskplane", "taskplane_metrics_off", "seed", "floor", "taskplane_prefetch2")
 EXEC_RATIOS = {
     "taskplane_vs_seed": ("taskplane", "seed"),
     "taskplane_vs_floor": ("taskplane", "floor"),
     "seed_vs_floor": ("seed", "floor"),
     "taskplane_metrics_off_vs_floor": ("taskplane_metrics_off", "floor"),
+    "taskplane_prefetch2_vs_seed": ("taskplane_prefetch2", "seed"),
 }
 EXEC_TARGETS = {"taskplane_vs_seed": 1.3}
 
@@ -425,8 +429,10 @@ def execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                 elif side == "floor":
                     worker = stack.start_exec_floor(f"exec-floor-{rnd}", floor_list(stack, queue, n))
                 else:
-                    worker = stack.start_worker(f"exec-{side}-{rnd}", metrics=side == "taskplane",
-                                                DEFAULT_QUEUE=queue)
+                    extra = {"WORKER_PREFETCH_MULTIPLIER": 2} if side == "taskplane_prefetch2" else {}
+                    worker = stack.start_worker(f"exec-{side}-{rnd}",
+                                                metrics=side != "taskplane_metrics_off",
+                                                DEFAULT_QUEUE=queue, **extra)
                 ready = time.time()
                 dates = wait_results(stack, ids, timeout=60 + n / 20, proc=worker)
                 finished = time.time()

@@ -126,7 +126,8 @@ def render(results: dict[str, Any]) -> str:
                   "| Side | Tasks/s | Runs (tasks/s) |", "|---|---:|---|"]
         labels = {"seed": "Blog post worker", "taskplane": "Taskplane worker",
                   "taskplane_metrics_off": "Taskplane worker, metrics off",
-                  "floor": "Floor: 2 plain loops (BLMOVE, SET result + LREM ack)"}
+                  "floor": "Floor: 2 plain loops (BLMOVE, SET result + LREM ack)",
+                  "taskplane_prefetch2": "Taskplane worker, prefetch 2 (not the default; no target)"}
         for name, label in labels.items():
             r = exe["results"].get(name)
             if r is None:  # results from before the execution floor
@@ -252,6 +253,7 @@ EXEC_RATIO_LABELS = {
     "taskplane_vs_floor": ("Taskplane / floor", "%"),
     "seed_vs_floor": ("Blog post / floor", "%"),
     "taskplane_metrics_off_vs_floor": ("Taskplane, metrics off / floor", "%"),
+    "taskplane_prefetch2_vs_seed": ("Taskplane at prefetch 2 / blog post", "x"),
 }
 
 

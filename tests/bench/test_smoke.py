@@ -68,10 +68,10 @@ def test_enqueue_and_the_bare_limits(smoke):
 
 def test_execution_and_its_floor(smoke):
     exe = smoke["results"]["execution"]
-    for side in ("seed", "taskplane", "taskplane_metrics_off", "floor"):
+    for side in ("seed", "taskplane", "taskplane_metrics_off", "floor", "taskplane_prefetch2"):
         assert number(exe["results"][side]["tasks_per_s"]), side
         assert [run["round"] for run in exe["results"][side]["runs"]] == list(range(exe["rounds"])), side
-    for ratio in ("taskplane_vs_seed", "taskplane_vs_floor", "seed_vs_floor"):
+    for ratio in ("taskplane_vs_seed", "taskplane_vs_floor", "seed_vs_floor", "taskplane_prefetch2_vs_seed"):
         assert number(exe["ratios"][ratio]), ratio
         assert len(exe["per_round_ratios"][ratio]) == exe["rounds"], ratio
     assert exe["targets"] == {"taskplane_vs_seed": 1.3}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 
@@ -28,6 +29,9 @@ def accepted(task_name: str) -> None:
 def init_app(app: Flask, access_log: bool = True) -> None:
     """Count and time every request; ``access_log``: also log a line for each (ACCESS_LOG)."""
     m = metrics.instruments()
+    # The labelled series of each (route, method, status), looked up once: routes are
+    # templates and methods a fixed set, so these stay small.
+    counted: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     @app.before_request
     def _start() -> None:
@@ -35,15 +39,22 @@ def init_app(app: Flask, access_log: bool = True) -> None:
 
     @app.after_request
     def _record(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        method = request.method if request.method in _METHODS else "OTHER"
-        m.http_requests.labels(route, method, str(response.status_code)).inc()
         started = g.get("request_started")
-        if started is not None:
-            m.http_duration.labels(route, method).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started if started is not None else None
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "<unmatched>"
+        method = request.method if request.method in _METHODS else "OTHER"
+        status = response.status_code
+        series = counted.get((route, method, status))
+        if series is None:
+            series = counted[(route, method, status)] = (
+                m.http_requests.labels(route, method, str(status)),
+                m.http_duration.labels(route, method))
+        series[0].inc()
+        if elapsed is not None:
+            series[1].observe(elapsed)
         if access_log:
-            access.info("%s %s %d %.1fms", method, route, response.status_code,
-                        1000 * (time.perf_counter() - started) if started is not None else 0.0)
+            access.info("%s %s %d %.1fms", method, route, status, 1000 * (elapsed or 0.0))
         if request.endpoint in SUBMITTING:
             if response.status_code < 300 and g.get("accepted_task"):
                 m.tasks_accepted.labels(g.accepted_task).inc()
