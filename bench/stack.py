@@ -172,6 +172,12 @@ class Stack:
         self.token = f"bench-{secrets.token_hex(12)}"
         self.redis: RedisServer | None = None
         self.procs: list[Proc] = []
+        # Prometheus' multiprocess files live in memory, as in the chart (an emptyDir of
+        # medium Memory) and the compose stack (tmpfs): on a disk file system every
+        # metric update dirties a page of a file-backed mapping.
+        shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a private directory in it
+        self.metrics_root = (Path(tempfile.mkdtemp(prefix="taskplane-bench-metrics-", dir=shm))
+                             if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir)
 
     # -- plumbing ---------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -185,6 +191,8 @@ class Stack:
         if self.redis is not None:
             self.redis.close()
             self.redis = None
+        if self.metrics_root != self.workdir:
+            shutil.rmtree(self.metrics_root, ignore_errors=True)
         if not self.keep_logs:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -241,7 +249,7 @@ class Stack:
         return env
 
     def metrics_dir(self, name: str) -> str:
-        path = self.workdir / f"metrics-{name}"
+        path = self.metrics_root / f"metrics-{name}"
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
 
