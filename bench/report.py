@@ -374,10 +374,11 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-#: Per figure: the baseline the target is set against, its name, and how to read the budget.
+#: Per figure: the ratio with the target, the baseline's name, the unit, the baseline's
+#: side in the results and the rate's key.
 _BASELINES = {
-    "enqueue": ("taskplane_vs_floor", "the floor", "request"),
-    "execution": ("taskplane_vs_seed", "the post's worker", "task"),
+    "enqueue": ("taskplane_vs_floor", "the floor", "request", "floor", "requests_per_s"),
+    "execution": ("taskplane_vs_seed", "the post's worker", "task", "seed", "tasks_per_s"),
 }
 
 
@@ -390,13 +391,13 @@ def _comparison(key: str, figure: dict[str, Any], prof: dict[str, Any],
                 base: dict[str, Any]) -> list[str]:
     """Taskplane's profile next to its baseline's, component by component, and the CPU a
     unit may cost for the target to hold if CPU were all that limited both."""
-    ratio_name, label, unit = _BASELINES[key]
+    ratio_name, label, unit, side, rate_key = _BASELINES[key]
     target = (figure.get("targets") or {}).get(ratio_name)
     ours = {c["component"]: c["us_per_unit"] for c in prof["components"]}
     theirs = {c["component"]: c["us_per_unit"] for c in base["components"]}
     names = sorted(set(ours) | set(theirs), key=lambda n: -(ours.get(n, 0.0) - theirs.get(n, 0.0)))
-    rows = [f"The same round for {label} ({_sentence(base['what'])[0].lower() + base['what'][1:]}), "
-            f"component by component (µs per {unit}):", "",
+    rows = [f"The same round for {label}, component by component (µs per {unit}): "
+            f"{base['what']}.", "",
             f"| Component | Taskplane | {label[0].upper() + label[1:]} | Difference |",
             "|---|---:|---:|---:|"]
     for name in names:
@@ -416,6 +417,15 @@ def _comparison(key: str, figure: dict[str, Any], prof: dict[str, Any],
             f"a {unit} may cost at most {tb:,.0f} / {target:g} = **{budget:,.0f} µs**; it costs "
             f"**{ta:,.0f} µs** ({ta / budget:.0%} of that budget). The rows above show where the "
             "difference lies.")
+        results = figure.get("results") or {}
+        ours_rate = (results.get("taskplane") or {}).get(rate_key)
+        their_rate = (results.get(side) or {}).get(rate_key)
+        if ours_rate and their_rate:
+            rows[-1] += (
+                f" At their measured rates (medians above) these costs keep "
+                f"{ours_rate * ta / 1e6:.2f} cores busy for Taskplane and "
+                f"{their_rate * tb / 1e6:.2f} for {label}, of the machine's 2: a side well under "
+                "2 is held by waiting, not by CPU.")
         rows.append("")
     return rows
 
