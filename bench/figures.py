@@ -35,6 +35,9 @@ SEED_PATH = "/start_task/example_data"
 RESULT_PREFIX = "celery-task-meta-"
 #: Where the post's ``.delay()`` puts its tasks: Celery's default queue.
 SEED_QUEUE = "celery"
+#: The list the enqueue floor pushes to (``LIST`` in ``baseline/floor.py``, which cannot be
+#: imported here: it connects to Redis on import).
+FLOOR_LIST = "floor"
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,18 @@ def taskplane_waiting(stack: Stack, queue: str = "default") -> int:
         for key in keys:
             pipe.llen(key)
         return int(sum(pipe.execute()))
+
+
+def stored(stack: Stack, side: str) -> int | None:
+    """Messages an enqueue side's server has stored since the last flush (None: the bare
+    route stores none)."""
+    if side.startswith("taskplane"):
+        return taskplane_waiting(stack)
+    if side == "seed":
+        return int(stack.client().llen(SEED_QUEUE))
+    if side == "floor":
+        return int(stack.client().llen(FLOOR_LIST))
+    return None
 
 
 def result_dates(stack: Stack, ids: list[str]) -> list[float | None]:
@@ -324,12 +339,9 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                 result = run_wrk(seconds=sizes.enqueue_seconds, connections=sizes.connections,
                                  workdir=stack.workdir, spread=spreads[name], **requests[name])
                 row = result.as_dict()
-                if name.startswith("taskplane"):
-                    row["queued"] = taskplane_waiting(stack)
-                elif name == "seed":
-                    row["queued"] = int(stack.client().llen(SEED_QUEUE))
-                elif name == "floor":
-                    row["queued"] = int(stack.client().llen("floor"))
+                queued = stored(stack, name)
+                if queued is not None:
+                    row["queued"] = queued
                 row["round"] = rnd
                 runs[name].append(row)
                 done += 1
@@ -504,7 +516,7 @@ def profile_enqueue(stack: Stack, server: Server, request: dict[str, Any],
             result = run_wrk(seconds=sizes.profile_enqueue_seconds, connections=sizes.connections,
                              workdir=stack.workdir, spread=spread, **request)
         # every request stored, restarted wrk runs included
-        accepted = taskplane_waiting(stack) if side == "taskplane" else int(stack.client().llen("floor"))
+        accepted = stored(stack, side) or 0
         out = cpu_profile.breakdown(
             sampler, window, units=accepted, unit="request", table=cpu_profile.API, roles=API_ROLES,
             what=f"{PROFILED[side]}, wrk for {sizes.profile_enqueue_seconds:g} s, py-spy attached "

@@ -23,7 +23,6 @@ class CompiledSchema:
     def __init__(self, schema: Mapping[str, Any], root: str) -> None:
         cls = jsonschema.validators.validator_for(schema)
         cls.check_schema(schema)
-        self.schema = schema
         self.root = root
         self._explain = cls(schema)
         self._verdict = jsonschema_rs.validator_for(dict(schema))

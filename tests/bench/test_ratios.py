@@ -1,10 +1,15 @@
-"""Per-round ratios: each side against its baseline of the same round, then the median."""
+"""Per-round ratios: each side against its baseline of the same round, then the median; the
+baselines' constants the figures restate."""
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 from bench.figures import median_ratios, met_targets, per_round_ratios
+
+from bench import figures
 
 
 def runs(*values):
@@ -36,3 +41,13 @@ def test_even_number_of_rounds_takes_the_middle_mean():
 def test_targets_are_met_at_or_above_and_never_by_nan():
     assert met_targets({"a": 0.8, "b": 1.29}, {"a": 0.8, "b": 1.3}) == {"a": True, "b": False}
     assert met_targets({"a": float("nan")}, {"a": 0.8}) == {"a": False}
+
+
+def test_floor_list_is_the_one_the_floor_pushes_to() -> None:
+    """``figures.FLOOR_LIST`` restates ``baseline/floor.py``'s ``LIST`` (which connects to
+    Redis on import, so it is read here from the source)."""
+    source = Path(figures.__file__).with_name("baseline") / "floor.py"
+    tree = ast.parse(source.read_text())
+    lists = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
+             and any(isinstance(t, ast.Name) and t.id == "LIST" for t in node.targets)]
+    assert lists == [figures.FLOOR_LIST]
