@@ -34,8 +34,8 @@ unit: install  ## unit tests only (no services)
 integration: install  ## integration tests: real redis-server, Celery workers, gunicorn
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-chaos: install  ## the fault suite and the API fuzzing at full size; prints the summary table
-	CHAOS_SCALE=10 FUZZ_EXAMPLES=3000 CHAOS_RESULTS=bench/results/chaos-latest.json $(BIN)/pytest tests/chaos tests/security -p no:cacheprovider $(PYTEST_ARGS)
+chaos: install  ## the fault suite, the API fuzzing and the lifecycle model search at full size; prints the summary table
+	CHAOS_SCALE=10 FUZZ_EXAMPLES=3000 MODEL_EXAMPLES=2000 CHAOS_RESULTS=bench/results/chaos-latest.json $(BIN)/pytest tests/chaos tests/security tests/lifecycle/test_model.py -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install  ## every benchmark and the autoscaling experiment (~13 min): bench/results/, BENCHMARKS.md
 	@bench/install-tools.sh

@@ -28,6 +28,9 @@ end
 -- The precondition every ending shares: the record exists (else only the result, if
 -- given, is written), belongs to ``tenant`` and has not ended; the run is counted as
 -- ended first when ``run_ended`` is '1'. Returns a refusal reply, or nil and the state.
+-- A run never counts more ends than starts: the run that ends may have started before
+-- ``retry_dead`` began the task afresh (its failure was filed, then task_postrun counts
+-- its end; or a redelivered twin ran on), and the new record's counts are not its own.
 local function may_end(record, result, value, ttl, tenant, run_ended)
   if redis.call('EXISTS', record) == 0 then
     if result and value ~= '' then write_result(result, value, ttl) end
@@ -35,7 +38,12 @@ local function may_end(record, result, value, ttl, tenant, run_ended)
   end
   local real = redis.call('HGET', record, 'tenant') or ''
   if real ~= tenant then return {'tenant', real} end
-  if run_ended == '1' then redis.call('HINCRBY', record, 'runs_ended', 1) end
+  if run_ended == '1' then
+    local runs = redis.call('HMGET', record, 'runs_started', 'runs_ended')
+    if (tonumber(runs[2]) or 0) < (tonumber(runs[1]) or 0) then
+      redis.call('HINCRBY', record, 'runs_ended', 1)
+    end
+  end
   local current = redis.call('HGET', record, 'state')
   if is_final(current) then return {'final', current} end
   return nil, current

@@ -1,0 +1,72 @@
+"""Sequences the model check (``test_model.py``) found, shrunk, kept as plain tests.
+
+Each names the guarantee it broke and the script that was fixed, so that a change that
+brings the bug back fails here first, whatever the model search happens to try.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from taskplane import lifecycle
+from taskplane.celery_app import retry_dead_letter_task
+from taskplane.lifecycle import Lifecycle, TaskRecord
+from taskplane.runtime import TaskplaneCelery
+from tests.lifecycle.conftest import QUEUE, TASK, TENANT, accept
+
+LETTER = {"task": TASK, "args": [], "kwargs": {"value": 1}, "error": {}, "reason": "failed"}
+
+
+def runs(client: redis.Redis, task_id: str) -> tuple[int, int]:
+    started, ended = client.hmget(lifecycle.record_key(task_id), "runs_started", "runs_ended")
+    return int(started or 0), int(ended or 0)
+
+
+def test_a_run_that_ends_after_a_dead_letter_retry_is_not_counted_on_the_new_record(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis) -> None:
+    """runs_started >= runs_ended (lib.lua ``may_end``). A task fails in its run's process:
+    ``fail`` files the dead letter, and task_postrun counts the run's end a moment later.
+    An operator's retry in between starts the record afresh (0 runs), and the late count
+    made it 0 started, 1 ended: the next start reported -1 deaths."""
+    task_id = accept(app)
+    life.start(task_id, retries=0)
+    assert life.fail(task_id, LETTER, tenant=TENANT).outcome == "done"
+    read = life.dead_letter_raw(TENANT, task_id)
+    assert read is not None
+    assert retry_dead_letter_task(app, TENANT, task_id, read[0]).outcome == "queued"
+    life.finish(task_id, "", tenant=TENANT, run_ended=True)  # the old run's task_postrun
+    assert runs(client, task_id) == (0, 0)
+    assert life.start(task_id, retries=0).died == 0
+
+
+def test_a_redelivered_twin_ending_on_the_new_record_counts_once(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis) -> None:
+    """The same guarantee with the new life already running: an old run's end may stand
+    in for the new run's, but ends never outnumber starts."""
+    task_id = accept(app)
+    life.start(task_id, retries=0)
+    life.fail(task_id, LETTER, tenant=TENANT)  # the worker's main process: a time limit
+    read = life.dead_letter_raw(TENANT, task_id)
+    assert read is not None
+    retry_dead_letter_task(app, TENANT, task_id, read[0])
+    life.start(task_id, retries=0)
+    life.finish(task_id, "", tenant=TENANT, run_ended=True)  # the twin of the old life
+    life.finish(task_id, lifecycle.SUCCESS, tenant=TENANT, run_ended=True)  # the new run
+    assert runs(client, task_id) == (1, 1)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "start.lua does not enter an adopted task in its tenant's open set, which the key table "
+    "defines as every unfinished task of the tenant; the lead decides (see model.py "
+    "ADOPTED_TASKS_ARE_OPEN): fix the script, or narrow the table and the listing"))
+def test_an_adopted_task_is_in_its_tenants_open_set(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis) -> None:
+    """A task sent around the API is adopted under the system tenant when it starts: it is
+    then an unfinished task of that tenant, so ``GET /v1/tasks?state=STARTED`` of that
+    tenant (which walks the open set) must find it."""
+    adopt = TaskRecord(id="stock-1", tenant=lifecycle.SYSTEM_TENANT, task=TASK, queue=QUEUE,
+                       priority=5, submitted_at=1.0)
+    assert life.start("stock-1", retries=0, adopt=adopt).verdict == "unknown"
+    members = client.zrange(lifecycle.open_key(lifecycle.SYSTEM_TENANT), 0, -1)
+    assert b"stock-1" in members
