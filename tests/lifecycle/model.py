@@ -106,7 +106,8 @@ class Model:
     idempotency: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     queued: dict[str, list[str]] = field(default_factory=dict)
-    #: Every task created under an idempotency key (tenant, key) -> ids, oldest first.
+    #: The tasks created under an idempotency key (tenant, key) -> ids, oldest first,
+    #: until their record expires.
     created_under: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     filings: int = 0
     #: Ids of tasks whose record ``start`` adopted (sent around the API), in this life.
@@ -267,6 +268,9 @@ class Model:
         entries stay: they are pruned by age, or when a listing meets them."""
         rec = self.records.pop(task_id, None)
         self.expired.add(task_id)
+        for created in self.created_under.values():  # its key may start afresh now
+            if task_id in created:
+                created.remove(task_id)
         self.adopted.discard(task_id)
         if rec is not None and rec.state in FINAL:
             self.results.pop(task_id, None)
@@ -307,13 +311,37 @@ class Model:
         for key in listing_keys(tenant, task, queue):
             self.listings.setdefault(key, set()).add(task_id)
 
+    def list_tasks(self, tenant: str | None, state: str | None, task: str | None,
+                   queue: str | None) -> set[str]:
+        """``list_tasks``: the tasks of the one index that holds every possible match
+        whose record matches; entries whose record is gone leave that index as met."""
+        index = self._index_for(tenant, state, task, queue)
+        index -= {i for i in index if i not in self.records}
+        return {i for i in index if matches(self.records[i], tenant, state, task, queue)}
+
+    def _index_for(self, tenant: str | None, state: str | None, task: str | None,
+                   queue: str | None) -> set[str]:
+        """The smallest index that holds every task the query can match: the tasks ended
+        in a final state, the tenant's unfinished tasks, one task type's, one queue's,
+        or all."""
+        if state in FINAL:
+            return self.ended.setdefault((tenant, state), set())
+        if state is not None and tenant is not None:
+            return self.open.setdefault(tenant, set())
+        if task is not None:
+            return self.listings.setdefault((tenant, "task", task), set())
+        if queue is not None:
+            return self.listings.setdefault((tenant, "queue", queue), set())
+        return self.listings.setdefault((tenant, "", ""), set())
+
     # --- views --------------------------------------------------------------------------
 
     def unfinished(self, tenant: str) -> set[str]:
         return {i for i, r in self.records.items() if r.tenant == tenant and r.state not in FINAL}
 
     def live_under_key(self) -> Iterator[tuple[tuple[str, str], list[str]]]:
-        """Per idempotency key, the tasks created under it whose record still exists."""
+        """Per idempotency key, the tasks created under it whose record still exists
+        (a dead-letter retry may bring back an expired one: not the key's doing)."""
         for key, ids in self.created_under.items():
             yield key, [i for i in ids if i in self.records]
 
@@ -329,6 +357,14 @@ class Model:
             idempotency={k: v[1] for k, v in self.idempotency.items()},
             queued={q: list(ids) for q, ids in self.queued.items() if ids},
         )
+
+
+def matches(rec: Record, tenant: str | None, state: str | None, task: str | None,
+            queue: str | None) -> bool:
+    """Whether a listing query matches the record (PROGRESS is a STARTED record)."""
+    state = STARTED if state == PROGRESS else state
+    return ((tenant is None or rec.tenant == tenant) and (state is None or rec.state == state)
+            and (task is None or rec.task == task) and (queue is None or rec.queue == queue))
 
 
 def nonempty(sets: dict[K, set[str]]) -> dict[K, set[str]]:

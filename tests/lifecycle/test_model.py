@@ -11,7 +11,7 @@ broken guarantee.
 Everything that touches Redis or the lifecycle facade is in :class:`RealLifecycle`: when
 the lifecycle's API changes, only that class does.
 
-``make check`` runs a fixed, derandomised search of ``MODEL_EXAMPLES`` (default 50)
+``make check`` runs a fixed, derandomised search of ``MODEL_EXAMPLES`` (default 40)
 sequences of up to ``MODEL_STEPS`` (40) steps: a few seconds. ``make chaos`` searches
 2000. A failing sequence is printed shrunk (``MODEL_SHRINK=0``: at once, unshrunk): keep
 it as a plain test in ``test_model_regressions.py``.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 import redis
 from celery import states
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -41,25 +42,30 @@ from hypothesis.stateful import (
 )
 
 from taskplane import broker, lifecycle
-from taskplane.lifecycle import TaskRecord
+from taskplane.lifecycle import TaskQuery, TaskRecord
 from taskplane.runtime import TaskplaneCelery
 from tests.lifecycle import model as m
 from tests.lifecycle.conftest import make_app
 from tests.support.services import RedisServer
 
 TENANTS = ("acme", "globex", m.SYSTEM)
-#: acme may hold 3 unfinished tasks; the others are not capped.
-CAPS = {"acme": 3}
+#: acme may hold 2 unfinished tasks; the others are not capped.
+CAPS = {"acme": 2}
 TASKS = ("t.alpha", "t.beta")
 QUEUES = ("q1", "q2")
 PRIORITIES = (0, 5, 9)
 IDEMPOTENCY_KEYS = ("k1", "k2")
 BODIES = ("body-a", "body-b")
+#: New tasks are submitted while fewer records than this live: a few tasks go through
+#: many transitions (a dead letter retried, failed again, retried from a stale read).
+LIVE = 5
+#: The countdown (seconds) of the tasks submitted with one.
+COUNTDOWN = 3600
 #: Rate bucket: BURST tokens, refilled so slowly that no test sees a token come back.
-BURST, RATE = 4, 1e-9
+BURST, RATE = 2, 1e-9
 #: Tasks sent around the API (a stock Celery client), by id: only workers know them.
 FOREIGN = {"foreign-1": ("t.alpha", "q1", 5), "foreign-2": ("t.beta", "q2", 0)}
-EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "50"))
+EXAMPLES = int(os.environ.get("MODEL_EXAMPLES", "40"))
 STEPS = int(os.environ.get("MODEL_STEPS", "40"))
 #: MODEL_SHRINK=0 reports a failing sequence unshrunk (quick, when hunting a bug).
 PHASES = [p for p in Phase if p is not Phase.shrink or os.environ.get("MODEL_SHRINK") != "0"]
@@ -73,6 +79,7 @@ class Observed:
     expected: m.Expected
     submitted_at: dict[str, float]
     scores: dict[m.ListingKey, dict[str, float]]
+    ttls: dict[str, int]  # seconds each record has left
 
 
 class RealLifecycle:
@@ -141,6 +148,21 @@ class RealLifecycle:
         done = self.life.revoke(task_id, tenant, terminate=terminate, result=result)
         return done.outcome, done.previous
 
+    def list_tasks(self, tenant: str | None, state: str | None, task: str | None,
+                   queue: str | None) -> set[str]:
+        """The ids ``GET /v1/tasks`` lists for the query, on one page."""
+        query = TaskQuery(tenant=tenant, state=state, task=task, queue=queue)
+        rows, cursor = self.life.list_tasks(query, 500)
+        assert cursor is None, "one page holds them all"
+        ids = [record.id for record, _ in rows]
+        assert len(ids) == len(set(ids)), f"listed twice: {ids}"
+        return set(ids)
+
+    @property
+    def ttls(self) -> tuple[int, int]:
+        """How long a record lives unfinished, and once final."""
+        return self.life.record_ttl, self.life.result_ttl
+
     def read_dead(self, task_id: str) -> str | None:
         found = self.life.dead_letter_raw(None, task_id)
         return found[0] if found is not None else None
@@ -183,6 +205,7 @@ class RealLifecycle:
         with self.client.pipeline(transaction=False) as pipe:
             for i in order:
                 pipe.hgetall(lifecycle.record_key(i))
+                pipe.ttl(lifecycle.record_key(i))
                 pipe.get(self.life.result_key(i))
                 pipe.get(lifecycle.dead_key(i))
             for t in TENANTS:
@@ -198,9 +221,9 @@ class RealLifecycle:
             for _, key in lists:
                 pipe.lrange(key, 0, -1)
             replies: Iterator[Any] = iter(pipe.execute())
-        records, results, dead, submitted = {}, {}, {}, {}
+        records, results, dead, submitted, ttls = {}, {}, {}, {}, {}
         for i in order:
-            raw, meta, letter = next(replies), next(replies), next(replies)
+            raw, ttl, meta, letter = next(replies), next(replies), next(replies), next(replies)
             if raw:
                 h = {k.decode(): v.decode() for k, v in raw.items()}
                 records[i] = m.Record(
@@ -210,6 +233,7 @@ class RealLifecycle:
                     runs_ended=int(h.get("runs_ended", 0)),
                     retries=int(h.get("retries", 0)), countdown="eta" in h)
                 submitted[i] = float(h["submitted_at"])
+                ttls[i] = int(ttl)
             if meta:
                 results[i] = json.loads(meta)["status"]
             if letter:
@@ -234,7 +258,26 @@ class RealLifecycle:
             dead=dead, dead_index={k: v for k, v in dead_index.items() if v},
             idempotency={k: v.decode() for k, v in idempotency.items() if v is not None},
             queued={q: ids for q, ids in queued.items() if ids})
-        return Observed(expected, submitted, scores)
+        return Observed(expected, submitted, scores, ttls)
+
+
+#: Outcomes the search reached, over every sequence it ran.
+REACHED: Counter[str] = Counter()
+#: Outcomes even the short search of ``make check`` must reach, or it does not test
+#: what it claims to.
+MUST_REACH = {
+    "submit: created", "submit: replay", "submit: conflict", "submit: rate_limited",
+    "start: run", "start: run after a death", "start: unknown", "start: SUCCESS",
+    "start: FAILURE", "start: REVOKED", "progress written: True", "progress written: False",
+    "retry written: True", "finish: done", "finish: final", "fail: done", "revoke: revoked",
+    "revoke: tenant", "revoke: final", "revoke: missing", "retry_dead: queued",
+    "retry_dead: gone",
+}
+#: What the long search (``make chaos``) must reach besides: the deep corners.
+MUST_REACH_LONG = {
+    "submit: cap_reached", "retry written: False", "finish: missing", "fail: final",
+    "revoke: running", "retry_dead: changed", "retry_dead: cap_reached",
+}
 
 
 @dataclass
@@ -255,7 +298,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         super().__init__()
         self.model = m.Model(caps=dict(CAPS), burst=BURST)
         self.ids: set[str] = set()
-        self.submits: list[tuple[str, str, str, str, int, bool, tuple[str, str] | None]] = []
+        self.submits: list[tuple[str, str, str, str, int, int, tuple[str, str] | None]] = []
         self.runs: list[Run] = []
         self.reads: list[tuple[str, str, m.DeadLetter]] = []
         self.restarted: set[str] = set()  # ids a step may legitimately start afresh
@@ -268,9 +311,10 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # --- clients ------------------------------------------------------------------------
 
+    @precondition(lambda self: len(self.model.records) < LIVE)
     @rule(tenant=st.sampled_from(TENANTS), task=st.sampled_from(TASKS),
           queue=st.sampled_from(QUEUES), priority=st.sampled_from(PRIORITIES),
-          countdown=st.sampled_from((0, 0, 3600)), rate_limited=st.booleans(),
+          countdown=st.sampled_from((0, 0, COUNTDOWN)), rate_limited=st.booleans(),
           key=st.none() | st.tuples(st.sampled_from(IDEMPOTENCY_KEYS), st.sampled_from(BODIES)))
     def submit(self, tenant: str, task: str, queue: str, priority: int, countdown: int,
                rate_limited: bool, key: tuple[str, str] | None) -> None:
@@ -290,13 +334,14 @@ class LifecycleMachine(RuleBasedStateMachine):
     def _submit(self, task_id: str, tenant: str, task: str, queue: str, priority: int,
                 countdown: int, rate_limited: bool, key: tuple[str, str] | None) -> None:
         self.ids.add(task_id)
-        self.submits.append((task_id, tenant, task, queue, priority, bool(countdown), key))
+        self.submits.append((task_id, tenant, task, queue, priority, countdown, key))
         got = self.real.submit(task_id, tenant, task, queue, priority, countdown=countdown,
                                rate_limited=rate_limited, idempotency=key)
         want = self.model.submit(task_id, tenant, task, queue, priority,
                                  countdown=bool(countdown), rate_limited=rate_limited,
                                  idempotency=key)
         self._restart_if_new(want, task_id)
+        self._saw(f"submit: {want[0]}")
         assert got == want, f"submit {task_id}: real {got}, model {want}"
 
     @precondition(lambda self: bool(self.ids))
@@ -307,6 +352,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         tenant = rec.tenant if rec is not None and own else data.draw(st.sampled_from(TENANTS))
         got = self.real.revoke(task_id, tenant, terminate)
         want = self.model.revoke(task_id, tenant, terminate)
+        self._saw(f"revoke: {want[0]}")
         assert got == want, f"revoke {task_id} as {tenant}: real {got}, model {want}"
 
     @precondition(lambda self: bool(self.model.dead))
@@ -329,7 +375,25 @@ class LifecycleMachine(RuleBasedStateMachine):
         want = self.model.retry_dead(task_id, letter)
         if want == "queued":
             self.restarted.add(task_id)
+        self._saw(f"retry_dead: {want}")
         assert got == want, f"retry_dead {task_id}: real {got}, model {want}"
+
+    @rule(tenant=st.sampled_from((*TENANTS, None)),
+          state=st.none() | st.sampled_from(lifecycle.STATES),
+          task=st.none() | st.sampled_from(TASKS), queue=st.none() | st.sampled_from(QUEUES))
+    def list_tasks(self, tenant: str | None, state: str | None, task: str | None,
+                   queue: str | None) -> None:
+        """A client (or an operator: no tenant) lists tasks: every live record that
+        matches, whichever index the query walks."""
+        got = self.real.list_tasks(tenant, state, task, queue)
+        want = self.model.list_tasks(tenant, state, task, queue)
+        assert got == want, f"listing {tenant, state, task, queue}: real {got}, model {want}"
+        every = {i for i, r in self.model.records.items()
+                 if m.matches(r, tenant, state, task, queue)}
+        if not m.ADOPTED_TASKS_ARE_OPEN and tenant is not None and state not in (
+                None, *m.FINAL):
+            every -= self.model.adopted  # (the open set misses them: test_model_regressions)
+        assert got == every, f"listing {tenant, state, task, queue} misses {every - got}"
 
     # --- workers ------------------------------------------------------------------------
 
@@ -358,6 +422,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         want = self.model.start(task_id, retries, adopt)
         if created:
             self.restarted.add(task_id)
+        self._saw(f"start: {want[0]}{' after a death' if want[1] else ''}")
         assert got == want, f"start {task_id}: real {got}, model {want}"
         if got[0] in ("run", "unknown"):
             self.runs.append(Run(task_id, retries))
@@ -377,6 +442,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         run = self._run(data)
         got = self.real.progress(run.task_id)
         want = self.model.write(run.task_id, m.PROGRESS)
+        self._saw(f"progress written: {want}")
         assert got == want, f"progress {run.task_id}: real {got}, model {want}"
 
     @precondition(lambda self: any(not r.ending for r in self.runs))
@@ -387,6 +453,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         got = self.real.retry(run.task_id, run.retries + 1)
         want = self.model.write(run.task_id, m.RETRY, retries=run.retries + 1)
         run.ending = True
+        self._saw(f"retry written: {want}")
         assert got == want, f"retry {run.task_id}: real {got}, model {want}"
 
     @precondition(lambda self: any(not r.ending for r in self.runs))
@@ -401,6 +468,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         got = self.real.finish(run.task_id, state, hint, counted)
         want = self.model.finish(run.task_id, state, run_ended=counted)
         self._end_run(run, counted)
+        self._saw(f"finish: {want[0]}")
         assert got == want, f"finish {run.task_id} {state}: real {got}, model {want}"
 
     @precondition(lambda self: any(not r.ending for r in self.runs))
@@ -419,6 +487,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             run.ending = True
         else:
             self.runs.remove(run)
+        self._saw(f"fail: {want[0]}")
         assert got == want, f"fail {run.task_id}: real {got}, model {want}"
 
     @precondition(lambda self: any(r.ending for r in self.runs))
@@ -459,6 +528,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.model.expire(task_id)
         self.restarted.add(task_id)
 
+    def _saw(self, outcome: str) -> None:
+        """Count an outcome the search reached (Hypothesis' statistics list them too)."""
+        event(outcome)
+        REACHED[outcome] += 1
+
     def _restart_if_new(self, want: tuple[str, str], task_id: str) -> None:
         if want[0] == "created":
             self.restarted.add(task_id)
@@ -493,8 +567,17 @@ class LifecycleMachine(RuleBasedStateMachine):
                     before.tenant, before.task, before.queue), f"{i} changed identity"
                 if before.state in m.FINAL:
                     assert now.state == before.state, f"{i}: {before.state} -> {now.state}"
+        record_ttl, result_ttl = self.real.ttls
         for i, rec in records.items():
             assert rec.runs_started >= rec.runs_ended, f"{i}: runs {rec}"
+            # a record outlives its countdown; a final one lives as long as its result
+            ttl = seen.ttls[i]
+            if rec.state in m.FINAL:
+                assert 0 < ttl <= result_ttl, f"{i}: ttl {ttl} once {rec.state}"
+            elif rec.countdown:
+                assert record_ttl < ttl <= record_ttl + COUNTDOWN, f"{i}: ttl {ttl}, countdown"
+            else:
+                assert 0 < ttl <= record_ttl, f"{i}: ttl {ttl}"
             # the listing indexes hold each record, scored by its submission
             for key in m.listing_keys(rec.tenant, rec.task, rec.queue):
                 assert seen.scores[key].get(i) == pytest.approx(seen.submitted_at[i], abs=1), (i, key)
@@ -554,3 +637,5 @@ def test_lifecycle_against_the_model(real: RealLifecycle) -> None:
         max_examples=EXAMPLES, stateful_step_count=STEPS, derandomize=True, database=None,
         deadline=None, suppress_health_check=[HealthCheck.too_slow],
         report_multiple_bugs=False, phases=PHASES))
+    missed = (MUST_REACH | (MUST_REACH_LONG if EXAMPLES >= 1000 else set())) - set(REACHED)
+    assert not missed, f"the search never reached {sorted(missed)}; reached {dict(REACHED)}"
