@@ -21,8 +21,10 @@ from celery import Celery
 
 from taskplane import devstack
 from tests.support.procs import (
+    MissingBinary,
     Proc,
     descendants,
+    find_binary,
     group_alive,
     http_ok,
     process_groups,
@@ -39,22 +41,34 @@ CALLER_SETTINGS = ("REDIS_URL", "API_TOKENS", "API_ADMIN_TOKENS", "AUTH_DISABLED
 CSV = "a,b\n1,2\n3,4"
 
 
+def _prometheus_installed() -> bool:
+    try:
+        find_binary("prometheus")
+    except MissingBinary:
+        return False
+    return True
+
+
+MONITOR = _prometheus_installed()
+
+
 class DevStack:
     """One ``taskplane dev`` in ``folder``; ``env`` is what its ``.run/env`` sets."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, monitor: bool = False) -> None:
         self.folder = folder
         env = {k: v for k, v in os.environ.items()
                if k not in CALLER_SETTINGS and not k.startswith(("PROMETHEUS_", "TASKPLANE_"))}
         # small, on a shared 2-core machine: one API process, one pool process
         env.update(API_WORKERS="1", WORKER_CONCURRENCY="1", WORKER_SOFT_SHUTDOWN_TIMEOUT="1")
-        self.proc = Proc(f"dev-{folder.name}", [str(VENV_BIN / "taskplane"), "dev"], env,
-                         cwd=folder)
+        args = [str(VENV_BIN / "taskplane"), "dev", *(["--monitor"] if monitor else [])]
+        self.proc = Proc(f"dev-{folder.name}", args, env, cwd=folder)
         self.env_path = folder / ".run" / "env"
         self.proc.started_or_stopped(self.env_path.exists, 60, ".run/env written")
         self.env = self.sourced()
         urls = [self.env["API_URL"] + "/healthz", self.env["EXPORTER_METRICS_URL"],
-                self.env["WORKER_METRICS_URL"], self.env["SCHEDULER_METRICS_URL"]]
+                self.env["WORKER_METRICS_URL"], self.env["SCHEDULER_METRICS_URL"],
+                *([self.env["PROMETHEUS_URL"] + "/-/ready"] if monitor else [])]
         self.proc.started_or_stopped(lambda: all(http_ok(u) for u in urls), 120,
                                      "API, exporter, worker and scheduler answering")
 
@@ -115,8 +129,10 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DevStack]]
     stops them and checks nothing is left, the fixture kills whatever a failure left."""
     started: list[DevStack] = []
     try:
-        for name in ("first", "second"):  # the second starts once the first holds its ports
-            started.append(DevStack(tmp_path_factory.mktemp(name)))
+        # the second starts once the first holds its ports; it runs `make monitor`'s stack
+        # (Prometheus too) where Prometheus is installed
+        started.append(DevStack(tmp_path_factory.mktemp("first")))
+        started.append(DevStack(tmp_path_factory.mktemp("second"), monitor=MONITOR))
         yield started
     finally:
         for stack in started:
@@ -174,6 +190,23 @@ def test_operator_token_sees_a_stock_clients_tasks(stacks: list[DevStack]) -> No
                     30, "the stock task listed for the operator")
     assert seen[0]["tenant"] == "system"
     assert not [t for t in listed(stack.env["TOKEN"]) if t["id"] == sent.id]
+
+
+@pytest.mark.skipif(not MONITOR, reason="prometheus is not installed (scripts/monitoring-tools.sh)")
+def test_make_monitor_scrapes_its_own_stack(stacks: list[DevStack]) -> None:
+    """The second stack's Prometheus scrapes the second stack's ports (fallbacks included)."""
+    stack = stacks[1]
+    url = stack.env["PROMETHEUS_URL"] + "/api/v1/query"
+
+    def up() -> dict[str, str] | None:
+        body = requests.get(url, params={"query": "up == 1"}, timeout=5).json()
+        found = {r["metric"]["job"]: r["metric"]["instance"] for r in body["data"]["result"]}
+        return found if len(found) == 4 else None
+
+    targets = wait_for(up, 60, "Prometheus scraping the API, worker, exporter and scheduler",
+                       interval=0.5)
+    assert targets["taskplane-worker"] == stack.env["WORKER_METRICS_URL"].split("//")[1].split("/")[0]
+    assert targets["taskplane-api"] == stack.env["API_URL"].split("//")[1]
 
 
 def stack_tool(folder: Path) -> subprocess.CompletedProcess[str]:
