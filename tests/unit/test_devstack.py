@@ -98,3 +98,39 @@ def test_env_file_sources_in_a_shell_with_every_name(tmp_path: Path) -> None:
     text = devstack.banner(p)
     for name in ENV_NAMES[:8]:  # every URL is printed, the worker's included
         assert p.urls()[name] in text or not p.urls()[name], name
+
+
+STACK_ENV = Path(__file__).resolve().parents[2] / "scripts" / "stack-env.sh"
+
+
+def stack_env(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """What `make celery` runs before Celery: source scripts/stack-env.sh in ``folder``."""
+    return subprocess.run(["bash", "-c", f". {STACK_ENV} && echo \"$REDIS_URL\""], cwd=folder,
+                          env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
+                          timeout=10)
+
+
+def test_stack_env_reads_the_live_stacks_file(tmp_path: Path) -> None:
+    (tmp_path / ".run").mkdir()
+    p = devstack.plan({"REDIS_URL": "redis://127.0.0.1:4242/0"}, run_dir=tmp_path / ".run")
+    (tmp_path / ".run" / "env").write_text(devstack.env_file(p))  # STACK_PID: this process
+    out = stack_env(tmp_path, REDIS_URL="redis://elsewhere:6379/0")
+    assert out.returncode == 0 and out.stdout.strip() == "redis://127.0.0.1:4242/0", out.stderr
+
+
+def test_stack_env_refuses_a_file_left_by_a_dead_stack(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / ".run").mkdir()
+    (tmp_path / ".run" / "env").write_text(
+        f"export STACK_PID={dead.pid}\nexport REDIS_URL=redis://127.0.0.1:4242/0\n")
+    out = stack_env(tmp_path)
+    assert out.returncode == 1 and "no longer runs" in out.stderr
+
+
+def test_stack_env_without_a_stack_uses_redis_url_or_says_none_runs(tmp_path: Path) -> None:
+    out = stack_env(tmp_path, REDIS_URL="redis://elsewhere:6379/0")
+    assert out.returncode == 0 and out.stdout.strip() == "redis://elsewhere:6379/0"
+    assert "elsewhere" not in out.stderr  # a URL may carry a password: never echoed
+    out = stack_env(tmp_path)
+    assert out.returncode == 1 and "no local stack runs here" in out.stderr
