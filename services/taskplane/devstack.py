@@ -65,7 +65,8 @@ SERVED_PORTS = {
 def _default(env_name: str) -> int:
     """A port setting's documented default (settings.py is the one source)."""
     f = next(f for f in dataclasses.fields(Settings) if f.metadata["env"] == env_name)
-    return int(f.default)
+    assert isinstance(f.default, int), env_name
+    return f.default
 
 
 @dataclass

