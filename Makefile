@@ -70,10 +70,12 @@ clean:  ## remove the virtualenv, tool cache and local stack data
 	rm -rf $(VENV) .tools .run .pytest_cache .ruff_cache
 
 .PHONY: flower celery
-flower: install  ## Flower on 127.0.0.1:5555 for the stack `make run` runs here (.run/env); FLOWER_BASIC_AUTH=user:pass asks a login
+flower: install  ## Flower on 127.0.0.1:5555 (a free port if taken) for the stack `make run` runs here (.run/env); FLOWER_BASIC_AUTH=user:pass asks a login
 	@. scripts/stack-env.sh && \
+	port="$${FLOWER_PORT:-$$($(BIN)/python -c 'from taskplane.localproc import port_or_free; print(port_or_free(5555))')}" && \
+	echo "Flower: http://127.0.0.1:$$port" && \
 	$(BIN)/celery --broker="$$REDIS_URL" flower \
-	  --address=127.0.0.1 --port="$${FLOWER_PORT:-5555}" \
+	  --address=127.0.0.1 --port="$$port" \
 	  --conf="$$($(BIN)/python -c 'import taskplane.flowerconfig as c; print(c.__file__)')"
 
 celery: install  ## Celery's own CLI against the stack `make run` runs here (.run/env), e.g. make celery ARGS="inspect ping"
