@@ -291,7 +291,7 @@ def one_run(stack: Stack, spec: HpaSpec, prom: str, api_base: str, sizes: Sizes,
                     if decision.desired != current:
                         shown = {k: None if v is None else round(v, 1) for k, v in values.items()}
                         rep.info(f"  t={decision.at:5.1f}s scale {current} -> {decision.desired} "
-                                f"({decision.reason}; {shown})")
+                                 f"({decision.reason}; {shown})")
                     pool.scale_to(decision.desired)
                 if time.monotonic() < next_sample:
                     time.sleep(0.05)
@@ -375,7 +375,7 @@ def autoscaling(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, An
     overrides = dict(sizes.hpa_overrides)
     spec = read_chart_autoscaler(set_values=overrides)
     rep.info(f"autoscaling: chart HPA {spec.name}: {spec.min_replicas}-{spec.max_replicas} replicas, "
-            + ", ".join(f"{m.name} {m.target_type} {m.target:g}" for m in spec.metrics))
+             + ", ".join(f"{m.name} {m.target_type} {m.target:g}" for m in spec.metrics))
     stack.flush()
     first = WorkerPool(stack, spec, "autoscaled")
     first.scale_to(spec.min_replicas)  # starts while the rest comes up

@@ -326,7 +326,7 @@ def enqueue(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
     """Requests/s and latency of submitting a task, against the post's app, the bare route
     and the floor (one LPUSH per request)."""
     rep.info("figure 1: starting the bare Flask app, the floor, the post's app and Taskplane's API "
-            "(metrics on/off)")
+             "(metrics on/off)")
     servers = {
         "bare": stack.start_baseline_api("bare-api", "bare:app", wait=False),
         "floor": stack.start_baseline_api("floor-api", "floor:app", wait=False),
@@ -532,7 +532,7 @@ def profile_enqueue(stack: Stack, server: Proc, request: dict[str, Any],
     floor, whose profile shows what the machinery both share costs) under py-spy: not
     counted above."""
     rep.info(f"figure 1: one more {sizes.profile_enqueue_seconds:g}s run of {side} under "
-            "py-spy (CPU breakdown; not counted)")
+             "py-spy (CPU breakdown; not counted)")
     try:
         stack.flush()
         client = stack.client()
@@ -564,7 +564,7 @@ def profile_execution(stack: Stack, sizes: Sizes, rep: logging.Logger, side: str
     n = sizes.profile_exec_tasks
     who = "a Taskplane worker pod" if side == "taskplane" else "the post's worker"
     rep.info(f"figure 2: one more drain of {n:,} tasks by {who} under py-spy "
-            "(CPU breakdown; not counted)")
+             "(CPU breakdown; not counted)")
     worker: Proc | None = None
     try:
         queue = "bench-exec-profile"
