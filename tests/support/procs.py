@@ -35,8 +35,9 @@ from taskplane.localproc import (
 ROOT = Path(__file__).resolve().parents[2]
 
 __all__ = ["LOOPBACK", "ROOT", "MissingBinary", "Proc", "ProcessExited", "Prometheus", "children",
-           "descendants", "find_binary", "free_port", "http_ok", "port_free", "prometheus_config",
-           "redis_command", "rss_kib", "wait_for"]
+           "descendants", "find_binary", "free_port", "group_alive", "http_ok", "port_free",
+           "proc_stat", "process_groups", "prometheus_config", "redis_command", "rss_kib",
+           "stop_all", "wait_for"]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -77,31 +78,36 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 # --- /proc ----------------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, pgid) of ``pid`` from /proc, or None when it is gone."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` from the third (state) on, or None when it is gone:
+    ``[0]`` state, ``[1]`` ppid, ``[2]`` pgid, ``[11:15]`` utime, stime, cutime, cstime."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name is in parentheses and may contain spaces
-    fields = stat[stat.rindex(")") + 2:].split()
-    return fields[0], int(fields[1]), int(fields[2])
+    return stat[stat.rindex(")") + 2:].split()
 
 
-def _live(pids: list[int]) -> dict[int, tuple[str, int, int]]:
-    return {pid: st for pid in pids if (st := _stat(pid)) and st[0] not in ("Z", "X")}
+def _table(zombies: bool = False) -> dict[int, tuple[str, int, int]]:
+    """(state, ppid, pgid) of every process, zombies only when asked."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := proc_stat(int(entry))):
+            if zombies or fields[0] not in ("Z", "X"):
+                out[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
+    return out
 
 
 def children(pid: int) -> list[int]:
     """Live (non-zombie) direct children of ``pid``."""
-    pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
-    return sorted(p for p, st in _live(pids).items() if st[1] == pid)
+    return sorted(p for p, st in _table().items() if st[1] == pid)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``: a supervisor's children and theirs."""
-    pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
-    table = _live(pids)
+def descendants(pid: int, zombies: bool = False) -> list[int]:
+    """Every process below ``pid`` (a supervisor's children and theirs); live ones only,
+    unless ``zombies`` (exited, not yet reaped: their CPU times still count)."""
+    table = _table(zombies)
     found: list[int] = []
     frontier = [pid]
     while frontier:
@@ -114,7 +120,8 @@ def descendants(pid: int) -> list[int]:
 
 def process_groups(pids: list[int]) -> set[int]:
     """The process groups of the live ``pids``."""
-    return {st[2] for st in _live(pids).values()}
+    table = _table()
+    return {table[p][2] for p in pids if p in table}
 
 
 def group_alive(pgid: int) -> bool:
@@ -126,8 +133,7 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # a group of zombies answers too; they are stopped, only not yet reaped
-    pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
-    return any(st[2] == pgid for st in _live(pids).values())
+    return any(st[2] == pgid for st in _table().values())
 
 
 def rss_kib(pid: int) -> tuple[int, int] | None:
