@@ -25,6 +25,10 @@ import requests
 from tests.support.procs import children, rss_kib, stop_all
 from tests.support.services import TEST_TOKENS, Api, Process, RedisServer, start_worker, wait_for
 
+__all__ = ["SCALE", "Attempt", "Ledger", "Stack", "Submitter", "children", "percentile",
+           "results_path", "rss_mb", "work"]
+
+
 #: Sizes grow with CHAOS_SCALE (1: small, for CI; `make chaos` runs 10).
 SCALE = max(1, int(os.environ.get("CHAOS_SCALE", "1") or "1"))
 
@@ -293,10 +297,6 @@ def rss_mb(pid: int) -> float:
     """Resident set size of ``pid`` in MiB (0 if it is gone)."""
     value = rss_kib(pid)
     return value[0] / 1024 if value else 0.0
-
-
-__all__ = ["SCALE", "Attempt", "Ledger", "Stack", "Submitter", "children", "percentile",
-           "results_path", "rss_mb", "work"]
 
 
 def percentile(values: list[float], q: float) -> float:
