@@ -105,23 +105,29 @@ class Plan:
         return out
 
 
+def _private(path: Path, text: str) -> None:
+    """Write ``path`` readable by its owner only from the first byte (it holds tokens)."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+        fh.write(text)
+
+
 def _token(path: Path) -> str:
-    """The token kept in ``path``, made on first use (owner-only file)."""
+    """The token kept in ``path``, made on first use."""
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        _private(path, secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 
 def _port(env: dict[str, str], name: str, default: int, what: str,
-          fallbacks: dict[str, tuple[int, int]]) -> None:
+          fallbacks: dict[str, tuple[int, int]]) -> int:
     """Set ``env[name]``: the user's value when given, else ``default`` or a free port."""
-    if env.get(name):
-        return
-    port = port_or_free(default)
-    if port != default:
-        fallbacks[what] = (default, port)
-    env[name] = str(port)
+    if not env.get(name):
+        port = port_or_free(default)
+        if port != default:
+            fallbacks[what] = (default, port)
+        env[name] = str(port)
+    return int(env[name])
 
 
 def plan(env: dict[str, str], monitor: bool = False, run_dir: Path = RUN_DIR) -> Plan:
@@ -132,9 +138,7 @@ def plan(env: dict[str, str], monitor: bool = False, run_dir: Path = RUN_DIR) ->
     fallbacks: dict[str, tuple[int, int]] = {}
     run_dir.mkdir(exist_ok=True)
     if not env.get("REDIS_URL"):
-        env.pop("REDIS_PORT", None)
-        _port(env, "REDIS_PORT", REDIS_PORT, "Redis", fallbacks)
-        port = int(env.pop("REDIS_PORT"))
+        port = _port({}, "REDIS_PORT", REDIS_PORT, "Redis", fallbacks)
         data = run_dir / "redis"
         data.mkdir(exist_ok=True)
         env["REDIS_URL"] = f"redis://{LOOPBACK}:{port}/0"
@@ -285,8 +289,7 @@ def main(argv: list[str]) -> None:
         manager = Manager()
         try:
             with _redis(p):
-                env_path.write_text(env_file(p))
-                env_path.chmod(0o600)  # it holds the tokens
+                _private(env_path, env_file(p))
                 print(banner(p), flush=True)
                 for name, cmd in p.procs.items():
                     manager.add_process(name, cmd, env=p.env)
