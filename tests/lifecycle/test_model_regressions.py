@@ -70,3 +70,29 @@ def test_an_adopted_task_is_in_its_tenants_open_set(
     assert life.start("stock-1", retries=0, adopt=adopt).verdict == "unknown"
     members = client.zrange(lifecycle.open_key(lifecycle.SYSTEM_TENANT), 0, -1)
     assert b"stock-1" in members
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "submit.lua and retry_dead.lua prune the open set (lib.lua has_room) and set its expiry "
+    "with the caller's own record ttl (TASK_RECORD_TTL + this submission's countdown), not "
+    "with the longest an unfinished record lives (TASK_RECORD_TTL + MAX_COUNTDOWN): the lead "
+    "decides the fix (pass that age to both scripts)"))
+def test_a_countdown_task_keeps_its_open_slot_while_its_record_lives(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tenant's open set holds its unfinished tasks. A task submitted with a countdown
+    has a record that lives TASK_RECORD_TTL + countdown; a later submission without one
+    must not drop it from the open set once TASK_RECORD_TTL has passed (found by reading
+    the scripts while modelling them; the model check keeps Redis' clock and ours in step,
+    so it cannot let days pass)."""
+    from taskplane.lifecycle import transitions
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(transitions, "time", type("Clock", (), {
+        "time": staticmethod(lambda: clock[0])}))
+    late = accept(app, countdown=3600.0)
+    clock[0] += life.record_ttl + 60  # the countdown task is still due to run...
+    assert client.exists(lifecycle.record_key(late))  # ...and its record lives
+    accept(app)
+    members = client.zrange(lifecycle.open_key(TENANT), 0, -1)
+    assert late.encode() in members
