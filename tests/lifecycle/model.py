@@ -4,7 +4,8 @@ Each method is one transition of the real module (``Lifecycle.submit``, ``start`
 ``write``, ``finish``, ``fail``, ``revoke``, ``retry_dead``) plus the passing of time that
 the tests stand in for (a record expiring). It checks the transition's precondition,
 returns the outcome the real script must return, and changes the model as the script must
-change Redis. Nothing here talks to Redis: ``test_model.py`` drives the real scripts with
+change Redis. Nothing here talks to Redis (only the states' names come from the
+module): ``test_model.py`` drives the real scripts with
 the same calls and compares what Redis holds with :meth:`Model.expected`.
 
 Why a model and not more example tests: the guarantees in ``lifecycle``'s docstring are
@@ -25,11 +26,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-PENDING, STARTED, PROGRESS, RETRY = "PENDING", "STARTED", "PROGRESS", "RETRY"
-SUCCESS, FAILURE, REVOKED = "SUCCESS", "FAILURE", "REVOKED"
-FINAL = (SUCCESS, FAILURE, REVOKED)
-#: The tenant a task sent around the API is adopted under (``lifecycle.SYSTEM_TENANT``).
-SYSTEM = "system"
+# The names of states and of the system tenant are the module's (plain constants).
+from taskplane.lifecycle.states import (
+    FAILURE,
+    PENDING,
+    PROGRESS,
+    RETRY,
+    REVOKED,
+    STARTED,
+    SUCCESS,
+)
+from taskplane.lifecycle.states import FINAL_STATES as FINAL
+from taskplane.lifecycle.states import SYSTEM_TENANT as SYSTEM
+
+__all__ = ["FAILURE", "FINAL", "PENDING", "PROGRESS", "RETRY", "REVOKED", "STARTED",
+           "SUCCESS", "SYSTEM", "Model"]
 
 K = TypeVar("K")
 #: A listing index: (tenant or None for every tenant's, field '' / 'task' / 'queue', value).
