@@ -18,7 +18,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from celery import Task, current_task, states
+from celery import Task, current_task
 from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore
 
@@ -65,9 +65,6 @@ class TaskplaneTask(Task):
                 # task that already ended: it does not run again.
                 request.taskplane_skipped = True
                 raise Ignore()
-            if track and not runtime.lifecycle.results_here:
-                backend.store_result(request.id, backend.started_result(request, os.getpid()),
-                                     states.STARTED, request=request)
             limit = runtime.settings.max_deliveries
             if run.died >= limit:
                 raise PoisonedTask(
