@@ -27,6 +27,7 @@ available.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import states
@@ -34,8 +35,8 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from . import lifecycle
-from .lifecycle import ResultWrite
+from . import broker, lifecycle
+from .lifecycle import ResultWrite, TaskRecord
 
 
 class ResultBackend(RedisBackend):
@@ -83,9 +84,13 @@ class ResultBackend(RedisBackend):
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
         life = runtime.lifecycle
         write = self.encode_state(task_id, result, state, traceback, request)
-        if state in (states.SUCCESS, states.REVOKED):
+        if state == states.SUCCESS:
             life.finish(task_id, state, tenant=lifecycle.tenant_hint(request), result=write,
                         run_ended=_ends_run(task_id, state, request))
+        elif state == states.REVOKED:  # a revoke the worker received (celery control revoke)
+            life.finish(task_id, state, tenant=lifecycle.tenant_hint(request), result=write,
+                        adopt=stock_record(task_id, request, getattr(request, "task", None),
+                                           runtime.settings.default_queue))
         elif state == states.RETRY:
             retries = (getattr(request, "retries", None) or 0) + 1
             life.write(task_id, write, ["state", lifecycle.RETRY, "retries", str(retries)])
@@ -117,6 +122,24 @@ class ResultBackend(RedisBackend):
         """``encode_state`` of the STARTED state of the run ``request`` begins."""
         return self.encode_state(request.id, self.started_result(request, pid),
                                  states.STARTED, request=request)
+
+
+def stock_record(task_id: str, request: Any, task: str | None, default_queue: str
+                 ) -> TaskRecord | None:
+    """The record to adopt for a task sent around the API (its message names no tenant:
+    a stock Celery client, ``celery call``), should it have none: under
+    :data:`~taskplane.lifecycle.SYSTEM_TENANT`, with the queue and priority it was
+    delivered with. ``request`` None (a revoke broadcast for a task this worker never
+    received) knows neither its name nor its queue. None for a Taskplane message."""
+    if request is not None:
+        headers = getattr(request, "headers", None) or {}
+        if getattr(request, lifecycle.TENANT_HEADER, None) or headers.get(lifecycle.TENANT_HEADER):
+            return None
+    info = (getattr(request, "delivery_info", None) or {}) if request is not None else {}
+    queue = str(info.get("routing_key") or (default_queue if request is not None else ""))
+    return TaskRecord(id=task_id, tenant=lifecycle.SYSTEM_TENANT, task=task or "", queue=queue,
+                      priority=broker.api_priority(info.get("priority")),
+                      submitted_at=time.time())
 
 
 #: Set on a run's request once its end was counted with its SUCCESS (see ``_ends_run``).

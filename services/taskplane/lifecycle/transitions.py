@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .keys import (
+    adopted_listing_keys,
     dead_index_keys,
     dead_key,
     ended_index_keys,
@@ -121,18 +122,23 @@ class Transitions:
                                     [result[1], result[2], *record_fields]))
 
     def finish(self, task_id: str, state: str, *, tenant: str = "", run_ended: bool = False,
-               result: ResultWrite | None = None) -> Transition:
+               result: ResultWrite | None = None, adopt: TaskRecord | None = None
+               ) -> Transition:
         """End the task in ``state`` (SUCCESS, REVOKED…) unless it already ended: record,
         result and tenant slot together. ``state`` '' only counts the
-        run as ended. ``tenant`` is a hint that saves a round trip when right."""
+        run as ended. ``tenant`` is a hint that saves a round trip when right.
+
+        ``adopt``: the record to create, ended, if there is none (a task sent around the
+        API that a worker revoked before any worker started it; outcome ``adopted``)."""
         def call(tenant: str) -> list[Any]:
             keys = [record_key(task_id)]
             if state:
                 keys += [open_key(tenant), *ended_index_keys(tenant, state)]
-            keys, value, ttl = self._with_result(keys, result)
+            listed, fields = self._adoption(adopt if state else None)
+            keys, value, ttl = self._with_result([*keys, *listed], result)
             return self._store.run("finish", keys, [
                 task_id, time.time(), self.result_ttl, state, tenant,
-                "1" if run_ended else "0", value, ttl, self.keep])
+                "1" if run_ended else "0", value, ttl, self.keep, len(listed), *fields])
         return self._with_tenant(call, tenant)
 
     def fail(self, task_id: str, letter: dict[str, Any], *, tenant: str = "",
@@ -181,6 +187,13 @@ class Transitions:
             record.id, self.record_ttl, time.time(), cap, read, push[1], self.keep,
             *record.fields()])
         return Transition(outcome.decode())
+
+    @staticmethod
+    def _adoption(adopt: TaskRecord | None) -> tuple[list[str], list[str]]:
+        """The listing keys and the fields of a record to adopt (none: two empty lists)."""
+        if adopt is None:
+            return [], []
+        return adopted_listing_keys(adopt.tenant, adopt.task, adopt.queue), adopt.fields()
 
     def _with_result(self, keys: list[str], result: ResultWrite | None
                      ) -> tuple[list[str], str, int]:
