@@ -112,6 +112,10 @@ class Settings:
         "MAX_OPEN_TASKS_PER_TENANT", 100_000,
         "Unfinished tasks a tenant may have; more submissions are 429. 0: no cap.",
     )
+    max_schedules_per_tenant: int = _setting(
+        "MAX_SCHEDULES_PER_TENANT", 100,
+        "Schedules a tenant may store over the API; more creations are 429. 0: no cap.",
+    )
     task_modules: tuple[str, ...] = _setting(
         "TASK_MODULES", (),
         "Comma-separated modules imported at start-up to register extra tasks "
@@ -290,6 +294,8 @@ class Settings:
             raise SettingsError(
                 "LEASE_INTERVAL must be above 0 and at most a third of VISIBILITY_TIMEOUT, "
                 "or one late renewal lets a live worker's task be delivered twice")
+        if self.max_schedules_per_tenant < 0:
+            raise SettingsError("MAX_SCHEDULES_PER_TENANT must be 0 (no cap) or more")
         if self.unacked_restore_interval < 1 or self.max_deliveries < 1:
             raise SettingsError("UNACKED_RESTORE_INTERVAL and MAX_DELIVERIES must be at least 1")
         if self.scheduler_interval <= 0 or self.scheduler_lease_ttl < 0 or \

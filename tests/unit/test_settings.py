@@ -36,6 +36,7 @@ def test_environment_is_parsed_by_type() -> None:
     ({"REDIS_URL": "http://x"}, "REDIS_URL"),
     ({"REDIS_URL": "redis://redis.prod:6379/0"}, "password"),
     ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY"),
+    ({"MAX_SCHEDULES_PER_TENANT": "-1"}, "MAX_SCHEDULES_PER_TENANT"),
 ])
 def test_bad_settings_are_refused_with_their_name(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
