@@ -282,8 +282,9 @@ class ScheduleStore:
         return self.life.schedule_create(schedule.ident, schedule.to_json(), schedule.tenant,
                                          cap)
 
-    def replace(self, schedule: Schedule) -> None:
-        self.life.schedule_replace(schedule.ident, schedule.to_json())
+    def replace(self, schedule: Schedule) -> bool:
+        """Store the changed schedule; False if it was deleted meanwhile (not brought back)."""
+        return self.life.schedule_replace(schedule.ident, schedule.to_json())
 
     def get(self, tenant: str, name: str) -> Schedule | None:
         raw = self.life.schedule_definition(schedule_ident(tenant, name))

@@ -171,7 +171,8 @@ def update_schedule(name: str) -> Response:
     validate(body, _PATCH, "request body")
     base = {k: v for k, v in current.__dict__.items() if k not in ("tenant",)}
     schedule = _checked(_from_body(body, current.tenant, base))
-    _store().replace(schedule)
+    if not _store().replace(schedule):  # deleted since it was read: not brought back
+        raise _not_found(name)
     return jsonify(represent(schedule))
 
 
