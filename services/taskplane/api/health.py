@@ -40,4 +40,5 @@ def metrics_endpoint() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(openapi_document(api_context().settings))
+    ctx = api_context()
+    return jsonify(openapi_document(ctx.settings, ctx.runtime))

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..runtime import Runtime
 from ..settings import Settings
-from . import schemas
+from . import body, schemas
+from .task_specs import task_spec_schemas
 
 _ERRORS = {
     400: "Malformed JSON, or a malformed header.",
@@ -72,7 +74,15 @@ _TASK_ID = {"name": "task_id", "in": "path", "required": True,
             "schema": {"type": "string", "maxLength": 128}}
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
+def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
+    """The description of this app: its settings' bounds, its registry's task types and
+    its known queues (a deployment with its own ``TASK_MODULES`` describes its tasks)."""
+    queues = runtime.known_queues()
+    submit_components, submit_union = task_spec_schemas(
+        runtime.registry, "SubmitTask", schemas.submit_options(settings.max_countdown, queues))
+    schedule_components, schedule_union = task_spec_schemas(
+        runtime.registry, "NewSchedule", schemas.schedule_options(queues), required=["name"],
+        constraints=schemas.CRON_OR_EVERY)
     items = lambda ref: {"type": "object", "required": ["items"],  # noqa: E731
                          "properties": {"items": {"type": "array", "items": _ref(ref)}}}
     paths: dict[str, Any] = {
@@ -99,12 +109,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE}},
                 {"name": "cursor", "in": "query", "required": False,
-                 "schema": {"type": "string", "maxLength": schemas.MAX_CURSOR,
-                            "pattern": "^[A-Za-z0-9_-]*$"}},
+                 "schema": {"type": "string", "minLength": 1, "maxLength": schemas.MAX_CURSOR,
+                            "pattern": "^[A-Za-z0-9_-]+$"},
+                 "description": "The `next` of the previous page (opaque: no other value "
+                                "is accepted)."},
             ]), "post": _op(
             "Submit a task", 202, _ref("Task"), (400, 404, 409, 413, 415, 422),
-            requestBody={"required": True, "content": {
-                "application/json": {"schema": _ref("SubmitTask")}}},
+            requestBody=_body(settings, "SubmitTask"),
             parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
                          "schema": {"type": "string",
                                     "maxLength": schemas.MAX_IDEMPOTENCY_KEY}}],
@@ -138,14 +149,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "offset": {"type": "integer"}}},
             (422,), parameters=[
                 {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                 "schema": {"type": "integer", "minimum": 1,
+                            "maximum": schemas.MAX_DEAD_LETTER_PAGE}},
                 {"name": "offset", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 1_000_000}},
+                 "schema": {"type": "integer", "minimum": 0,
+                            "maximum": schemas.MAX_DEAD_LETTER_OFFSET}},
             ])},
         "/v1/dead-letters/{task_id}/retry": {"post": _op(
             "Enqueue a dead letter again under its id", 202, _ref("Task"), (404, 409),
             parameters=[_TASK_ID])},
-        **_schedule_paths(),
+        **_schedule_paths(settings),
         "/start_task/{data}": {"get": _op(
             "The blog post's enqueue route (long_running_task)", 200,
             {"type": "object", "required": ["task_id", "message"],
@@ -179,14 +192,17 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "SubmitTask": schemas.submit_schema(settings.max_countdown),
+                "SubmitTask": submit_union,
+                **submit_components,
                 "Task": schemas.TASK,
                 "TaskType": schemas.TASK_TYPE,
                 "Queue": schemas.QUEUE,
                 "DeadLetter": schemas.DEAD_LETTER,
                 "Error": schemas.ERROR,
-                "NewSchedule": schemas.schedule_schema(create=True),
-                "ScheduleChange": schemas.schedule_schema(create=False),
+                "NewSchedule": schedule_union,
+                **schedule_components,
+                "ScheduleChange": schemas.schedule_change_schema(queues),
+                "TimeZone": schemas.time_zone_schema(),
                 "Schedule": schemas.SCHEDULE,
             },
         },
@@ -201,12 +217,18 @@ _SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
                   "schema": {"type": "string", "maxLength": 64}}
 
 
-def _schedule_paths() -> dict[str, Any]:
+def _body(settings: Settings, ref: str) -> dict[str, Any]:
+    """A required JSON body, with the limits ``api/body.py`` enforces before any schema:
+    its size (413) and its nesting (400), as extensions a schema cannot express."""
+    return {"required": True, "content": {"application/json": {"schema": _ref(ref)}},
+            "x-max-body-bytes": settings.max_body_bytes, "x-max-json-depth": body.MAX_DEPTH}
+
+
+def _schedule_paths(settings: Settings) -> dict[str, Any]:
     """``/v1/schedules``: a tenant's periodic schedules (``api/schedules.py``)."""
-    body = lambda ref: {"required": True, "content": {  # noqa: E731
-        "application/json": {"schema": _ref(ref)}}}
     created = _op("Create a periodic schedule (checked in full: 422 names the field)", 201,
-                  _ref("Schedule"), (400, 409, 413, 415, 422), requestBody=body("NewSchedule"))
+                  _ref("Schedule"), (400, 409, 413, 415, 422),
+                  requestBody=_body(settings, "NewSchedule"))
     created["responses"]["201"]["headers"] = {"Location": {"schema": {"type": "string"}}}
     deleted = _op("Delete a schedule", 204, {}, (404, 409), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT])
     deleted["responses"]["204"] = {"description": "Deleted."}
@@ -222,7 +244,7 @@ def _schedule_paths() -> dict[str, Any]:
                        _ref("Schedule"), (404,), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT]),
             "patch": _op("Change a schedule (checked in full)", 200, _ref("Schedule"),
                          (400, 404, 409, 413, 415, 422), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT],
-                         requestBody=body("ScheduleChange")),
+                         requestBody=_body(settings, "ScheduleChange")),
             "delete": deleted,
         },
     }
