@@ -117,8 +117,9 @@ def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
             "Submit a task", 202, _ref("Task"), (400, 404, 409, 413, 415, 422),
             requestBody=_body(settings, "SubmitTask"),
             parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
-                         "schema": {"type": "string",
-                                    "maxLength": schemas.MAX_IDEMPOTENCY_KEY}}],
+                         "schema": {"type": "string", "minLength": 1,
+                                    "maxLength": schemas.MAX_IDEMPOTENCY_KEY,
+                                    "pattern": schemas.IDEMPOTENCY_KEY_PATTERN}}],
         )},
         "/v1/tasks/{task_id}": {
             "get": _op("A task's state, result or error", 200, _ref("Task"), (404, 422),
@@ -182,6 +183,13 @@ def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document", 200, {"type": "object"}, (),
                                      auth=False)},
     }
+    _name_operations(paths)
+    _link(paths["/v1/tasks"]["post"], "202", "id", "task_id",
+          ("getTask", "revokeTask", "taskEvents", "retryDeadLetter"))
+    _link(paths["/v1/dead-letters/{task_id}/retry"]["post"], "202", "id", "task_id",
+          ("getTask", "revokeTask"))
+    _link(paths["/v1/schedules"]["post"], "201", "name", "name",
+          ("getSchedule", "changeSchedule", "deleteSchedule"))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Taskplane API", "version": __version__,
@@ -201,7 +209,8 @@ def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
                 "Error": schemas.ERROR,
                 "NewSchedule": schedule_union,
                 **schedule_components,
-                "ScheduleChange": schemas.schedule_change_schema(queues),
+                "ScheduleChange": schemas.schedule_change_schema(
+                    queues, [spec.name for spec in runtime.registry]),
                 "TimeZone": schemas.time_zone_schema(),
                 "Schedule": schemas.SCHEDULE,
             },
@@ -209,10 +218,46 @@ def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
     }
 
 
+#: ``operationId`` of each operation: the names links use, and generated clients' names.
+OPERATION_IDS = {
+    ("/v1/tasks", "get"): "listTasks", ("/v1/tasks", "post"): "submitTask",
+    ("/v1/tasks/{task_id}", "get"): "getTask", ("/v1/tasks/{task_id}", "delete"): "revokeTask",
+    ("/v1/tasks/{task_id}/events", "get"): "taskEvents",
+    ("/v1/task-types", "get"): "listTaskTypes", ("/v1/queues", "get"): "listQueues",
+    ("/v1/dead-letters", "get"): "listDeadLetters",
+    ("/v1/dead-letters/{task_id}/retry", "post"): "retryDeadLetter",
+    ("/v1/schedules", "get"): "listSchedules", ("/v1/schedules", "post"): "createSchedule",
+    ("/v1/schedules/{name}", "get"): "getSchedule",
+    ("/v1/schedules/{name}", "patch"): "changeSchedule",
+    ("/v1/schedules/{name}", "delete"): "deleteSchedule",
+    ("/start_task/{data}", "get"): "startTaskLegacy",
+    ("/task_status/{task_id}", "get"): "taskStatusLegacy",
+    ("/healthz", "get"): "healthz", ("/readyz", "get"): "readyz", ("/metrics", "get"): "metrics",
+    ("/openapi.json", "get"): "openapi",
+}
+
+
+def _name_operations(paths: dict[str, Any]) -> None:
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation["operationId"] = OPERATION_IDS[(path, method)]
+
+
+def _link(operation: dict[str, Any], status: str, field: str, parameter: str,
+          targets: tuple[str, ...]) -> None:
+    """OpenAPI links: the ``field`` of the response names ``parameter`` of each target, so
+    clients and stateful fuzzers follow a created resource to its routes."""
+    operation["responses"][status]["links"] = {
+        target[0].upper() + target[1:]: {
+            "operationId": target, "parameters": {parameter: f"$response.body#/{field}"}}
+        for target in targets}
+
+
 _SCHEDULE_TENANT = {"name": "tenant", "in": "query", "required": False,
-                    "schema": {"type": "string", "maxLength": 64},
-                    "description": "Operators only: the tenant whose schedule this is "
-                                   "(default: the schedules declared in code)."}
+                    "schema": {"type": "string"},
+                    "description": "Operators only (ignored for a tenant's token): the tenant "
+                                   "whose schedule this is (default: the schedules declared "
+                                   "in code)."}
 _SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
                   "schema": {"type": "string", "maxLength": 64}}
 

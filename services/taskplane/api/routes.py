@@ -28,7 +28,7 @@ bp.before_request(authenticate)
 bp.before_request(enforce_rate)
 
 _TASK_ID = re.compile(schemas.TASK_ID_PATTERN)
-_IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{schemas.MAX_IDEMPOTENCY_KEY}}}$")
+_IDEMPOTENCY_KEY = re.compile(schemas.IDEMPOTENCY_KEY_PATTERN)
 
 
 def _not_found(task_id: str) -> ApiError:

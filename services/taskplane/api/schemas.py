@@ -12,6 +12,8 @@ from ..settings import QUEUE_NAME_RE
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_ARGS = 1000
 MAX_IDEMPOTENCY_KEY = 255
+#: Printable ASCII without spaces (a schedule's own keys hold spaces: no client can claim one).
+IDEMPOTENCY_KEY_PATTERN = rf"^[!-~]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
 #: The largest page ``GET /v1/tasks`` returns, and the longest cursor and time it reads.
 MAX_PAGE = 200
 #: ``GET /v1/dead-letters``: the largest page and the furthest offset.
@@ -222,7 +224,7 @@ def schedule_options(queues: list[str]) -> dict[str, Any]:
     return options
 
 
-def schedule_change_schema(queues: list[str]) -> dict[str, Any]:
+def schedule_change_schema(queues: list[str], tasks: list[str]) -> dict[str, Any]:
     """``PATCH /v1/schedules/<name>`` as described: each field as in a new schedule, never
     both ``cron`` and ``every``. The change is then checked merged into the schedule it
     changes (its arguments against its task), which no schema of the body alone can say."""
@@ -230,6 +232,7 @@ def schedule_change_schema(queues: list[str]) -> dict[str, Any]:
     options = schedule_options(queues)
     schema["properties"] = {**schema["properties"],
                             **{k: v for k, v in options.items() if k in schema["properties"]}}
+    schema["properties"]["task"] = {**schema["properties"]["task"], "enum": tasks}
     schema["not"] = _BOTH
     return schema
 

@@ -76,9 +76,11 @@ def argument_schemas(spec: TaskSpec, component: str) -> tuple[dict[str, dict[str
     properties = dict(spec.schema.get("properties", {}))
     required = list(spec.schema.get("required", ()))
     positional = positional_names(spec)
-    args = {"type": "array", "prefixItems": [properties[name] for name in positional],
-            "items": {}, "maxItems": len(positional),
-            "description": "Positional arguments: " + (", ".join(positional) or "none") + "."}
+    args: dict[str, Any] = {
+        "type": "array", "items": {}, "maxItems": len(positional),
+        "description": "Positional arguments: " + (", ".join(positional) or "none") + "."}
+    if positional:  # an empty prefixItems is not a schema
+        args["prefixItems"] = [properties[name] for name in positional]
     kwargs: dict[str, Any] = {
         "type": "object", "additionalProperties": False, "properties": properties,
         "description": "Keyword arguments; each parameter by name or by position, not both."}
