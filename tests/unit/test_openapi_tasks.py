@@ -88,7 +88,7 @@ def task_part(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         body["args"] = draw(st.lists(VALUES, max_size=4))
     if draw(st.booleans()) or not body.get("args"):
-        pool = names + ["unknown"] if names else PARAMETERS
+        pool = [*names, "unknown"] if names else PARAMETERS
         body["kwargs"] = draw(st.dictionaries(st.sampled_from(pool or ["unknown"]), VALUES,
                                               max_size=4))
     return body
@@ -172,7 +172,7 @@ def test_every_task_type_of_the_app_has_its_schema_and_mapping() -> None:
         for name, target in mapping.items():
             member = schemas[target.rsplit("/", 1)[1]]
             assert member["properties"]["task"]["const"] == name
-    for name, schema in schemas.items():
+    for schema in schemas.values():
         jsonschema.Draft202012Validator.check_schema(schema)
 
 
