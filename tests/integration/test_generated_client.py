@@ -39,7 +39,8 @@ def generated(api: Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mo
          "--meta", "none", "--output-path", str(where / PACKAGE)],
         capture_output=True, text=True, timeout=120, cwd=where)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Unable to process schema" not in done.stdout, done.stdout  # nothing dropped
+    for dropped in ("Unable to process schema", "WARNING parsing"):  # no model, no operation lost
+        assert dropped not in done.stdout, done.stdout
     sys.path.insert(0, str(where))
     try:
         yield importlib.import_module(PACKAGE)

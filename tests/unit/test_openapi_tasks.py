@@ -208,3 +208,20 @@ def test_positional_names_follow_the_signature() -> None:
     assert positional_names(REGISTRY.get("long_running_task")) == ["data", "seconds"]
     assert positional_names(REGISTRY.get("images.thumbnail")) == ["image_b64", "max_size",
                                                                   "format"]
+
+
+@pytest.mark.parametrize("raw", ["5", "5.", ".5", "1700000000.25", "1.2.3", ".", "abc",
+                                 "\u0661\u0662", "1e5", "-5", "2026-12-04"])
+def test_epoch_seconds_as_described_and_as_read(raw: str) -> None:
+    """Epoch seconds: the description's pattern and ``routes._timestamp`` agree (strings
+    that are no number are an ISO 8601 time or nothing, the ``date-time`` branch)."""
+    import re
+
+    from taskplane.api import routes, schemas
+
+    described = re.fullmatch(schemas.EPOCH_PATTERN, raw) is not None
+    with APP.test_request_context(f"/v1/tasks?submitted_after={raw}"):
+        problems: list[dict[str, str]] = []
+        value = routes._timestamp("submitted_after", problems)
+    read_as_number = value is not None and raw != "2026-12-04"
+    assert described == read_as_number, (raw, value)

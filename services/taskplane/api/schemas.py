@@ -22,6 +22,13 @@ MAX_DEAD_LETTER_OFFSET = 1_000_000
 MAX_CURSOR = 256  # a cursor this API makes is 80 characters for a UUID task id
 MAX_TIMESTAMP = 40  # 2026-11-30T10:25:15.123456+00:00 is 32
 
+#: ``submitted_after``/``submitted_before`` as ``routes._timestamp`` reads them: an
+#: RFC 3339 time (Python's ``fromisoformat`` reads them all, and more) or epoch seconds.
+EPOCH_PATTERN = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$"
+TIME_PARAMETER = {"anyOf": [
+    {"type": "string", "format": "date-time", "maxLength": MAX_TIMESTAMP},
+    {"type": "string", "pattern": EPOCH_PATTERN, "maxLength": MAX_TIMESTAMP}]}
+
 TERMINAL_STATES = lifecycle.FINAL_STATES
 STATES = lifecycle.STATES
 
