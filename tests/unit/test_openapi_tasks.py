@@ -225,3 +225,12 @@ def test_epoch_seconds_as_described_and_as_read(raw: str) -> None:
         value = routes._timestamp("submitted_after", problems)
     read_as_number = value is not None and raw != "2026-12-04"
     assert described == read_as_number, (raw, value)
+
+
+def test_no_registered_task_describes_no_valid_body() -> None:
+    from taskplane.api.task_specs import task_spec_schemas
+
+    components, union = task_spec_schemas([], "SubmitTask", {})
+    assert components == {}
+    jsonschema.Draft202012Validator.check_schema(union)
+    assert not jsonschema.Draft202012Validator(union).is_valid({"task": "anything"})

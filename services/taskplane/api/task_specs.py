@@ -121,6 +121,8 @@ def task_spec_schemas(registry: Iterable[TaskSpec], prefix: str,
             **binding, **(constraints or {}),
         }
         mapping[spec.name] = ref(name)["$ref"]
+    if not mapping:  # an empty oneOf is no schema: say that no body can name a task
+        return components, {"not": {}, "description": "No task types are registered."}
     union = {"oneOf": [{"$ref": target} for target in mapping.values()],
              "discriminator": {"propertyName": "task", "mapping": mapping}}
     return components, union
