@@ -234,3 +234,14 @@ def test_no_registered_task_describes_no_valid_body() -> None:
     assert components == {}
     jsonschema.Draft202012Validator.check_schema(union)
     assert not jsonschema.Draft202012Validator(union).is_valid({"task": "anything"})
+
+
+def test_operation_ids_are_unique_and_links_name_real_operations() -> None:
+    ids = [op["operationId"] for ops in DOC["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    links = [(link, target) for ops in DOC["paths"].values() for op in ops.values()
+             for response in op["responses"].values()
+             for link, target in response.get("links", {}).items()]
+    assert {target["operationId"] for _, target in links} >= {
+        "getTask", "revokeTask", "getSchedule", "changeSchedule", "deleteSchedule"}
+    assert {target["operationId"] for _, target in links} <= set(ids)
