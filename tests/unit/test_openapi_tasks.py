@@ -245,3 +245,50 @@ def test_operation_ids_are_unique_and_links_name_real_operations() -> None:
     assert {target["operationId"] for _, target in links} >= {
         "getTask", "revokeTask", "getSchedule", "changeSchedule", "deleteSchedule"}
     assert {target["operationId"] for _, target in links} <= set(ids)
+
+
+def _own_registry() -> Any:
+    """Tasks with a signature the built-ins do not have, registered on their own."""
+    from taskplane.tasks.registry import TaskSpec
+
+    def only_positional(a: int, /, b: int = 0) -> None: ...
+    def open_schema(x: str, y: object = None) -> None: ...
+    def keyword_only(*, k: str) -> None: ...
+
+    specs = [
+        TaskSpec(name="t.posonly", func=only_positional, description="", schema={
+            "type": "object", "additionalProperties": False, "required": ["a"],
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}),
+        TaskSpec(name="t.open", func=open_schema, description="", schema={
+            "type": "object", "additionalProperties": True, "required": ["x"],
+            "properties": {"x": {"type": "string"}}}),
+        TaskSpec(name="t.kwonly", func=keyword_only, description="", schema={
+            "type": "object", "additionalProperties": False, "required": ["k"],
+            "properties": {"k": {"type": "string"}}}),
+    ]
+    for spec in specs:
+        object.__setattr__(spec, "contract", __import__("taskplane.schema", fromlist=["x"])
+                           .CompiledSchema(spec.schema, "kwargs"))
+    return specs
+
+
+@pytest.mark.parametrize(("task", "args", "kwargs"), [
+    ("t.posonly", [1], {}), ("t.posonly", [], {"a": 1}), ("t.posonly", [1, 2], {}),
+    ("t.posonly", [1], {"b": 2}), ("t.posonly", [], {}), ("t.posonly", [1, 2, 3], {}),
+    ("t.open", ["s"], {"y": 1}), ("t.open", ["s", 2], {}), ("t.open", [], {"x": "s", "z": 1}),
+    ("t.open", [1], {}), ("t.open", ["s"], {"x": "t"}), ("t.open", [], {"y": 1}),
+    ("t.kwonly", [], {"k": "v"}), ("t.kwonly", ["v"], {}), ("t.kwonly", [], {}),
+])
+def test_unusual_signatures_are_described_as_bound(task: str, args: list[Any],
+                                                   kwargs: dict[str, Any]) -> None:
+    from taskplane.api.task_specs import task_spec_schemas
+
+    specs = {spec.name: spec for spec in _own_registry()}
+    components, union = task_spec_schemas(specs.values(), "S", {})
+    doc = {"components": {"schemas": {**components, "S": union}}}
+    registry = Registry().with_resource("urn:own", Resource(doc, DRAFT202012))
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "urn:own#/components/schemas/S"}, registry=registry)
+    body = {"task": task, "args": args, "kwargs": kwargs}
+    accepted = not specs[task].argument_errors(args, kwargs)
+    assert validator.is_valid(body) is accepted, (body, accepted)

@@ -33,17 +33,43 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _parameter_schema(spec: TaskSpec, name: str) -> Any:
+    """The schema a parameter's value meets: its property, else ``additionalProperties``
+    (``False``, the registry's default, when the schema refuses any other name)."""
+    properties = spec.schema.get("properties", {})
+    return properties[name] if name in properties else spec.schema.get(
+        "additionalProperties", False)
+
+
 def positional_names(spec: TaskSpec) -> list[str]:
     """The parameters ``args`` may fill, in order: the function's positional ones, up to
-    the first its schema does not name (the schema refuses it, so no value can reach it)."""
+    the first its schema refuses (no value can reach it, nor any after it)."""
     signature = spec.signature or inspect.signature(spec.func)
-    properties = spec.schema.get("properties", {})
     names = []
     for parameter in signature.parameters.values():
-        if parameter.kind not in _POSITIONAL or parameter.name not in properties:
+        if parameter.kind not in _POSITIONAL or _parameter_schema(spec, parameter.name) \
+                is False:
             break
         names.append(parameter.name)
     return names
+
+
+def _keyword_schemas(spec: TaskSpec) -> dict[str, Any]:
+    """The properties of ``kwargs``: the function's parameters that have a name to pass
+    them by (not positional-only) and that the schema lets through. A ``**kwargs`` of the
+    function is not described: the registry binds all its names as one argument, checked
+    as a whole, which no per-name schema says."""
+    signature = spec.signature or inspect.signature(spec.func)
+    named = [p.name for p in signature.parameters.values()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                           inspect.Parameter.KEYWORD_ONLY)]
+    return {name: _as_object(_parameter_schema(spec, name)) for name in named
+            if _parameter_schema(spec, name) is not False}
+
+
+def _as_object(schema: Any) -> Any:
+    """``true`` as ``{}`` and ``false`` as :data:`NOTHING`, for generators."""
+    return {} if schema is True else NOTHING if schema is False else schema
 
 
 def _need(names: list[str]) -> dict[str, Any]:
@@ -73,14 +99,16 @@ def argument_schemas(spec: TaskSpec, component: str) -> tuple[dict[str, dict[str
                                                                dict[str, Any], dict[str, Any]]:
     """The components ``<component>.args``/``<component>.kwargs`` of one task, the
     properties that name them, and the keywords binding the two (:func:`_binding`)."""
-    properties = dict(spec.schema.get("properties", {}))
     required = list(spec.schema.get("required", ()))
     positional = positional_names(spec)
+    # a positional-only parameter has no name to pass it by: requiring it by name (the
+    # binding's "else") then leaves only the positional way, as Python does
+    properties = _keyword_schemas(spec)
     args: dict[str, Any] = {
         "type": "array", "items": {}, "maxItems": len(positional),
         "description": "Positional arguments: " + (", ".join(positional) or "none") + "."}
     if positional:  # an empty prefixItems is not a schema
-        args["prefixItems"] = [properties[name] for name in positional]
+        args["prefixItems"] = [_as_object(_parameter_schema(spec, name)) for name in positional]
     kwargs: dict[str, Any] = {
         "type": "object", "additionalProperties": False, "properties": properties,
         "description": "Keyword arguments; each parameter by name or by position, not both."}
