@@ -90,6 +90,27 @@ def test_a_generated_client_submits_typed_tasks_and_reads_them(generated: Module
     assert _until_ended(get_task, client, slept.id).result.endswith("from a generated client")
 
 
+def test_a_generated_client_creates_reads_and_deletes_a_schedule(generated: ModuleType,
+                                                                 api: Api) -> None:
+    client = generated.AuthenticatedClient(base_url=api.base, token=TEST_TOKENS["acme"])
+    models = _module(generated, "models")
+    create = _module(generated, "api.default.create_schedule")
+    get = _module(generated, "api.default.get_schedule")
+    delete = _module(generated, "api.default.delete_schedule")
+    name = f"generated-{time.time_ns()}"
+    created = create.sync(client=client, body=models.NewScheduleReportsSummary(
+        task="reports.summary", name=name, cron="0 6 * * 1-5",
+        timezone=models.TimeZone.EUROPE_BERLIN,
+        kwargs=models.NewScheduleReportsSummaryKwargs(csv="a\n1", delimiter=";"),
+        queue=models.NewScheduleReportsSummaryQueueType1("default"), enabled=False))
+    assert isinstance(created, models.Schedule), created
+    assert (created.name, created.timezone, created.enabled) == (name, "Europe/Berlin", False)
+    read = get.sync(name, client=client)
+    assert isinstance(read, models.Schedule) and read.cron == "0 6 * * 1-5"
+    assert delete.sync_detailed(name, client=client).status_code == 204
+    assert isinstance(get.sync(name, client=client), models.Error)
+
+
 def test_a_refusal_parses_as_the_error_envelope(generated: ModuleType, api: Api) -> None:
     client = generated.AuthenticatedClient(base_url=api.base, token=TEST_TOKENS["acme"])
     models = _module(generated, "models")

@@ -211,7 +211,7 @@ def time_zone_schema() -> dict[str, Any]:
     unique ``x-enum-varnames`` name: ``GMT+0``, ``GMT-0`` and ``GMT0`` would otherwise all
     become one generated constant, and a generator refuse the enum."""
     zones = sorted(schedules.time_zones())
-    names = [zone.upper().replace("/", "__").replace("+", "_PLUS_").replace("-", "_MINUS_")
+    names = [zone.upper().replace("/", "_").replace("+", "_PLUS_").replace("-", "_MINUS_")
              for zone in zones]
     names = [re.sub(r"[^A-Z0-9_]", "_", name) for name in names]
     assert len(set(names)) == len(names), "two time zones share a constant name"
@@ -224,7 +224,8 @@ def schedule_options(queues: list[str]) -> dict[str, Any]:
     shows them: known queues and time zones, cron's syntax as ``format: cron``."""
     options = dict(schedule_schema(create=True)["properties"])
     del options["task"], options["args"], options["kwargs"]
-    options["queue"] = {**options["queue"], "enum": [*queues, None]}
+    options["queue"] = {"enum": [*queues, None],
+                        "description": "Queue to use instead of the task's default."}
     options["timezone"] = {"$ref": "#/components/schemas/TimeZone",
                            "description": options["timezone"]["description"]}
     options["cron"] = {**options["cron"], "format": "cron"}
