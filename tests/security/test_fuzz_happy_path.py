@@ -163,7 +163,9 @@ def report(fuzz_api: Api, fuzz_stats: FuzzStats) -> Iterator[Report]:
                "--report", "ndjson,junit", "--report-dir", str(out),
                "--report-ndjson-path", str(ndjson)]
     try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+        # run in the report folder: schemathesis keeps a cache of the failures it found in
+        # ./.schemathesis, which would replay them first next time (and sit in the checkout)
+        done = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True,
                               timeout=600)
         (out / "schemathesis.txt").write_text(done.stdout + done.stderr)
         assert ndjson.exists(), f"no report; schemathesis said:\n{done.stdout[-3000:]}" \
