@@ -51,7 +51,7 @@ SEED = int(os.environ.get("FUZZ_SEED", "20261204"))
 ALLOWED = {
     ("ST202", "GET /v1/tasks"):
         "`cursor` is opaque: only a `next` this API returned is accepted, which no schema "
-        "of a string can say (the stateful phase passes real ones).",
+        "of a string can say (its description says so; the server answers 422).",
     ("ST202", "PATCH /v1/schedules/{name}"):
         "a change is checked merged into the schedule it changes (new arguments against "
         "its task, `cron: null` on a cron schedule): valid alone, invalid for that schedule.",
