@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import redis
 
-from taskplane.schedules import Schedule, ScheduleStore
+from taskplane.lifecycle import schedule_state_key, schedules_key
+from taskplane.schedules import Schedule
 from tests.schedules.conftest import state, store
 from tests.support.scrape import scrape
 from tests.support.services import Process, RedisServer, free_port, start_scheduler, wait_for
@@ -34,7 +35,9 @@ def test_a_deleted_schedules_series_are_removed(sched_redis: RedisServer, sched_
         wait_for(lambda: int(state(r, gone).get("fires", 0)) >= 1
                  and set(LABELLED) <= series_of(scrape(url), gone.ident), 20,
                  "every series of the schedule")
-        assert ScheduleStore(r).delete("acme", "to-delete")
+        # what DELETE /v1/schedules/<name> removes: the definition and its fire state
+        assert r.hdel(schedules_key(), gone.ident) == 1
+        r.delete(schedule_state_key(gone.ident))
 
         def without_it() -> dict | None:
             samples = scrape(url)
