@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -162,13 +164,16 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``.venv`` (what ``make run`` installed), and a home of its own for ``~/...`` paths."""
     here = tmp_path_factory.mktemp("readme")
     (here / ".venv").symlink_to(Path(sys.prefix))
+    (here / "services").symlink_to(ROOT / "services")  # the clone's files the README names
     (here / "home").mkdir()
     return here
 
 
 @pytest.fixture(scope="module")
 def stack(folder: Path) -> Iterator[Stack]:
+    began = time.monotonic()
     s = Stack(folder)
+    print(f"the stack answered in {time.monotonic() - began:.1f}s")
     yield s
     s.stop()
 
@@ -197,6 +202,41 @@ def check(step: readme.Step, ran: Ran) -> None:
     assert not problems, f"{where}: output unlike its sample: {problems}\n{ran.show()}"
 
 
+def serve(shell: Shell, step: readme.Step, url: str, folder: Path) -> None:
+    """Start a server example with the shell's environment, on a free port in place of the
+    one written; wait until ``url`` answers 200, check the login it names, stop it (Ctrl-C)."""
+    where = f"README.md:{step.line}"
+    written = urlsplit(url).port
+    port = free_port()
+    command = step.text.replace(f"--port={written}", f"--port={port}")
+    assert command != step.text, f"{where}: no --port={written} to move to a free port"
+    url = url.replace(f":{written}/", f":{port}/", 1)
+    log = folder / f"server-{step.line}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=folder, env=shell.environment(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{where}: exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        return requests.get(url, timeout=2).status_code == 200
+
+    try:
+        wait_for(answers, 60, f"{where}: {url}")
+        login = re.search(r"--basic-auth=(\S+?):(\S+)", command)
+        if login:  # the login it names is asked for, and lets in
+            root = f"http://127.0.0.1:{port}/"
+            assert requests.get(root, timeout=10).status_code == 401, where
+            assert requests.get(root, auth=login.groups(), timeout=10).status_code == 200, where
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def test_every_readme_example_runs(stack: Stack, folder: Path) -> None:
     blocks = readme.read(README)
     shell = Shell(folder, reader_env(folder))
@@ -207,6 +247,11 @@ def test_every_readme_example_runs(stack: Stack, folder: Path) -> None:
     try:
         for block in blocks:
             if block.skip:
+                continue
+            if block.server:
+                (step,) = block.steps()
+                serve(shell, step, block.server, folder)
+                ran_steps += 1
                 continue
             for step in block.steps():
                 where = f"README.md:{step.line}"

@@ -17,6 +17,10 @@ The README stays written for people; the few conventions below are how it alread
   first line is a path comment (``# myco/tasks.py``) is that file's content, written (or
   appended) there and imported.
 * ``<!-- readme-test: skip REASON -->`` right before a fence leaves it out, saying why.
+* ``<!-- readme-test: server URL -->`` marks a fence whose one command serves until
+  Ctrl-C: the runner starts it, waits until ``URL`` answers 200, then stops it. It gets a
+  free port in place of the one written (``--port=5555`` and the URL's), so it never meets
+  a server already on this machine.
 
 A fence in another language (a tree, a Mermaid diagram) is not an example.
 """
@@ -67,6 +71,7 @@ class Block:
     line: int  # the opening fence's line
     body: list[str]
     skip: str | None = None  # the reason, when marked skip
+    server: str | None = None  # the URL that answers once it serves, when marked server
 
     def steps(self) -> list[Step]:
         if self.language == "python":
@@ -99,10 +104,14 @@ def blocks(markdown: str) -> list[Block]:
             before -= 1
         marker = MARKER.match(lines[before].strip()) if before >= 0 else None
         if marker:
-            if marker.group(1) != "skip" or not marker.group(2):
-                raise ValueError(f"README.md:{before + 1}: unknown marker or skip without a "
-                                 f"reason: {lines[before]!r}")
-            block.skip = marker.group(2)
+            kind, argument = marker.groups()
+            if kind not in ("skip", "server") or not argument:
+                raise ValueError(f"README.md:{before + 1}: unknown marker, or one without a "
+                                 f"reason or URL: {lines[before]!r}")
+            if kind == "skip":
+                block.skip = argument
+            else:
+                block.server = argument
         out.append(block)
     return out
 

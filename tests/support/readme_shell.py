@@ -19,10 +19,11 @@ class Ran:
     status: int
     stdout: str
     stderr: str
+    seconds: float = 0.0
 
     def show(self) -> str:
-        return (f"$ {self.command}\n(exit {self.status})\n--- stdout\n{self.stdout[-3000:]}"
-                f"\n--- stderr\n{self.stderr[-3000:]}")
+        return (f"$ {self.command}\n(exit {self.status}, {self.seconds:.2f} s)\n"
+                f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}")
 
 
 class Shell:
@@ -46,7 +47,8 @@ class Shell:
         self.proc.stdin.write(f"{{ {command}\n}} >'{out}' 2>'{err}' </dev/null\n"
                               f"echo $? >'{status}.tmp' && mv '{status}.tmp' '{status}'\n")
         self.proc.stdin.flush()
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         while not status.exists():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the shell exited ({self.proc.returncode}) running:\n{command}")
@@ -55,7 +57,13 @@ class Shell:
                 raise TimeoutError(f"still running after {timeout}s:\n{command}\n--- stdout\n"
                                    f"{_text(out)[-2000:]}\n--- stderr\n{_text(err)[-2000:]}")
             time.sleep(0.02)
-        return Ran(command, int(status.read_text()), _text(out), _text(err))
+        return Ran(command, int(status.read_text()), _text(out), _text(err),
+                   time.monotonic() - began)
+
+    def environment(self) -> dict[str, str]:
+        """What the shell exports now (``. .run/env``, an activated virtualenv included)."""
+        ran = self.run("env -0")
+        return dict(item.split("=", 1) for item in ran.stdout.split("\0") if "=" in item)
 
     def close(self) -> None:
         """End of input ends bash; whatever it left running goes with its process group."""

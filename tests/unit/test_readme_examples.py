@@ -34,6 +34,11 @@ taskplane submit x csv="a,b
 kubectl get pods
 ```
 
+<!-- readme-test: server http://127.0.0.1:5555/healthcheck -->
+```bash
+flower --port=5555
+```
+
 ```python
 # pkg/mod.py
 X = 1
@@ -51,8 +56,10 @@ graph TD
 
 def test_the_reader_conventions() -> None:
     blocks = readme.blocks(SAMPLE)
-    assert [(b.language, b.skip) for b in blocks] == [
-        ("bash", None), ("bash", "needs a cluster"), ("python", None), ("python", None)]
+    assert [(b.language, b.skip, b.server) for b in blocks] == [
+        ("bash", None, None), ("bash", "needs a cluster", None),
+        ("bash", None, "http://127.0.0.1:5555/healthcheck"), ("python", None, None),
+        ("python", None, None)]
     steps = blocks[0].steps()
     assert [s.kind for s in steps] == ["command", "command", "fill", "command", "command"]
     assert steps[1].text.count("\n") == 2 and steps[1].text.endswith("$API_URL/v1/tasks")
@@ -61,7 +68,7 @@ def test_the_reader_conventions() -> None:
     assert steps[3].exits == 4 and steps[3].sample == []
     assert steps[4].text.endswith('1,2" --wait') and steps[4].exits == 0
     assert steps[4].sample == ["error 422 validation_failed: …", "data: 'data' is a required property"]
-    file_step, script = blocks[2].steps()[0], blocks[3].steps()[0]
+    file_step, script = blocks[3].steps()[0], blocks[4].steps()[0]
     assert (file_step.kind, file_step.path) == ("file", "pkg/mod.py")
     assert script.kind == "python" and script.text == 'print("hi")\n'
 
@@ -85,7 +92,7 @@ def test_samples_and_errors_are_compared() -> None:
 
 
 def test_a_marker_without_a_reason_is_refused() -> None:
-    with pytest.raises(ValueError, match="without a reason"):
+    with pytest.raises(ValueError, match="without a reason or URL"):
         readme.blocks("<!-- readme-test: skip -->\n```bash\nls\n```\n")
 
 
