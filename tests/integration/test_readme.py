@@ -12,12 +12,12 @@ A failure names the README line, the command, its exit status and its output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from taskplane import devstack
 from taskplane.settings import Settings
 from tests.support import readme
+from tests.support.procs import Proc, descendants, http_ok
 from tests.support.readme_shell import Ran, Shell
-from tests.support.services import ROOT, VENV_BIN, free_port, wait_for
+from tests.support.services import ROOT, VENV_BIN, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +39,6 @@ README = ROOT / "README.md"
 #: The environment a stack and a reader start from: the machine's, without any Taskplane
 #: setting or client variable a developer or CI may have exported.
 SETTING_NAMES = {f.metadata["env"] for f in dataclasses.fields(Settings)}
-
-
-#: Whether ``taskplane dev`` writes ``.run/env`` and makes an operator token itself (issue 26,
-#: items 2 and 4). Until it does, the test writes the same file from what it gave the stack.
-WRITES_ENV_FILE = hasattr(devstack, "env_file")
-STAND_IN_OPERATOR_TOKEN = "readme-test-operator-token-0123456789"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -56,78 +50,27 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class Stack:
-    """``taskplane dev`` in ``folder``, as ``make run`` runs it after its install step."""
+    """``taskplane dev`` in ``folder``, as ``make run`` runs it after its install step: its
+    defaults, each port falling back to a free one when taken; ``.run/env`` says where."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.log = folder / "stack.log"
-        self.env_file = folder / ".run" / "env"
-        # Every port free, so that the stack never meets another one on this machine.
-        ports = {name: str(free_port()) for name in (
-            "API_PORT", "EXPORTER_PORT", "WORKER_METRICS_PORT", "SCHEDULER_METRICS_PORT")}
-        self.ports = ports
-        extra = dict(ports)
-        if not WRITES_ENV_FILE:  # the operator token it does not make yet
-            extra["API_ADMIN_TOKENS"] = f"ops:{STAND_IN_OPERATOR_TOKEN}"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([str(VENV_BIN / "taskplane"), "dev"], cwd=folder,
-                                         env=clean_env(**extra), stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self.vars = wait_for(self._ready, 90, "the stack: API, worker and .run/env")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _ready(self) -> dict[str, str] | None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"taskplane dev exited:\n{self.log.read_text()[-3000:]}")
-        if not WRITES_ENV_FILE and not self.env_file.exists():
-            self._stand_in_env_file()
-        found = read_env_file(self.env_file)
-        api = requests.get(found["API_URL"] + "/readyz", timeout=2)
-        worker = requests.get(found["WORKER_METRICS_URL"].removesuffix("/metrics") + "/readyz",
-                              timeout=2)
-        return found if api.status_code == worker.status_code == 200 else None
-
-    def _stand_in_env_file(self) -> None:
-        """Until ``taskplane dev`` writes ``.run/env`` itself (issue 26, item 2): the same
-        variables, from what this stack was given and printed."""
-        text = self.log.read_text()
-        if "Token" not in text:
-            return
-        redis_url = next(line.split()[-1] for line in text.splitlines()
-                         if line.strip().startswith("Redis"))
-        token = (self.folder / ".run" / "dev-token").read_text().strip()
-        api = f"http://127.0.0.1:{self.ports['API_PORT']}"
-        values = {
-            "REDIS_URL": redis_url, "API_URL": api, "TOKEN": token,
-            "OPERATOR_TOKEN": STAND_IN_OPERATOR_TOKEN,
-            "API_METRICS_URL": f"{api}/metrics",
-            "EXPORTER_METRICS_URL": f"http://127.0.0.1:{self.ports['EXPORTER_PORT']}/metrics",
-            "WORKER_METRICS_URL": f"http://127.0.0.1:{self.ports['WORKER_METRICS_PORT']}/metrics",
-            "SCHEDULER_METRICS_URL":
-                f"http://127.0.0.1:{self.ports['SCHEDULER_METRICS_PORT']}/metrics",
-            "TASKPLANE_URL": api, "TASKPLANE_TOKEN": token,
-        }
-        self.env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n"
-                                         for k, v in values.items()))
+        self.proc = Proc("readme-stack", [str(VENV_BIN / "taskplane"), "dev"], clean_env(),
+                         cwd=folder, log_dir=folder)
+        env_file = folder / ".run" / "env"
+        self.proc.started_or_stopped(env_file.exists, 60, ".run/env written")
+        self.vars = read_env_file(env_file)
+        worker = self.vars["WORKER_METRICS_URL"].removesuffix("/metrics") + "/readyz"
+        self.proc.started_or_stopped(
+            lambda: http_ok(self.vars["API_URL"] + "/readyz") and http_ok(worker), 90,
+            "the API and a worker ready")
 
     def stop(self) -> None:
         """Ctrl-C: SIGINT to the stack's process group; honcho stops every process."""
         children = descendants(self.proc.pid)
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        for pid in children:  # none should be left; make sure
-            try:
+        self.proc.stop(signal.SIGINT, timeout=60)
+        for pid in children:  # each in its own session: none should be left, make sure
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -136,25 +79,6 @@ def read_env_file(path: Path) -> dict[str, str]:
         if line.startswith("export ") and "=" in line:
             name, _, value = line.removeprefix("export ").partition("=")
             out[name] = shlex.split(value)[0] if value else ""
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, read from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
     return out
 
 
@@ -211,30 +135,17 @@ def serve(shell: Shell, step: readme.Step, url: str, folder: Path) -> None:
     command = step.text.replace(f"--port={written}", f"--port={port}")
     assert command != step.text, f"{where}: no --port={written} to move to a free port"
     url = url.replace(f":{written}/", f":{port}/", 1)
-    log = folder / f"server-{step.line}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", "-c", command], cwd=folder, env=shell.environment(),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def answers() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"{where}: exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        return requests.get(url, timeout=2).status_code == 200
-
+    proc = Proc(f"readme-server-{step.line}", ["bash", "-c", command], shell.environment(),
+                cwd=folder, log_dir=folder)
     try:
-        wait_for(answers, 60, f"{where}: {url}")
+        proc.wait_until(lambda: http_ok(url), 60, f"{where}: 200 from {url}")
         login = re.search(r"--basic-auth=(\S+?):(\S+)", command)
         if login:  # the login it names is asked for, and lets in
             root = f"http://127.0.0.1:{port}/"
             assert requests.get(root, timeout=10).status_code == 401, where
             assert requests.get(root, auth=login.groups(), timeout=10).status_code == 200, where
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        proc.stop(signal.SIGINT, timeout=20)
 
 
 def test_every_readme_example_runs(stack: Stack, folder: Path) -> None:
