@@ -195,8 +195,7 @@ def continued(text: str) -> bool:
     quote, comment = _scan(text)
     if quote is not None:
         return True
-    code = text if comment is None else text[:comment]
-    return code.rstrip("\n").endswith("\\") and comment is None
+    return comment is None and text.endswith("\\")  # a backslash in a comment continues nothing
 
 
 def trailing_comment(text: str) -> str | None:
