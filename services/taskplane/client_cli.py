@@ -31,6 +31,8 @@ EXIT_API_ERROR = 5  # the API refused the request or could not be reached
 #: reader of our output went away. Python ignores SIGPIPE (a write raises instead), and
 #: the client's sockets need it ignored, so the CLI exits with the same status by hand.
 EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
+#: Ctrl-C while following a task: the shell's status for SIGINT, with no traceback.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 _BY_STATE = {"SUCCESS": EXIT_SUCCESS, "FAILURE": EXIT_FAILURE, "REVOKED": EXIT_REVOKED}
 COMMANDS = ("submit", "status", "wait", "ls", "cancel", "dead-letters", "retry")
@@ -112,6 +114,10 @@ def main(command: str, argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     except BrokenPipeError:
         _silence(out)
         return EXIT_CLOSED_PIPE
+    except KeyboardInterrupt:
+        if getattr(out, "isatty", lambda: False)():
+            out.write("\n")  # end the progress bar's line
+        return EXIT_INTERRUPTED
     return code
 
 

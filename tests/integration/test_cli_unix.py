@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 
 import pytest
 
 from taskplane import client_cli
+from tests.conftest import PARKED
 from tests.support.services import ROOT, TEST_TOKENS, VENV_BIN, Api
 
 pytestmark = pytest.mark.integration
@@ -114,3 +116,20 @@ def test_a_422_names_the_failing_field(api: Api) -> None:
     body = json.loads(proc.stdout)
     assert body["error"]["status"] == 422
     assert body["error"]["details"]["fields"], body
+
+
+def test_ctrl_c_while_following_ends_quietly_with_130(api: Api) -> None:
+    parked = api.submit("test.echo", kwargs={"value": 1}, queue=PARKED)  # never runs
+    proc = subprocess.Popen([str(VENV_BIN / "taskplane"), "wait", parked["id"]], env=cli_env(api),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        # following: the first line the bar prints (not a terminal: one line per change)
+        assert proc.stdout is not None and proc.stdout.readline().startswith("PENDING")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == client_cli.EXIT_INTERRUPTED == 130
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    api.delete(f"/v1/tasks/{parked['id']}")
