@@ -120,12 +120,12 @@ class Scheduler:
             m.schedule_fire_lag.clear()
             m.schedule_next_fire.clear()
 
-    def forget(self, idents: set[str]) -> None:
-        """Remove every labelled series of these schedules (deleted or disabled since the
-        last scan): a next-fire time left at a past instant reads as "nothing scans", and
-        their counters would only grow the scrape."""
-        m = metrics.instruments()
-        for ident in idents:
+    def forget_gone(self, idents: set[str], m: metrics.Instruments) -> None:
+        """Remove every labelled series of the schedules no longer in ``idents`` (deleted
+        or disabled since the last scan): a next-fire time left at a past instant reads as
+        "nothing scans", and their counters would only grow the scrape."""
+        gone, self.reported = self.reported - idents, idents
+        for ident in gone:
             for metric in (m.schedule_fires, m.schedule_skipped, m.schedule_missed,
                            m.schedule_fire_lag, m.schedule_next_fire):
                 try:
@@ -148,13 +148,11 @@ class Scheduler:
 
     def scan(self, now: float) -> dict[str, Outcome]:
         active = self.schedules()
-        idents = {s.ident for s in active}
-        self.forget(self.reported - idents)
-        self.reported = idents
         m = metrics.instruments()
         for s in active:  # counters start at zero, so rate() has a series from the start
             for counter in (m.schedule_fires, m.schedule_skipped, m.schedule_missed):
                 counter.labels(s.ident)
+        self.forget_gone({s.ident for s in active}, m)
         states = self.life.schedule_states([s.ident for s in active])
         return {s.ident: self.handle(s, state, now) for s, state in zip(active, states, strict=True)}
 
