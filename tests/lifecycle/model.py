@@ -205,8 +205,20 @@ class Model:
             rec.state, rec.retries = RETRY, retries
         return True
 
-    def finish(self, task_id: str, state: str, *, run_ended: bool = False) -> tuple[str, str]:
-        """``finish``: (outcome, previous state). '' as ``state`` counts the run only."""
+    def finish(self, task_id: str, state: str, *, run_ended: bool = False,
+               adopt: tuple[str, str, int] | None = None) -> tuple[str, str]:
+        """``finish``: (outcome, previous state). '' as ``state`` counts the run only.
+        ``adopt`` (task, queue, priority): a task sent around the API that a worker ended
+        (revoked) before any worker started it gets its record, already ended, under
+        :data:`SYSTEM`."""
+        if adopt is not None and state and task_id not in self.records:
+            task, queue, priority = adopt
+            self.records[task_id] = Record(SYSTEM, task, queue, priority, state=state)
+            self._list(task_id, SYSTEM, task, queue)
+            for scope in (SYSTEM, None):
+                self.ended.setdefault((scope, state), set()).add(task_id)
+            self._write_result(task_id, state)
+            return "adopted", ""
         refused = self._may_end(task_id, state, run_ended)
         if refused is not None:
             return refused

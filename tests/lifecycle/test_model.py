@@ -110,14 +110,19 @@ class RealLifecycle:
 
     def start(self, task_id: str, retries: int, adopt: tuple[str, str, int] | None
               ) -> tuple[str, int]:
-        record = None
-        if adopt is not None:
-            record = TaskRecord(id=task_id, tenant=m.SYSTEM, task=adopt[0], queue=adopt[1],
-                                priority=adopt[2], submitted_at=time.time())
         started = self.backend.encode_state(task_id, {"pid": 1, "hostname": "w"},
                                             states.STARTED)
-        run = self.life.start(task_id, retries, started=started, adopt=record)
+        run = self.life.start(task_id, retries, started=started,
+                              adopt=self._adopted(task_id, adopt))
         return run.verdict, run.died
+
+    @staticmethod
+    def _adopted(task_id: str, adopt: tuple[str, str, int] | None) -> TaskRecord | None:
+        """The record a worker offers for a task sent around the API (``base._adopted``)."""
+        if adopt is None:
+            return None
+        return TaskRecord(id=task_id, tenant=m.SYSTEM, task=adopt[0], queue=adopt[1],
+                          priority=adopt[2], submitted_at=time.time())
 
     def progress(self, task_id: str) -> bool:
         return self.life.write(task_id, self.backend.encode_state(task_id, {"percent": 50},
@@ -127,9 +132,11 @@ class RealLifecycle:
         write = self.backend.encode_state(task_id, None, states.RETRY)
         return self.life.write(task_id, write, ["state", m.RETRY, "retries", str(retries)])
 
-    def finish(self, task_id: str, state: str, hint: str, run_ended: bool) -> tuple[str, str]:
+    def finish(self, task_id: str, state: str, hint: str, run_ended: bool,
+               adopt: tuple[str, str, int] | None = None) -> tuple[str, str]:
         result = self.backend.encode_state(task_id, "done", state) if state else None
-        done = self.life.finish(task_id, state, tenant=hint, run_ended=run_ended, result=result)
+        done = self.life.finish(task_id, state, tenant=hint, run_ended=run_ended, result=result,
+                                adopt=self._adopted(task_id, adopt))
         return done.outcome, done.previous
 
     def fail(self, task_id: str, task: str, hint: str, run_ended: bool, filing: int
@@ -279,7 +286,7 @@ MUST_REACH = {
 #: What the long search (``make chaos``) must reach besides: every outcome there is.
 MUST_REACH_LONG = {
     "submit: conflict", "submit: rate_limited", "submit: cap_reached", "start: SUCCESS",
-    "start: REVOKED", "progress written: False", "retry written: False", "finish: final",
+    "start: REVOKED", "finish: adopted", "progress written: False", "retry written: False", "finish: final",
     "finish: missing", "fail: final", "fail: missing", "revoke: running", "revoke: missing",
     "retry_dead: gone", "retry_dead: changed", "retry_dead: cap_reached",
 }
@@ -428,6 +435,21 @@ class LifecycleMachine(RuleBasedStateMachine):
         task_id = data.draw(st.sampled_from([i for i in FOREIGN if i not in self.model.expired]))
         self.ids.add(task_id)
         self._start(task_id, FOREIGN[task_id])
+
+    @precondition(lambda self: any(i not in self.model.expired for i in FOREIGN))
+    @rule(data=st.data())
+    def revoke_foreign(self, data: st.DataObject) -> None:
+        """A worker holding a task sent around the API is told to revoke it (``celery
+        control revoke``): it stores REVOKED, creating the record if none started it."""
+        task_id = data.draw(st.sampled_from([i for i in FOREIGN if i not in self.model.expired]))
+        self.ids.add(task_id)
+        created = task_id not in self.model.records
+        got = self.real.finish(task_id, m.REVOKED, m.SYSTEM, False, FOREIGN[task_id])
+        want = self.model.finish(task_id, m.REVOKED, adopt=FOREIGN[task_id])
+        if created:
+            self.restarted.add(task_id)
+        self._saw(f"finish: {want[0]}")
+        assert got == want, f"revoke foreign {task_id}: real {got}, model {want}"
 
     def _start(self, task_id: str, adopt: tuple[str, str, int] | None) -> None:
         rec = self.model.records.get(task_id)
