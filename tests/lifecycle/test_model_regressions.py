@@ -72,19 +72,16 @@ def test_an_adopted_task_is_in_its_tenants_open_set(
     assert b"stock-1" in members
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "submit.lua and retry_dead.lua prune the open set (lib.lua has_room) and set its expiry "
-    "with the caller's own record ttl (TASK_RECORD_TTL + this submission's countdown), not "
-    "with the longest an unfinished record lives (TASK_RECORD_TTL + MAX_COUNTDOWN): the lead "
-    "decides the fix (pass that age to both scripts)"))
 def test_a_countdown_task_keeps_its_open_slot_while_its_record_lives(
         app: TaskplaneCelery, life: Lifecycle, client: redis.Redis,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A tenant's open set holds its unfinished tasks. A task submitted with a countdown
     has a record that lives TASK_RECORD_TTL + countdown; a later submission without one
-    must not drop it from the open set once TASK_RECORD_TTL has passed (found by reading
-    the scripts while modelling them; the model check keeps Redis' clock and ours in step,
-    so it cannot let days pass)."""
+    must not drop it from the open set once TASK_RECORD_TTL has passed. The scripts pruned
+    by the caller's own record ttl; now by the longest an unfinished record lives
+    (lib.lua has_room, submit.lua, retry_dead.lua). Found by reading the scripts while
+    modelling them: the model check keeps Redis' clock and ours in step, so it cannot let
+    days pass."""
     from taskplane.lifecycle import transitions
 
     clock = [1_000_000.0]

@@ -31,6 +31,9 @@ class Lifecycle(Transitions, Listing, RateLimit, ScheduleState):
         #: How long a listing index keeps an entry: no record outlives it (submission,
         #: the longest countdown, then the result's lifetime once it ends).
         self.keep = record_ttl + max_countdown + result_ttl
+        #: How long a tenant's open set keeps an entry: the longest an unfinished record
+        #: lives (a countdown task's record lives its countdown longer).
+        self.open_age = record_ttl + max_countdown
         self.record_ttl = record_ttl
         self.result_ttl = result_ttl
         self.idempotency_ttl = idempotency_ttl

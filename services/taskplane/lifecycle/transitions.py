@@ -59,6 +59,7 @@ class Transitions:
     idempotency_ttl: int
     dead_letter_ttl: int
     keep: int
+    open_age: int
     result_key: Callable[[str], str]
 
     def submit(self, record: TaskRecord, push: tuple[str, str], *, cap: int = 0,
@@ -85,7 +86,7 @@ class Transitions:
         for _ in range(5):
             keys = [*fixed, record_key(held)] if held else fixed
             args = [record.id, ttl, now, cap, rate, burst, fp, self.idempotency_ttl, held,
-                    push[1], self.keep, *record.fields()]
+                    push[1], self.keep, self.open_age, *record.fields()]
             outcome, task_id, wait = self._store.run("submit", keys, args)
             outcome = outcome.decode()
             if outcome != "stale":
@@ -185,7 +186,7 @@ class Transitions:
         keys.append(self.result_key(record.id))
         (outcome,) = self._store.run("retry_dead", keys, [
             record.id, self.record_ttl, time.time(), cap, read, push[1], self.keep,
-            *record.fields()])
+            self.open_age, *record.fields()])
         return Transition(outcome.decode())
 
     @staticmethod

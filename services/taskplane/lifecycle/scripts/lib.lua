@@ -58,19 +58,22 @@ local function index(key, id, score, now, keep)
 end
 
 -- Create the record of a task that waits to run: PENDING with ``fields`` (a list of
--- field/value pairs), in the tenant's ``open`` set and every listing index of ``listed``.
-local function open_record(record, open, listed, id, now, ttl, keep, fields)
+-- field/value pairs), living ``ttl``, in the tenant's ``open`` set (which lives
+-- ``open_age``: see has_room) and every listing index of ``listed``.
+local function open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
   redis.call('HSET', record, 'state', 'PENDING', unpack(fields))
   redis.call('EXPIRE', record, ttl)
   redis.call('ZADD', open, now, id)
-  redis.call('EXPIRE', open, ttl)
+  redis.call('EXPIRE', open, open_age)
   for _, key in ipairs(listed) do index(key, id, now, now, keep) end
 end
 
 -- Whether the tenant's ``open`` set has room under ``cap`` (0: no cap), once entries older
--- than ``ttl`` seconds (whose records expired) are dropped.
-local function has_room(open, now, ttl, cap)
-  redis.call('ZREMRANGEBYSCORE', open, '-inf', now - ttl)
+-- than ``open_age`` seconds are dropped: the longest an unfinished record lives (its ttl
+-- plus the longest countdown), not the caller's own record ttl, or a submission without
+-- a countdown would drop a waiting countdown task whose record still lives.
+local function has_room(open, now, open_age, cap)
+  redis.call('ZREMRANGEBYSCORE', open, '-inf', now - open_age)
   return cap <= 0 or redis.call('ZCARD', open) < cap
 end
 

@@ -10,7 +10,8 @@
 --       listed x6     the listing indexes (keys.listing_keys)
 --       result        Celery's result key: the old FAILURE goes
 -- ARGV  id, record ttl, now, cap (0: none), read (the dead letter as the caller read
---       it), message, keep (index lifetime), the new record's field/value pairs...
+--       it), message, keep (index lifetime), open_age (the open set's pruning age, as
+--       submit's), the new record's field/value pairs...
 -- Precondition  the dead letter is there and is the one read; the tenant is under its
 --       cap.
 -- Writes  deletes the dead letter, its index entries, its FAILURE index entries and the
@@ -24,16 +25,17 @@ local failed = keys_from(7, 2)
 local listed = keys_from(9, 6)
 local result = KEYS[15]
 local id, ttl, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local read, message, keep, fields = ARGV[5], ARGV[6], ARGV[7], args_from(8)
+local read, message, keep, open_age = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local fields = args_from(9)
 
 local entry = redis.call('GET', dead)
 if not entry then return {'gone'} end
 if entry ~= read then return {'changed'} end
-if not has_room(open, now, ttl, cap) then return {'cap_reached'} end
+if not has_room(open, now, open_age, cap) then return {'cap_reached'} end
 redis.call('DEL', dead)
 for _, key in ipairs(dead_indexes) do redis.call('ZREM', key, id) end
 redis.call('DEL', record)
-open_record(record, open, listed, id, now, ttl, keep, fields)
+open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
 for _, key in ipairs(failed) do redis.call('ZREM', key, id) end
 redis.call('DEL', result)
 redis.call('LPUSH', queue, message)

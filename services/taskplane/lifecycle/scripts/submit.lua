@@ -13,6 +13,7 @@
 -- ARGV  id, record ttl, now, cap (0: none), rate (tokens/s, 0: no limit), burst,
 --       fp (body fingerprint; '' without a key), idempotency ttl, held_read (the id the
 --       key held when the caller read it; '' if none), message, keep (index lifetime),
+--       open_age (the longest an unfinished record lives: the open set's pruning age),
 --       the record's field/value pairs...
 -- Precondition  the key still holds what the caller read; a token is free; the key is
 --       unused or its task's record expired; the id is new; the tenant is under its cap.
@@ -27,7 +28,7 @@ local listed = keys_from(4, 6)
 local id, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local cap, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local fp, idem_ttl, held_read = ARGV[7], ARGV[8], ARGV[9]
-local message, keep, fields = ARGV[10], ARGV[11], args_from(12)
+local message, keep, open_age, fields = ARGV[10], ARGV[11], tonumber(ARGV[12]), args_from(13)
 local optional = 9
 local bucket, idem, held
 if rate > 0 then optional = optional + 1; bucket = KEYS[optional] end
@@ -48,8 +49,8 @@ if held then
   -- the first task's record expired: this request starts afresh under the key
 end
 if redis.call('EXISTS', record) == 1 then return {'replay', id, '0'} end
-if not has_room(open, now, ttl, cap) then return {'cap_reached', '', '0'} end
-open_record(record, open, listed, id, now, ttl, keep, fields)
+if not has_room(open, now, open_age, cap) then return {'cap_reached', '', '0'} end
+open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
 redis.call('LPUSH', queue, message)
 if idem then
   redis.call('DEL', idem)
