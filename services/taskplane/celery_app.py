@@ -25,9 +25,10 @@ from redis.retry import Retry
 
 from . import broker, lifecycle, results
 from .lifecycle import Lifecycle, OutcomeUnknown, Submission, TaskRecord, Transition
+from .metrics import Metrics
 from .runtime import Runtime, TaskplaneCelery
 from .settings import Settings
-from .tasks.registry import load_task_modules
+from .tasks.registry import Registry
 
 #: Publishing from a worker (retries, ``send_task`` from task code) gives up fast when
 #: Redis is away; the API writes its messages itself (``submit``) and never retries.
@@ -75,10 +76,11 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
     ``patient`` (workers): writes of results, records and dead letters retry through a
     Redis outage instead of turning a finished task into a FAILURE.
     """
-    registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
+    registry = Registry.from_modules(settings.task_modules, builtin=settings.builtin_tasks)
     app = TaskplaneCelery("taskplane", broker=settings.redis_url,
                  backend=results.backend_url(settings.results_url),
                  set_as_current=True)
+    registry.bind(app)
     routes = {spec.name: {"queue": spec.queue} for spec in registry if spec.queue}
     app.conf.update(
         task_serializer="json",
@@ -144,6 +146,7 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
                             results_here=settings.results_with_records,
                             max_countdown=settings.max_countdown),
         broker=broker.RedisBroker(client),
+        metrics=Metrics(settings.metrics_enabled),
     )
     return app
 

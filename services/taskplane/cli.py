@@ -29,17 +29,23 @@ def _worker(extra: Sequence[str]) -> None:
 
 
 def _exporter(extra: Sequence[str]) -> None:
+    from . import logs
     from .exporter import run
     from .settings import Settings
 
-    run(Settings.from_env())
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    run(settings)
 
 
 def _scheduler(extra: Sequence[str]) -> None:
+    from . import logs
     from .scheduler import run
     from .settings import Settings
 
-    run(Settings.from_env())
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    run(settings)
 
 
 def _dev(extra: Sequence[str]) -> None:

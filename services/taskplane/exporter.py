@@ -21,7 +21,10 @@ from prometheus_client.registry import Collector
 
 from . import httpserver, metrics
 from .broker import RedisBroker
+from .celery_app import redis_client
+from .runtime import known_queues
 from .settings import Settings
+from .tasks.registry import Registry
 
 log = logging.getLogger("taskplane.exporter")
 
@@ -69,18 +72,18 @@ class QueueCollector(Collector):
 
 
 def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollector]:
-    from .celery_app import create_celery
-
-    runtime = create_celery(settings).runtime
-    collector = QueueCollector(runtime.broker, runtime.known_queues())
+    """The exporter's registry: a plain Redis client and the broker's layout (``broker``),
+    no Celery app; the queues are the configured ones and those the task modules name."""
+    client = redis_client(settings.redis_url, settings)
+    registry_of_tasks = Registry.from_modules(settings.task_modules, settings.builtin_tasks)
+    collector = QueueCollector(RedisBroker(client), known_queues(settings, registry_of_tasks))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry, collector
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Serve ``/metrics`` and ``/healthz`` until SIGTERM or SIGINT (``taskplane exporter``)."""
     registry, collector = create_registry(settings)
 
     def metrics_answer() -> tuple[int, str, bytes]:

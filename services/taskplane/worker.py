@@ -28,20 +28,34 @@ from .celery_app import create_celery
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
 from .results import RUN_ENDED, ResultBackend
-from .runtime import STOCK_DEFAULT_QUEUE
+from .runtime import STOCK_DEFAULT_QUEUE, Runtime, known_queues
 from .settings import Settings
+from .tasks.registry import Registry
 from .worker_probes import LeaseStep, serve_probes
 
 log = logging.getLogger("taskplane.worker")
+
+# Celery's signals are process-wide, so what their handlers share is too; each handler
+# reaches its app's state (records, metrics) through its sender's ``app.runtime``:
+#: whether this process connected the handlers (``connect_signals``);
 _connected = False
-#: Per pool process: task id → (monotonic start, wall-clock start) of the run in progress.
+#: per pool process: task id → (monotonic start, wall-clock start) of the run in progress
+#: (``task_prerun`` to ``task_postrun``).
 _runs: dict[str, tuple[float, float]] = {}
-#: Main process: its hostname and probes, once the worker is ready.
-_main: dict[str, Any] = {}
 
 
 def _lifecycle(sender: Any) -> Lifecycle:
-    return sender.app.runtime.lifecycle  # type: ignore[no-any-return]
+    return _runtime(sender).lifecycle
+
+
+def _runtime(sender: Any) -> Runtime:
+    """The runtime of the app a signal's sender (task, consumer, worker) belongs to."""
+    runtime: Runtime = sender.app.runtime
+    return runtime
+
+
+def _instruments(sender: Any) -> metrics.Instruments:
+    return _runtime(sender).metrics.instruments
 
 
 def _queue_of(task: Any) -> str:
@@ -75,7 +89,7 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
         return
     now = time.time()
     _runs[task_id] = (time.monotonic(), now)
-    m = metrics.instruments()
+    m = _instruments(task)
     m.worker_running.inc()
     request = task.request
     if (getattr(request, "delivery_info", None) or {}).get("redelivered"):
@@ -89,7 +103,7 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None
                 state: str | None = None, **_: Any) -> None:
     if not task_id:
         return
-    m = metrics.instruments()
+    m = _instruments(task)
     started = _runs.pop(task_id, None)
     if started is not None:
         m.worker_running.dec()
@@ -120,14 +134,16 @@ def _on_failure(sender: Any = None, task_id: str | None = None,
     if not task_id or isinstance(exception, Retry):
         return
     queue = _queue_for(sender, task_id)
-    m = metrics.instruments()
+    m = _instruments(sender)
     m.tasks.labels(sender.name, queue, "failed").inc()
     if isinstance(exception, PoisonedTask):
         m.tasks.labels(sender.name, queue, "poisoned").inc()
 
 
 def _on_dead_letter(task: str, task_id: str, queue: str) -> None:
-    metrics.instruments().tasks.labels(task, queue or "<unknown>", "dead_lettered").inc()
+    from celery import current_app  # the worker's app: one per worker process
+
+    _instruments(current_app).tasks.labels(task, queue or "<unknown>", "dead_lettered").inc()
     log.info("task %s[%s] dead-lettered", task, task_id)
 
 
@@ -149,13 +165,14 @@ def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         _lifecycle(sender).finish(request.id, states.REVOKED,
                                   tenant=lifecycle.tenant_hint(request))
         queue = _queue_for(sender, request.id)
-        metrics.instruments().tasks.labels(sender.name, queue, "revoked").inc()
+        _instruments(sender).tasks.labels(sender.name, queue, "revoked").inc()
 
 
-def _on_rejected(**_: Any) -> None:
-    # The message names no registered task or cannot be decoded: its name is not a
-    # bounded label value, so all such messages count under one.
-    metrics.instruments().tasks.labels("<unknown>", "<unknown>", "rejected").inc()
+def _on_rejected(sender: Any = None, **_: Any) -> None:
+    """``task_rejected``, ``task_unknown`` (sent by the consumer). The message names no
+    registered task or cannot be decoded: its name is not a bounded label value, so all
+    such messages count under one."""
+    _instruments(sender).tasks.labels("<unknown>", "<unknown>", "rejected").inc()
 
 
 def _on_process_shutdown(**_: Any) -> None:
@@ -164,21 +181,22 @@ def _on_process_shutdown(**_: Any) -> None:
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     """In the main process: zero every counter series, mark the worker up."""
-    runtime = sender.app.runtime
-    m = metrics.instruments()
+    runtime = _runtime(sender)
+    m = runtime.metrics.instruments
     for spec in runtime.registry:
         for outcome in metrics.OUTCOMES:
             m.tasks.labels(spec.name, spec.queue or runtime.settings.default_queue, outcome)
-    hostname = getattr(sender, "hostname", None) or "worker"
-    m.worker_up.labels(hostname).set(1)
-    _main["hostname"] = hostname
+    m.worker_up.labels(_hostname(sender)).set(1)
     # Probes, lease renewal and the loop beat: worker_probes.LeaseStep, on every connection.
 
 
-def _on_worker_shutdown(**_: Any) -> None:
-    hostname = _main.get("hostname")
-    if hostname:
-        metrics.instruments().worker_up.labels(hostname).set(0)
+def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    """``worker_shutdown`` (sent by the worker, whose hostname the consumer shares)."""
+    _instruments(sender).worker_up.labels(_hostname(sender)).set(0)
+
+
+def _hostname(sender: Any) -> str:
+    return str(getattr(sender, "hostname", None) or "worker")
 
 
 def connect_signals() -> None:
@@ -306,11 +324,8 @@ class TaskplaneWorker(CeleryWorker):
 
 def create_worker_app(settings: Settings) -> Celery:
     """The worker's Celery app. Side-effect free: ``celery -A taskplane.worker inspect``
-    builds it too, inside a live worker's pod, so the metrics directory is prepared only
-    when a worker starts (``_on_worker_init``), by the process that owns it."""
-    metrics.configure(settings.metrics_enabled)
-    logging.getLogger(celery_trace.logger.name).addFilter(RedactReturnValues())
-    logging.getLogger(consumer_module_logger()).addFilter(RedactMessageDumps())
+    builds it too, inside a live worker's pod, so the metrics directory is prepared and the
+    logging set up only when a worker starts (``_on_worker_init``)."""
     app = create_celery(settings, patient=True)
     # "terminate" stops the task whichever signal it names (taskplane.pool).
     app.conf.worker_pool = POOL
@@ -325,8 +340,20 @@ def create_worker_app(settings: Settings) -> Celery:
 
 def _on_worker_init(**_: Any) -> None:
     """``celeryd_init``: in a starting worker's main process, before its pool forks and
-    before prometheus-client is imported: the metrics directory is this process's now."""
+    before prometheus-client is imported: the metrics directory is this process's now,
+    and the worker's logs leave task data out."""
     metrics.prepare_multiprocess_dir("worker")
+    redact_task_data_in_logs()
+
+
+def redact_task_data_in_logs() -> None:
+    """Filter Celery's loggers that would write task arguments or results (once per
+    process: the worker's start, not the app factory, sets up logging)."""
+    for name, kind in ((celery_trace.logger.name, RedactReturnValues),
+                       (consumer_module_logger(), RedactMessageDumps)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
 
 
 def worker_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
@@ -347,17 +374,8 @@ def worker_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
 
 
 def runtime_queues(settings: Settings) -> list[str]:
-    return _app(settings).runtime.known_queues()
-
-
-_APP: Celery | None = None
-
-
-def _app(settings: Settings | None = None) -> Celery:
-    global _APP
-    if _APP is None:
-        _APP = create_worker_app(settings or Settings.from_env())
-    return _APP
+    return known_queues(settings, Registry.from_modules(settings.task_modules,
+                                                        settings.builtin_tasks))
 
 
 def run(settings: Settings, extra: Sequence[str] = ()) -> None:
@@ -366,21 +384,24 @@ def run(settings: Settings, extra: Sequence[str] = ()) -> None:
     # then hand the rest back. billiard reads this at import, so it must be set first.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     metrics.prepare_multiprocess_dir("worker")  # this process owns it; before the probes serve
-    _app(settings)
-    serve_probes(settings)  # a taken port stops the worker here, before it takes any task
-    # The ``celery`` command itself, pointed at this app: its ``main`` returns the worker's
-    # exit code, which ``app.worker_main`` and ``app.start`` drop. An unrecoverable error
-    # must end the process non-zero so Kubernetes and compose restart it.
+    app = create_worker_app(settings)
+    serve_probes(app)  # a taken port stops the worker here, before it takes any task
+    # The ``celery`` command itself, handed this app (its ``--app`` takes an app object
+    # as a default, as ``app.start`` passes it): its ``main`` returns the worker's exit
+    # code, which ``app.worker_main`` and ``app.start`` drop. An unrecoverable error must
+    # end the process non-zero so Kubernetes and compose restart it.
     from celery.bin.celery import celery as celery_command
 
-    # ``--app`` resolves to ``app`` above: the module's ``app`` attribute is that cached app.
-    code = celery_command.main(args=[f"--app={__name__}:app", *worker_argv(settings, extra)],
-                               standalone_mode=False)
+    code = celery_command.main(args=worker_argv(settings, extra), standalone_mode=False,
+                               default_map={"app": app})
     if code:
         raise SystemExit(code)
 
 
 def __getattr__(name: str) -> Any:
+    """``celery -A taskplane.worker ...``: Celery reads the module's ``app`` (or ``celery``)
+    once; each read builds a new app from the environment, so importing this module
+    builds none and no app is kept in it."""
     if name in ("app", "celery"):
-        return _app()
+        return create_worker_app(Settings.from_env())
     raise AttributeError(name)

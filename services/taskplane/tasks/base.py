@@ -92,8 +92,8 @@ class TaskplaneTask(Task):
 
 def progress(percent: float, message: str = "") -> None:
     """Report progress of the running task (``state=PROGRESS``); a no-op outside a worker."""
-    task = current_task
-    if task is None or task.request.called_directly or not task.request.id:
+    task = current_task  # a proxy: false when no task runs (a plain call of the function)
+    if not task or task.request.called_directly or not task.request.id:
         return
     task.update_state(
         state=PROGRESS,
