@@ -20,8 +20,7 @@ def _api(extra: Sequence[str]) -> None:
 
 
 def _worker(extra: Sequence[str]) -> None:
-    # billiard reads REMAP_SIGTERM when first imported: SIGTERM then means soft shutdown.
-    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    # SIGTERM: the shutdown model of worker.SHUTDOWN_MODEL (warm unless REMAP_SIGTERM says).
     from .settings import Settings
     from .worker import run
 

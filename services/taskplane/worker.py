@@ -356,6 +356,18 @@ def redact_task_data_in_logs() -> None:
             logger.addFilter(kind())
 
 
+#: What SIGTERM does to a worker, by default, everywhere: a bare ``taskplane worker``, the
+#: worker image and the chart (``workers.defaults.shutdown``) agree on Celery's *warm*
+#: shutdown. The worker takes no new message and every running task finishes: nothing is
+#: lost (held countdown messages go back to the queue), nothing runs twice, and the wait
+#: is bounded by the hard time limit every task has (``DEFAULT_TIME_LIMIT`` or its own),
+#: which the chart's grace period covers. *Soft* shutdown (``REMAP_SIGTERM=SIGQUIT``)
+#: stops sooner but hands unfinished tasks back to start again from the beginning:
+#: repeated work, and a task longer than ``WORKER_SOFT_SHUTDOWN_TIMEOUT`` may never finish
+#: under repeated scale-downs. It is a per-pool choice, never the default.
+SHUTDOWN_MODEL = "warm"
+
+
 def worker_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
     """The ``celery worker`` command line the settings describe; ``extra`` wins."""
     queues = settings.worker_queues or tuple(runtime_queues(settings))
@@ -379,10 +391,10 @@ def runtime_queues(settings: Settings) -> list[str]:
 
 
 def run(settings: Settings, extra: Sequence[str] = ()) -> None:
-    """Start a worker in this process (the container's and the CLI's entry point)."""
-    # SIGTERM means "soft shutdown": finish running tasks for WORKER_SOFT_SHUTDOWN_TIMEOUT,
-    # then hand the rest back. billiard reads this at import, so it must be set first.
-    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    """Start a worker in this process (the container's and the CLI's entry point).
+
+    SIGTERM is Celery's warm shutdown (:data:`SHUTDOWN_MODEL`) unless the environment
+    remaps it (``REMAP_SIGTERM=SIGQUIT``: soft), as the chart does for a ``soft`` pool."""
     metrics.prepare_multiprocess_dir("worker")  # this process owns it; before the probes serve
     app = create_worker_app(settings)
     serve_probes(app)  # a taken port stops the worker here, before it takes any task
