@@ -278,7 +278,7 @@ class RedisBroker:
         tags = {tag: now for tag in delivery_tags}
         if not tags:
             return 0
-        return int(self.client.zadd(UNACKED_INDEX_KEY, tags, xx=True, ch=True))
+        return int(self.client.zadd(UNACKED_INDEX_KEY, tags, xx=True, ch=True) or 0)
 
     def oldest_lease_at(self) -> float | None:
         """Epoch seconds of the stalest lease among all unacknowledged messages."""
@@ -377,7 +377,7 @@ class RideThroughQoS(kombu_redis.QoS):
     def ack(self, delivery_tag: str) -> None:
         try:
             super().ack(delivery_tag)
-        except self.channel.connection_errors as exc:
+        except self.channel.connection_errors as exc:  # type: ignore[attr-defined]  # kombu sets it on each channel; absent from its stubs
             log.warning("ack of %s deferred until Redis answers: %s", delivery_tag,
                         type(exc).__name__)
             with self._guard:
@@ -391,18 +391,18 @@ class RideThroughQoS(kombu_redis.QoS):
             return
         try:
             super().restore_visible(start, num, interval)
-        except self.channel.connection_errors:
+        except self.channel.connection_errors:  # type: ignore[attr-defined]  # as in ack
             SWEEPS.unreachable()
             raise
 
     def held(self) -> list[str]:
         """Tags delivered on this channel and neither acknowledged nor rejected yet."""
-        dirty = self._dirty
-        return [str(tag) for tag in list(self._delivered) if tag not in dirty]
+        dirty = self._dirty or set()
+        return [str(tag) for tag in list(self._delivered or ()) if tag not in dirty]
 
     def detach(self) -> None:
         """The connection is gone: forget nothing, restore nothing, talk to no one."""
-        self._on_collect.cancel()
+        self._on_collect.cancel()  # type: ignore[attr-defined]  # kombu's QoS internals, not in its stubs
         if self.held() or self.pending_acks:
             _register(self)
 
@@ -411,7 +411,7 @@ class RideThroughQoS(kombu_redis.QoS):
         with self._guard:
             pending = sorted(self.pending_acks)
         for tag in pending:
-            self._remove_from_indices(tag).execute()
+            self._remove_from_indices(tag).execute()  # type: ignore[attr-defined]  # as in detach
             with self._guard:
                 self.pending_acks.discard(tag)
         requeued = 0
@@ -421,7 +421,7 @@ class RideThroughQoS(kombu_redis.QoS):
                     self.restore_by_tag(tag)
                     virtual.QoS.ack(self, tag)
                     requeued += 1
-            self._flush()
+            self._flush()  # type: ignore[attr-defined]  # as in detach
         return requeued
 
     def settled(self) -> bool:
@@ -432,23 +432,26 @@ class RideThroughQoS(kombu_redis.QoS):
 class RideThroughChannelMixin:
     """Makes a kombu Redis channel detachable from a lost connection (see above)."""
 
-    QoS = RideThroughQoS
+    QoS: Any = RideThroughQoS  # a kombu_redis.QoS subclass (the stubs type it per base)
     #: Set once the connection this channel used is gone.
     detached = False
     connection: Any
-    _qos: RideThroughQoS | None
+    _qos: virtual.QoS | None  # a RideThroughQoS (``QoS``); typed as kombu's Channel types it
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(*args, **kwargs)
         # What a detached channel reconnects with: the transport forgets its client.
-        self._detached_params: dict[str, Any] = self._connparams(  # type: ignore[attr-defined]
+        # A mixin: mypy cannot see the kombu Channel after it in the MRO, which has
+        # _connparams, _get_pool, _create_client, pool, _disconnect_pools, _close_clients
+        # and close (hence the ignores below, each for that reason).
+        self._detached_params: dict[str, Any] = self._connparams(  # type: ignore[attr-defined]  # mixin
             asynchronous=False)
 
     def _get_pool(self, asynchronous: bool = False) -> redis.ConnectionPool:
         transport = self.connection
         if self.detached or transport is None or transport.client is None:
             return self._fresh_pool()
-        pool: redis.ConnectionPool = super()._get_pool(  # type: ignore[misc]
+        pool: redis.ConnectionPool = super()._get_pool(  # type: ignore[misc]  # mixin
             asynchronous=asynchronous)
         return pool
 
@@ -459,11 +462,11 @@ class RideThroughChannelMixin:
         thread-safe handle on the channel's pool, so one is kept per pool (a detached or
         reconnected channel has a new pool, and gets a new client)."""
         if asynchronous:
-            return super()._create_client(asynchronous=True)  # type: ignore[misc, no-any-return]
-        pool = self.pool  # type: ignore[attr-defined]
+            return super()._create_client(asynchronous=True)  # type: ignore[misc, no-any-return]  # mixin
+        pool = self.pool  # type: ignore[attr-defined]  # mixin
         client: redis.Redis | None = self.__dict__.get("_sync_client")
         if client is None or client.connection_pool is not pool:
-            client = super()._create_client(asynchronous=False)  # type: ignore[misc]
+            client = super()._create_client(asynchronous=False)  # type: ignore[misc]  # mixin
             self.__dict__["_sync_client"] = client
         return client
 
@@ -476,12 +479,12 @@ class RideThroughChannelMixin:
         self.detached = True
         self._in_poll = None  # close() must not read a reply from a dead socket
         self._in_listen = None
-        if self._qos is not None:
+        if isinstance(self._qos, RideThroughQoS):
             self._qos.detach()
         if self.connection is not None and self.connection.cycle is not None:
             self.connection.cycle.discard(self)
-        self._disconnect_pools()  # type: ignore[attr-defined]
-        self._close_clients()  # type: ignore[attr-defined]
+        self._disconnect_pools()  # type: ignore[attr-defined]  # mixin
+        self._close_clients()  # type: ignore[attr-defined]  # mixin
 
     def close(self) -> None:
         if self.detached:
@@ -489,22 +492,23 @@ class RideThroughChannelMixin:
             # close, and kombu's close would drop the exchange types that requeueing a
             # dropped message (``settle``) still needs.
             return
-        super().close()  # type: ignore[misc]
+        super().close()  # type: ignore[misc]  # mixin
 
 
 class RideThroughTransportMixin:
     """Makes a kombu Redis transport drop a lost connection without a word to Redis."""
 
     _avail_channels: list[Any]
-    channels: list[Any]
+    channels: list[Any] | None
     cycle: Any
 
     def _collect(self, connection: Any) -> None:
         """Called instead of closing when the connection is already lost: no broker I/O."""
         SWEEPS.unreachable()
-        channels = [*self._avail_channels, *self.channels]
+        channels = [*self._avail_channels, *(self.channels or ())]
         self._avail_channels.clear()
-        self.channels.clear()
+        if self.channels is not None:
+            self.channels.clear()
         self.cycle.close()
         for channel in channels:
             channel.detach()
@@ -564,7 +568,7 @@ def held_tags(channel: Any) -> list[str]:
     qos = getattr(channel, "qos", None) if channel is not None else None
     if qos is not None:
         delivered = getattr(qos, "_delivered", None) or {}
-        dirty = getattr(qos, "_dirty", set())
+        dirty: set[str] = getattr(qos, "_dirty", None) or set()
         tags.extend(str(tag) for tag in list(delivered) if tag not in dirty)
     with _DETACHED_LOCK:
         detached = list(_DETACHED)

@@ -18,8 +18,9 @@ from typing import Any
 
 import kombu.exceptions
 import redis
-from celery import states
+from celery import Celery, states
 from celery.exceptions import TaskRevokedError
+from kombu.utils.encoding import bytes_to_str
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -142,13 +143,23 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
                             result_ttl=settings.result_expires,
                             idempotency_ttl=settings.idempotency_ttl,
                             dead_letter_ttl=settings.dead_letter_ttl,
-                            result_key=lambda task_id: app.backend.get_key_for_task(task_id).decode(),
+                            # bytes, whatever celery-types says: kombu's helper takes both
+                            result_key=lambda task_id: bytes_to_str(
+                                result_backend(app).get_key_for_task(task_id)),
                             results_here=settings.results_with_records,
                             max_countdown=settings.max_countdown),
         broker=broker.RedisBroker(client),
         metrics=Metrics(settings.metrics_enabled),
     )
     return app
+
+
+def result_backend(app: Celery) -> results.ResultBackend:
+    """The app's result backend, typed: always Taskplane's (``results.backend_url``)."""
+    backend = app.backend
+    if not isinstance(backend, results.ResultBackend):
+        raise TypeError(f"{type(backend).__name__} is not taskplane.results.ResultBackend")
+    return backend
 
 
 def new_task_id() -> str:
@@ -167,13 +178,14 @@ def task_message(app: TaskplaneCelery, *, task_id: str, tenant: str, name: str,
     """
     task = app.tasks.get(name)
     message = app.amqp.as_task_v2(
-        task_id, name, args=list(args), kwargs=dict(kwargs),
+        task_id, name, args=tuple(args), kwargs=dict(kwargs),
         eta=datetime.fromtimestamp(now + countdown, UTC) if countdown else None,
         time_limit=getattr(task, "time_limit", None),
         soft_time_limit=getattr(task, "soft_time_limit", None),
         reply_to=app.thread_oid, origin=app.runtime.origin,
         argsrepr=redacted_repr(args), kwargsrepr=redacted_repr(kwargs),
-        ignore_result=None,  # as send_task leaves it: the task's own setting applies
+        # None, as send_task leaves it: the task's own setting applies (celery-types: bool)
+        ignore_result=None,  # type: ignore[arg-type]  # see above
     )
     message[0][lifecycle.TENANT_HEADER] = tenant
     return broker.encode_task(message, queue, priority, now)
@@ -261,7 +273,7 @@ def revoke(app: TaskplaneCelery, task_id: str, tenant: str, *, terminate: bool) 
     worker holding it for a countdown drops it, and a running one is killed (SIGKILL: pool
     children ignore SIGTERM once it means soft shutdown). A worker that receives it later
     finds it revoked at start and skips it, so the broadcast is not what stops it."""
-    life, backend = app.runtime.lifecycle, app.backend
+    life, backend = app.runtime.lifecycle, result_backend(app)
     error = backend.encode_result(TaskRevokedError("revoked via API"), states.REVOKED)
     write = backend.encode_state(task_id, error, states.REVOKED)
     outcome = life.revoke(task_id, tenant, terminate=terminate, result=write)

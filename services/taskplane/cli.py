@@ -59,7 +59,7 @@ def _settings_table(extra: Sequence[str]) -> None:
     print(settings_table())
 
 
-COMMANDS = {
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "api": (_api, "serve the HTTP API under gunicorn (extra arguments go to gunicorn)"),
     "worker": (_worker, "run a Celery worker (extra arguments go to 'celery worker')"),
     "exporter": (_exporter, "serve the queue metrics read from Redis"),

@@ -59,6 +59,14 @@ class Runtime:
         return known_queues(self.settings, self.registry)
 
 
+def runtime_of(app: Celery) -> Runtime:
+    """The runtime of a Taskplane app, typed (a task's or a signal sender's ``app`` is
+    declared a plain Celery by Celery's stubs)."""
+    if not isinstance(app, TaskplaneCelery):
+        raise TypeError(f"{app!r} is not a Taskplane app (taskplane.celery_app.create_celery)")
+    return app.runtime
+
+
 class TaskplaneCelery(Celery):
     """A Celery app that carries its Taskplane :class:`Runtime` as ``app.runtime``."""
 

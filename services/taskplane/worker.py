@@ -10,14 +10,16 @@ access, so importing this module starts nothing.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from types import ModuleType
 from typing import Any
 
-from celery import Celery, signals, states
+from celery import signals, states
 from celery.app import trace as celery_trace
 from celery.apps.worker import Worker as CeleryWorker
 from celery.exceptions import Retry
@@ -28,7 +30,7 @@ from .celery_app import create_celery
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
 from .results import RUN_ENDED, ResultBackend
-from .runtime import STOCK_DEFAULT_QUEUE, Runtime, known_queues
+from .runtime import STOCK_DEFAULT_QUEUE, Runtime, TaskplaneCelery, known_queues, runtime_of
 from .settings import Settings
 from .tasks.registry import Registry
 from .worker_probes import LeaseStep, serve_probes
@@ -50,8 +52,7 @@ def _lifecycle(sender: Any) -> Lifecycle:
 
 def _runtime(sender: Any) -> Runtime:
     """The runtime of the app a signal's sender (task, consumer, worker) belongs to."""
-    runtime: Runtime = sender.app.runtime
-    return runtime
+    return runtime_of(sender.app)
 
 
 def _instruments(sender: Any) -> metrics.Instruments:
@@ -226,14 +227,18 @@ def consumer_module_logger() -> str:
     ``tests/integration/test_celery_tools.py`` sends an unknown task and fails if its
     arguments reach the worker's log, so a change in Celery shows up there.
     """
-    from celery.worker.consumer import consumer
+    return str(_consumer_module().logger.name)
 
-    return str(consumer.logger.name)
+
+def _consumer_module() -> ModuleType:
+    """``celery.worker.consumer.consumer``, whose logger and templates celery-types leaves
+    out: read as a plain module."""
+    return importlib.import_module("celery.worker.consumer.consumer")
 
 
 def _message_dump_templates() -> dict[str, str]:
     """Celery's log templates that dump a message body → the line logged instead."""
-    from celery.worker.consumer import consumer
+    consumer = _consumer_module()
 
     return {
         consumer.UNKNOWN_TASK_ERROR: "Received unregistered task of type %s (id %s); "
@@ -303,7 +308,7 @@ class TaskplaneWorker(CeleryWorker):
     #: How often the records are read while waiting.
     SOFT_SHUTDOWN_POLL = 0.2
 
-    def wait_for_soft_shutdown(self) -> None:
+    def wait_for_soft_shutdown(self) -> None:  # type: ignore[override]  # celery-types says bool; Celery's returns None
         timeout = float(self.app.conf.worker_soft_shutdown_timeout or 0)
         running = [r.id for r in tuple(worker_state.active_requests)]
         if timeout <= 0 or not running or self.app.conf.worker_enable_soft_shutdown_on_idle:
@@ -322,7 +327,7 @@ class TaskplaneWorker(CeleryWorker):
             time.sleep(min(self.SOFT_SHUTDOWN_POLL, max(0.0, deadline - time.monotonic())))
 
 
-def create_worker_app(settings: Settings) -> Celery:
+def create_worker_app(settings: Settings) -> TaskplaneCelery:
     """The worker's Celery app. Side-effect free: ``celery -A taskplane.worker inspect``
     builds it too, inside a live worker's pod, so the metrics directory is prepared and the
     logging set up only when a worker starts (``_on_worker_init``)."""
@@ -333,7 +338,8 @@ def create_worker_app(settings: Settings) -> Celery:
     for task in app.tasks.values():
         task.resultrepr_maxsize = 0
     app.steps["consumer"].add(LeaseStep)
-    app.Worker = app.subclass_with_self(TaskplaneWorker)
+    # Celery's ``Worker`` is a writable cached_property; celery-types declares it read-only.
+    app.Worker = app.subclass_with_self(TaskplaneWorker)  # type: ignore[misc]
     connect_signals()
     return app
 
