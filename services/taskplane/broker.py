@@ -29,7 +29,19 @@ key                                 type    holds
 ``unacked_mutex``                   string  lock around that restore
 ``_kombu.binding.*``                set     kombu's exchange bindings (``celery.pidbox``,
                                             ``celeryev``...): ``inspect``/``control`` replies
+``taskplane:queue-first-seen``      hash    Taskplane's own: queue list key → ``"{delivery
+                                            tag} {epoch}"``, when a queue read first saw a
+                                            message with no enqueue time (a stock client's)
+                                            at that list's tail (``FIRST_SEEN_KEY``)
 ==================================  ======  ==================================================
+
+Enqueue time: Taskplane's API stamps each message with ``ENQUEUED_AT_HEADER``. A stock
+Celery client (``send_task``, ``.delay()``) stamps nothing, and kombu's delivery info holds
+no time either, so the oldest age of such a message counts from the first queue read (an
+exporter scrape, ``GET /v1/queues``) that found it oldest in its list: a lower bound, late
+by up to a scrape interval for a message that arrives in an empty list, and younger than
+the truth for one that had stock messages ahead of it. A queue no worker drains still ages
+steadily, which is what the stale-queue alert and the autoscaler need.
 
 Priorities: Taskplane's API takes 0-9 with 9 the most urgent (as AMQP does). The Redis
 transport serves its *lowest* number first, so the API value p is sent as transport
@@ -76,30 +88,51 @@ UNACKED_INDEX_KEY = "unacked_index"
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
 #: Message header carrying the epoch time a task was enqueued (oldest-age, queue wait).
 ENQUEUED_AT_HEADER = "taskplane_enqueued_at"
+#: When queue reads first saw each list's unstamped tail message (see the table above).
+FIRST_SEEN_KEY = "taskplane:queue-first-seen"
 
 # One round trip for every queue's figures: LLEN of each priority list, the enqueue
 # time of the oldest message at the tail of each, and the routing key and ETA of
 # every unacknowledged delivery (a worker holds countdown/ETA tasks unacknowledged
 # until due: those are "scheduled", the rest "reserved").
-# KEYS: the unacked hash, then each queue's lists in PRIORITY_STEPS order (``queue_keys``).
-# ARGV: the enqueue-time header, now (ISO 8601 UTC), len(PRIORITY_STEPS), queue names.
+# A tail without an enqueue time (a stock client's message) is dated by FIRST_SEEN_KEY:
+# the time of the first read that saw that delivery tag at that list's tail, recorded
+# now if none did; a list whose tail is stamped, or that is empty, drops its entry.
+# KEYS: the unacked hash, FIRST_SEEN_KEY, then each queue's lists in PRIORITY_STEPS order
+# (``queue_keys``).
+# ARGV: the enqueue-time header, now (ISO 8601 UTC), len(PRIORITY_STEPS), now (epoch
+# seconds), queue names.
 # Returns {name, waiting, reserved, oldest_enqueued_at, scheduled} per queue.
 _QUEUE_STATS = """
-local header, now, nsteps = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local header, now, nsteps, epoch = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local seen = KEYS[2]
 local out, index = {}, {}
-for q = 4, #ARGV do
+for q = 5, #ARGV do
   local name, waiting, oldest = ARGV[q], 0, ''
-  local first = 2 + (q - 4) * nsteps
+  local first = 3 + (q - 5) * nsteps
   for k = first, first + nsteps - 1 do
     local n = redis.call('LLEN', KEYS[k])
+    local t, tag = nil, nil
     if n > 0 then
       waiting = waiting + n
       local ok, msg = pcall(cjson.decode, redis.call('LINDEX', KEYS[k], -1))
-      if ok and type(msg) == 'table' and type(msg['headers']) == 'table' then
-        local t = tonumber(msg['headers'][header])
-        if t and (oldest == '' or t < tonumber(oldest)) then oldest = string.format('%.6f', t) end
+      if ok and type(msg) == 'table' then
+        if type(msg['headers']) == 'table' then t = tonumber(msg['headers'][header]) end
+        if not t and type(msg['properties']) == 'table' then tag = msg['properties']['delivery_tag'] end
       end
     end
+    if type(tag) == 'string' then
+      local entry = redis.call('HGET', seen, KEYS[k])
+      if entry and string.sub(entry, 1, #tag + 1) == tag .. ' ' then
+        t = tonumber(string.sub(entry, #tag + 2))
+      else
+        redis.call('HSET', seen, KEYS[k], tag .. ' ' .. epoch)
+        t = tonumber(epoch)
+      end
+    else
+      redis.call('HDEL', seen, KEYS[k])
+    end
+    if t and (oldest == '' or t < tonumber(oldest)) then oldest = string.format('%.6f', t) end
   end
   out[#out + 1] = {name, waiting, 0, oldest, 0}
   index[name] = #out
@@ -253,14 +286,17 @@ class RedisBroker:
         self.client = client
         self._stats = client.register_script(_QUEUE_STATS)
 
-    def queue_stats(self, queues: Iterable[str]) -> list[QueueStats]:
+    def queue_stats(self, queues: Iterable[str], now: float | None = None) -> list[QueueStats]:
+        """Each queue's figures, read at ``now`` (epoch seconds; the clock by default)."""
         names = sorted(set(queues))
         if not names:
             return []
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
-        keys = [UNACKED_KEY, *(key for name in names for key in queue_keys(name))]
-        rows = self._stats(keys=keys, args=[ENQUEUED_AT_HEADER, now, len(PRIORITY_STEPS),
-                                            *names])
+        at = time.time() if now is None else now
+        iso = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds")
+        keys = [UNACKED_KEY, FIRST_SEEN_KEY,
+                *(key for name in names for key in queue_keys(name))]
+        rows = self._stats(keys=keys, args=[ENQUEUED_AT_HEADER, iso, len(PRIORITY_STEPS),
+                                            f"{at:.6f}", *names])
         return [
             QueueStats(
                 name=_text(name), waiting=int(waiting), reserved=int(reserved),

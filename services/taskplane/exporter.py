@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,15 +30,20 @@ log = logging.getLogger("taskplane.exporter")
 
 
 class QueueCollector(Collector):
-    def __init__(self, broker: RedisBroker, queues: list[str]) -> None:
+    """Reads every queue at scrape time; ``clock`` gives the time a scrape reads at."""
+
+    def __init__(self, broker: RedisBroker, queues: list[str],
+                 clock: Callable[[], float] = time.time) -> None:
         self.broker = broker
         self.queues = queues
+        self.clock = clock
         self.last_ok = False
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         started = time.perf_counter()
+        now = self.clock()
         try:
-            stats = self.broker.queue_stats(self.queues)
+            stats = self.broker.queue_stats(self.queues, now)
             self.last_ok = True
         except Exception as exc:
             log.warning("reading queues failed: %s", type(exc).__name__)
@@ -49,7 +54,6 @@ class QueueCollector(Collector):
             for spec in (metrics.QUEUE_WAITING, metrics.QUEUE_RESERVED, metrics.QUEUE_SCHEDULED,
                          metrics.QUEUE_OLDEST_AGE)
         }
-        now = time.time()
         for q in stats:
             families[metrics.QUEUE_WAITING.name].add_metric([q.name], q.waiting)
             families[metrics.QUEUE_RESERVED.name].add_metric([q.name], q.reserved)
