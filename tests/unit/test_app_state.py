@@ -107,3 +107,12 @@ def test_metrics_switched_off_record_nothing() -> None:
     assert app.test_client().get("/healthz").status_code == 200
     registry = app.extensions["taskplane"].runtime.metrics.registry
     assert list(registry.collect()) == []
+
+
+def test_schedules_declared_in_code_belong_to_the_apps_that_load_their_module() -> None:
+    from taskplane import schedules
+
+    with_them = Registry.from_modules(["tests.support.tasks", "tests.support.schedules"])
+    without = Registry.from_modules(["tests.support.tasks"])
+    assert [s.name for s in schedules.declared(with_them)] == ["declared-every-second"]
+    assert schedules.declared(without) == []

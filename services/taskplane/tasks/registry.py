@@ -84,8 +84,10 @@ class Registry:
     records it on its module (:func:`task`), never in a process-wide table.
     """
 
-    def __init__(self, specs: Iterable[TaskSpec] = ()) -> None:
+    def __init__(self, specs: Iterable[TaskSpec] = (), modules: Sequence[str] = ()) -> None:
         self._specs: dict[str, TaskSpec] = {}
+        #: The task modules this registry loaded, in order (their schedules: ``schedules``).
+        self.modules: tuple[str, ...] = tuple(modules)
         for spec in specs:
             self.add(spec)
 
@@ -96,8 +98,9 @@ class Registry:
         A module is imported once per process; its declarations stay recorded on it, so
         every app that names it collects the same specs.
         """
-        registry = cls()
-        for name in (*(BUILTIN_MODULES if builtin else ()), *modules):
+        names = (*(BUILTIN_MODULES if builtin else ()), *modules)
+        registry = cls(modules=names)
+        for name in names:
             for spec in declared_in(importlib.import_module(name)):
                 registry.add(spec)
         return registry
