@@ -37,13 +37,13 @@ from .worker_probes import LeaseStep, serve_probes
 
 log = logging.getLogger("taskplane.worker")
 
-# Celery's signals are process-wide, so what their handlers share is too; each handler
-# reaches its app's state (records, metrics) through its sender's ``app.runtime``:
-#: whether this process connected the handlers (``connect_signals``);
+# Celery's signals are process-wide: each handler reaches its app's state (records,
+# metrics) through its sender's ``app.runtime``, and what one run's handlers share rides on
+# that run's request (``RUN_STARTED``). The one process-wide flag: whether this process
+# connected the handlers (``connect_signals``).
 _connected = False
-#: per pool process: task id → (monotonic start, wall-clock start) of the run in progress
-#: (``task_prerun`` to ``task_postrun``).
-_runs: dict[str, tuple[float, float]] = {}
+#: Attribute of a run's request: ``time.monotonic()`` at its ``task_prerun``.
+RUN_STARTED = "taskplane_run_started"
 
 
 def _lifecycle(sender: Any) -> Lifecycle:
@@ -89,10 +89,10 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
     if not task_id:
         return
     now = time.time()
-    _runs[task_id] = (time.monotonic(), now)
+    request = task.request
+    setattr(request, RUN_STARTED, time.monotonic())
     m = _instruments(task)
     m.worker_running.inc()
-    request = task.request
     if (getattr(request, "delivery_info", None) or {}).get("redelivered"):
         m.tasks.labels(task.name, _queue_of(task), "redelivered").inc()
     due = _due_at(request)
@@ -105,11 +105,11 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None
     if not task_id:
         return
     m = _instruments(task)
-    started = _runs.pop(task_id, None)
+    started = getattr(task.request, RUN_STARTED, None)
     if started is not None:
         m.worker_running.dec()
         queue = _queue_of(task)
-        m.task_runtime.labels(task.name, queue).observe(time.monotonic() - started[0])
+        m.task_runtime.labels(task.name, queue).observe(time.monotonic() - started)
         submitted = _submitted_at(task.request)
         if state in states.READY_STATES and submitted is not None:
             m.task_end_to_end.labels(task.name, queue).observe(max(0.0, time.time() - submitted))
