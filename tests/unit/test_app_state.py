@@ -4,6 +4,9 @@ one touches nothing process-wide (no root logger handler, no default metrics reg
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+import pytest
 
 from taskplane.api import create_app
 from taskplane.celery_app import create_celery
@@ -116,3 +119,22 @@ def test_schedules_declared_in_code_belong_to_the_apps_that_load_their_module() 
     without = Registry.from_modules(["tests.support.tasks"])
     assert [s.name for s in schedules.declared(with_them)] == ["declared-every-second"]
     assert schedules.declared(without) == []
+
+
+def test_a_package_named_in_task_modules_loads_the_tasks_it_imports(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As importing did when tasks registered on import: a package whose ``__init__``
+    imports its task module, or re-exports a task, loads those tasks."""
+    root = tmp_path
+    package = root / "teamtasks"
+    package.mkdir()
+    (package / "__init__.py").write_text("from . import billing\n")
+    (package / "billing.py").write_text(
+        "from taskplane.tasks import task\n\n"
+        "@task('team.invoice', schema={'properties': {}})\n"
+        "def invoice() -> None:\n    '''Bill.'''\n")
+    (root / "reexport.py").write_text("from teamtasks.billing import invoice\n")
+    monkeypatch.syspath_prepend(str(root))
+    for name in ("teamtasks", "reexport"):
+        registry = Registry.from_modules([name], builtin=False)
+        assert [s.name for s in registry] == ["team.invoice"], name

@@ -101,7 +101,7 @@ class Registry:
         names = (*(BUILTIN_MODULES if builtin else ()), *modules)
         registry = cls(modules=names)
         for name in names:
-            for spec in declared_in(importlib.import_module(name)):
+            for spec in loaded_by(importlib.import_module(name)):
                 registry.add(spec)
         return registry
 
@@ -143,6 +143,20 @@ def declared_in(module: ModuleType) -> list[TaskSpec]:
     """The tasks ``module`` itself declared with :func:`task` (not those it imported)."""
     declared: dict[str, TaskSpec] = getattr(module, DECLARED_ATTRIBUTE, {})
     return list(declared.values())
+
+
+def loaded_by(module: ModuleType) -> list[TaskSpec]:
+    """The tasks naming ``module`` in ``TASK_MODULES`` loads, as importing it always did:
+    those it declares, those it imports by name, and those of its submodules it holds (a
+    package whose ``__init__`` imports its task modules)."""
+    found = declared_in(module)
+    prefix = f"{module.__name__}."
+    for value in list(vars(module).values()):
+        if isinstance(value, DeclaredTask):
+            found.append(value.spec)
+        elif isinstance(value, ModuleType) and value.__name__.startswith(prefix):
+            found.extend(loaded_by(value))
+    return found
 
 
 def _record(spec: TaskSpec) -> None:
