@@ -138,3 +138,16 @@ def test_a_package_named_in_task_modules_loads_the_tasks_it_imports(
     for name in ("teamtasks", "reexport"):
         registry = Registry.from_modules([name], builtin=False)
         assert [s.name for s in registry] == ["team.invoice"], name
+
+
+def test_the_exporter_builds_no_celery_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskplane import celery_app, exporter
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("the exporter built a Celery app")
+
+    monkeypatch.setattr(celery_app, "create_celery", refuse)
+    monkeypatch.setattr(celery_app.TaskplaneCelery, "__init__", refuse)
+    _, collector = exporter.create_registry(Settings.from_env({
+        "TASK_MODULES": "tests.support.tasks", "QUEUES": "parked"}))
+    assert {"default", "celery", "parked"} <= set(collector.queues)
