@@ -36,7 +36,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # imported for real only once the multiprocess directory is set
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -59,6 +59,11 @@ OUTCOMES = ("succeeded", "failed", "retried", "revoked", "dead_lettered", "rejec
             "redelivered", "poisoned")
 
 
+#: How a gauge's per-process values merge at scrape time (prometheus-client's modes).
+GaugeMode = Literal["all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum",
+                    "mostrecent", "livemostrecent"]
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
@@ -67,11 +72,11 @@ class MetricSpec:
     help: str
     use: str  # what an operator or autoscaler uses it for
     endpoint: str  # api, worker, exporter, scheduler
-    multiprocess_mode: str = ""  # gauges only
+    multiprocess_mode: GaugeMode | Literal[""] = ""  # gauges only
 
 
 def _m(name: str, type_: str, labels: tuple[str, ...], help_: str, use: str, endpoint: str,
-       mode: str = "") -> MetricSpec:
+       mode: GaugeMode | Literal[""] = "") -> MetricSpec:
     return MetricSpec(name, type_, labels, help_, use, endpoint, mode)
 
 
@@ -361,7 +366,7 @@ def _instruments(enabled: bool) -> tuple[CollectorRegistry, Instruments]:
 
     def gauge(spec: MetricSpec) -> Gauge:
         return Gauge(spec.name, spec.help, spec.labels, registry=registry,
-                     multiprocess_mode=spec.multiprocess_mode)  # type: ignore[arg-type]  # one of the modes the catalogue names
+                     multiprocess_mode=spec.multiprocess_mode or "all")
 
     return registry, Instruments(
         task_queue_wait=histogram(TASK_QUEUE_WAIT, TASK_BUCKETS),

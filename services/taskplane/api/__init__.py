@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's; typed as its base
     auth.init_app(app, tokens, settings.auth_disabled)
     errors.init_app(app, settings.retry_after)
     observe.init_app(app, celery.runtime.metrics, settings.access_log)
