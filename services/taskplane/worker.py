@@ -144,7 +144,8 @@ def _on_failure(sender: Any = None, task_id: str | None = None,
 def _on_dead_letter(task: str, task_id: str, queue: str) -> None:
     from celery import current_app  # the worker's app: one per worker process
 
-    _instruments(current_app).tasks.labels(task, queue or "<unknown>", "dead_lettered").inc()
+    metrics_ = runtime_of(current_app).metrics
+    metrics_.instruments.tasks.labels(task, queue or "<unknown>", "dead_lettered").inc()
     log.info("task %s[%s] dead-lettered", task, task_id)
 
 
