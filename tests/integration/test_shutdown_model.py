@@ -11,14 +11,7 @@ import pytest
 import yaml
 
 from taskplane.worker import SHUTDOWN_MODEL
-from tests.support.services import (
-    VENV_BIN,
-    Api,
-    Process,
-    RedisServer,
-    _started,
-    base_env,
-)
+from tests.support.services import VENV_BIN, Api, Process, RedisServer, base_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,11 +37,11 @@ def test_a_bare_worker_finishes_a_task_longer_than_the_soft_timeout(
     worker = Process("worker-bare", [str(VENV_BIN / "taskplane"), "worker",
                                      "--hostname=bare@%h"], env)
     try:
-        _started(worker, lambda: " ready." in worker.log(), 60, "worker bare ready")
+        worker.started_or_stopped(lambda: " ready." in worker.log(), 60, "worker bare ready")
         task = api.submit("test.slow", kwargs={"seconds": 3, "key": "bare-warm"})
         api.wait_state(task["id"], ("STARTED", "PROGRESS"))
         worker.send(signal.SIGTERM)  # to the main process only, as the kubelet sends it
-        assert worker.proc.wait(30) == 0, worker.log()[-2000:]
+        assert worker.wait_exit(30) == 0, worker.log()[-2000:]
         assert api.get(f"/v1/tasks/{task['id']}").json()["state"] == "SUCCESS"
         assert int(isolated_redis.client().get("test:count:bare-warm") or 0) == 1
     finally:
