@@ -71,16 +71,20 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
     )
 
 
-def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
+def create_celery(settings: Settings, patient: bool = False,
+                  set_as_current: bool = True) -> TaskplaneCelery:
     """A Celery app configured from ``settings``, with every task module loaded.
 
     ``patient`` (workers): writes of results, records and dead letters retry through a
-    Redis outage instead of turning a finished task into a FAILURE.
+    Redis outage instead of turning a finished task into a FAILURE. ``set_as_current``:
+    make it Celery's process-wide current app (what ``celery.current_app`` and
+    ``shared_task`` resolve to): a worker's or scheduler's one app; the API passes False,
+    as its app factory touches nothing process-wide.
     """
     registry = Registry.from_modules(settings.task_modules, builtin=settings.builtin_tasks)
     app = TaskplaneCelery("taskplane", broker=settings.redis_url,
                  backend=results.backend_url(settings.results_url),
-                 set_as_current=True)
+                 set_as_current=set_as_current)
     registry.bind(app)
     routes = {spec.name: {"queue": spec.queue} for spec in registry if spec.queue}
     app.conf.update(

@@ -151,3 +151,11 @@ def test_the_exporter_builds_no_celery_app(monkeypatch: pytest.MonkeyPatch) -> N
     _, collector = exporter.create_registry(Settings.from_env({
         "TASK_MODULES": "tests.support.tasks", "QUEUES": "parked"}))
     assert {"default", "celery", "parked"} <= set(collector.queues)
+
+
+def test_create_app_leaves_celerys_current_app_alone() -> None:
+    from celery import current_app
+
+    before = current_app._get_current_object()
+    create_app(Settings.from_env(AUTH_OFF))
+    assert current_app._get_current_object() is before

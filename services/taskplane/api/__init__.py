@@ -31,7 +31,7 @@ class TaskplaneFlask(Flask):
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     tokens = settings.tokens()
-    celery = create_celery(settings)
+    celery = create_celery(settings, set_as_current=False)
     app = TaskplaneFlask("taskplane")
     # No redirects: a merged-slash redirect would name whatever Host the client sent.
     app.url_map.merge_slashes = False
