@@ -29,7 +29,7 @@ from . import broker, lifecycle, metrics
 from .celery_app import create_celery
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
-from .results import RUN_ENDED, ResultBackend
+from .results import RUN_ENDED, stock_record
 from .runtime import STOCK_DEFAULT_QUEUE, Runtime, TaskplaneCelery, known_queues, runtime_of
 from .settings import Settings
 from .tasks.registry import Registry
@@ -141,11 +141,10 @@ def _on_failure(sender: Any = None, task_id: str | None = None,
         m.tasks.labels(sender.name, queue, "poisoned").inc()
 
 
-def _on_dead_letter(task: str, task_id: str, queue: str) -> None:
-    from celery import current_app  # the worker's app: one per worker process
-
-    metrics_ = runtime_of(current_app).metrics
-    metrics_.instruments.tasks.labels(task, queue or "<unknown>", "dead_lettered").inc()
+def _on_dead_letter(app: TaskplaneCelery, task: str, task_id: str, queue: str) -> None:
+    """``Runtime.on_dead_letter`` of a worker app: its result backend filed a dead letter."""
+    app.runtime.metrics.instruments.tasks.labels(task, queue or "<unknown>",
+                                                 "dead_lettered").inc()
     log.info("task %s[%s] dead-lettered", task, task_id)
 
 
@@ -162,10 +161,12 @@ def _queue_for(task: Any, task_id: str) -> str:
 
 def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is not None and request.id:
-        # The result backend stored REVOKED (and, results living here, ended the task);
-        # with results in another Redis the record ends here. A no-op if already ended.
+        # The result backend stored REVOKED and ended the task; a task that stores no
+        # result ends here (a no-op if already ended), adopted if sent around the API.
         _lifecycle(sender).finish(request.id, states.REVOKED,
-                                  tenant=lifecycle.tenant_hint(request))
+                                  tenant=lifecycle.tenant_hint(request),
+                                  adopt=stock_record(request.id, request, sender.name,
+                                                     sender.app.runtime.settings.default_queue))
         queue = _queue_for(sender, request.id)
         _instruments(sender).tasks.labels(sender.name, queue, "revoked").inc()
 
@@ -216,7 +217,6 @@ def connect_signals() -> None:
     signals.celeryd_init.connect(_on_worker_init, weak=False)
     signals.worker_ready.connect(_on_worker_ready, weak=False)
     signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
-    ResultBackend.on_dead_letter = staticmethod(_on_dead_letter)  # type: ignore[assignment]
     _connected = True
 
 
@@ -332,7 +332,8 @@ def create_worker_app(settings: Settings) -> TaskplaneCelery:
     """The worker's Celery app. Side-effect free: ``celery -A taskplane.worker inspect``
     builds it too, inside a live worker's pod, so the metrics directory is prepared and the
     logging set up only when a worker starts (``_on_worker_init``)."""
-    app = create_celery(settings, patient=True)
+    app = create_celery(settings, patient=True, on_dead_letter=lambda task, task_id, queue: (
+        _on_dead_letter(app, task, task_id, queue)))
     # "terminate" stops the task whichever signal it names (taskplane.pool).
     app.conf.worker_pool = POOL
     # Task events (Flower) carry no return value: results may hold anything a tenant sent.

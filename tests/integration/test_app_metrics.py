@@ -54,7 +54,9 @@ def test_the_worker_signals_count_on_the_worker_apps_registry(
     worker._on_rejected(sender=consumer)
     assert registry.get_sample_value("taskplane_tasks_total", {
         "task": "<unknown>", "queue": "<unknown>", "outcome": "rejected"}) == 1
-    worker._on_dead_letter("test.echo", "some-id", "default")  # the result backend's hook
+    hook = app.runtime.on_dead_letter  # what the result backend calls
+    assert hook is not None
+    hook("test.echo", "some-id", "default")
     assert registry.get_sample_value("taskplane_tasks_total",
                                      {**labels, "outcome": "dead_lettered"}) == 1
     worker._on_worker_shutdown(sender=SimpleNamespace(app=app, hostname="w1@test"))

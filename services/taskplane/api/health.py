@@ -22,7 +22,7 @@ def readyz() -> Response:
     """Redis answers, so a request routed here can be accepted."""
     ctx = api_context()
     try:
-        ctx.runtime.broker.ping()
+        ctx.runtime.lifecycle.ping()
     except Exception as exc:
         return error_response(503, "broker_unavailable", "Redis is unreachable",
                               {"reason": type(exc).__name__},

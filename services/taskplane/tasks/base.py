@@ -15,16 +15,14 @@ record in the same round trip that stamps ``started_at`` and stores the STARTED 
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
-from celery import Task, current_task, states
+from celery import Task, current_task
 from celery.app.task import get_actual_ignore_result  # type: ignore[attr-defined]  # Celery's own helper, absent from celery-types
 from celery.exceptions import Ignore
 
-from .. import broker
-from ..lifecycle import SYSTEM_TENANT, TENANT_HEADER, PoisonedTask, TaskRecord
-from ..results import ResultBackend
+from ..lifecycle import PoisonedTask, TaskRecord
+from ..results import ResultBackend, stock_record
 from ..runtime import runtime_of
 
 if TYPE_CHECKING:
@@ -68,9 +66,6 @@ class TaskplaneTask(Task[Any, Any]):
                 # task that already ended: it does not run again.
                 request.taskplane_skipped = True  # type: ignore[attr-defined]  # our flag on Celery's request, read by worker.py
                 raise Ignore()
-            if tracked and not runtime.lifecycle.results_here:
-                tracked.store_result(request.id, tracked.started_result(request, os.getpid()),
-                                     states.STARTED, request=request)
             limit = runtime.settings.max_deliveries
             if run.died >= limit:
                 raise PoisonedTask(
@@ -81,16 +76,9 @@ class TaskplaneTask(Task[Any, Any]):
 
     def _adopted(self, request: Any) -> TaskRecord | None:
         """The record of a task sent around the API (no tenant header), should it have
-        none: under SYSTEM_TENANT, with the queue and priority it was delivered with."""
-        headers = getattr(request, "headers", None) or {}
-        if getattr(request, TENANT_HEADER, None) or headers.get(TENANT_HEADER):
-            return None
-        info = getattr(request, "delivery_info", None) or {}
-        settings = runtime_of(self.app).settings
-        return TaskRecord(id=request.id, tenant=SYSTEM_TENANT, task=self.name,
-                          queue=str(info.get("routing_key") or settings.default_queue),
-                          priority=broker.api_priority(info.get("priority")),
-                          submitted_at=time.time())
+        none (:func:`~taskplane.results.stock_record`)."""
+        return stock_record(request.id, request, self.name,
+                            runtime_of(self.app).settings.default_queue)
 
 
 def progress(percent: float, message: str = "") -> None:
