@@ -355,7 +355,8 @@ def create_worker_app(settings: Settings) -> TaskplaneCelery:
     # Task events (Flower) carry no return value: results may hold anything a tenant sent.
     for task in app.tasks.values():
         task.resultrepr_maxsize = 0
-        task.Request = RedactedResultRequest
+        # a dotted path, as Celery's own default ('celery.worker.request:Request') is
+        task.Request = f"{__name__}:{RedactedResultRequest.__name__}"
     app.steps["consumer"].add(LeaseStep)
     # Celery's ``Worker`` is a writable cached_property; celery-types declares it read-only.
     app.Worker = app.subclass_with_self(TaskplaneWorker)  # type: ignore[misc]

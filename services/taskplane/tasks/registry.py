@@ -36,8 +36,9 @@ class TaskSpec:
     func: Callable[..., Any]
     schema: Mapping[str, Any]
     description: str
-    contract: CompiledSchema = field(repr=False, compare=False)
-    signature: inspect.Signature = field(repr=False, compare=False)
+    #: Derived from ``schema`` and ``func`` once, when the spec is made (``__post_init__``).
+    contract: CompiledSchema = field(init=False, repr=False, compare=False)
+    signature: inspect.Signature = field(init=False, repr=False, compare=False)
     #: The module that declared it, and the options its Celery task is made with.
     module: str = ""
     celery_options: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
@@ -47,6 +48,10 @@ class TaskSpec:
     retry_for: tuple[type[BaseException], ...] = ()
     max_retries: int = 3
     retry_backoff_max: int = DEFAULT_RETRY_BACKOFF_MAX
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "contract", CompiledSchema(self.schema, "kwargs"))
+        object.__setattr__(self, "signature", inspect.signature(self.func))
 
     def bind_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Name every argument as the task function would, so one schema covers both forms.
@@ -222,7 +227,6 @@ def task(
     that loads the module (``TASK_MODULES``) collects it (:meth:`Registry.from_modules`).
     """
     full_schema = {"type": "object", "additionalProperties": False, **schema}
-    contract = CompiledSchema(full_schema, "kwargs")
     retries = tuple(retry_for)
 
     def decorate(func: Callable[..., Any]) -> DeclaredTask:
@@ -252,8 +256,6 @@ def task(
             func=func,
             schema=full_schema,
             description=inspect.getdoc(func) or "",
-            contract=contract,
-            signature=inspect.signature(func),
             module=func.__module__,
             celery_options=options,
             queue=queue,
