@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from celery import Celery, states
+from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
@@ -39,6 +39,8 @@ from . import broker, lifecycle
 from .lifecycle import ResultWrite, TaskRecord
 
 if TYPE_CHECKING:
+    from celery import Celery
+
     from .runtime import Runtime
 
 
