@@ -62,7 +62,7 @@ class Store:
     def subscribe(self, *channels: str) -> PubSub:
         """A pub/sub connection subscribed to ``channels`` (a result key is the channel its
         writes are published on: ``lib.lua`` ``write_result``)."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
         if channels:
             pubsub.subscribe(*channels)
         return pubsub
