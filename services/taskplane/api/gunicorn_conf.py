@@ -1,8 +1,14 @@
 """gunicorn settings for the API, from Taskplane's settings.
 
-``gthread`` workers: the enqueue path spends its time waiting on Redis, so a few
-processes with several threads each serve more requests than many sync workers,
-without an async rewrite. Use it with ``gunicorn -c python:taskplane.api.gunicorn_conf``.
+``gevent`` workers (``API_WORKER_CLASS``): every request is a greenlet, so a request that
+waits (``?wait``, an event stream) costs a few kilobytes instead of a thread, and one
+process holds thousands of followers (``api/followers.py``) while it keeps answering
+submissions. The enqueue path spends its time waiting on Redis, which gevent's patched
+sockets turn into switches to other requests; Flask, redis-py (with hiredis) and
+prometheus-client's multiprocess files run unchanged. Why gevent and not a separate
+follower process: measured in BENCHMARKS.md (followers section) and README. ``gthread``
+stays available (a thread per request; followers capped at ``API_THREADS - 1``).
+Use it with ``gunicorn -c python:taskplane.api.gunicorn_conf``.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ metrics.prepare_multiprocess_dir("api")
 _host = listen_host(_settings.api_host)
 bind = [f"[{_host}]:{_settings.api_port}" if ":" in _host else f"{_host}:{_settings.api_port}"]
 workers = _settings.api_workers
-threads = _settings.api_threads
-worker_class = "gthread"
+worker_class = _settings.api_worker_class
+threads = _settings.api_threads  # gthread only
+worker_connections = _settings.api_worker_connections  # gevent only
 timeout = _settings.api_timeout
 graceful_timeout = 20
 keepalive = 5

@@ -47,6 +47,14 @@ def _owned(task_id: str) -> TaskStatus:
     return status
 
 
+def _owned_or_unavailable(task_id: str) -> TaskStatus:
+    """:func:`_owned` for a follower: Redis being away is a 503 that names the task."""
+    try:
+        return _owned(task_id)
+    except UNAVAILABLE:
+        raise follow.unavailable(task_id) from None
+
+
 def task_url(task_id: str) -> str:
     """``url_for("v1.get_task")`` without the URL map: ids match ``_TASK_ID`` (no
     characters to quote), and this runs on every submission."""
@@ -191,18 +199,24 @@ def _timestamp(name: str, problems: list[dict[str, str]]) -> float | None:
 def get_task(task_id: str) -> Response:
     """The task; with ``?wait=N`` (seconds, at most ``MAX_WAIT``) as soon as it has ended,
     or after N seconds as it is then."""
-    status = _owned(task_id)
     seconds = _wait_seconds()
+    status = _owned_or_unavailable(task_id) if seconds else _owned(task_id)
+    waited = None
     if seconds:
-        status = follow.wait(status, seconds)
-    return jsonify(represent(status, task_url(task_id)))
+        status, waited = follow.wait(status, seconds)
+    response = jsonify(represent(status, task_url(task_id)))
+    if waited is not None:
+        response.headers[follow.WAIT_HEADER] = waited
+        if waited == follow.REFUSED:
+            response.headers["Retry-After"] = str(api_context().settings.retry_after)
+    return response
 
 
 @bp.get("/tasks/<task_id>/events")
 def task_events(task_id: str) -> Response:
     """Server-Sent Events: the task's state (and progress) each time it changes, until it
     ends."""
-    status = _owned(task_id)
+    status = _owned_or_unavailable(task_id)
     url = task_url(task_id)
     stream = follow.events(status, lambda current: represent(current, url))
     return Response(stream, mimetype="text/event-stream",
