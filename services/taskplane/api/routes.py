@@ -16,7 +16,7 @@ from ..celery_app import TenantCapReached, retry_dead_letter_task, revoke, submi
 from ..lifecycle import TaskRecord, fingerprint
 from ..schema import CompiledSchema
 from . import follow, observe, schemas
-from .auth import authenticate, current_tenant, may_see, scope
+from .auth import authenticate, current_tenant, is_operator, may_see, scope
 from .body import json_body, validate
 from .context import api_context
 from .errors import UNAVAILABLE, ApiError
@@ -134,7 +134,7 @@ def list_tasks() -> Response:
     for record, raw_meta in rows:
         meta = backend.decode_result(raw_meta) if raw_meta else None
         item = represent(TaskStatus(record, meta), task_url(record.id))
-        if owner is None:
+        if is_operator():
             item["tenant"] = record.tenant
         items.append(item)
     return jsonify({"items": items, "next": last.encode() if last is not None else None})
@@ -153,7 +153,8 @@ def _task_query(tenant: str | None) -> tuple[lifecycle.TaskQuery, int, lifecycle
                                                                       problems)
     limit = 50
     raw_limit = args.get("limit", "50")
-    if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= schemas.MAX_PAGE):
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6
+            and 1 <= int(raw_limit) <= schemas.MAX_PAGE):
         problems.append({"field": "limit", "message": f"integer 1-{schemas.MAX_PAGE}"})
     else:
         limit = int(raw_limit)
@@ -298,20 +299,24 @@ def _flag(name: str) -> bool:
     return value in ("true", "1")
 
 
+#: ``limit`` and ``offset`` of a dead-letter page: (default, lowest, highest).
+_PAGE = {"limit": (50, 1, 500), "offset": (0, 0, 1_000_000)}
+
+
 def _page() -> tuple[int, int]:
-    try:
-        raw_limit, raw_offset = request.args.get("limit", "50"), request.args.get("offset", "0")
-        if not (raw_limit.isascii() and raw_offset.isascii()):
-            raise ValueError("not ASCII digits")
-        limit, offset = int(raw_limit), int(raw_offset)
-    except ValueError:
-        raise ApiError(422, "validation_failed", "limit and offset must be integers",
-                       {"fields": [{"field": "limit", "message": "integer 1-500"},
-                                   {"field": "offset", "message": "integer >= 0"}]}) from None
-    if not 1 <= limit <= 500 or not 0 <= offset <= 1_000_000:
-        raise ApiError(422, "validation_failed", "limit must be 1-500 and offset 0-1000000",
-                       {"fields": [{"field": "limit", "message": "integer 1-500"}]})
-    return limit, offset
+    """``limit`` and ``offset``; each refused one is named in ``details``."""
+    values, problems = {}, []
+    for name, (default, low, high) in _PAGE.items():
+        raw = request.args.get(name, str(default))
+        # at most 7 digits: never a number too long to parse
+        if raw.isascii() and raw.isdigit() and len(raw) <= 7 and low <= int(raw) <= high:
+            values[name] = int(raw)
+        else:
+            problems.append({"field": name, "message": f"integer {low}-{high}"})
+    if problems:
+        raise ApiError(422, "validation_failed", "query parameters are invalid",
+                       {"fields": problems})
+    return values["limit"], values["offset"]
 
 
 def _dead_letter(entry: dict[str, Any], with_tenant: bool) -> dict[str, Any]:
@@ -327,7 +332,7 @@ def dead_letters() -> Response:
     limit, offset = _page()
     tenant = scope()
     total, entries = api_context().runtime.lifecycle.dead_letters(tenant, limit, offset)
-    return jsonify({"items": [_dead_letter(e, tenant is None) for e in entries], "total": total,
+    return jsonify({"items": [_dead_letter(e, is_operator()) for e in entries], "total": total,
                     "limit": limit, "offset": offset})
 
 
