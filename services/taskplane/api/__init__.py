@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         submit_validator=routes.submit_validator(settings.max_countdown),
     )
     # Followers share one pub/sub connection per process, to the Redis results live in.
-    followers.init_app(app, settings, celery.runtime.lifecycle.client.connection_pool.make_connection)
+    followers.init_app(app, settings, celery.runtime.lifecycle.pubsub_connection)
     app.register_blueprint(health.bp)
     app.register_blueprint(routes.bp)
     app.register_blueprint(seed.bp)

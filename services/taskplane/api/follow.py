@@ -83,7 +83,7 @@ class _Following:
         self.fd: int | None = None
         self.closed = False
         try:
-            channel = api_context().celery.backend.get_key_for_task(task_id)
+            channel = api_context().runtime.lifecycle.result_key(task_id)
             self.follower = hub.dispatcher.join(channel)
         except BaseException as exc:
             self.close()
