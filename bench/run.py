@@ -28,13 +28,13 @@ if __package__ in (None, ""):  # run as a script: bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     __package__ = "bench"
 
-from . import autoscale, figures, machine, plot, report
+from . import autoscale, figures, followers, machine, plot, report
 from .progress import Reporter
 from .stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-BENCHMARKS = ("enqueue", "redis", "execution", "latency", "memory", "autoscaling")
+BENCHMARKS = ("enqueue", "redis", "execution", "latency", "memory", "autoscaling", "followers")
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "enqueue": figures.enqueue,
     "redis": figures.redis_limits,
@@ -42,6 +42,7 @@ STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "latency": figures.latency,
     "memory": figures.memory,
     "autoscaling": autoscale.autoscaling,
+    "followers": followers.followers,
 }
 
 

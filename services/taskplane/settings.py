@@ -96,6 +96,12 @@ class Settings:
         "API_THREADS", 8,
         "Threads per gunicorn worker under `gthread` (unused under `gevent`).",
     )
+    api_redis_connections: int = _setting(
+        "API_REDIS_CONNECTIONS", 50,
+        "Redis connections one API process opens at most (a blocking pool: a request waits "
+        "up to `REDIS_TIMEOUT` for a free one). Under `gevent` many requests run at once; "
+        "this keeps Redis's client count per pod fixed, however many follow.",
+    )
     max_followers: int = _setting(
         "MAX_FOLLOWERS", 3000,
         "Followers (`?wait` requests and event streams) one API process holds at once; a pod "
@@ -315,7 +321,7 @@ class Settings:
             raise SettingsError(
                 "MAX_FOLLOWERS_PER_TENANT must be 1 to MAX_FOLLOWERS, and MAX_FOLLOWERS below "
                 "API_WORKER_CONNECTIONS, or followers could take every connection from submits")
-        for name in ("api_workers", "api_threads", "worker_concurrency",
+        for name in ("api_workers", "api_threads", "api_redis_connections", "worker_concurrency",
                      "worker_prefetch_multiplier", "visibility_timeout", "result_expires",
                      "idempotency_ttl", "max_body_bytes"):
             if getattr(self, name) < 1:
