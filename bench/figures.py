@@ -72,8 +72,7 @@ class Sizes:
     follower_streams: int = 2000
     follower_waits: int = 2000
     follower_submit_rate: float = 100.0  # paced submits/s for the latency samples
-    follower_submit_samples: int = 800
-    follower_due_after: float = 25.0  # seconds from submitting the followed tasks to their ETA
+    follower_submit_samples: int = 500
 
 
 # Chart values the autoscaling experiment overrides so the whole run fits the bench's
@@ -119,7 +118,7 @@ SMOKE = Sizes(
     ),
     profile_rate=100, profile_enqueue_seconds=1, profile_exec_tasks=300,
     follower_streams=40, follower_waits=40, follower_submit_rate=50,
-    follower_submit_samples=50, follower_due_after=8,
+    follower_submit_samples=50,
 )
 
 

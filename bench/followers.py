@@ -5,11 +5,11 @@ two processes, against the targets of issue 27:
 * p99 submit latency while they are open at most 2x its idle value;
 * the API's memory and Redis's client count per 1,000 followers, and the pod's ceiling.
 
-The run: submit the followed tasks with a countdown (a worker holds them until one
-common moment), open the event streams and the ``?wait=30`` requests on raw sockets read
-by one selector loop (a follower costs this process nothing but a socket), measure submit
-latency (paced, open loop) idle and with everything open, then let the tasks come due and
-time each follower's final answer against the task's ``finished_at``.
+The run: submit the followed tasks to a queue no worker consumes yet, open the event
+streams and the ``?wait=30`` requests on raw sockets read by one selector loop (a follower
+costs this process nothing but a socket), measure submit latency (paced, open loop) idle
+and with everything open, then tell the worker to consume that queue (``add_consumer``)
+and time each follower's final answer against its task's ``finished_at``.
 
 Also measured, for the choice of worker class (README, ``api/gunicorn_conf.py``): the
 submit rate of the API under ``gevent`` and under ``gthread``, interleaved.
@@ -23,10 +23,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from taskplane.celery_app import create_celery
 from taskplane.settings import Settings
 
 from .figures import (
@@ -41,6 +42,7 @@ from .figures import (
     scrape,
 )
 from .loadgen import Client, paced, run_wrk
+from .machine import load_average
 from .progress import Reporter
 from .stack import Server, Stack, rss_kib
 
@@ -171,6 +173,22 @@ def _api_rss_kib(api: Server) -> int:
     return sum((rss_kib(pid) or (0, 0))[0] for pid in pids)
 
 
+def _all_open(api: Server, crowd: Crowd, count: int, timeout: float = 120) -> None:
+    """Until the API holds ``count`` followers (none of the crowd's answered early)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            held = metric_total(scrape(api.base + "/metrics"), "taskplane_api_followers_open")
+        except OSError:  # the scrape queued behind thousands of new connections
+            held = -1
+        if held >= count:
+            return
+        if time.monotonic() > deadline or crowd.finished():
+            raise RuntimeError(f"{held:g} of {count:,} followers open; "
+                               f"{crowd.finished()} answered early")
+        time.sleep(0.5)
+
+
 def _worker_classes(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     """Submit requests/s under each worker class (interleaved rounds): what gevent costs or
     saves on the path every client uses."""
@@ -195,8 +213,9 @@ def followers(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     stack.flush()
     api = stack.start_api("api-followers", **API_ENV)
     api.wait_workers(settings.api_workers)
-    worker = stack.start_worker("followers", concurrency=2, WORKER_QUEUES=f"default,{QUEUE}",
-                                QUEUES=QUEUE)
+    # The worker consumes the followed queue only when told to (``add_consumer``), once
+    # every follower is open: the tasks then end together, as fast as it drains them.
+    worker = stack.start_worker("followers", concurrency=2, WORKER_QUEUES="default", QUEUES=QUEUE)
     token = stack.token
     client = stack.client()
     idle_rate, samples = sizes.follower_submit_rate, sizes.follower_submit_samples
@@ -205,40 +224,37 @@ def followers(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     base_rss, base_clients = _api_rss_kib(api), len(client.client_list())
 
     total = streams + waits
-    due = time.time() + sizes.follower_due_after
-    rep.say(f"figure 7: {total:,} tasks due in {sizes.follower_due_after:g}s; opening "
-            f"{streams:,} event streams and {waits:,} ?wait=30")
+    rep.say(f"figure 7: {total:,} tasks waiting in {QUEUE!r}; opening {streams:,} event "
+            f"streams, then {waits:,} ?wait=30")
     sub = Client(api.base, token)
     ids = []
     for _ in range(total):
-        status, body = sub.request("POST", SUBMIT_PATH, {**NOOP_BODY, "queue": QUEUE,
-                                                         "countdown": round(due - time.time(), 3)})
+        status, body = sub.request("POST", SUBMIT_PATH, {**NOOP_BODY, "queue": QUEUE})
         if status != 202:
             raise RuntimeError(f"submit failed: {status} {body}")
         ids.append(body["id"])
     sub.close()
+    # the queue is first in, first out: the waits' tasks first, so none outlives its 30 s
+    wait_ids, stream_ids = ids[:waits], ids[waits:]
     crowd = Crowd(api.base, token)
     try:
         opened = time.time()
-        for task_id in ids[:streams]:
+        for task_id in stream_ids:
             crowd.open("events", task_id)
-        for task_id in ids[streams:]:
+        _all_open(api, crowd, streams)
+        for task_id in wait_ids:
             crowd.open("wait", task_id)
-        deadline = time.monotonic() + 60
-        while metric_total(scrape(api.base + "/metrics"), "taskplane_api_followers_open") < total:
-            if time.monotonic() > deadline or crowd.finished():
-                raise RuntimeError(f"followers did not all open: {crowd.finished()} ended early")
-            time.sleep(0.2)
+        _all_open(api, crowd, total)
         open_s = time.time() - opened
         loaded_rss, loaded_clients = _api_rss_kib(api), len(client.client_list())
         pubsub_clients = len(client.client_list(_type="pubsub"))
         rep.say(f"figure 7: {total:,} open in {open_s:.1f}s; submit latency under them")
         loaded = _submit_latency(api, token, samples, idle_rate)
-        if time.time() > due:
-            raise RuntimeError("the followed tasks came due before the measurement ended; "
-                               "raise follower_due_after")
+        control = create_celery(Settings.from_env(stack.env(QUEUES=QUEUE)))
+        if not control.control.add_consumer(QUEUE, reply=True, timeout=10):
+            raise RuntimeError(f"the worker did not start consuming {QUEUE!r}")
         with rep.bar("followers answered", total) as bar:
-            end = time.monotonic() + sizes.follower_due_after + 60
+            end = time.monotonic() + 90
             while crowd.finished() < total and time.monotonic() < end:
                 bar.update(crowd.finished())
                 time.sleep(0.25)
@@ -284,4 +300,6 @@ def followers(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     rep.say(f"figure 7: answered {len(every):,}/{total:,}, p99 {result['delivery']}, submit p99 "
             f"{idle['p99_ms']} -> {loaded['p99_ms']} ms")
     result["worker_classes"] = _worker_classes(stack, sizes, rep)
+    result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    result["load_average"] = load_average()
     return result
