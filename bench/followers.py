@@ -18,12 +18,14 @@ submit rate of the API under ``gevent`` and under ``gthread``, interleaved.
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,7 +43,7 @@ from .figures import (
     rounded,
     scrape,
 )
-from .loadgen import Client, paced, run_wrk
+from .loadgen import Client, connection_split, paced, run_wrk
 from .machine import load_average
 from .progress import Reporter
 from .stack import Server, Stack, rss_kib
@@ -189,22 +191,43 @@ def _all_open(api: Server, crowd: Crowd, count: int, timeout: float = 120) -> No
         time.sleep(0.5)
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used (``/proc/<pid>/stat``)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _worker_classes(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
-    """Submit requests/s under each worker class (interleaved rounds): what gevent costs or
-    saves on the path every client uses."""
+    """Submit requests/s under each worker class (interleaved rounds), and the API's CPU per
+    request: on a busy machine requests/s also measures how much CPU the scheduler grants
+    (a gthread process has a thread per request to schedule, a gevent one a single
+    thread), while CPU per request is what a request costs either way."""
     servers = {cls: stack.start_api(f"api-{cls}", API_WORKER_CLASS=cls) for cls in
                ("gevent", "gthread")}
     body = json.dumps(NOOP_BODY)
     runs: dict[str, list[float]] = {cls: [] for cls in servers}
+    cpu: dict[str, list[float]] = {cls: [] for cls in servers}
     for _ in range(max(1, sizes.enqueue_rounds // 2)):
         for cls, server in servers.items():
+            server.wait_workers(2)
+            pids = server.worker_pids()
+            before = _cpu_seconds(pids)
             result = run_wrk(server.base + SUBMIT_PATH, seconds=sizes.enqueue_seconds,
                              connections=sizes.connections, method="POST", body=body,
-                             headers=auth_headers(stack), workdir=stack.workdir)
+                             headers=auth_headers(stack), workdir=stack.workdir,
+                             spread=partial(connection_split, server.port, pids))
             runs[cls].append(round(result.requests / result.seconds, 1))
+            cpu[cls].append(round((_cpu_seconds(pids) - before) / max(1, result.requests) * 1e6))
     stack.stop(*servers.values())
-    rep.say("worker classes: " + ", ".join(f"{c} {median(r):.0f}/s" for c, r in runs.items()))
-    return {cls: {"requests_per_s": median(r), "rounds": r} for cls, r in runs.items()}
+    rep.say("worker classes: " + ", ".join(f"{c} {median(r):.0f}/s, {median(cpu[c]):.0f} us "
+                                           "CPU/request" for c, r in runs.items()))
+    return {cls: {"requests_per_s": median(r), "rounds": r,
+                  "cpu_us_per_request": median(cpu[cls]), "cpu_rounds": cpu[cls]}
+            for cls, r in runs.items()}
 
 
 def followers(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:

@@ -283,11 +283,18 @@ def _followers_section(fol: dict[str, Any] | None) -> list[str]:
               f"({ceiling['max_followers_per_process']:,} per process).", ""]
     classes = fol.get("worker_classes")
     if classes:
-        lines += ["Submit rate by API worker class (wrk, interleaved rounds, "
-                  "requests/s): " + ", ".join(
-                      f"`{name}` {_fmt(c['requests_per_s'], '{:,.0f}')} "
-                      f"({', '.join(_fmt(r, '{:,.0f}') for r in c['rounds'])})"
-                      for name, c in classes.items()) + ".", ""]
+        lines += ["The API's worker class, measured on submissions (wrk, interleaved rounds): "
+                  "requests/s depend on how much CPU a busy machine grants each side; CPU per "
+                  "request is what a submission costs.", "",
+                  "| Worker class | Submits/s (rounds) | API CPU per submit (rounds) |",
+                  "|---|---:|---:|"]
+        for name, c in classes.items():
+            cpu = c.get("cpu_us_per_request")
+            lines.append(f"| `{name}` | {_fmt(c['requests_per_s'], '{:,.0f}')} "
+                         f"({', '.join(_fmt(r, '{:,.0f}') for r in c['rounds'])}) | "
+                         f"{_fmt(cpu, '{:,.0f}')} µs "
+                         f"({', '.join(_fmt(r, '{:,.0f}') for r in c.get('cpu_rounds', []))}) |")
+        lines.append("")
     return lines
 
 

@@ -4,6 +4,7 @@ subscription per process, per-tenant shares, clients that leave, and Redis going
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -239,3 +240,27 @@ def test_a_wait_whose_client_left_stops_waiting(stack: tuple[Api, Process, Redis
         requests.get(f"{api.base}/v1/tasks/{task}", params={"wait": 50}, timeout=(5, 1),
                      headers={"Authorization": f"Bearer {TEST_TOKENS['acme']}"})
     wait_for(lambda: followers_open(api.base, "wait") == 0, 2, "the wait given up")
+
+
+def test_a_stopping_api_ends_its_followers_at_once(isolated_redis: RedisServer) -> None:
+    """SIGTERM: streams close and waits answer (Taskplane-Wait: interrupted) within about a
+    second, so gunicorn exits long before its 20 s graceful timeout."""
+    api = Api(isolated_redis.url, workers=2, QUEUES=PARKED)
+    try:
+        task = parked(api, 1)[0]
+        streams = [open_stream(api.base, task) for _ in range(10)]
+        waits = [open_request(api.base, f"/v1/tasks/{task}?wait=50") for _ in range(10)]
+        wait_for(lambda: followers_open(api.base) == 20, 10, "20 followers open")
+        stopped = time.monotonic()
+        api.process.send(signal.SIGTERM)
+        for sock in waits:
+            status, headers, body = status_of(sock)
+            assert (status, headers["taskplane-wait"], body["state"]) == \
+                (200, "interrupted", "PENDING")
+        for sock in streams:
+            read_until(sock, b"0\r\n\r\n")  # the stream's last chunk
+        api.process.proc.wait(10)
+        assert time.monotonic() - stopped < 8
+        close_all(streams + waits)
+    finally:
+        api.close()

@@ -49,7 +49,7 @@ READ_SLICE = 1.0
 class Follower:
     """One waiting request's handle: cheap (an event and a few fields), no socket."""
 
-    __slots__ = ("changes", "channel", "event", "failure", "gone")
+    __slots__ = ("changes", "channel", "closing", "event", "failure", "gone")
 
     def __init__(self, channel: bytes) -> None:
         self.channel = channel
@@ -57,6 +57,7 @@ class Follower:
         self.changes = 0
         self.failure: BaseException | None = None
         self.gone = False
+        self.closing = False
 
     def wake(self) -> None:
         self.event.set()
@@ -72,6 +73,8 @@ class Follower:
             raise self.failure
         if self.gone:
             raise ClientGone()
+        if self.closing:
+            raise ServerClosing()
         if fired and self.changes:
             self.changes = 0
             return True
@@ -80,6 +83,10 @@ class Follower:
 
 class ClientGone(Exception):
     """The follower's client closed its connection; nobody is left to answer."""
+
+
+class ServerClosing(Exception):
+    """The process is shutting down: followers end now, so clients reconnect elsewhere."""
 
 
 class _Channel:
@@ -145,6 +152,15 @@ class Dispatcher:
                     self._send(self._conn, "UNSUBSCRIBE", follower.channel)
                 except (redis.RedisError, OSError) as exc:
                     self._fail_locked(self._conn, exc)
+
+    def close_all(self) -> int:
+        """Wake every follower to end (the process is shutting down); how many there were."""
+        with self._lock:
+            followers = [f for e in self._channels.values() for f in e.followers]
+        for follower in followers:
+            follower.closing = True
+            follower.wake()
+        return len(followers)
 
     def stats(self) -> dict[str, int]:
         """Channels subscribed and followers waiting, for tests and the benchmark."""

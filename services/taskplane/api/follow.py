@@ -28,7 +28,7 @@ from flask import request
 from .. import lifecycle
 from .auth import current_tenant
 from .context import api_context
-from .dispatch import ClientGone, Follower
+from .dispatch import ClientGone, Follower, ServerClosing
 from .errors import UNAVAILABLE, ApiError
 from .followers import Followers, Refused, followers
 from .status import TaskStatus, load
@@ -36,8 +36,9 @@ from .status import TaskStatus, load
 #: A comment line this often keeps proxies from closing an idle stream.
 KEEPALIVE = 15.0
 #: The ``Taskplane-Wait`` header of a ``?wait`` answer: it held the request until the task
-#: ended or the wait ran out (``waited``), or had no room to (``refused``).
-WAIT_HEADER, WAITED, REFUSED = "Taskplane-Wait", "waited", "refused"
+#: ended or the wait ran out (``waited``), had no room to (``refused``), or was cut short
+#: because the process is shutting down (``interrupted``).
+WAIT_HEADER, WAITED, REFUSED, INTERRUPTED = "Taskplane-Wait", "waited", "refused", "interrupted"
 #: Highest ``Last-Event-ID`` taken from a reconnecting client; larger ones start afresh.
 MAX_EVENT_ID = 10**9
 
@@ -138,6 +139,8 @@ def wait(status: TaskStatus, seconds: float) -> tuple[TaskStatus, str]:
         return current, WAITED
     except ClientGone:
         return status, WAITED  # nobody is left to read it
+    except ServerClosing:
+        return current, INTERRUPTED
     except UNAVAILABLE:
         raise unavailable(task_id) from None
     finally:
@@ -194,7 +197,7 @@ def _stream(following: _Following, celery: Any, status: TaskStatus,
                 current = load(celery, task_id) or current
             else:
                 yield ": keep-alive\n\n"
-    except ClientGone:
+    except (ClientGone, ServerClosing):  # gone; or closing: the client reconnects elsewhere
         return
     except UNAVAILABLE:
         error = {"code": "broker_unavailable", "message": "Redis is unreachable; reconnect "

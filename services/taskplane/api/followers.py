@@ -19,7 +19,9 @@ figure, and the pod's ceiling exactly ``API_WORKERS x MAX_FOLLOWERS``.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,8 @@ from .. import metrics
 from ..settings import Settings
 from .dispatch import Dispatcher
 from .gone import GoneWatch
+
+log = logging.getLogger("taskplane.api.followers")
 
 #: The two kinds of follower, as the ``kind`` label says.
 KINDS = ("wait", "events")
@@ -108,6 +112,21 @@ class Followers:
         out.update(self.dispatcher.stats())
         out["watched_sockets"] = self.gone.watching()
         return out
+
+
+def end_on_shutdown(app: Flask, alive: Callable[[], bool], every: float = 0.25) -> None:
+    """End every follower of ``app`` as soon as ``alive()`` turns false (gunicorn's worker on
+    SIGTERM), instead of holding the process for its graceful timeout: event streams close
+    (SSE clients reconnect by themselves, to another pod) and waits answer at once."""
+    hub: Followers = app.extensions[_EXTENSION]
+
+    def watch() -> None:
+        while alive():
+            time.sleep(every)
+        ended = hub.dispatcher.close_all()
+        log.info("shutting down: ended %d followers", ended)
+
+    threading.Thread(target=watch, name="taskplane-followers-shutdown", daemon=True).start()
 
 
 def init_app(app: Flask, settings: Settings, connect: Callable[[], Any]) -> None:

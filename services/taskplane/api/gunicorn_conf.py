@@ -48,6 +48,14 @@ loglevel = _settings.log_level.lower()
 wsgi_app = "taskplane.api:create_app()"
 
 
+def post_worker_init(worker: Any) -> None:
+    """Followers end as soon as this worker is told to stop (SIGTERM), not after
+    ``graceful_timeout``: their clients reconnect to a pod that stays."""
+    from taskplane.api import followers  # after the fork, like the app itself
+
+    followers.end_on_shutdown(worker.wsgi, lambda: bool(worker.alive))
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead gunicorn worker's live gauges from the merged exposition."""
     metrics.mark_process_dead(worker.pid)

@@ -208,7 +208,7 @@ def get_task(task_id: str) -> Response:
     response = jsonify(represent(status, task_url(task_id)))
     if waited is not None:
         response.headers[follow.WAIT_HEADER] = waited
-        if waited == follow.REFUSED:
+        if waited in (follow.REFUSED, follow.INTERRUPTED):
             response.headers["Retry-After"] = str(api_context().settings.retry_after)
     return response
 
