@@ -18,6 +18,7 @@ submit rate of the API under ``gevent`` and under ``gthread``, interleaved.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import selectors
 import socket
@@ -28,6 +29,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.support.procs import Proc, rss_kib
 
 from taskplane.celery_app import create_celery
 from taskplane.settings import Settings
@@ -45,8 +48,7 @@ from .figures import (
 )
 from .loadgen import Client, connection_split, paced, run_wrk
 from .machine import load_average
-from .progress import Reporter
-from .stack import Server, Stack, rss_kib
+from .stack import Stack
 
 #: The targets the figure is judged by.
 DELIVERY_TARGET_S = 1.0
@@ -160,7 +162,7 @@ def _finished_at(body: Any) -> float | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
 
 
-def _submit_latency(api: Server, token: str, n: int, rate: float) -> dict[str, Any]:
+def _submit_latency(api: Proc, token: str, n: int, rate: float) -> dict[str, Any]:
     """Paced submissions (open loop): p50/p99 of the time to the 202."""
     run = paced(n, rate, lambda client, i: (*client.request("POST", SUBMIT_PATH, NOOP_BODY), None),
                 lambda: Client(api.base, token), threads=4)
@@ -170,12 +172,12 @@ def _submit_latency(api: Server, token: str, n: int, rate: float) -> dict[str, A
             "p99_ms": rounded(percentile(ms, 99), 2)}
 
 
-def _api_rss_kib(api: Server) -> int:
-    pids = [api.proc.pid, *api.worker_pids()]
+def _api_rss_kib(api: Proc) -> int:
+    pids = [api.pid, *api.children()]
     return sum((rss_kib(pid) or (0, 0))[0] for pid in pids)
 
 
-def _all_open(api: Server, crowd: Crowd, count: int, timeout: float = 120) -> None:
+def _all_open(api: Proc, crowd: Crowd, count: int, timeout: float = 120) -> None:
     """Until the API holds ``count`` followers (none of the crowd's answered early)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -201,7 +203,7 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _worker_classes(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+def _worker_classes(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
     """Submit requests/s under each worker class (interleaved rounds), and the API's CPU per
     request: on a busy machine requests/s also measures how much CPU the scheduler grants
     (a gthread process has a thread per request to schedule, a gevent one a single
@@ -213,8 +215,8 @@ def _worker_classes(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]
     cpu: dict[str, list[float]] = {cls: [] for cls in servers}
     for _ in range(max(1, sizes.enqueue_rounds // 2)):
         for cls, server in servers.items():
-            server.wait_workers(2)
-            pids = server.worker_pids()
+            server.wait_children(2)
+            pids = server.children()
             before = _cpu_seconds(pids)
             result = run_wrk(server.base + SUBMIT_PATH, seconds=sizes.enqueue_seconds,
                              connections=sizes.connections, method="POST", body=body,
@@ -223,31 +225,31 @@ def _worker_classes(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]
             runs[cls].append(round(result.requests / result.seconds, 1))
             cpu[cls].append(round((_cpu_seconds(pids) - before) / max(1, result.requests) * 1e6))
     stack.stop(*servers.values())
-    rep.say("worker classes: " + ", ".join(f"{c} {median(r):.0f}/s, {median(cpu[c]):.0f} us "
+    rep.info("worker classes: " + ", ".join(f"{c} {median(r):.0f}/s, {median(cpu[c]):.0f} us "
                                            "CPU/request" for c, r in runs.items()))
     return {cls: {"requests_per_s": median(r), "rounds": r,
                   "cpu_us_per_request": median(cpu[cls]), "cpu_rounds": cpu[cls]}
             for cls, r in runs.items()}
 
 
-def followers(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+def followers(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
     streams, waits = sizes.follower_streams, sizes.follower_waits
     settings = Settings.from_env(stack.env(**API_ENV))
     stack.flush()
     api = stack.start_api("api-followers", **API_ENV)
-    api.wait_workers(settings.api_workers)
+    api.wait_children(settings.api_workers)
     # The worker consumes the followed queue only when told to (``add_consumer``), once
     # every follower is open: the tasks then end together, as fast as it drains them.
     worker = stack.start_worker("followers", concurrency=2, WORKER_QUEUES="default", QUEUES=QUEUE)
     token = stack.token
     client = stack.client()
     idle_rate, samples = sizes.follower_submit_rate, sizes.follower_submit_samples
-    rep.say(f"figure 7: submit latency idle ({samples} at {idle_rate:g}/s)")
+    rep.info(f"figure 7: submit latency idle ({samples} at {idle_rate:g}/s)")
     idle = _submit_latency(api, token, samples, idle_rate)
     base_rss, base_clients = _api_rss_kib(api), len(client.client_list())
 
     total = streams + waits
-    rep.say(f"figure 7: {total:,} tasks waiting in {QUEUE!r}; opening {streams:,} event "
+    rep.info(f"figure 7: {total:,} tasks waiting in {QUEUE!r}; opening {streams:,} event "
             f"streams, then {waits:,} ?wait=30")
     sub = Client(api.base, token)
     ids = []
@@ -271,17 +273,17 @@ def followers(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
         open_s = time.time() - opened
         loaded_rss, loaded_clients = _api_rss_kib(api), len(client.client_list())
         pubsub_clients = len(client.client_list(_type="pubsub"))
-        rep.say(f"figure 7: {total:,} open in {open_s:.1f}s; submit latency under them")
+        rep.info(f"figure 7: {total:,} open in {open_s:.1f}s; submit latency under them")
         loaded = _submit_latency(api, token, samples, idle_rate)
         control = create_celery(Settings.from_env(stack.env(QUEUES=QUEUE)))
         if not control.control.add_consumer(QUEUE, reply=True, timeout=10):
             raise RuntimeError(f"the worker did not start consuming {QUEUE!r}")
-        with rep.bar("followers answered", total) as bar:
-            end = time.monotonic() + 90
-            while crowd.finished() < total and time.monotonic() < end:
-                bar.update(crowd.finished())
-                time.sleep(0.25)
-            bar.update(crowd.finished())
+        end, shown = time.monotonic() + 90, time.monotonic()
+        while crowd.finished() < total and time.monotonic() < end:
+            if time.monotonic() - shown >= 5:
+                rep.info(f"figure 7: {crowd.finished():,} of {total:,} followers answered")
+                shown = time.monotonic()
+            time.sleep(0.25)
     finally:
         crowd.close()
         stack.stop(worker, api)
@@ -320,7 +322,7 @@ def followers(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
         "delivery_within_1s": not late and not any(missing.values()),
         "submit_p99_within_2x": ratio is not None and ratio <= SUBMIT_P99_RATIO_TARGET,
     }
-    rep.say(f"figure 7: answered {len(every):,}/{total:,}, p99 {result['delivery']}, submit p99 "
+    rep.info(f"figure 7: answered {len(every):,}/{total:,}, p99 {result['delivery']}, submit p99 "
             f"{idle['p99_ms']} -> {loaded['p99_ms']} ms")
     result["worker_classes"] = _worker_classes(stack, sizes, rep)
     result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
