@@ -147,29 +147,33 @@ def _threads_and_fds(api: Api) -> tuple[int, int]:
 
 
 def test_a_thousand_connect_close_cycles_leave_nothing_behind(
-        stack: tuple[Api, Process, RedisServer]) -> None:
-    api, _, server = stack
-    client = server.client()
-    ids = parked(api, 10)
+        isolated_redis: RedisServer) -> None:
+    client = isolated_redis.client()
+    others = len(client.client_list())  # before any API process connects
+    api = Api(isolated_redis.url, workers=2, QUEUES=PARKED, API_REDIS_CONNECTIONS="3")
+    try:
+        ids = parked(api, 10)
 
-    def cycles(n: int) -> None:
-        for i in range(n):
-            if i % 2:
-                open_stream(api.base, ids[i % 10]).close()
-            else:
-                open_request(api.base, f"/v1/tasks/{ids[i % 10]}?wait=30").close()
+        def cycles(n: int) -> None:
+            for i in range(n):
+                if i % 2:
+                    open_stream(api.base, ids[i % 10]).close()
+                else:
+                    open_request(api.base, f"/v1/tasks/{ids[i % 10]}?wait=30").close()
 
-    cycles(100)  # warm up: each process's subscription, connection pool and greenlets
-    wait_for(lambda: followers_open(api.base) == 0, 5, "warm-up followers gone")
-    before_clients = len(client.client_list())
-    before_threads, before_fds = _threads_and_fds(api)
-    cycles(1000)
-    wait_for(lambda: followers_open(api.base) == 0 and task_channels(client) == 0, 5,
-             "every follower of 1,000 cycles gone")
-    threads, _ = _threads_and_fds(api)
-    assert threads <= before_threads, (before_threads, threads)
-    wait_for(lambda: _threads_and_fds(api)[1] <= before_fds + 2, 5, "sockets closed")
-    assert len(client.client_list()) <= before_clients + 1
+        cycles(100)  # warm up: each process's subscription, connection pool and greenlets
+        wait_for(lambda: followers_open(api.base) == 0, 5, "warm-up followers gone")
+        before_threads, before_fds = _threads_and_fds(api)
+        cycles(1000)
+        wait_for(lambda: followers_open(api.base) == 0 and task_channels(client) == 0, 5,
+                 "every follower of 1,000 cycles gone")
+        threads, _ = _threads_and_fds(api)
+        assert threads <= before_threads, (before_threads, threads)
+        wait_for(lambda: _threads_and_fds(api)[1] <= before_fds + 2, 5, "sockets closed")
+        # per process at most its pool (API_REDIS_CONNECTIONS) and its one subscription
+        assert len(client.client_list()) <= others + 2 * (3 + 1)
+    finally:
+        api.close()
 
 
 def test_another_tenants_stream_is_404_without_taking_a_slot(

@@ -14,6 +14,7 @@ Use it with ``gunicorn -c python:taskplane.api.gunicorn_conf``.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 from gunicorn import util
@@ -30,6 +31,12 @@ _host = listen_host(_settings.api_host)
 bind = [f"[{_host}]:{_settings.api_port}" if ":" in _host else f"{_host}:{_settings.api_port}"]
 workers = _settings.api_workers
 worker_class = _settings.api_worker_class
+if worker_class == "gevent":
+    # gunicorn's master imports ssl before its gevent workers patch it after the fork: gevent
+    # warns about modules holding names imported from ssl before then. None of those is used
+    # here (redis-py looks ``ssl.create_default_context`` up when it connects, so a rediss://
+    # connection gets gevent's SSL); the warning would only be noise in every worker's log.
+    warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already")
 threads = _settings.api_threads  # gthread only
 worker_connections = _settings.api_worker_connections  # gevent only
 timeout = _settings.api_timeout
