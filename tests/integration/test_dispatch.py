@@ -73,8 +73,19 @@ def test_an_outage_wakes_every_follower_with_the_error_and_the_next_join_reconne
     assert d.stats()["connected"] == 0
     with pytest.raises(redis.ConnectionError):
         d.join("t-0")
+    refused = time.monotonic()
+    with pytest.raises(redis.ConnectionError):  # just failed: refused at once, not retried
+        d.join("t-0")
+    assert time.monotonic() - refused < 0.1
     isolated_redis.start()
-    again = d.join("t-0")
+
+    def rejoin() -> object:
+        try:
+            return d.join("t-0")
+        except redis.ConnectionError:
+            return None
+
+    again = wait_for(rejoin, 5, "a follower joining once Redis is back")
     isolated_redis.client().publish("t-0", "back")
     assert again.next_change(2)
 

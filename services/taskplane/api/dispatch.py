@@ -44,6 +44,9 @@ log = logging.getLogger("taskplane.api.dispatch")
 PING_AFTER = 10.0
 #: How long one blocking read waits before the reader looks at its bookkeeping again.
 READ_SLICE = 1.0
+#: After a failed connect, followers are refused at once (503) for this long instead of
+#: each waiting out a connect timeout in turn while Redis is unreachable.
+RECONNECT_AFTER = 1.0
 
 
 class Follower:
@@ -112,6 +115,7 @@ class Dispatcher:
         self._connected = threading.Event()
         self._ping_sent: float | None = None
         self._last_read = time.monotonic()
+        self._retry_at = 0.0
 
     # --- followers ------------------------------------------------------------------
 
@@ -174,8 +178,14 @@ class Dispatcher:
     def _connection(self) -> Any:
         """The live connection (connecting if there is none); caller holds the lock."""
         if self._conn is None:
+            if time.monotonic() < self._retry_at:  # failed just now: fail fast, don't queue
+                raise redis.ConnectionError("pub/sub connection unavailable; retrying shortly")
             conn = self._connect()
-            conn.connect()
+            try:
+                conn.connect()
+            except Exception:
+                self._retry_at = time.monotonic() + RECONNECT_AFTER
+                raise
             self._conn = conn
             self._ping_sent = None
             self._last_read = time.monotonic()

@@ -22,7 +22,9 @@ _ERRORS = {
     414: "Request line (path and query) longer than the server reads (8190 bytes).",
     415: "Body is not JSON.",
     422: "Valid JSON that breaks the schema; details name each field.",
-    429: "Tenant over its request rate or its cap of unfinished tasks; retry after Retry-After.",
+    429: "Tenant over its request rate, its cap of unfinished tasks or its share of followers "
+         "(`?wait`, event streams), or the API process holds MAX_FOLLOWERS; retry after "
+         "Retry-After.",
     503: "Redis is unreachable (`broker_unavailable`: nothing was accepted), or it did not "
          "confirm a change in time (`outcome_unknown`: it may have taken effect; `details.id` "
          "names the task). Retry after Retry-After seconds, with the same Idempotency-Key.",
@@ -57,13 +59,16 @@ def _op(summary: str, ok: int, ok_schema: dict[str, Any], errors: tuple[int, ...
 def _event_stream(op: dict[str, Any]) -> dict[str, Any]:
     """Each event of the stream: ``event: state`` with a Task, as JSON, in ``data``."""
     event = {"type": "object", "required": ["data"], "properties": {
-        "event": {"const": "state"},
+        "event": {"enum": ["state", "error"]},
         "id": {"type": "string"},
         "data": {"type": "string", "contentMediaType": "application/json",
                  "contentSchema": _ref("Task")}}}
     op["responses"]["200"] = {
         "description": "`event: state` with the Task as JSON `data`, each time it changes; "
-                       "the stream ends when the task has ended (or after MAX_EVENT_STREAM s).",
+                       "the stream ends when the task has ended (or after MAX_EVENT_STREAM s). "
+                       "If Redis goes away it sends `event: error` (its `data` names the task "
+                       "and `retry_after`) and ends; `retry:` and `id:` let a client reconnect "
+                       "with Last-Event-ID.",
         "content": {"text/event-stream": {"schema": event}}}
     return op
 
@@ -116,7 +121,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                            "schema": {"type": "number", "minimum": 0,
                                       "maximum": settings.max_wait},
                            "description": "Answer as soon as the task has ended, or after "
-                                          "this many seconds with its state then."}]),
+                                          "this many seconds with its state then. The "
+                                          "answer's Taskplane-Wait header says whether it "
+                                          "waited (`waited`), found no room to (`refused`) "
+                                          "or was cut short by a shutdown (`interrupted`)."}]),
             "delete": _op("Revoke a task", 202, _ref("Task"), (404, 409, 422), parameters=[
                 _TASK_ID,
                 {"name": "terminate", "in": "query", "required": False,
