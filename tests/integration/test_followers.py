@@ -268,3 +268,26 @@ def test_a_stopping_api_ends_its_followers_at_once(isolated_redis: RedisServer) 
         close_all(streams + waits)
     finally:
         api.close()
+
+
+def test_under_gthread_followers_are_capped_by_threads_and_submits_still_answer(
+        isolated_redis: RedisServer) -> None:
+    """API_WORKER_CLASS=gthread: each follower holds a thread, so a process of 3 threads
+    follows 2 at once and keeps one for everything else."""
+    api = Api(isolated_redis.url, workers=1, threads=3, QUEUES=PARKED, API_WORKER_CLASS="gthread")
+    try:
+        task = parked(api, 1)[0]
+        waits = [open_request(api.base, f"/v1/tasks/{task}?wait=30") for _ in range(2)]
+        wait_for(lambda: followers_open(api.base) == 2, 10, "two followers open")
+        started = time.monotonic()
+        assert api.post("/v1/tasks", json={"task": "test.echo", "kwargs": {"value": 1}}
+                        ).status_code == 202
+        third = api.get(f"/v1/tasks/{task}", params={"wait": 5})
+        assert third.status_code == 200, third.text
+        assert third.headers["Taskplane-Wait"] == "refused" and third.json()["state"] == "PENDING"
+        assert api.get(f"/v1/tasks/{task}/events").status_code == 429
+        assert time.monotonic() - started < 3
+        close_all(waits)  # gone clients free their threads too
+        wait_for(lambda: followers_open(api.base) == 0, 2, "the gthread followers freed")
+    finally:
+        api.close()

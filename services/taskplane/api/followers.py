@@ -76,7 +76,8 @@ class Followers:
         """Take a follower slot for ``tenant`` or raise :class:`Refused`."""
         with self._lock:
             held = self._tenants.get(tenant, 0)
-            if held >= self.per_tenant:
+            # a share as large as the process is no share: the process bound answers
+            if held >= self.per_tenant and self.per_tenant < self.capacity:
                 refused = Refused("tenant", self.per_tenant)
             elif self._open >= self.capacity:
                 refused = Refused("process", self.capacity)
