@@ -21,7 +21,7 @@ from .errors import ApiError
 #: Tenant of every caller when ``AUTH_DISABLED`` is set for local development.
 LOCAL_TENANT = "local"
 #: Longest tenant name an operator may give as ``?tenant=``.
-MAX_TENANT_NAME = 128
+MAX_TENANT_NAME = 64
 
 
 def _unauthorized(message: str) -> ApiError:

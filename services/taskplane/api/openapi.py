@@ -11,10 +11,12 @@ from typing import Any
 from .. import __version__
 from ..settings import Settings
 from . import schemas
+from .auth import MAX_TENANT_NAME
 
 _ERRORS = {
     400: "Malformed JSON, or a malformed header.",
     401: "Missing, malformed or unknown bearer token.",
+    403: "A tenant's token named a tenant (`?tenant=` is for operator tokens only).",
     404: "No such task, task type, dead letter or schedule (or it belongs to another tenant).",
     405: "Method not allowed on this path.",
     409: "Conflicts with the resource's state.",
@@ -73,6 +75,11 @@ def _event_stream(op: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
+#: ``?tenant=`` where an operator names one tenant (``auth.py``); a tenant's token gets 403.
+_TENANT = {"name": "tenant", "in": "query", "required": False,
+           "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TENANT_NAME},
+           "description": "Operators only: just this tenant's."}
+
 _TASK_ID = {"name": "task_id", "in": "path", "required": True,
             "schema": {"type": "string", "maxLength": 128}}
 
@@ -88,7 +95,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "next": {"type": ["string", "null"],
                          "description": "Pass as `cursor` for the next page; null at the end. "
                                         "A page may hold fewer than `limit` tasks."}}},
-            (414, 422), parameters=[
+            (403, 414, 422), parameters=[
+                _TENANT,
                 {"name": "state", "in": "query", "required": False,
                  "schema": {"type": "string", "enum": list(schemas.STATES)}},
                 {"name": "task", "in": "query", "required": False,
@@ -144,7 +152,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "items": {"type": "array", "items": _ref("DeadLetter")},
                 "total": {"type": "integer"}, "limit": {"type": "integer"},
                 "offset": {"type": "integer"}}},
-            (422,), parameters=[
+            (403, 422), parameters=[
+                _TENANT,
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                 {"name": "offset", "in": "query", "required": False,
@@ -202,9 +211,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
 
 
 _SCHEDULE_TENANT = {"name": "tenant", "in": "query", "required": False,
-                    "schema": {"type": "string", "maxLength": 64},
+                    "schema": {"type": "string", "maxLength": MAX_TENANT_NAME},
                     "description": "Operators only: the tenant whose schedule this is "
-                                   "(default: the schedules declared in code)."}
+                                   "(default: the schedules declared in code; when creating, "
+                                   "the operator's own name)."}
 _SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
                   "schema": {"type": "string", "maxLength": 64}}
 
@@ -214,22 +224,27 @@ def _schedule_paths() -> dict[str, Any]:
     body = lambda ref: {"required": True, "content": {  # noqa: E731
         "application/json": {"schema": _ref(ref)}}}
     created = _op("Create a periodic schedule (checked in full: 422 names the field)", 201,
-                  _ref("Schedule"), (400, 409, 413, 415, 422), requestBody=body("NewSchedule"))
+                  _ref("Schedule"), (400, 403, 409, 413, 415, 422), requestBody=body("NewSchedule"),
+                  parameters=[_SCHEDULE_TENANT])
     created["responses"]["201"]["headers"] = {"Location": {"schema": {"type": "string"}}}
-    deleted = _op("Delete a schedule", 204, {}, (404, 409), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT])
+    deleted = _op("Delete a schedule", 204, {}, (403, 404, 409, 422),
+                  parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT])
     deleted["responses"]["204"] = {"description": "Deleted."}
     return {
         "/v1/schedules": {
             "get": _op("The caller's schedules", 200,
                        {"type": "object", "required": ["items"], "properties": {
-                           "items": {"type": "array", "items": _ref("Schedule")}}}, ()),
+                           "items": {"type": "array", "items": _ref("Schedule")}}}, (403, 422),
+                       parameters=[_TENANT]),
             "post": created,
         },
         "/v1/schedules/{name}": {
             "get": _op("A schedule with its last and next fire and its last task", 200,
-                       _ref("Schedule"), (404,), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT]),
+                       _ref("Schedule"), (403, 404, 422),
+                       parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT]),
             "patch": _op("Change a schedule (checked in full)", 200, _ref("Schedule"),
-                         (400, 404, 409, 413, 415, 422), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT],
+                         (400, 403, 404, 409, 413, 415, 422),
+                         parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT],
                          requestBody=body("ScheduleChange")),
             "delete": deleted,
         },
