@@ -22,12 +22,14 @@ from celery.app import trace as celery_trace
 from celery.apps.worker import Worker as CeleryWorker
 from celery.exceptions import Retry
 from celery.worker import state as worker_state
+from celery.worker.request import Request as CeleryRequest
 
 from . import broker, lifecycle, metrics
 from .celery_app import create_celery
+from .flowerconfig import REDACTED
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
-from .results import RUN_ENDED, ResultBackend
+from .results import RUN_ENDED, stock_record
 from .runtime import STOCK_DEFAULT_QUEUE
 from .settings import Settings
 from .worker_probes import LeaseStep, serve_probes
@@ -144,10 +146,12 @@ def _queue_for(task: Any, task_id: str) -> str:
 
 def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is not None and request.id:
-        # The result backend stored REVOKED (and, results living here, ended the task);
-        # with results in another Redis the record ends here. A no-op if already ended.
+        # The result backend stored REVOKED and ended the task; a task that stores no
+        # result ends here (a no-op if already ended), adopted if sent around the API.
         _lifecycle(sender).finish(request.id, states.REVOKED,
-                                  tenant=lifecycle.tenant_hint(request))
+                                  tenant=lifecycle.tenant_hint(request),
+                                  adopt=stock_record(request.id, request, sender.name,
+                                                     sender.app.runtime.settings.default_queue))
         queue = _queue_for(sender, request.id)
         metrics.instruments().tasks.labels(sender.name, queue, "revoked").inc()
 
@@ -196,7 +200,6 @@ def connect_signals() -> None:
     signals.celeryd_init.connect(_on_worker_init, weak=False)
     signals.worker_ready.connect(_on_worker_ready, weak=False)
     signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
-    ResultBackend.on_dead_letter = staticmethod(_on_dead_letter)  # type: ignore[assignment]
     _connected = True
 
 
@@ -271,6 +274,20 @@ class RedactReturnValues(logging.Filter):
         return True
 
 
+class RedactedResultRequest(CeleryRequest):
+    """A task request whose ``task-succeeded`` event says ``<redacted>`` for the result.
+
+    The event carries the result's repr cut to ``resultrepr_maxsize``; Taskplane sets that
+    to 0 (the repr is never built at length), which Celery renders as a fragment, ``", ..."``,
+    and Flower showed that as if it were the value. The marker says what happened.
+    """
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-succeeded" and "result" in fields:
+            fields["result"] = REDACTED
+        super().send_event(type, **fields)
+
+
 class TaskplaneWorker(CeleryWorker):
     """Celery's worker, whose soft shutdown ends as soon as the tasks it held have ended.
 
@@ -311,12 +328,13 @@ def create_worker_app(settings: Settings) -> Celery:
     metrics.configure(settings.metrics_enabled)
     logging.getLogger(celery_trace.logger.name).addFilter(RedactReturnValues())
     logging.getLogger(consumer_module_logger()).addFilter(RedactMessageDumps())
-    app = create_celery(settings, patient=True)
+    app = create_celery(settings, patient=True, on_dead_letter=_on_dead_letter)
     # "terminate" stops the task whichever signal it names (taskplane.pool).
     app.conf.worker_pool = POOL
     # Task events (Flower) carry no return value: results may hold anything a tenant sent.
     for task in app.tasks.values():
         task.resultrepr_maxsize = 0
+        task.Request = RedactedResultRequest
     app.steps["consumer"].add(LeaseStep)
     app.Worker = app.subclass_with_self(TaskplaneWorker)
     connect_signals()

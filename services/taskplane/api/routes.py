@@ -28,7 +28,7 @@ bp.before_request(authenticate)
 bp.before_request(enforce_rate)
 
 _TASK_ID = re.compile(schemas.TASK_ID_PATTERN)
-_IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{schemas.MAX_IDEMPOTENCY_KEY}}}$")
+_IDEMPOTENCY_KEY = re.compile(schemas.IDEMPOTENCY_KEY_PATTERN)
 
 
 def _not_found(task_id: str) -> ApiError:
@@ -300,7 +300,8 @@ def _flag(name: str) -> bool:
 
 
 #: ``limit`` and ``offset`` of a dead-letter page: (default, lowest, highest).
-_PAGE = {"limit": (50, 1, 500), "offset": (0, 0, 1_000_000)}
+_PAGE = {"limit": (50, 1, schemas.MAX_DEAD_LETTER_PAGE),
+         "offset": (0, 0, schemas.MAX_DEAD_LETTER_OFFSET)}
 
 
 def _page() -> tuple[int, int]:
@@ -308,8 +309,9 @@ def _page() -> tuple[int, int]:
     values, problems = {}, []
     for name, (default, low, high) in _PAGE.items():
         raw = request.args.get(name, str(default))
-        # at most 7 digits: never a number too long to parse
-        if raw.isascii() and raw.isdigit() and len(raw) <= 7 and low <= int(raw) <= high:
+        # no more digits than the bound has: never a number too long to parse
+        if raw.isascii() and raw.isdigit() and len(raw) <= len(str(high)) \
+                and low <= int(raw) <= high:
             values[name] = int(raw)
         else:
             problems.append({"field": name, "message": f"integer {low}-{high}"})
