@@ -272,11 +272,13 @@ class _Event:
     retry: float | None  # seconds, from the stream's ``retry:`` field
 
 
-def _sse_events(lines: Iterator[str]) -> Iterator[_Event]:
-    """The events of a Server-Sent Events stream (comments skipped). A ``retry:`` with no
-    event after it still reaches the caller, as an event of kind ``""``."""
+def _sse_events(raw_lines: Iterator[str | bytes]) -> Iterator[_Event]:
+    """The events of a Server-Sent Events stream (comments skipped; UTF-8, the only encoding
+    SSE has, should requests hand over bytes). A ``retry:`` with no event after it still
+    reaches the caller, as an event of kind ``""``."""
     event: dict[str, str] = {}
-    for line in lines:
+    for raw in raw_lines:
+        line = raw.decode() if isinstance(raw, bytes) else raw
         if line == "":
             retry = event.get("retry", "")
             if "data" in event or retry:

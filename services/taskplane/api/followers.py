@@ -58,7 +58,8 @@ def capacity(settings: Settings) -> int:
 class Followers:
     """Admission, the shared subscription and the gone-client watch of one process."""
 
-    def __init__(self, settings: Settings, connect: Callable[[], Any]) -> None:
+    def __init__(self, settings: Settings, connect: Callable[[], Any],
+                 instruments: metrics.Instruments) -> None:
         self.capacity = capacity(settings)
         self.per_tenant = min(settings.max_followers_per_tenant, self.capacity)
         self.dispatcher = Dispatcher(connect, settings.redis_timeout)
@@ -66,7 +67,7 @@ class Followers:
         self._lock = threading.Lock()
         self._open = 0
         self._tenants: dict[str, int] = {}
-        m = metrics.instruments()
+        m = instruments
         self._gauges = {kind: m.followers_open.labels(kind) for kind in KINDS}
         self._refused = {reason: m.followers_refused.labels(reason)
                          for reason in metrics.FOLLOWER_REFUSALS}  # at zero from the start
@@ -130,8 +131,9 @@ def end_on_shutdown(app: Flask, alive: Callable[[], bool], every: float = 0.25) 
     threading.Thread(target=watch, name="taskplane-followers-shutdown", daemon=True).start()
 
 
-def init_app(app: Flask, settings: Settings, connect: Callable[[], Any]) -> None:
-    app.extensions[_EXTENSION] = Followers(settings, connect)
+def init_app(app: Flask, settings: Settings, connect: Callable[[], Any],
+             instruments: metrics.Instruments) -> None:
+    app.extensions[_EXTENSION] = Followers(settings, connect, instruments)
 
 
 def followers() -> Followers:
