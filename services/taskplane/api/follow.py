@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flask import request
@@ -147,7 +147,7 @@ def wait(status: TaskStatus, seconds: float) -> tuple[TaskStatus, str]:
         following.close()
 
 
-def events(status: TaskStatus, represent: Callable[[TaskStatus], Any]) -> Iterator[str]:
+def events(status: TaskStatus, represent: Callable[[TaskStatus], Any]) -> Iterable[str]:
     """Server-Sent Events of the task's state and progress, until it ends (or after
     ``MAX_EVENT_STREAM`` seconds). ``represent(status)`` is the body of each ``state`` event.
 

@@ -34,7 +34,7 @@ _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POL
 def _native_poll() -> Any:
     """The operating system's ``poll`` object, also under gevent's monkey-patching."""
     try:
-        from gevent import monkey
+        from gevent import monkey  # type: ignore[import-untyped]  # gevent ships no stubs
     except ImportError:
         return select.poll()
     if monkey.is_module_patched("select"):
