@@ -70,6 +70,8 @@ class Sizes:
     profile_rate: int  # py-spy samples per second per process (cpu_profile.py)
     profile_enqueue_seconds: float  # the profiled wrk run of figure 1
     profile_exec_tasks: int  # the backlog of figure 2's profiled drain
+    cost_tasks: int = 2000  # tasks per side and round of "Redis per task" (rediscost.py)
+    cost_rounds: int = 3
 
 
 # Chart values the autoscaling experiment overrides so the whole run fits the bench's
@@ -114,6 +116,7 @@ SMOKE = Sizes(
         ("workers.defaults.softShutdownTimeout", 2),
     ),
     profile_rate=100, profile_enqueue_seconds=1, profile_exec_tasks=300,
+    cost_tasks=30, cost_rounds=1,
 )
 
 
@@ -296,7 +299,7 @@ def fill(stack: Stack, side: str, n: int, queue: str = "default") -> list[str]:
     Taskplane's go to ``queue``; the post's to Celery's default queue, as the post has it.
     """
     ids_file = stack.workdir / f"ids-{side}.txt"
-    pythonpath = f"{BASELINE}:{ROOT}" if side == "seed" else str(ROOT)
+    pythonpath = f"{BASELINE}:{ROOT}" if side in ("seed", "ackslate") else str(ROOT)
     env = stack.env(PYTHONPATH=pythonpath, PROMETHEUS_MULTIPROC_DIR=stack.metrics_dir("fill"),
                     DEFAULT_QUEUE=queue)
     out = subprocess.run([sys.executable, "-m", "bench.fill", side, str(n), str(ids_file)],
