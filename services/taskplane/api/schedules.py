@@ -118,6 +118,9 @@ def _from_body(body: dict[str, Any], tenant: str, base: dict[str, Any]) -> Sched
     if "every" in body and body["every"] is not None and "cron" not in body:
         fields["cron"] = None  # switching to an interval
     fields["args"] = tuple(fields.get("args") or ())
+    for name in ("every", "priority"):  # JSON Schema's integer includes 5.0: so does ours
+        if isinstance(fields.get(name), float) and fields[name].is_integer():
+            fields[name] = int(fields[name])
     fields.pop("source", None)
     return Schedule(tenant=tenant, source="api", **fields)
 
