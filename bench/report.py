@@ -311,7 +311,7 @@ def _redis_cost_section(cost: dict[str, Any] | None) -> list[str]:
             calls, usec = commands[command].get(side, (0.0, 0.0))
             cells.append(f"{calls:g} / {usec:.1f}" if calls else "")
         lines.append(f"| `{command}` | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _ratio(value: Any, kind: str) -> str:
