@@ -257,7 +257,7 @@ def redis_cost(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any
             "commands_per_task": rounded(median(r["commands_per_task"] for r in rows), 2),
             "tasks_per_s_per_core": rounded(1e6 / cpu, 0) if cpu > 0 else None,
             "commands": middle["commands"],  # the breakdown of the median round
-            "runs": rows,
+            "runs": [{k: v for k, v in r.items() if k != "commands"} for r in rows],
         }
     return {
         "what": "Redis server CPU (INFO cpu deltas) and commands (INFO commandstats deltas) per task, "

@@ -76,6 +76,11 @@ def render(results: dict[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
     ]
+    merged = results.get("merged")
+    if merged:
+        lines += [f"This run measured {', '.join(merged['replaced'])} only (`--only ... --merge`); "
+                  f"{', '.join(merged['kept']) or 'nothing'} are from the run that finished "
+                  f"{merged['kept_from']}.", ""]
     lines += _targets(results)
     lines += ["![figures](bench/results/figures.png)", ""]
 
@@ -276,17 +281,17 @@ def _redis_cost_section(cost: dict[str, Any] | None) -> list[str]:
               "1 / (Redis CPU per task).", ""]
     lines += ["| Side | Redis CPU per task | Commands per task | Ceiling per Redis core | "
               "CPU vs plain Celery acks late (median, per round) |", "|---|---:|---:|---:|---|"]
-    for side, short in COST_SIDES.items():
+    for side in COST_SIDES:
         r = res.get(side)
         if r is None:
             continue
         if side == base:
-            vs = "1 (the yardstick)"
+            vs = "1.00x (the yardstick)"
         else:
             name = f"{side}_vs_{base}"
             vs = (f"{_ratio(cost['ratios'].get(name), 'x')} "
                   f"({', '.join(_ratio(x, 'x') for x in cost['per_round_ratios'].get(name, []))})")
-        lines.append(f"| {short}: {r['label']} | {_fmt(r['cpu_us_per_task'])} µs | "
+        lines.append(f"| {_sentence(r['label'])} | {_fmt(r['cpu_us_per_task'])} µs | "
                      f"{_fmt(r['commands_per_task'])} | {_fmt(r['tasks_per_s_per_core'], '{:,.0f}')} "
                      f"tasks/s | {vs} |")
     for name, target in cost.get("targets", {}).items():

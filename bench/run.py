@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep every process's log (where is printed at the end)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: keep the other benchmarks' results of the existing "
+                             "latest.json (their run's machine line and times stay theirs)")
     args = parser.parse_args(argv)
 
     selected = [s.strip() for s in args.only.split(",") if s.strip()] or list(BENCHMARKS)
@@ -224,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     results["load_average_at_end"] = machine.load_average()
     results["failed"] = failed
 
+    if args.merge and (out / "latest.json").exists():
+        earlier = json.loads((out / "latest.json").read_text())
+        merged = {k: v for k, v in earlier.items() if k in BENCHMARKS or k == "metrics_cost"}
+        merged.update({k: v for k, v in results.items() if k in selected or k == "metrics_cost"})
+        kept = [k for k in BENCHMARKS if k in earlier and k not in selected]
+        results = {**earlier, **{k: v for k, v in results.items() if k not in BENCHMARKS},
+                   **merged, "merged": {"kept_from": earlier.get("finished_at"), "kept": kept,
+                                        "replaced": selected},
+                   "failed": [*earlier.get("failed", []), *failed]}
     write_json(out / "latest.json", results)
     for path in plot.draw(results, out):
         rep.info(f"wrote {path}")
