@@ -78,9 +78,12 @@ def render(results: dict[str, Any]) -> str:
     ]
     merged = results.get("merged")
     if merged:
-        lines += [f"This run measured {', '.join(merged['replaced'])} only (`--only ... --merge`); "
-                  f"{', '.join(merged['kept']) or 'nothing'} are from the run that finished "
-                  f"{merged['kept_from']}.", ""]
+        runs: dict[str, list[str]] = {}
+        for name, finished in merged["sources"].items():
+            runs.setdefault(str(finished), []).append(name)
+        lines += ["Sections come from more than one run (`python -m bench --only ... --merge`): "
+                  + "; ".join(f"{', '.join(names)} from the run that finished {finished}"
+                              for finished, names in sorted(runs.items())) + ".", ""]
     lines += _targets(results)
     lines += ["![figures](bench/results/figures.png)", ""]
 

@@ -231,11 +231,15 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads((out / "latest.json").read_text())
         merged = {k: v for k, v in earlier.items() if k in BENCHMARKS or k == "metrics_cost"}
         merged.update({k: v for k, v in results.items() if k in selected or k == "metrics_cost"})
-        kept = [k for k in BENCHMARKS if k in earlier and k not in selected]
+        # which run each section comes from (a merge of a merge keeps the older sources)
+        sources = dict(earlier.get("merged", {}).get("sources")
+                       or {k: earlier.get("finished_at") for k in BENCHMARKS if k in earlier})
+        sources.update({k: results["finished_at"] for k in selected})
         results = {**earlier, **{k: v for k, v in results.items() if k not in BENCHMARKS},
-                   **merged, "merged": {"kept_from": earlier.get("finished_at"), "kept": kept,
-                                        "replaced": selected},
+                   **merged, "merged": {"sources": sources},
                    "failed": [*earlier.get("failed", []), *failed]}
+        if "enqueue" in results or "execution" in results:  # from the sections now held
+            results["metrics_cost"] = metrics_cost(results)
     write_json(out / "latest.json", results)
     for path in plot.draw(results, out):
         rep.info(f"wrote {path}")
