@@ -376,7 +376,8 @@ def _token_map(env: str, value: str) -> dict[str, str]:
 
 
 def _env(field_name: str) -> str:
-    return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field_name)
+    return next(str(f.metadata["env"]) for f in dataclasses.fields(Settings)
+                if f.name == field_name)
 
 
 def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:

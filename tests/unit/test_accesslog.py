@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from taskplane import logs
 from taskplane.api import accesslog
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO taskplane\.access: POST /v1/tasks 202 1\.2ms$")
@@ -19,13 +20,13 @@ LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO taskplane\.access
 
 @contextmanager
 def basic_logging() -> Iterator[io.StringIO]:
-    """The root logger as ``create_app``'s ``logging.basicConfig`` leaves it, on a buffer.
+    """The root logger as ``logs.configure`` leaves it, on a buffer.
 
     Entered in the test's body: pytest adds its own capturing handlers to the root logger
     for each phase, after fixtures are set up."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(logs.FORMAT))
     saved = logging.root.handlers, logging.root.level
     logging.root.handlers, logging.root.level = [handler], logging.INFO
     logging.getLogger("taskplane.access").setLevel(logging.NOTSET)

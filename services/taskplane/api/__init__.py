@@ -2,17 +2,16 @@
 
 ``create_app(settings)`` builds everything from the frozen settings: nothing runs
 at import, so tests build as many apps as they like, and gunicorn calls
-``taskplane.api:create_app()`` in each worker process.
+``taskplane.api:create_app()`` in each worker process. Each app owns its state (tasks,
+metrics: ``Runtime``); the process's logging is the entry point's (gunicorn's config,
+``logs.configure``), never the factory's.
 """
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, Request, Response
 from flask.sessions import NullSession, SessionInterface
 
-from .. import metrics
 from ..celery_app import create_celery
 from ..settings import Settings
 from . import auth, errors, health, limits, observe, routes, schedules, seed
@@ -46,22 +45,19 @@ class NoSessions(SessionInterface):
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokens = settings.tokens()
-    metrics.configure(settings.metrics_enabled)
+    celery = create_celery(settings, set_as_current=False)
     app = TaskplaneFlask("taskplane")
     app.session_interface = NoSessions()
     # No redirects: a merged-slash redirect would name whatever Host the client sent.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's; typed as its base
     auth.init_app(app, tokens, settings.auth_disabled)
     errors.init_app(app, settings.retry_after)
-    observe.init_app(app, settings.access_log)
+    observe.init_app(app, celery.runtime.metrics, settings.access_log)
     limits.init_app(app)
-    celery = create_celery(settings)
     app.extensions["taskplane"] = ApiContext(
         settings=settings,
         celery=celery,

@@ -2,12 +2,12 @@
 
 ``logging`` builds a LogRecord, walks the logger tree, takes the handler's lock and
 formats the time for every line: about 23 µs a line on the benchmark machine, 2% of a
-request. This writer keeps the same line (the format ``create_app`` gives
-``logging.basicConfig``, so parsers see no difference) at under 3 µs: the time is
+request. This writer keeps the same line (``logs.FORMAT``, which ``logs.configure``
+gives the root logger, so parsers see no difference) at under 3 µs: the time is
 formatted once a second, the line with one f-string and written with one ``write`` to the
 same stream the handlers use (stderr, which gunicorn collects). It still obeys logging's
 configuration: a line is written only while ``taskplane.access`` is enabled for INFO
-(``LOG_LEVEL``, or a test's ``caplog``), and unless logging is as ``create_app`` set it
+(``LOG_LEVEL``, or a test's ``caplog``), and unless logging is as ``logs.configure`` set it
 up (the root logger's one handler writing to stderr, none on this logger), its lines go
 through logging, the slow way, so no handler someone configured is bypassed.
 """

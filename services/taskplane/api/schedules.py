@@ -61,7 +61,7 @@ def _declared(tenant: str | None) -> list[Schedule]:
     """Schedules declared in code: the ``system`` tenant's, read-only here."""
     if tenant not in (None, lifecycle.SYSTEM_TENANT):
         return []
-    return sorted(schedules.DECLARED.values(), key=lambda s: s.name)
+    return schedules.declared_in(api_context().runtime.registry)
 
 
 def _owned(name: str, writing: bool = False) -> Schedule:
