@@ -361,6 +361,12 @@ def _targets(results: dict[str, Any]) -> list[str]:
             label, kind = labels.get(name, (name, "x"))
             rows.append(f"| {title}: {label} | {_ratio(section['ratios'].get(name), kind)} | "
                         f"≥ {_ratio(target, kind)} | {_met(section['met'].get(name))} |")
+    redis_cost = results.get("rediscost")
+    if redis_cost and "error" not in redis_cost:
+        for name, target in redis_cost.get("targets", {}).items():
+            rows.append(f"| Redis CPU per task: Taskplane / plain Celery acks late | "
+                        f"{_ratio(redis_cost['ratios'].get(name), 'x')} | ≤ {_ratio(target, 'x')} | "
+                        f"{_met(redis_cost['met'].get(name))} |")
     cost = results.get("metrics_cost")
     if cost and "error" not in cost:
         worst = max((abs(r["cost_pct"]) for n, r in cost["results"].items() if "/s" in n), default=None)
