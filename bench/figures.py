@@ -70,6 +70,11 @@ class Sizes:
     profile_rate: int  # py-spy samples per second per process (cpu_profile.py)
     profile_enqueue_seconds: float  # the profiled wrk run of figure 1
     profile_exec_tasks: int  # the backlog of figure 2's profiled drain
+    # figure 7 (bench/followers.py): the issue's targets at full size
+    follower_streams: int = 2000
+    follower_waits: int = 2000
+    follower_submit_rate: float = 100.0  # paced submits/s for the latency samples
+    follower_submit_samples: int = 500
     cost_tasks: int = 2000  # tasks per side and round of "Redis per task" (rediscost.py)
     cost_rounds: int = 3
 
@@ -116,6 +121,8 @@ SMOKE = Sizes(
         ("workers.defaults.softShutdownTimeout", 2),
     ),
     profile_rate=100, profile_enqueue_seconds=1, profile_exec_tasks=300,
+    follower_streams=40, follower_waits=40, follower_submit_rate=50,
+    follower_submit_samples=50,
     cost_tasks=30, cost_rounds=1,
 )
 

@@ -31,12 +31,13 @@ if __package__ in (None, ""):  # run as a script: bench/run.py
 
 from tests.support.procs import MissingBinary, find_binary
 
-from . import autoscale, figures, machine, plot, rediscost, report
+from . import autoscale, figures, followers, machine, plot, rediscost, report
 from .stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-BENCHMARKS = ("enqueue", "redis", "execution", "rediscost", "latency", "memory", "autoscaling")
+BENCHMARKS = ("enqueue", "redis", "execution", "rediscost", "latency", "memory", "autoscaling",
+              "followers")
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "enqueue": figures.enqueue,
     "redis": figures.redis_limits,
@@ -45,6 +46,7 @@ STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "latency": figures.latency,
     "memory": figures.memory,
     "autoscaling": autoscale.autoscaling,
+    "followers": followers.followers,
 }
 
 
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         merged.update({k: v for k, v in results.items() if k in selected or k == "metrics_cost"})
         # which run each section comes from (a merge of a merge keeps the older sources)
         sources = dict(earlier.get("merged", {}).get("sources")
-                       or {k: earlier.get("finished_at") for k in BENCHMARKS if k in earlier})
+                       or {k: earlier[k].get("finished_at") or earlier.get("finished_at")
+                           for k in BENCHMARKS if isinstance(earlier.get(k), dict)})
         sources.update({k: results["finished_at"] for k in selected})
         results = {**earlier, **{k: v for k, v in results.items() if k not in BENCHMARKS},
                    **merged, "merged": {"sources": sources},

@@ -60,8 +60,7 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
     if patient:
         retry = Retry(ExponentialBackoff(**WORKER_REDIS_BACKOFF), WORKER_REDIS_RETRIES,
                       supported_errors=(redis.ConnectionError, redis.TimeoutError))
-    return redis.Redis.from_url(
-        url,
+    options: dict[str, Any] = dict(
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
@@ -69,6 +68,15 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
         retry_on_timeout=patient,
         **(redis_tls_options(settings) if url.startswith("rediss:") else {}),
     )
+    if patient:
+        return redis.Redis.from_url(url, **options)
+    # Under gevent thousands of requests run at once (followers waking together when a
+    # burst of tasks ends): an unbounded pool would open a connection for each. A bounded,
+    # blocking pool makes the excess wait for a free connection (at most REDIS_TIMEOUT).
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=settings.api_redis_connections, timeout=settings.redis_timeout,
+        **options)
+    return redis.Redis(connection_pool=pool)
 
 
 def create_celery(settings: Settings, patient: bool = False,

@@ -162,7 +162,7 @@ def test_pngs_and_markdown(smoke):
     text = smoke["markdown"].read_text()
     assert "<!-- BEGIN bench" in text and "<!-- END bench -->" in text
     for heading in ("## 1. Enqueue", "## 2. Execution", "## 3. End-to-end latency", "## 4. Cost of metrics",
-                    "## 5. Memory", "## 6. Where the time goes", "## 7. Redis per task",
+                    "## 5. Memory", "## 6. Where the time goes", "## 8. Redis per task",
                     "### Per request", "### Per task",
                     "## Autoscaling"):
         assert heading in text
