@@ -75,6 +75,8 @@ class Sizes:
     follower_waits: int = 2000
     follower_submit_rate: float = 100.0  # paced submits/s for the latency samples
     follower_submit_samples: int = 500
+    cost_tasks: int = 2000  # tasks per side and round of "Redis per task" (rediscost.py)
+    cost_rounds: int = 3
 
 
 # Chart values the autoscaling experiment overrides so the whole run fits the bench's
@@ -121,6 +123,7 @@ SMOKE = Sizes(
     profile_rate=100, profile_enqueue_seconds=1, profile_exec_tasks=300,
     follower_streams=40, follower_waits=40, follower_submit_rate=50,
     follower_submit_samples=50,
+    cost_tasks=30, cost_rounds=1,
 )
 
 
@@ -303,7 +306,7 @@ def fill(stack: Stack, side: str, n: int, queue: str = "default") -> list[str]:
     Taskplane's go to ``queue``; the post's to Celery's default queue, as the post has it.
     """
     ids_file = stack.workdir / f"ids-{side}.txt"
-    pythonpath = f"{BASELINE}:{ROOT}" if side == "seed" else str(ROOT)
+    pythonpath = f"{BASELINE}:{ROOT}" if side in ("seed", "ackslate") else str(ROOT)
     env = stack.env(PYTHONPATH=pythonpath, PROMETHEUS_MULTIPROC_DIR=stack.metrics_dir("fill"),
                     DEFAULT_QUEUE=queue)
     out = subprocess.run([sys.executable, "-m", "bench.fill", side, str(n), str(ids_file)],

@@ -2,6 +2,7 @@
 
     python -m bench.fill taskplane N IDS_FILE   # taskplane.celery_app.submit(): record + message, one call
     python -m bench.fill seed N IDS_FILE        # the post's long_running_task.delay(data)
+    python -m bench.fill ackslate N IDS_FILE    # plain Celery (acks late): send_task("bench.noop")
 
 Run in a child process with the stack's environment (``REDIS_URL`` ...; for ``seed``,
 ``PYTHONPATH`` holding bench/baseline). Writes the task ids, one per line.
@@ -36,9 +37,15 @@ def fill_seed(n: int) -> list[str]:
     return [long_running_task.delay(DATA).id for _ in range(n)]
 
 
+def fill_ackslate(n: int) -> list[str]:
+    from ackslate import celery_app  # bench/baseline/ackslate.py
+
+    return [celery_app.send_task("bench.noop", kwargs={"data": DATA}).id for _ in range(n)]
+
+
 def main(argv: list[str]) -> int:
     side, n, out = argv[0], int(argv[1]), Path(argv[2])
-    ids = {"taskplane": fill_taskplane, "seed": fill_seed}[side](n)
+    ids = {"taskplane": fill_taskplane, "seed": fill_seed, "ackslate": fill_ackslate}[side](n)
     out.write_text("\n".join(ids) + "\n")
     return 0
 

@@ -217,8 +217,9 @@ class Client:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        headers = dict(self.headers)
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        headers = {**self.headers, **(headers or {})}
         data = None
         if body is not None:
             data = json.dumps(body).encode()

@@ -76,6 +76,14 @@ def render(results: dict[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
     ]
+    merged = results.get("merged")
+    if merged:
+        runs: dict[str, list[str]] = {}
+        for name, finished in merged["sources"].items():
+            runs.setdefault(str(finished), []).append(name)
+        lines += ["Sections come from more than one run (`python -m bench --only ... --merge`): "
+                  + "; ".join(f"{', '.join(names)} from the run that finished {finished}"
+                              for finished, names in sorted(runs.items())) + ".", ""]
     lines += _targets(results)
     lines += ["![figures](bench/results/figures.png)", ""]
 
@@ -236,6 +244,7 @@ def render(results: dict[str, Any]) -> str:
                               for e in a["scale_ups"] + a["scale_downs"])
                   + ".", ""]
     lines += _followers_section(results.get("followers"))
+    lines += _redis_cost_section(results.get("rediscost"))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -317,6 +326,62 @@ EXEC_RATIO_LABELS = {
 }
 
 
+#: The sides of "Redis per task", in the table's order, with their short names.
+COST_SIDES = {"taskplane": "Taskplane", "celery_acks_late": "Plain Celery, acks late",
+              "seed": "The post's worker", "floor": "Floor"}
+
+
+def _redis_cost_section(cost: dict[str, Any] | None) -> list[str]:
+    """Section 8: Redis CPU and commands per task, side by side, and per command."""
+    lines = ["## 8. Redis per task", ""]
+    failed = _failed("Redis per task", cost)
+    if failed:
+        return lines + failed
+    assert cost is not None
+    res, base = cost["results"], cost["baseline"]
+    lines += [_sentence(cost["what"]) + f"; {cost['tasks_per_run']:,} tasks per run, "
+              f"{cost['rounds']} rounds. The ceiling is what one Redis core carries: "
+              "1 / (Redis CPU per task).", ""]
+    lines += ["| Side | Redis CPU per task | Commands per task | Ceiling per Redis core | "
+              "CPU vs plain Celery acks late (median, per round) |", "|---|---:|---:|---:|---|"]
+    for side in COST_SIDES:
+        r = res.get(side)
+        if r is None:
+            continue
+        if side == base:
+            vs = "1.00x (the yardstick)"
+        else:
+            name = f"{side}_vs_{base}"
+            vs = (f"{_ratio(cost['ratios'].get(name), 'x')} "
+                  f"({', '.join(_ratio(x, 'x') for x in cost['per_round_ratios'].get(name, []))})")
+        lines.append(f"| {_sentence(r['label'])} | {_fmt(r['cpu_us_per_task'])} µs | "
+                     f"{_fmt(r['commands_per_task'])} | {_fmt(r['tasks_per_s_per_core'], '{:,.0f}')} "
+                     f"tasks/s | {vs} |")
+    for name, target in cost.get("targets", {}).items():
+        lines += ["", f"Target: Taskplane's Redis CPU per task at most {_ratio(target, 'x')} plain "
+                  f"Celery's with acks late: {_ratio(cost['ratios'].get(name), 'x')}, "
+                  f"{_met(cost['met'].get(name))}."]
+    lines += ["", _sentence(cost["ratios_how"]) + ". " + _sentence(cost["how"]) + ".", ""]
+    # per command: calls and µs (commandstats' own time, network excluded) per task
+    commands: dict[str, dict[str, tuple[float, float]]] = {}
+    shown = [s for s in COST_SIDES if s in res]
+    for side in shown:
+        for row in res[side]["commands"]:
+            commands.setdefault(row["command"], {})[side] = (row["calls_per_task"], row["usec_per_task"])
+    order = sorted(commands, key=lambda c: (-max(v[1] for v in commands[c].values()), c))
+    lines += ["Per command (the median round of each side): calls per task / µs per task inside Redis "
+              "(`INFO commandstats`; the rest of the CPU is reading and writing the connections).", "",
+              "| Command | " + " | ".join(COST_SIDES[s] for s in shown) + " |",
+              "|---|" + "---:|" * len(shown)]
+    for command in order:
+        cells = []
+        for side in shown:
+            calls, usec = commands[command].get(side, (0.0, 0.0))
+            cells.append(f"{calls:g} / {usec:.1f}" if calls else "")
+        lines.append(f"| `{command}` | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _ratio(value: Any, kind: str) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "—"
@@ -356,6 +421,12 @@ def _targets(results: dict[str, Any]) -> list[str]:
             label, kind = labels.get(name, (name, "x"))
             rows.append(f"| {title}: {label} | {_ratio(section['ratios'].get(name), kind)} | "
                         f"≥ {_ratio(target, kind)} | {_met(section['met'].get(name))} |")
+    redis_cost = results.get("rediscost")
+    if redis_cost and "error" not in redis_cost:
+        for name, target in redis_cost.get("targets", {}).items():
+            rows.append(f"| Redis CPU per task: Taskplane / plain Celery acks late | "
+                        f"{_ratio(redis_cost['ratios'].get(name), 'x')} | ≤ {_ratio(target, 'x')} | "
+                        f"{_met(redis_cost['met'].get(name))} |")
     cost = results.get("metrics_cost")
     if cost and "error" not in cost:
         worst = max((abs(r["cost_pct"]) for n, r in cost["results"].items() if "/s" in n), default=None)

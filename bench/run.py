@@ -31,16 +31,18 @@ if __package__ in (None, ""):  # run as a script: bench/run.py
 
 from tests.support.procs import MissingBinary, find_binary
 
-from . import autoscale, figures, followers, machine, plot, report
+from . import autoscale, figures, followers, machine, plot, rediscost, report
 from .stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-BENCHMARKS = ("enqueue", "redis", "execution", "latency", "memory", "autoscaling", "followers")
+BENCHMARKS = ("enqueue", "redis", "execution", "rediscost", "latency", "memory", "autoscaling",
+              "followers")
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "enqueue": figures.enqueue,
     "redis": figures.redis_limits,
     "execution": figures.execution,
+    "rediscost": rediscost.redis_cost,
     "latency": figures.latency,
     "memory": figures.memory,
     "autoscaling": autoscale.autoscaling,
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep every process's log (where is printed at the end)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: keep the other benchmarks' results of the existing "
+                             "latest.json (their run's machine line and times stay theirs)")
     args = parser.parse_args(argv)
 
     selected = [s.strip() for s in args.only.split(",") if s.strip()] or list(BENCHMARKS)
@@ -224,6 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     results["load_average_at_end"] = machine.load_average()
     results["failed"] = failed
 
+    if args.merge and (out / "latest.json").exists():
+        earlier = json.loads((out / "latest.json").read_text())
+        merged = {k: v for k, v in earlier.items() if k in BENCHMARKS or k == "metrics_cost"}
+        merged.update({k: v for k, v in results.items() if k in selected or k == "metrics_cost"})
+        # which run each section comes from (a merge of a merge keeps the older sources)
+        sources = dict(earlier.get("merged", {}).get("sources")
+                       or {k: earlier[k].get("finished_at") or earlier.get("finished_at")
+                           for k in BENCHMARKS if isinstance(earlier.get(k), dict)})
+        sources.update({k: results["finished_at"] for k in selected})
+        results = {**earlier, **{k: v for k, v in results.items() if k not in BENCHMARKS},
+                   **merged, "merged": {"sources": sources},
+                   "failed": [*earlier.get("failed", []), *failed]}
+        if "enqueue" in results or "execution" in results:  # from the sections now held
+            results["metrics_cost"] = metrics_cost(results)
     write_json(out / "latest.json", results)
     for path in plot.draw(results, out):
         rep.info(f"wrote {path}")

@@ -15,6 +15,8 @@ import shutil
 import signal as signals
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,19 @@ class Stack:
         self.redis = RedisServer().start()
         return self.redis
 
+    @contextmanager
+    def private_redis(self) -> Iterator[RedisServer]:
+        """A fresh redis-server of its own for what runs inside: the stack's ``redis_url``
+        (and so every process started meanwhile) points at it, and back at the run's Redis
+        afterwards. The caller stops what it started inside before leaving."""
+        server, saved = RedisServer().start(), self.redis
+        self.redis = server
+        try:
+            yield server
+        finally:
+            self.redis = saved
+            server.close()
+
     def api_workers(self) -> int:
         """gunicorn workers per API server (``API_WORKERS``), baselines included."""
         return Settings.from_env(self.env()).api_workers
@@ -182,6 +197,16 @@ class Stack:
         args = [_bin("celery"), "-A", "tasks.celery_app", "worker", "-l", "info",
                 f"--concurrency={concurrency}", f"--hostname={name}@%h"]
         proc = self.spawn(name, args, e, cwd=BASELINE)
+        if wait:
+            self.wait_worker_ready(proc)
+        return proc
+
+    def start_ackslate_worker(self, name: str = "ackslate-worker", concurrency: int = 2,
+                              wait: bool = True) -> Proc:
+        """Plain Celery with acks late (``baseline/ackslate.py``): ``celery -A ackslate worker``."""
+        args = [_bin("celery"), "-A", "ackslate", "worker", "-l", "info",
+                f"--concurrency={concurrency}", f"--hostname={name}@%h"]
+        proc = self.spawn(name, args, self.env(PYTHONPATH=str(BASELINE)), cwd=BASELINE)
         if wait:
             self.wait_worker_ready(proc)
         return proc

@@ -99,6 +99,27 @@ def test_cpu_breakdown(smoke, figure, unit, children, key):
     assert number(redis["cpu_us_per_unit"]) and redis["commands_per_unit"] > 0 and redis["commands"]
 
 
+def test_redis_per_task(smoke):
+    """Issue 29: Redis CPU and commands per task, each side on its own Redis, one ratio per round."""
+    cost = smoke["results"]["rediscost"]
+    assert cost["baseline"] == "celery_acks_late"
+    for side in ("taskplane", "celery_acks_late", "seed", "floor"):
+        row = cost["results"][side]
+        assert number(row["cpu_us_per_task"]) and row["cpu_us_per_task"] > 0, side
+        assert number(row["tasks_per_s_per_core"]) and row["commands"], side
+        assert len(row["runs"]) == cost["rounds"], side
+        assert "info" not in {c["command"] for c in row["commands"]}, side  # the bench's own INFO
+    # what each side must send at least: the floor its LPUSH/BLMOVE/SET/LREM, Taskplane scripts
+    floor = {c["command"]: c["calls_per_task"] for c in cost["results"]["floor"]["commands"]}
+    assert floor["lpush"] == 1 and floor["set"] == 1 and floor["lrem"] == 1 and floor["blmove"] >= 1
+    taskplane = {c["command"] for c in cost["results"]["taskplane"]["commands"]}
+    assert "evalsha" in taskplane and "brpop" in taskplane
+    assert cost["results"]["taskplane"]["commands_per_task"] > cost["results"]["floor"]["commands_per_task"]
+    for name in ("taskplane_vs_celery_acks_late", "seed_vs_celery_acks_late", "floor_vs_celery_acks_late"):
+        assert number(cost["ratios"][name]) and len(cost["per_round_ratios"][name]) == cost["rounds"]
+    assert isinstance(cost["met"]["taskplane_vs_celery_acks_late"], bool)
+
+
 def test_latency(smoke):
     lat = smoke["results"]["latency"]
     assert number(lat["capacity"]["tasks_per_s"])
@@ -141,7 +162,8 @@ def test_pngs_and_markdown(smoke):
     text = smoke["markdown"].read_text()
     assert "<!-- BEGIN bench" in text and "<!-- END bench -->" in text
     for heading in ("## 1. Enqueue", "## 2. Execution", "## 3. End-to-end latency", "## 4. Cost of metrics",
-                    "## 5. Memory", "## 6. Where the time goes", "### Per request", "### Per task",
+                    "## 5. Memory", "## 6. Where the time goes", "## 8. Redis per task",
+                    "### Per request", "### Per task",
                     "## Autoscaling"):
         assert heading in text
     assert "| Floor: 2 plain loops" in text and "| Component | Share of CPU | µs per request" in text

@@ -6,17 +6,16 @@ dashboard shows what clients get wrong without reading logs.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 from flask import Flask, Response, g, request
 
 from ..metrics import Metrics
+from . import accesslog
 
-#: One line per request: method, route template, status, time. Never the raw path, the
-#: query string or a header, so task data and tokens stay out of the logs.
-access = logging.getLogger("taskplane.access")
+#: One line per request: method, route template, status, time (accesslog.py).
+access = accesslog.access
 
 #: Endpoints that submit tasks: their refusals are counted as rejections.
 SUBMITTING = frozenset({"v1.submit_task", "v1.retry_dead_letter", "seed.start_task"})
@@ -33,6 +32,7 @@ def init_app(app: Flask, metrics: Metrics, access_log: bool = True) -> None:
     # The labelled series of each (route, method, status), looked up once: routes are
     # templates and methods a fixed set, so these stay small.
     counted: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+    log = accesslog.AccessLog()
 
     @app.before_request
     def _start() -> None:
@@ -55,7 +55,7 @@ def init_app(app: Flask, metrics: Metrics, access_log: bool = True) -> None:
         if elapsed is not None:
             series[1].observe(elapsed)
         if access_log:
-            access.info("%s %s %d %.1fms", method, route, status, 1000 * (elapsed or 0.0))
+            log.line(method, route, status, 1000 * (elapsed or 0.0))
         if request.endpoint in SUBMITTING:
             if response.status_code < 300 and g.get("accepted_task"):
                 m.tasks_accepted.labels(g.accepted_task).inc()

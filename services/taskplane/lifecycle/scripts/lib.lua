@@ -49,11 +49,21 @@ local function may_end(record, result, value, ttl, tenant, run_ended)
   return nil, current
 end
 
--- Add ``id`` to a listing index scored by ``score`` (its submission time); entries older
--- than ``keep`` seconds (no record lives that long) go, and the index lives ``keep``.
+-- How often a write to a listing index also trims it: one write in TRIM_EVERY, chosen by
+-- the write's millisecond (``now``, an argument, so replicas and the AOF see the same).
+local TRIM_EVERY = 16
+
+-- Add ``id`` to a listing index scored by ``score`` (its submission time); the index lives
+-- ``keep`` seconds after its last write. Entries older than ``keep`` (no record lives that
+-- long) go on one write in TRIM_EVERY: a trim per write cost a command per index per task
+-- and listed nothing less, since a listing read drops every entry whose record is gone
+-- (listing.py) and skips such old entries anyway. So a busy index holds at most about
+-- TRIM_EVERY writes' worth of dead entries more than before, and an idle one still expires.
 local function index(key, id, score, now, keep)
   redis.call('ZADD', key, score, id)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(now) - tonumber(keep))
+  if math.floor(tonumber(now) * 1000) % TRIM_EVERY == 0 then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(now) - tonumber(keep))
+  end
   redis.call('EXPIRE', key, keep)
 end
 

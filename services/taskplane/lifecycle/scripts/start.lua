@@ -24,7 +24,11 @@ local listed, result
 if adopt_ttl > 0 then listed = keys_from(2, 6) end
 if started ~= '' then result = KEYS[listed and 8 or 2] end
 
-if redis.call('EXISTS', record) == 0 then
+-- one read for what was three (EXISTS, HGET state, HGET runs_ended): every record has a
+-- state, so a missing state is a missing record
+local seen = redis.call('HMGET', record, 'state', 'runs_ended')
+local state = seen[1]
+if not state then
   if listed then
     redis.call('HSET', record, 'state', 'STARTED', 'started_at', now, 'retries', retries,
                'runs_started', 1, unpack(adopted))
@@ -34,11 +38,10 @@ if redis.call('EXISTS', record) == 0 then
   if result then write_result(result, started, started_ttl) end
   return {'unknown', 0}
 end
-local state = redis.call('HGET', record, 'state')
 if is_final(state) then return {state, 0} end
 redis.call('HSET', record, 'state', 'STARTED', 'started_at', now, 'retries', retries)
 redis.call('HDEL', record, 'finished_at')
 local runs = redis.call('HINCRBY', record, 'runs_started', 1)
-local ended = tonumber(redis.call('HGET', record, 'runs_ended') or '0')
+local ended = tonumber(seen[2] or '0')
 if result then write_result(result, started, started_ttl) end
 return {'run', runs - 1 - ended}

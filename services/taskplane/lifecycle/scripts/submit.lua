@@ -53,7 +53,7 @@ if not has_room(open, now, open_age, cap) then return {'cap_reached', '', '0'} e
 open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
 redis.call('LPUSH', queue, message)
 if idem then
-  redis.call('DEL', idem)
+  -- the key's hash has only these two fields: HSET replaces what a used key held
   redis.call('HSET', idem, 'fp', fp, 'id', id)
   redis.call('EXPIRE', idem, idem_ttl)
 end
