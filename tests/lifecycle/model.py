@@ -396,6 +396,5 @@ def nonempty(sets: dict[K, set[str]]) -> dict[K, set[str]]:
 
 
 #: Whether ``start`` enters an adopted task in its tenant's open set, as the key table
-#: promises. False while the real script does not (a finding of this model, reported to
-#: the lead; flip it with the script's fix).
-ADOPTED_TASKS_ARE_OPEN = False
+#: promises (found missing by this model; start.lua now does).
+ADOPTED_TASKS_ARE_OPEN = True

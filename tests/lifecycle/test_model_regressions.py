@@ -56,10 +56,6 @@ def test_a_redelivered_twin_ending_on_the_new_record_counts_once(
     assert runs(client, task_id) == (1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "start.lua does not enter an adopted task in its tenant's open set, which the key table "
-    "defines as every unfinished task of the tenant; the lead decides (see model.py "
-    "ADOPTED_TASKS_ARE_OPEN): fix the script, or narrow the table and the listing"))
 def test_an_adopted_task_is_in_its_tenants_open_set(
         app: TaskplaneCelery, life: Lifecycle, client: redis.Redis) -> None:
     """A task sent around the API is adopted under the system tenant when it starts: it is

@@ -106,7 +106,7 @@ class Transitions:
         keys = [record_key(task_id)]
         args: list[Any] = [time.time(), retries, "", 0, 0, self.keep, task_id]
         if adopt is not None:
-            keys += listing_keys(adopt.tenant, adopt.task, adopt.queue)
+            keys += [open_key(adopt.tenant), *listing_keys(adopt.tenant, adopt.task, adopt.queue)]
             args[4] = self.record_ttl
             args += adopt.fields()
         if started is not None:

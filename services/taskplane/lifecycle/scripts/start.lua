@@ -2,6 +2,8 @@
 -- again; the run is counted (poison detection) and STARTED stored.
 --
 -- KEYS  record        the task's record
+--       open          the adopted record's tenant's unfinished tasks
+--                                                        (only when adopt_ttl > 0)
 --       listed x6     the listing indexes of the record to adopt (keys.listing_keys)
 --                                                        (only when adopt_ttl > 0)
 --       result        Celery's result key                (only when started ~= '')
@@ -12,7 +14,9 @@
 -- Precondition  the record exists and has not ended. A task without a record (sent
 --       around the API: a stock Celery client, ``celery call``) runs, and is adopted
 --       under the system tenant when adopt_ttl > 0.
--- Writes  the record: STARTED, started_at, retries, runs_started + 1; the result.
+-- Writes  the record: STARTED, started_at, retries, runs_started + 1; the result. An
+--       adopted record also enters its tenant's open set (every unfinished task is
+--       there: the listing of unfinished states reads it) and the listing indexes.
 -- Returns {verdict, died}: run | unknown (there was no record; run it) | REVOKED |
 --       SUCCESS | FAILURE (do not run); died: earlier runs that never ended.
 
@@ -20,9 +24,9 @@ local record = KEYS[1]
 local now, retries = ARGV[1], ARGV[2]
 local started, started_ttl = ARGV[3], ARGV[4]
 local adopt_ttl, keep, id, adopted = tonumber(ARGV[5]), ARGV[6], ARGV[7], args_from(8)
-local listed, result
-if adopt_ttl > 0 then listed = keys_from(2, 6) end
-if started ~= '' then result = KEYS[listed and 8 or 2] end
+local open, listed, result
+if adopt_ttl > 0 then open, listed = KEYS[2], keys_from(3, 6) end
+if started ~= '' then result = KEYS[listed and 9 or 2] end
 
 -- one read for what was three (EXISTS, HGET state, HGET runs_ended): every record has a
 -- state, so a missing state is a missing record
@@ -33,6 +37,8 @@ if not state then
     redis.call('HSET', record, 'state', 'STARTED', 'started_at', now, 'retries', retries,
                'runs_started', 1, unpack(adopted))
     redis.call('EXPIRE', record, adopt_ttl)
+    redis.call('ZADD', open, now, id)
+    redis.call('EXPIRE', open, keep)
     for _, key in ipairs(listed) do index(key, id, now, now, keep) end
   end
   if result then write_result(result, started, started_ttl) end
