@@ -155,7 +155,8 @@ def new_task_id() -> str:
 def task_message(app: TaskplaneCelery, *, task_id: str, tenant: str, name: str,
                  args: Sequence[Any],
                  kwargs: Mapping[str, Any], queue: str, priority: int, now: float,
-                 countdown: float | None = None) -> tuple[str, str]:
+                 countdown: float | None = None, headers: Mapping[str, str] | None = None
+                 ) -> tuple[str, str]:
     """The queue list and raw broker entry of one task, as ``send_task`` would write it.
 
     Celery builds the message (protocol 2, so any Celery worker runs it); ``broker``
@@ -173,6 +174,8 @@ def task_message(app: TaskplaneCelery, *, task_id: str, tenant: str, name: str,
         ignore_result=None,  # as send_task leaves it: the task's own setting applies
     )
     message[0][lifecycle.TENANT_HEADER] = tenant
+    if headers:
+        message[0].update(headers)
     return broker.encode_task(message, queue, priority, now)
 
 

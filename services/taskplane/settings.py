@@ -110,6 +110,16 @@ class Settings:
         "MAX_OPEN_TASKS_PER_TENANT", 100_000,
         "Unfinished tasks a tenant may have; more submissions are 429. 0: no cap.",
     )
+    workflow_max_group: int = _setting(
+        "WORKFLOW_MAX_GROUP", 10_000,
+        "Members a workflow's group may have (`POST /v1/workflows`); more is 413. Each "
+        "member counts against `MAX_OPEN_TASKS_PER_TENANT`; the body stays within "
+        "`MAX_BODY_BYTES`.",
+    )
+    workflow_max_chain: int = _setting(
+        "WORKFLOW_MAX_CHAIN", 100,
+        "Steps a workflow's chain (or a group's `then` chain) may have; more is 413.",
+    )
     task_modules: tuple[str, ...] = _setting(
         "TASK_MODULES", (),
         "Comma-separated modules imported at start-up to register extra tasks "
@@ -281,7 +291,8 @@ class Settings:
             raise SettingsError("DEFAULT_SOFT_TIME_LIMIT must be below DEFAULT_TIME_LIMIT")
         for name in ("api_workers", "api_threads", "worker_concurrency",
                      "worker_prefetch_multiplier", "visibility_timeout", "result_expires",
-                     "idempotency_ttl", "max_body_bytes"):
+                     "idempotency_ttl", "max_body_bytes", "workflow_max_group",
+                     "workflow_max_chain"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env(name)} must be at least 1")
         if self.lease_interval <= 0 or self.lease_interval * 3 > self.visibility_timeout:

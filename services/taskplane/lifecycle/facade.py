@@ -13,13 +13,14 @@ from .ratelimit import RateLimit
 from .schedule_state import ScheduleState
 from .store import Store
 from .transitions import Transitions
+from .workflow_state import WorkflowState
 
 
-class Lifecycle(Transitions, Listing, RateLimit, ScheduleState):
+class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState):
     """The transitions of every task, against one Redis. Cheap to create; holds one pool.
 
     Each part lives in its own module (``transitions``, ``listing``, ``ratelimit``,
-    ``schedule_state``); their scripts all run through one :class:`Store`.
+    ``schedule_state``, ``workflow_state``); their scripts all run through one :class:`Store`.
     ``result_key(id)`` names Celery's result key; ``results_here`` says whether results
     live in this Redis, so transitions write them in the same step (else the result
     backend writes them on its own, and only the record moves here).

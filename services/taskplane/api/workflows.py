@@ -1,0 +1,235 @@
+"""The ``/v1/workflows`` API: submit a chain or a group with a callback, read, list.
+
+Every member is checked at the door as ``POST /v1/tasks`` checks a task (422 naming the
+member: ``group[3].kwargs.seconds``), then the whole workflow is accepted in one atomic
+step (``lifecycle.submit_workflow``) or not at all. What happens after is the
+lifecycle's: see ``lifecycle/workflow_state.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from .. import broker, lifecycle, workflows
+from ..celery_app import IdempotencyConflict, TenantCapReached, new_task_id, task_message
+from ..lifecycle import Member, TaskRecord, Workflow, WorkflowDraft, fingerprint
+from ..tasks.registry import TaskSpec
+from . import schemas
+from .auth import authenticate, current_tenant, may_see, scope
+from .body import json_body
+from .context import api_context
+from .errors import ApiError
+from .limits import enforce_rate
+from .routes import _idempotency_key, task_url
+from .status import iso
+
+bp = Blueprint("workflows", __name__, url_prefix="/v1")
+bp.before_request(authenticate)
+bp.before_request(enforce_rate)
+
+_ID = re.compile(schemas.TASK_ID_PATTERN)
+#: Stands for the outcome a step receives when its arguments are checked at the door.
+_INPUT = object()
+
+
+def workflow_url(workflow_id: str) -> str:
+    return f"{request.script_root}{bp.url_prefix}/workflows/{workflow_id}"
+
+
+@bp.post("/workflows")
+def submit_workflow() -> Response:
+    ctx = api_context()
+    body = json_body()
+    settings = ctx.settings
+    try:
+        plan = workflows.parse(body, settings.workflow_max_group, settings.workflow_max_chain)
+    except workflows.TooLarge as exc:
+        raise ApiError(413, "workflow_too_large", str(exc),
+                       {"field": exc.field, "limit": exc.limit, "size": exc.size}) from None
+    except workflows.Invalid as exc:
+        raise ApiError(422, "validation_failed", "workflow body is invalid",
+                       {"fields": exc.problems}) from None
+    if plan.notify is not None:
+        raise ApiError(422, "validation_failed", "workflow body is invalid",
+                       {"fields": [{"field": "notify",
+                                    "message": "webhooks are not available yet"}]})
+    tenant = current_tenant()
+    workflow_id = new_task_id()
+    now = time.time()
+    problems: list[dict[str, str]] = []
+    members: list[Member] = []
+    held: dict[int, lifecycle.HeldStage] = {}
+    header = {workflows.WORKFLOW_HEADER: workflow_id}
+    for step in plan.steps:
+        checked = _check(step, problems)
+        if checked is None:
+            continue
+        spec, args, kwargs, queue, priority, countdown = checked
+        record = TaskRecord(id=new_task_id(), tenant=tenant, task=spec.name, queue=queue,
+                            priority=priority, submitted_at=now,
+                            eta=now + countdown if countdown else None)
+        push = task_message(ctx.celery, task_id=record.id, tenant=tenant, name=spec.name,
+                            args=args, kwargs=kwargs, queue=queue, priority=priority,
+                            now=now, countdown=countdown, headers=header)
+        if step.stage == 0:
+            members.append(Member(record, step.stage, step.position, push))
+        else:
+            members.append(Member(record, step.stage, step.position))
+            held[step.stage] = workflows.held_stage(push)
+    if problems:
+        raise ApiError(422, "validation_failed", "workflow members are invalid",
+                       {"fields": problems})
+    callback = next((m.record.id for m in members if m.stage == 1), "") \
+        if plan.kind == "group" else ""
+    draft = WorkflowDraft(id=workflow_id, tenant=tenant, kind=plan.kind, on=plan.on,
+                          members=members, held=held, callback=callback)
+    key = _idempotency_key()
+    idempotency = (key, fingerprint(body)) if key is not None else None
+    outcome = ctx.runtime.lifecycle.submit_workflow(
+        draft, cap=settings.max_open_tasks_per_tenant, idempotency=idempotency)
+    if outcome.outcome == "cap_reached":
+        raise TenantCapReached(tenant)
+    if outcome.outcome == "conflict":
+        raise IdempotencyConflict(outcome.workflow_id)
+    found = ctx.runtime.lifecycle.read_workflow(outcome.workflow_id)
+    if found is None:  # a replayed workflow that expired just now
+        raise ApiError(409, "idempotency_conflict",
+                       "this Idempotency-Key's workflow keeps changing", None)
+    url = workflow_url(found.id)
+    response = jsonify({"id": found.id, "kind": found.kind, "state": found.state,
+                        "links": {"self": url}})
+    response.status_code = 202
+    response.headers["Location"] = url
+    if outcome.outcome == "replay":
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _check(step: workflows.Step, problems: list[dict[str, str]]
+           ) -> tuple[TaskSpec, list[Any], dict[str, Any], str, int, float | None] | None:
+    """The member's task, arguments, queue, priority and countdown, or None after adding
+    what is wrong with it (each field named under the member's path) to ``problems``."""
+    ctx = api_context()
+    path, body = step.path, step.spec
+
+    def add(found: list[dict[str, str]]) -> None:
+        problems.extend({"field": f"{path}.{p['field']}" if p["field"] != "body" else path,
+                         "message": p["message"]} for p in found)
+
+    errors = ctx.submit_validator.errors(body)
+    if errors:
+        add(errors)
+        return None
+    spec = ctx.runtime.registry.get(body["task"])
+    if spec is None:
+        add([{"field": "task", "message": f"no task type named {body['task']!r}"}])
+        return None
+    if step.stage > 0 and body.get("countdown"):
+        add([{"field": "countdown", "message": "only members of the first stage may wait"}])
+        return None
+    args, kwargs = list(body.get("args", [])), dict(body.get("kwargs", {}))
+    queue = body.get("queue") or spec.queue or ctx.settings.default_queue
+    if queue not in ctx.runtime.known_queues():
+        add([{"field": "queue", "message": f"unknown queue {queue!r}"}])
+        return None
+    found = _argument_errors(spec, args, kwargs, step.takes_input)
+    if found:
+        add(found)
+        return None
+    return (spec, args, kwargs, queue, int(body.get("priority", broker.DEFAULT_PRIORITY)),
+            body.get("countdown"))
+
+
+def _argument_errors(spec: TaskSpec, args: list[Any], kwargs: dict[str, Any],
+                     takes_input: bool) -> list[dict[str, str]]:
+    """``spec.argument_errors``; for a step that receives the stage before's outcome as
+    its first argument, the rest are checked with that argument's parameter left out
+    (its value is known only when the stage before ends)."""
+    if not takes_input:
+        return spec.argument_errors(args, kwargs)
+    try:
+        named = spec.bind_arguments([_INPUT, *args], kwargs)
+    except TypeError as exc:
+        return [{"field": "args" if "positional" in str(exc) else "kwargs",
+                 "message": f"{exc} (the first argument is the stage before's outcome)"}]
+    slot = next((name for name, value in named.items() if value is _INPUT), None)
+    named = {k: (None if v is _INPUT else v) for k, v in named.items()}
+    return [p for p in spec.contract.errors(named)
+            if slot is None or (p["field"].split(".")[-1] != slot
+                                and not p["field"].startswith(f"kwargs.{slot}"))]
+
+
+def _owned(workflow_id: str) -> Workflow:
+    found = api_context().runtime.lifecycle.read_workflow(workflow_id) \
+        if _ID.fullmatch(workflow_id) else None
+    if found is None or not may_see(found.tenant):
+        shown = workflow_id[:128]
+        raise ApiError(404, "workflow_not_found", f"no workflow with id {shown!r}",
+                       {"id": shown})
+    return found
+
+
+def represent(found: Workflow, with_members: bool = True) -> dict[str, Any]:
+    total = found.total
+    out: dict[str, Any] = {
+        "id": found.id, "kind": found.kind, "on": found.on, "state": found.state,
+        "created_at": iso(found.created_at),
+        "finished_at": iso(found.finished_at),
+        "total": total, "counts": found.counts,
+        "progress": math.floor(100 * found.ended / total) if total else 100,
+    }
+    if found.reason:
+        out["reason"] = found.reason
+    if with_members:
+        ids = [i for stage in found.stages for i in stage]
+        states = api_context().runtime.lifecycle.member_states(ids)
+        shown = [[{"id": i, "state": states.get(i, "EXPIRED"), "links": {"self": task_url(i)}}
+                  for i in stage] for stage in found.stages]
+        if found.kind == "chain":
+            out["steps"] = [s[0] for s in shown]
+        else:
+            out["members"] = shown[0]
+            out["then"] = [s[0] for s in shown[1:]]
+        out["callback"] = found.callback or None
+    out["links"] = {"self": workflow_url(found.id)}
+    return out
+
+
+@bp.get("/workflows/<workflow_id>")
+def get_workflow(workflow_id: str) -> Response:
+    return jsonify(represent(_owned(workflow_id)))
+
+
+@bp.get("/workflows")
+def list_workflows() -> Response:
+    raw_limit = request.args.get("limit", "50")
+    if not (raw_limit.isascii() and raw_limit.isdigit()
+            and 1 <= int(raw_limit) <= schemas.MAX_PAGE):
+        raise ApiError(422, "validation_failed", "query parameters are invalid",
+                       {"fields": [{"field": "limit",
+                                    "message": f"integer 1-{schemas.MAX_PAGE}"}]})
+    before = None
+    cursor = request.args.get("cursor")
+    if cursor is not None:
+        try:
+            before = float(cursor) if len(cursor) <= 40 and cursor.isascii() else math.nan
+        except ValueError:
+            before = math.nan
+        if not math.isfinite(before):
+            raise ApiError(422, "validation_failed", "query parameters are invalid",
+                           {"fields": [{"field": "cursor",
+                                        "message": "not a cursor this API returned"}]})
+    owner = scope()
+    items, last = api_context().runtime.lifecycle.list_workflows(owner, int(raw_limit), before)
+    shown = []
+    for found in items:
+        item = represent(found, with_members=False)
+        if owner is None:
+            item["tenant"] = found.tenant
+        shown.append(item)
+    return jsonify({"items": shown, "next": repr(last) if last is not None else None})
