@@ -133,6 +133,7 @@ class WorkflowState:
 
     _store: Store
     record_ttl: int
+    result_ttl: int
     idempotency_ttl: int
     keep: int
 
@@ -172,7 +173,8 @@ class WorkflowState:
             "members": json.dumps(stages), "callback": draft.callback,
             "k:open": open_key(tenant),
             "k:revoked": json.dumps(ended_index_keys(tenant, REVOKED)),
-            "ttl:result": str(getattr(self, "result_ttl", self.record_ttl)),
+            "width": str(len(stages[0])), "ttl:record": str(self.record_ttl),
+            "ttl:result": str(self.result_ttl), "keep": str(self.keep),
         }
         if draft.notify:
             wf_fields["notify"] = draft.notify

@@ -42,9 +42,10 @@ local nk = 4
 local idem, held
 if fp ~= '' then nk = nk + 1; idem = KEYS[nk] end
 if held_read ~= '' then nk = nk + 1; held = KEYS[nk] end
-local first_record = nk + 1
-local first_index = first_record + n
-local first_queue = first_index + 6 * g
+local records = keys_from(nk + 1, n)
+local indexes = keys_from(nk + 1 + n, 6 * g)
+local queues = keys_from(nk + 1 + n + 6 * g, q)
+local rest = args_from(13)  -- the f workflow pairs, then five values per member
 
 if idem then
   local holds = redis.call('HGET', idem, 'id') or ''
@@ -58,18 +59,17 @@ if redis.call('EXISTS', workflow) == 1 then return {'replay', id} end
 redis.call('ZREMRANGEBYSCORE', open, '-inf', now - ttl)
 if cap > 0 and redis.call('ZCARD', open) + n > cap then return {'cap_reached', ''} end
 
-local pairs_at = 13
-redis.call('HSET', workflow, unpack(ARGV, pairs_at, pairs_at + 2 * f - 1))
+redis.call('HSET', workflow, unpack(rest, 1, 2 * f))
 redis.call('EXPIRE', workflow, ttl)
 for _, key in ipairs(listed) do index(key, id, now, now, keep) end
-local at = pairs_at + 2 * f
+local at = 2 * f + 1
 for m = 1, n do
-  local member, group, queue = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
-  local message, fields = ARGV[at + 3], cjson.decode(ARGV[at + 4])
-  local first = first_index + 6 * (group - 1)
-  open_record(KEYS[first_record + m - 1], open, keys_from(first, 6), member, now, ttl, keep,
-              fields)
-  if queue > 0 then redis.call('LPUSH', KEYS[first_queue + queue - 1], message) end
+  local member, group, queue = rest[at], tonumber(rest[at + 1]), tonumber(rest[at + 2])
+  local message, fields = rest[at + 3], cjson.decode(rest[at + 4])
+  local first = 6 * (group - 1)
+  open_record(records[m], open, {unpack(indexes, first + 1, first + 6)}, member, now, ttl,
+              keep, fields)
+  if queue > 0 then redis.call('LPUSH', queues[queue], message) end
   at = at + 5
 end
 if idem then
