@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -69,15 +69,19 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
     )
 
 
-def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
+def create_celery(settings: Settings, patient: bool = False,
+                  on_dead_letter: Callable[[str, str, str], None] | None = None
+                  ) -> TaskplaneCelery:
     """A Celery app configured from ``settings``, with every task module loaded.
 
     ``patient`` (workers): writes of results, records and dead letters retry through a
-    Redis outage instead of turning a finished task into a FAILURE.
+    Redis outage instead of turning a finished task into a FAILURE. ``on_dead_letter``:
+    called with (task name, task id, queue) when this app's result backend files a dead
+    letter (``Runtime.on_dead_letter``).
     """
     registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
     app = TaskplaneCelery("taskplane", broker=settings.redis_url,
-                 backend=results.backend_url(settings.results_url),
+                 backend=results.backend_url(settings.redis_url),
                  set_as_current=True)
     routes = {spec.name: {"queue": spec.queue} for spec in registry if spec.queue}
     app.conf.update(
@@ -123,7 +127,6 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
     )
     if settings.redis_url.startswith("rediss:"):
         app.conf.broker_use_ssl = redis_tls_options(settings)
-    if settings.results_url.startswith("rediss:"):
         app.conf.redis_backend_use_ssl = redis_tls_options(settings)
     if patient:
         app.conf.update(
@@ -141,9 +144,9 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
                             idempotency_ttl=settings.idempotency_ttl,
                             dead_letter_ttl=settings.dead_letter_ttl,
                             result_key=lambda task_id: app.backend.get_key_for_task(task_id).decode(),
-                            results_here=settings.results_with_records,
                             max_countdown=settings.max_countdown),
         broker=broker.RedisBroker(client),
+        on_dead_letter=on_dead_letter,
     )
     return app
 
@@ -268,8 +271,6 @@ def revoke(app: TaskplaneCelery, task_id: str, tenant: str, *, terminate: bool) 
     if outcome.outcome != "revoked":
         return outcome
     try:
-        if not life.results_here:
-            backend.ensure(backend._write, write)
         app.control.revoke(task_id, terminate=outcome.previous == lifecycle.STARTED,
                            signal="SIGKILL")
     except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
@@ -297,9 +298,4 @@ def retry_dead_letter_task(app: TaskplaneCelery, tenant: str, task_id: str, read
     except OutcomeUnknown as exc:
         exc.task_id = task_id
         raise
-    if outcome.outcome == "queued" and not life.results_here:
-        try:
-            app.backend.forget(task_id)  # the old FAILURE must not show through
-        except redis.RedisError:  # queued all the same; the status read skips it (api/status)
-            pass
     return outcome

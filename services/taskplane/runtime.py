@@ -7,6 +7,7 @@ package, the app factory and the registry import no cycle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -39,6 +40,9 @@ class Runtime:
     broker: RedisBroker
     #: The ``origin`` header of messages this process sends (Celery's ``anon_nodename``).
     origin: str = field(default_factory=anon_nodename)
+    #: Called with (task name, task id, queue) when a failure filed a dead letter (the
+    #: worker counts it; the result backend, which files it, knows no metrics).
+    on_dead_letter: Callable[[str, str, str], None] | None = None
 
     def known_queues(self) -> list[str]:
         queues = {self.settings.default_queue, STOCK_DEFAULT_QUEUE, *self.settings.queues}

@@ -276,10 +276,11 @@ class ScheduleStore:
     def __init__(self, life: Lifecycle) -> None:
         self.life = life
 
-    def create(self, schedule: Schedule) -> bool:
-        """Store a new schedule; False if the tenant already has one of that name."""
-        return self.life.schedule_create(schedule.ident, schedule.to_json(),
-                                         schedule.tenant) == "created"
+    def create(self, schedule: Schedule, cap: int = 0) -> str:
+        """Store a new schedule, in one step with the checks: ``created``, ``exists`` (the
+        tenant has one of that name) or ``cap_reached`` (it has ``cap`` already; 0: no cap)."""
+        return self.life.schedule_create(schedule.ident, schedule.to_json(), schedule.tenant,
+                                         cap)
 
     def replace(self, schedule: Schedule) -> None:
         self.life.schedule_replace(schedule.ident, schedule.to_json())

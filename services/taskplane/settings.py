@@ -40,7 +40,9 @@ class Settings:
     )
     result_backend_url: str = _setting(
         "RESULT_BACKEND_URL", "",
-        "Separate Redis for results; empty means `REDIS_URL`.",
+        "Empty, or the same Redis as `REDIS_URL`: results live with the task records, written "
+        "in the same atomic step; any other Redis is refused at start "
+        "(see \"One result store\").",
     )
     redis_password: str = _setting(
         "REDIS_PASSWORD", "",
@@ -109,6 +111,10 @@ class Settings:
     max_open_tasks_per_tenant: int = _setting(
         "MAX_OPEN_TASKS_PER_TENANT", 100_000,
         "Unfinished tasks a tenant may have; more submissions are 429. 0: no cap.",
+    )
+    max_schedules_per_tenant: int = _setting(
+        "MAX_SCHEDULES_PER_TENANT", 100,
+        "Schedules a tenant may store over the API; more creations are 429. 0: no cap.",
     )
     workflow_max_group: int = _setting(
         "WORKFLOW_MAX_GROUP", 10_000,
@@ -299,6 +305,8 @@ class Settings:
             raise SettingsError(
                 "LEASE_INTERVAL must be above 0 and at most a third of VISIBILITY_TIMEOUT, "
                 "or one late renewal lets a live worker's task be delivered twice")
+        if self.max_schedules_per_tenant < 0:
+            raise SettingsError("MAX_SCHEDULES_PER_TENANT must be 0 (no cap) or more")
         if self.unacked_restore_interval < 1 or self.max_deliveries < 1:
             raise SettingsError("UNACKED_RESTORE_INTERVAL and MAX_DELIVERIES must be at least 1")
         if self.scheduler_interval <= 0 or self.scheduler_lease_ttl < 0 or \
@@ -317,17 +325,14 @@ class Settings:
                           ("RESULT_BACKEND_URL", self.result_backend_url)):
             if url:
                 _check_redis_url(name, url, self.redis_allow_no_password)
+        if self.result_backend_url and self.result_backend_url != self.redis_url:
+            raise SettingsError(
+                "RESULT_BACKEND_URL names another Redis than REDIS_URL; results must live in "
+                "REDIS_URL's Redis, with the task records, so that each state change writes "
+                "record and result in one atomic step. Leave RESULT_BACKEND_URL empty (see "
+                "\"One result store\" in README.md)")
 
     # --- derived values ---------------------------------------------------------------
-
-    @property
-    def results_url(self) -> str:
-        return self.result_backend_url or self.redis_url
-
-    @property
-    def results_with_records(self) -> bool:
-        """Results live in the Redis of records and queues: one call can touch both."""
-        return self.results_url == self.redis_url
 
     def tokens(self) -> dict[str, str]:
         """Map each tenant bearer token to its tenant, reading the token file if one is named."""

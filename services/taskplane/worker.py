@@ -27,7 +27,7 @@ from . import broker, lifecycle, metrics
 from .celery_app import create_celery
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
-from .results import RUN_ENDED, ResultBackend
+from .results import RUN_ENDED, stock_record
 from .runtime import STOCK_DEFAULT_QUEUE
 from .settings import Settings
 from .worker_probes import LeaseStep, serve_probes
@@ -144,10 +144,12 @@ def _queue_for(task: Any, task_id: str) -> str:
 
 def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is not None and request.id:
-        # The result backend stored REVOKED (and, results living here, ended the task);
-        # with results in another Redis the record ends here. A no-op if already ended.
+        # The result backend stored REVOKED and ended the task; a task that stores no
+        # result ends here (a no-op if already ended), adopted if sent around the API.
         _lifecycle(sender).finish(request.id, states.REVOKED,
-                                  tenant=lifecycle.tenant_hint(request))
+                                  tenant=lifecycle.tenant_hint(request),
+                                  adopt=stock_record(request.id, request, sender.name,
+                                                     sender.app.runtime.settings.default_queue))
         queue = _queue_for(sender, request.id)
         metrics.instruments().tasks.labels(sender.name, queue, "revoked").inc()
 
@@ -196,7 +198,6 @@ def connect_signals() -> None:
     signals.celeryd_init.connect(_on_worker_init, weak=False)
     signals.worker_ready.connect(_on_worker_ready, weak=False)
     signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
-    ResultBackend.on_dead_letter = staticmethod(_on_dead_letter)  # type: ignore[assignment]
     _connected = True
 
 
@@ -311,7 +312,7 @@ def create_worker_app(settings: Settings) -> Celery:
     metrics.configure(settings.metrics_enabled)
     logging.getLogger(celery_trace.logger.name).addFilter(RedactReturnValues())
     logging.getLogger(consumer_module_logger()).addFilter(RedactMessageDumps())
-    app = create_celery(settings, patient=True)
+    app = create_celery(settings, patient=True, on_dead_letter=_on_dead_letter)
     # "terminate" stops the task whichever signal it names (taskplane.pool).
     app.conf.worker_pool = POOL
     # Task events (Flower) carry no return value: results may hold anything a tenant sent.

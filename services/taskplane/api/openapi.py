@@ -22,7 +22,8 @@ _ERRORS = {
     414: "Request line (path and query) longer than the server reads (8190 bytes).",
     415: "Body is not JSON.",
     422: "Valid JSON that breaks the schema; details name each field.",
-    429: "Tenant over its request rate or its cap of unfinished tasks; retry after Retry-After.",
+    429: "Tenant over its request rate, its cap of unfinished tasks or its cap of schedules; "
+         "retry after Retry-After.",
     503: "Redis is unreachable (`broker_unavailable`: nothing was accepted), or it did not "
          "confirm a change in time (`outcome_unknown`: it may have taken effect; `details.id` "
          "names the task). Retry after Retry-After seconds, with the same Idempotency-Key.",

@@ -128,9 +128,17 @@ def create_schedule() -> Response:
     validate(body, _CREATE, "request body")
     schedule = _checked(_from_body(body, current_tenant(), {"created_at": time.time()}))
     declared = _declared(schedule.tenant)
-    if any(s.name == schedule.name for s in declared) or not _store().create(schedule):
+    settings = api_context().settings
+    cap = settings.max_schedules_per_tenant
+    outcome = "exists" if any(s.name == schedule.name for s in declared) else \
+        _store().create(schedule, cap)
+    if outcome == "exists":
         raise ApiError(409, "schedule_exists", f"a schedule named {schedule.name!r} exists; "
                        "PATCH it or DELETE it first", {"name": schedule.name})
+    if outcome == "cap_reached":  # as the cap of unfinished tasks answers (api/limits.py)
+        raise ApiError(429, "too_many_schedules",
+                       f"tenant has {cap} schedules; DELETE one first", {"limit": cap},
+                       {"Retry-After": str(settings.retry_after)})
     response = jsonify(represent(schedule))
     response.status_code = 201
     response.headers["Location"] = _url(schedule.name)

@@ -22,9 +22,12 @@ from .errors import OutcomeUnknown, PoisonedTask, never_sent
 from .facade import Lifecycle
 from .keys import (
     PREFIX,
+    adopted_listing_keys,
     dead_index_key,
+    dead_index_keys,
     dead_key,
     ended_index_key,
+    ended_index_keys,
     idempotency_key,
     listing_keys,
     open_key,
@@ -80,8 +83,9 @@ __all__ = [
     "WORKFLOW_STATES", "Cursor", "HeldStage", "Lifecycle", "Member", "OutcomeUnknown",
     "PoisonedTask", "ResultWrite", "RunStart", "Store", "Submission", "TaskQuery",
     "TaskRecord", "Transition", "Workflow", "WorkflowDraft", "WorkflowSubmission",
-    "dead_index_key", "dead_key", "dead_letter", "ended_index_key", "fingerprint",
-    "idempotency_key", "listing_keys", "never_sent", "open_key", "rate_key", "record_key",
-    "result_state", "schedule_state_key", "scheduler_lease_key", "schedules_key",
-    "tasks_index_key", "tenant_hint", "visible_state", "workflow_key", "workflows_index_key",
+    "adopted_listing_keys", "dead_index_key", "dead_index_keys", "dead_key", "dead_letter",
+    "ended_index_key", "ended_index_keys", "fingerprint", "idempotency_key", "listing_keys",
+    "never_sent", "open_key", "rate_key", "record_key", "result_state", "schedule_state_key",
+    "scheduler_lease_key", "schedules_key", "tasks_index_key", "tenant_hint", "visible_state",
+    "workflow_key", "workflows_index_key",
 ]

@@ -15,16 +15,14 @@ record in the same round trip that stamps ``started_at`` and stores the STARTED 
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
-from celery import Task, current_task, states
+from celery import Task, current_task
 from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore
 
-from .. import broker
-from ..lifecycle import SYSTEM_TENANT, TENANT_HEADER, PoisonedTask, TaskRecord
-from ..results import ResultBackend
+from ..lifecycle import PoisonedTask, TaskRecord
+from ..results import ResultBackend, stock_record
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -65,9 +63,6 @@ class TaskplaneTask(Task):
                 # task that already ended: it does not run again.
                 request.taskplane_skipped = True
                 raise Ignore()
-            if track and not runtime.lifecycle.results_here:
-                backend.store_result(request.id, backend.started_result(request, os.getpid()),
-                                     states.STARTED, request=request)
             limit = runtime.settings.max_deliveries
             if run.died >= limit:
                 raise PoisonedTask(
@@ -78,16 +73,8 @@ class TaskplaneTask(Task):
 
     def _adopted(self, request: Any) -> TaskRecord | None:
         """The record of a task sent around the API (no tenant header), should it have
-        none: under SYSTEM_TENANT, with the queue and priority it was delivered with."""
-        headers = getattr(request, "headers", None) or {}
-        if getattr(request, TENANT_HEADER, None) or headers.get(TENANT_HEADER):
-            return None
-        info = getattr(request, "delivery_info", None) or {}
-        settings = self.app.runtime.settings
-        return TaskRecord(id=request.id, tenant=SYSTEM_TENANT, task=self.name,
-                          queue=str(info.get("routing_key") or settings.default_queue),
-                          priority=broker.api_priority(info.get("priority")),
-                          submitted_at=time.time())
+        none (:func:`~taskplane.results.stock_record`)."""
+        return stock_record(request.id, request, self.name, self.app.runtime.settings.default_queue)
 
 
 def progress(percent: float, message: str = "") -> None:
