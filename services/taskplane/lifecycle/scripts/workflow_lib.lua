@@ -8,6 +8,32 @@
 -- state (a second ending is refused by may_end before it gets here), so the member that
 -- brings ``left`` to 0 is unique, and only it pushes the next stage.
 
+-- The result inside Celery's stored meta ``value`` (JSON text), cut out rather than
+-- decoded and encoded again: cjson would turn an empty list into an object. Celery
+-- writes ``{"status": ..., "result": R, "traceback": ..., ...}`` (result_extended off),
+-- so R runs from the first ``"result": `` to the last ``, "traceback": ``.
+local function wf_result(value)
+  if value == '' then return 'null' end
+  local _, head = string.find(value, '"result": ', 1, true)
+  local tail, from = nil, 1
+  while true do
+    local at = string.find(value, ', "traceback": ', from, true)
+    if not at then break end
+    tail, from = at, at + 1
+  end
+  if head and tail and tail > head then return string.sub(value, head + 1, tail - 1) end
+  return 'null'
+end
+
+-- The error object of a dead letter's JSON (strings only: safe to decode and encode).
+local function wf_error(letter)
+  local ok, entry = pcall(cjson.decode, letter)
+  if ok and type(entry) == 'table' and type(entry['error']) == 'table' then
+    return cjson.encode(entry['error'])
+  end
+  return 'null'
+end
+
 -- The member's outcome as the next stage receives it: the result alone, or (a group
 -- with ``on: complete``) ``{"state", "result"|"error"}``.
 local function wf_outcome(state, output, complete)
@@ -102,4 +128,45 @@ local function end_member(record, id, state, output, now)
   end
   redis.call('HSET', wf, 'stage', stage + 1, 'left', 1, 'pushed_at:' .. (stage + 1), now)
   wf_push(wf, stage + 1, input, now)
+end
+
+-- A member's FAILURE is retried from the dead letters (retry_dead): un-count it, and if
+-- it had stopped the workflow, reopen the workflow and the stages it revoked, so the
+-- batch can still complete and the chain goes on. Returns the record's workflow fields
+-- (to write on the record that replaces it), or an empty list.
+local function revive_member(record, id, now)
+  local m = redis.call('HMGET', record, 'workflow', 'wf_key', 'stage', 'position')
+  local wf = m[2]
+  if not wf or redis.call('EXISTS', wf) == 0 then return {} end
+  local fields = {'workflow', m[1], 'wf_key', wf, 'stage', m[3], 'position', m[4]}
+  if redis.call('HGET', record, 'state') ~= 'FAILURE' then return fields end
+  redis.call('HINCRBY', wf, 'n:FAILURE', -1)
+  local w = redis.call('HMGET', wf, 'state', 'stage', 'kind', 'on', 'cause_id')
+  if tonumber(w[2]) ~= tonumber(m[3]) then return fields end
+  redis.call('HINCRBY', wf, 'left', 1)
+  local complete = w[3] == 'group' and tonumber(m[3]) == 0 and w[4] == 'complete'
+  if complete then
+    redis.call('HDEL', wf, 'out:' .. m[4])
+  elseif tonumber(redis.call('HINCRBY', wf, 'bad', -1)) <= 0 then
+    redis.call('HDEL', wf, 'cause', 'cause_id', 'bad')
+  end
+  if w[1] == 'RUNNING' then return fields end
+  local h = redis.call('HMGET', wf, 'stages', 'k:open', 'k:revoked', 'ttl:record')
+  local revoked = cjson.decode(h[3])
+  for s = tonumber(m[3]) + 1, tonumber(h[1]) - 1 do
+    local later = redis.call('HGET', wf, 'record:' .. s)
+    local later_id = redis.call('HGET', wf, 'id:' .. s)
+    if redis.call('HGET', later, 'state') == 'REVOKED' and redis.call('HGET', later, 'reason') then
+      redis.call('HSET', later, 'state', 'PENDING')
+      redis.call('HDEL', later, 'finished_at', 'reason')
+      redis.call('EXPIRE', later, h[4])
+      redis.call('ZADD', h[2], now, later_id)
+      for _, key in ipairs(revoked) do redis.call('ZREM', key, later_id) end
+      redis.call('HINCRBY', wf, 'n:REVOKED', -1)
+    end
+  end
+  redis.call('HSET', wf, 'state', 'RUNNING')
+  redis.call('HDEL', wf, 'finished_at', 'reason')
+  redis.call('EXPIRE', wf, h[4])
+  return fields
 end
