@@ -147,6 +147,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "Enqueue a dead letter again under its id", 202, _ref("Task"), (404, 409),
             parameters=[_TASK_ID])},
         **_schedule_paths(),
+        **_workflow_paths(),
         "/start_task/{data}": {"get": _op(
             "The blog post's enqueue route (long_running_task)", 200,
             {"type": "object", "required": ["task_id", "message"],
@@ -225,5 +226,63 @@ def _schedule_paths() -> dict[str, Any]:
                          (400, 404, 409, 413, 415, 422), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT],
                          requestBody=body("ScheduleChange")),
             "delete": deleted,
+        },
+    }
+
+
+_WORKFLOW_ID = {"name": "workflow_id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": schemas.TASK_ID_PATTERN}}
+_MEMBER = {"type": "object", "required": ["id", "state", "links"], "properties": {
+    "id": {"type": "string"}, "state": {"type": "string"}, "links": {"type": "object"}}}
+_WORKFLOW = {"type": "object", "required": ["id", "kind", "state", "links"], "properties": {
+    "id": {"type": "string"}, "kind": {"type": "string", "enum": ["chain", "group"]},
+    "on": {"type": "string", "enum": ["success", "complete"]},
+    "state": {"type": "string", "enum": ["RUNNING", "SUCCESS", "FAILURE", "REVOKED"]},
+    "total": {"type": "integer"}, "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "steps": {"type": "array", "items": _MEMBER},
+    "members": {"type": "array", "items": _MEMBER},
+    "then": {"type": "array", "items": _MEMBER},
+    "callback": {"type": ["string", "null"]}, "reason": {"type": "string"},
+    "links": {"type": "object"}}}
+
+
+def _workflow_paths() -> dict[str, Any]:
+    """``/v1/workflows``: a chain, or a group with a callback (``taskplane.workflows``)."""
+    spec = _ref("SubmitTask")
+    body = {"oneOf": [
+        {"type": "object", "required": ["chain"], "additionalProperties": False,
+         "properties": {"chain": {"type": "array", "minItems": 1, "items": spec}}},
+        {"type": "object", "required": ["group"], "additionalProperties": False,
+         "properties": {
+             "group": {"type": "array", "minItems": 1, "items": spec},
+             "then": {"oneOf": [spec, {"type": "object", "required": ["chain"], "properties": {
+                 "chain": {"type": "array", "minItems": 1, "items": spec}}}]},
+             "on": {"type": "string", "enum": ["success", "complete"]}}},
+    ]}
+    return {
+        "/v1/workflows": {
+            "post": _op("Submit a chain, or a group with a callback, as one step", 202,
+                        _WORKFLOW, (400, 409, 413, 415, 422),
+                        requestBody={"required": True,
+                                     "content": {"application/json": {"schema": body}}},
+                        parameters=[{"name": "Idempotency-Key", "in": "header",
+                                     "required": False,
+                                     "schema": {"type": "string",
+                                                "maxLength": schemas.MAX_IDEMPOTENCY_KEY}}]),
+            "get": _op("The caller's workflows, newest first", 200,
+                       {"type": "object", "properties": {
+                           "items": {"type": "array", "items": _WORKFLOW},
+                           "next": {"type": ["string", "null"]}}}, (422,),
+                       parameters=[
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1,
+                                       "maximum": schemas.MAX_PAGE}},
+                           {"name": "cursor", "in": "query", "required": False,
+                            "schema": {"type": "string", "maxLength": 40}}]),
+        },
+        "/v1/workflows/{workflow_id}": {
+            "get": _op("A workflow's state, counts, progress and members", 200, _WORKFLOW,
+                       (404,), parameters=[_WORKFLOW_ID]),
         },
     }

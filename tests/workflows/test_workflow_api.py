@@ -1,0 +1,96 @@
+"""``POST /v1/workflows`` at the door: every member checked and named, limits, the
+tenant's cap counted per member, the Idempotency-Key; nothing written on a refusal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask.testing import FlaskClient
+
+ECHO = {"task": "test.echo", "kwargs": {"value": 1}}
+
+
+def refused(http: FlaskClient, body: Any, status: int = 422) -> dict[str, Any]:
+    answer = http.post("/v1/workflows", json=body)
+    assert answer.status_code == status, answer.json
+    return answer.json["error"]  # type: ignore[no-any-return]
+
+
+def fields(error: dict[str, Any]) -> list[str]:
+    return [f["field"] for f in error["details"]["fields"]]
+
+
+def test_every_bad_member_is_named_by_its_path_and_nothing_is_written(
+        http: FlaskClient, client: redis.Redis) -> None:
+    error = refused(http, {"group": [ECHO, {"task": "test.echo", "kwargs": {"x": 1}},
+                                     {"task": "nope"}, {"task": "test.echo", "priority": 12}],
+                           "then": {"chain": [{"task": "test.echo", "queue": "nowhere"}]}})
+    assert fields(error) == ["group[1].kwargs", "group[2].task", "group[3].priority",
+                             "then.chain[0].queue"]
+    assert client.dbsize() == 0
+
+
+def test_a_step_that_takes_the_outcome_is_checked_without_it(http: FlaskClient) -> None:
+    # test.echo(value): the second step's value is the first step's result
+    assert http.post("/v1/workflows", json={"chain": [ECHO, {"task": "test.echo"}]}
+                     ).status_code == 202
+    error = refused(http, {"chain": [ECHO, {"task": "test.echo", "kwargs": {"value": 2}}]})
+    assert fields(error) == ["chain[1].kwargs"]
+
+
+def test_bad_shapes_are_422(http: FlaskClient) -> None:
+    assert fields(refused(http, {"group": []})) == ["group"]
+    assert fields(refused(http, {"chain": []})) == ["chain"]
+    assert fields(refused(http, {"chain": [ECHO], "group": [ECHO]})) == ["body"]
+    assert fields(refused(http, [ECHO])) == ["body"]
+    assert fields(refused(http, {"group": [ECHO], "on": "sometimes"})) == ["on"]
+    assert fields(refused(http, {"chain": [ECHO], "then": ECHO})) == ["then"]
+    assert fields(refused(http, {"group": [{"group": [ECHO]}]})) == ["group[0]"]
+    assert fields(refused(http, {"group": [ECHO], "then": {"group": [ECHO]}})) == ["then.group"]
+    assert fields(refused(http, {"chain": [ECHO, {"task": "test.echo", "countdown": 5}]})
+                  ) == ["chain[1].countdown"]
+
+
+def test_limits_are_413(http: FlaskClient, client: redis.Redis) -> None:
+    error = refused(http, {"group": [ECHO] * 51}, 413)
+    assert error["code"] == "workflow_too_large"
+    assert error["details"] == {"field": "group", "limit": 50, "size": 51}
+    assert refused(http, {"chain": [ECHO] * 6}, 413)["details"]["field"] == "chain"
+    assert refused(http, {"group": [ECHO], "then": {"chain": [ECHO] * 6}}, 413)
+    assert client.dbsize() == 0
+
+
+def test_every_member_counts_against_the_tenants_cap(http: FlaskClient,
+                                                     client: redis.Redis) -> None:
+    assert http.post("/v1/workflows", json={"group": [ECHO] * 50}).status_code == 202
+    before = client.dbsize()
+    error = refused(http, {"group": [ECHO] * 10, "then": {"task": "test.echo"}}, 429)  # 61 > 60
+    assert error["code"] == "too_many_open_tasks"
+    assert client.dbsize() == before
+    assert http.post("/v1/workflows", json={"group": [ECHO] * 9, "then": {"task": "test.echo"}}
+                     ).status_code == 202
+
+
+def test_an_idempotency_key_replays_the_first_workflow(http: FlaskClient) -> None:
+    body = {"chain": [ECHO, {"task": "test.echo"}]}
+    first = http.post("/v1/workflows", json=body, headers={"Idempotency-Key": "k1"})
+    again = http.post("/v1/workflows", json=body, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json["id"] == first.json["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = http.post("/v1/workflows", json={"chain": [ECHO]}, headers={"Idempotency-Key": "k1"})
+    assert other.status_code == 409
+    assert len(http.get("/v1/workflows").json["items"]) == 1
+
+
+def test_unknown_workflows_are_404_and_the_listing_pages(http: FlaskClient) -> None:
+    assert http.get("/v1/workflows/nope").status_code == 404
+    assert http.get("/v1/workflows/" + "x" * 300).json["error"]["code"] == "workflow_not_found"
+    made = [http.post("/v1/workflows", json={"chain": [ECHO]}).json["id"] for _ in range(3)]
+    page = http.get("/v1/workflows?limit=2").json
+    assert [w["id"] for w in page["items"]] == made[::-1][:2]
+    rest = http.get(f"/v1/workflows?limit=2&cursor={page['next']}").json
+    assert [w["id"] for w in rest["items"]] == made[:1]
+    assert http.get("/v1/workflows?limit=0").status_code == 422
+    assert http.get("/v1/workflows?cursor=abc").status_code == 422
