@@ -186,3 +186,33 @@ def test_a_group_on_success_with_a_failure_never_runs_its_callback(
     assert state["state"] == "FAILURE"
     assert state["then"][0]["state"] == "REVOKED"
     assert not [m for m in queued(client) if m["headers"]["id"] == found["callback"]]
+
+
+def test_cancelling_revokes_members_not_started_and_the_workflow_ends_revoked(
+        http: FlaskClient, flask_app: Flask, life: Lifecycle, client: redis.Redis) -> None:
+    found = submit(http, {"group": [{"task": "test.echo", "kwargs": {"value": i}}
+                                    for i in range(3)], "then": {"task": "test.echo"}})
+    members = ids_of(found, "members")
+    assert life.start(members[0], 0).runs
+    answer = http.delete(f"/v1/workflows/{found['id']}")
+    assert answer.status_code == 202
+    assert answer.json["cancelled"] == {"revoked": 3, "running": 1}  # 2 members + callback
+    assert answer.json["state"] == "RUNNING"  # until its running member ends
+    assert succeed(flask_app, life, members[0], 1) == "done"
+    state = http.get(f"/v1/workflows/{found['id']}").json
+    assert state["state"] == "REVOKED"
+    assert state["counts"] == {"SUCCESS": 1, "FAILURE": 0, "REVOKED": 3}
+    task = http.get(f"/v1/tasks/{members[1]}").json
+    assert task["workflow"]["id"] == found["id"]
+    assert task["workflow"]["links"]["self"] == f"/v1/workflows/{found['id']}"
+
+
+def test_a_step_revoked_by_its_chain_says_why(
+        http: FlaskClient, flask_app: Flask, life: Lifecycle) -> None:
+    found = submit(http, {"chain": [{"task": "test.echo", "kwargs": {"value": 1}},
+                                    {"task": "test.echo"}]})
+    steps = ids_of(found, "steps")
+    assert fail(flask_app, life, steps[0]) == "done"
+    task = http.get(f"/v1/tasks/{steps[1]}").json
+    assert task["state"] == "REVOKED"
+    assert "stopped" in task["error"]["message"]

@@ -284,5 +284,11 @@ def _workflow_paths() -> dict[str, Any]:
         "/v1/workflows/{workflow_id}": {
             "get": _op("A workflow's state, counts, progress and members", 200, _WORKFLOW,
                        (404,), parameters=[_WORKFLOW_ID]),
+            "delete": _op("Cancel a workflow: revoke every member not yet started", 202,
+                          _WORKFLOW, (404, 422), parameters=[
+                              _WORKFLOW_ID,
+                              {"name": "terminate", "in": "query", "required": False,
+                               "schema": {"type": "boolean"},
+                               "description": "Also stop the members that are running."}]),
         },
     }

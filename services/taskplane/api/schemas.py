@@ -71,6 +71,9 @@ TASK = {
         "queue": {"type": "string"},
         "priority": {"type": "integer"},
         "result": {"description": "The task's return value (state SUCCESS)."},
+        "workflow": {"type": "object", "required": ["id", "links"],
+                     "description": "The workflow the task is a member of.",
+                     "properties": {"id": {"type": "string"}, "links": {"type": "object"}}},
         "error": {
             "type": "object",
             "required": ["type", "message"],

@@ -13,6 +13,7 @@ import re
 import time
 from typing import Any
 
+from celery.exceptions import TaskRevokedError
 from flask import Blueprint, Response, jsonify, request
 
 from .. import broker, lifecycle, workflows
@@ -25,7 +26,7 @@ from .body import json_body
 from .context import api_context
 from .errors import ApiError
 from .limits import enforce_rate
-from .routes import _idempotency_key, task_url
+from .routes import _flag, _idempotency_key, task_url
 from .status import iso
 
 bp = Blueprint("workflows", __name__, url_prefix="/v1")
@@ -203,6 +204,35 @@ def represent(found: Workflow, with_members: bool = True) -> dict[str, Any]:
 @bp.get("/workflows/<workflow_id>")
 def get_workflow(workflow_id: str) -> Response:
     return jsonify(represent(_owned(workflow_id)))
+
+
+@bp.delete("/workflows/<workflow_id>")
+def cancel_workflow(workflow_id: str) -> Response:
+    """Revoke every member not yet started (each counted in the workflow by its revoke,
+    so the workflow ends REVOKED once its running members end); running ones too with
+    ``?terminate=true``, whose processes are then killed in one broadcast."""
+    ctx = api_context()
+    found = _owned(workflow_id)
+    terminate = _flag("terminate")
+    life, backend = ctx.runtime.lifecycle, ctx.celery.backend
+    error = backend.encode_result(TaskRevokedError("workflow cancelled via API"), "REVOKED")
+    revoked, running, kill = 0, 0, []
+    for member in (i for stage in found.stages for i in stage):
+        outcome = life.revoke(member, found.tenant, terminate=terminate,
+                              result=backend.encode_state(member, error, "REVOKED"))
+        if outcome.outcome == "revoked":
+            revoked += 1
+            if outcome.previous == lifecycle.STARTED:
+                kill.append(member)
+        elif outcome.outcome == "running":
+            running += 1
+    if kill:
+        ctx.celery.control.revoke(kill, terminate=True, signal="SIGKILL")
+    body = represent(_owned(workflow_id))
+    body["cancelled"] = {"revoked": revoked, "running": running}
+    response = jsonify(body)
+    response.status_code = 202
+    return response
 
 
 @bp.get("/workflows")
