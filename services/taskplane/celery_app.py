@@ -23,7 +23,7 @@ from celery.exceptions import TaskRevokedError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from . import broker, lifecycle, results
+from . import broker, lifecycle, results, webhook_delivery
 from .lifecycle import Lifecycle, OutcomeUnknown, Submission, TaskRecord, Transition
 from .runtime import Runtime, TaskplaneCelery
 from .settings import Settings
@@ -148,6 +148,7 @@ def create_celery(settings: Settings, patient: bool = False,
         broker=broker.RedisBroker(client),
         on_dead_letter=on_dead_letter,
     )
+    webhook_delivery.register(app)
     return app
 
 
@@ -221,11 +222,13 @@ class Accepted:
 def submit(app: TaskplaneCelery, *, tenant: str, name: str, args: Sequence[Any],
            kwargs: Mapping[str, Any], queue: str, priority: int,
            countdown: float | None = None, task_id: str | None = None,
-           idempotency: tuple[str, str] | None = None, rate_limited: bool = False) -> Accepted:
+           idempotency: tuple[str, str] | None = None, rate_limited: bool = False,
+           notify: Mapping[str, str] | None = None) -> Accepted:
     """Accept a task in one atomic Redis call (``lifecycle.submit``): the record and its
     message are both written or neither, and a worker that takes the message always finds
     the record. ``idempotency = (key, body fingerprint)``; ``rate_limited``: the call
-    also spends one of the tenant's ``RATE_LIMIT`` tokens.
+    also spends one of the tenant's ``RATE_LIMIT`` tokens. ``notify``: the checked
+    ``{"url", "secret"}`` of the task's webhook (``webhooks.py``).
 
     Raises :class:`RateLimited`, :class:`TenantCapReached`, :class:`IdempotencyConflict`,
     or :class:`lifecycle.OutcomeUnknown` (with ``task_id``) when Redis did not answer in
@@ -237,6 +240,9 @@ def submit(app: TaskplaneCelery, *, tenant: str, name: str, args: Sequence[Any],
     record = TaskRecord(id=task_id or new_task_id(), tenant=tenant, task=name, queue=queue,
                         priority=priority, submitted_at=now,
                         eta=now + countdown if countdown else None)
+    if notify is not None:
+        record.notify = webhook_delivery.notify_field(app, tenant, "task", record.id,
+                                                      dict(notify))
     push = task_message(app, task_id=record.id, tenant=tenant, name=name, args=args,
                         kwargs=kwargs, queue=queue, priority=priority, now=now,
                         countdown=countdown)

@@ -45,7 +45,8 @@ class Runtime:
     on_dead_letter: Callable[[str, str, str], None] | None = None
 
     def known_queues(self) -> list[str]:
-        queues = {self.settings.default_queue, STOCK_DEFAULT_QUEUE, *self.settings.queues}
+        queues = {self.settings.default_queue, STOCK_DEFAULT_QUEUE, self.settings.webhook_queue,
+                  *self.settings.queues}
         queues |= self.registry.queues(self.settings.default_queue)
         return sorted(queues)
 

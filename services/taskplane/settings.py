@@ -126,6 +126,29 @@ class Settings:
         "WORKFLOW_MAX_CHAIN", 100,
         "Steps a workflow's chain (or a group's `then` chain) may have; more is 413.",
     )
+    webhook_allow_private: bool = _setting(
+        "WEBHOOK_ALLOW_PRIVATE", False,
+        "Let a webhook (`notify.url`) target loopback, link-local, private or metadata "
+        "addresses; off, they are 422 at submission and refused again at delivery.",
+    )
+    webhook_allow_http: bool = _setting(
+        "WEBHOOK_ALLOW_HTTP", False,
+        "Let a webhook URL be `http://`; off, only `https://`. Other schemes are always 422.",
+    )
+    webhook_timeout: float = _setting(
+        "WEBHOOK_TIMEOUT", 10.0,
+        "Seconds a webhook delivery may take (connect and answer) before it counts as failed.",
+    )
+    webhook_retry_period: int = _setting(
+        "WEBHOOK_RETRY_PERIOD", 86_400,
+        "Seconds after the event during which failed deliveries are retried (exponential "
+        "back-off with jitter, at most an hour apart); then the delivery is dead: listed and "
+        "retryable.",
+    )
+    webhook_queue: str = _setting(
+        "WEBHOOK_QUEUE", "webhooks",
+        "Queue of webhook deliveries, made by workers, never on the API's request path.",
+    )
     task_modules: tuple[str, ...] = _setting(
         "TASK_MODULES", (),
         "Comma-separated modules imported at start-up to register extra tasks "
@@ -290,7 +313,7 @@ class Settings:
 
     def validate(self) -> None:
         """Refuse combinations that would lose or duplicate work, with one clear message."""
-        for q in (self.default_queue, *self.queues, *self.worker_queues):
+        for q in (self.default_queue, self.webhook_queue, *self.queues, *self.worker_queues):
             if not QUEUE_NAME_RE.fullmatch(q):
                 raise SettingsError(f"queue name {q!r} must match {QUEUE_NAME_RE.pattern}")
         if self.default_soft_time_limit >= self.default_time_limit:

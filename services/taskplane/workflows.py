@@ -27,7 +27,7 @@ from typing import Any
 
 from . import broker
 from .lifecycle import HeldStage
-from .lifecycle.workflow_state import BODY_SLOT, NOW_SLOT
+from .lifecycle.workflow_state import BODY_SLOT, NOW_SLOT, TAG_SLOT
 
 #: Message header naming the workflow a task is a member of: the worker then passes the
 #: member's result to the ending script, which keeps it for the next stage.
@@ -129,7 +129,8 @@ def _specs(value: Any, field: str, limit: int) -> list[tuple[str, Any]]:
 def held_stage(push: tuple[str, str]) -> HeldStage:
     """A message as ``celery_app.task_message`` made it, in the form a workflow holds:
     the body as plain JSON (no ``body_encoding``: kombu then reads it as is) replaced by
-    :data:`BODY_SLOT`, and the enqueue time by :data:`NOW_SLOT`, so the ending script
+    :data:`BODY_SLOT`, the enqueue time by :data:`NOW_SLOT` and the delivery tag by
+    :data:`TAG_SLOT` (each push gets its own), so the ending script
     splices the stage's outcome in as the first argument (``[[`` + input + rest) without
     decoding anything."""
     queue_key, raw = push
@@ -139,6 +140,7 @@ def held_stage(push: tuple[str, str]) -> HeldStage:
         raise ValueError("a task body starts with its argument list")
     envelope["body"] = BODY_SLOT.strip('"')
     envelope["properties"].pop("body_encoding", None)
+    envelope["properties"]["delivery_tag"] = TAG_SLOT.strip('"')
     envelope["headers"][broker.ENQUEUED_AT_HEADER] = NOW_SLOT.strip('"')
     rest = body[2:] if body.startswith("[[]") else ", " + body[2:]
     return HeldStage(queue_key, json.dumps(envelope), rest)

@@ -14,7 +14,18 @@ from flask import Flask, Response
 from .. import metrics
 from ..celery_app import create_celery
 from ..settings import Settings
-from . import auth, errors, health, limits, observe, routes, schedules, seed, workflows
+from . import (
+    auth,
+    deliveries,
+    errors,
+    health,
+    limits,
+    observe,
+    routes,
+    schedules,
+    seed,
+    workflows,
+)
 from .context import ApiContext
 
 
@@ -60,4 +71,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(seed.bp)
     app.register_blueprint(schedules.bp)
     app.register_blueprint(workflows.bp)
+    app.register_blueprint(deliveries.bp)
     return app

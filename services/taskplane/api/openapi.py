@@ -230,6 +230,10 @@ def _schedule_paths() -> dict[str, Any]:
     }
 
 
+_ATTEMPTS = {"type": "object", "properties": {"items": {"type": "array", "items": {
+    "type": "object", "properties": {"at": {"type": "number"}, "status": {"type": "integer"},
+                                     "latency_ms": {"type": "number"},
+                                     "error": {"type": "string"}}}}}}
 _WORKFLOW_ID = {"name": "workflow_id", "in": "path", "required": True,
                 "schema": {"type": "string", "pattern": schemas.TASK_ID_PATTERN}}
 _MEMBER = {"type": "object", "required": ["id", "state", "links"], "properties": {
@@ -281,6 +285,25 @@ def _workflow_paths() -> dict[str, Any]:
                            {"name": "cursor", "in": "query", "required": False,
                             "schema": {"type": "string", "maxLength": 40}}]),
         },
+        "/v1/workflows/{workflow_id}/deliveries": {"get": _op(
+            "The workflow's webhook delivery attempts", 200, _ATTEMPTS, (404,),
+            parameters=[_WORKFLOW_ID])},
+        "/v1/tasks/{task_id}/deliveries": {"get": _op(
+            "The task's webhook delivery attempts", 200, _ATTEMPTS, (404,),
+            parameters=[_TASK_ID])},
+        "/v1/webhook-deliveries/dead": {"get": _op(
+            "Webhook deliveries that failed for WEBHOOK_RETRY_PERIOD", 200,
+            {"type": "object", "properties": {"items": {"type": "array", "items": {
+                "type": "object", "properties": {
+                    "id": {"type": "string"}, "kind": {"type": "string"},
+                    "subject": {"type": "string"}, "state": {"type": "string"},
+                    "died_at": schemas.TIMESTAMP}}}}}, ())},
+        "/v1/webhook-deliveries/dead/{delivery_id}/retry": {"post": _op(
+            "Send a dead webhook delivery again, with a fresh retry period", 202,
+            {"type": "object"}, (404,), parameters=[
+                {"name": "delivery_id", "in": "path", "required": True,
+                 "schema": {"type": "string"},
+                 "description": "{kind}:{id}:{state}, as the dead list names it."}])},
         "/v1/workflows/{workflow_id}": {
             "get": _op("A workflow's state, counts, progress and members", 200, _WORKFLOW,
                        (404,), parameters=[_WORKFLOW_ID]),

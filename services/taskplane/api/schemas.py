@@ -36,6 +36,10 @@ def submit_schema(max_countdown: int) -> dict[str, Any]:
                       "description": "Queue to use instead of the task's default."},
             "countdown": {"type": "number", "minimum": 0, "maximum": max_countdown,
                           "description": "Seconds to wait before the task may run."},
+            "notify": {"type": "object",
+                       "description": 'A signed webhook on the final state: {"url": '
+                                      '"https://...", "secret": "whsec_<base64>"} '
+                                      "(Standard Webhooks)."},
             "priority": {"type": "integer", "minimum": broker.MIN_PRIORITY,
                          "maximum": broker.MAX_PRIORITY,
                          "description": f"0-9, 9 most urgent; default {broker.DEFAULT_PRIORITY}."},

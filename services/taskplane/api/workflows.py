@@ -16,7 +16,7 @@ from typing import Any
 from celery.exceptions import TaskRevokedError
 from flask import Blueprint, Response, jsonify, request
 
-from .. import broker, lifecycle, workflows
+from .. import broker, lifecycle, webhook_delivery, webhooks, workflows
 from ..celery_app import IdempotencyConflict, TenantCapReached, new_task_id, task_message
 from ..lifecycle import Member, TaskRecord, Workflow, WorkflowDraft, fingerprint
 from ..tasks.registry import TaskSpec
@@ -56,9 +56,11 @@ def submit_workflow() -> Response:
         raise ApiError(422, "validation_failed", "workflow body is invalid",
                        {"fields": exc.problems}) from None
     if plan.notify is not None:
-        raise ApiError(422, "validation_failed", "workflow body is invalid",
-                       {"fields": [{"field": "notify",
-                                    "message": "webhooks are not available yet"}]})
+        found_problems = webhooks.notify_problems(plan.notify, settings.webhook_allow_private,
+                                                  settings.webhook_allow_http)
+        if found_problems:
+            raise ApiError(422, "validation_failed", "workflow body is invalid",
+                           {"fields": found_problems})
     tenant = current_tenant()
     workflow_id = new_task_id()
     now = time.time()
@@ -74,6 +76,9 @@ def submit_workflow() -> Response:
         record = TaskRecord(id=new_task_id(), tenant=tenant, task=spec.name, queue=queue,
                             priority=priority, submitted_at=now,
                             eta=now + countdown if countdown else None)
+        if step.spec.get("notify") is not None:
+            record.notify = webhook_delivery.notify_field(ctx.celery, tenant, "task",
+                                                          record.id, step.spec["notify"])
         push = task_message(ctx.celery, task_id=record.id, tenant=tenant, name=spec.name,
                             args=args, kwargs=kwargs, queue=queue, priority=priority,
                             now=now, countdown=countdown, headers=header)
@@ -89,6 +94,9 @@ def submit_workflow() -> Response:
         if plan.kind == "group" else ""
     draft = WorkflowDraft(id=workflow_id, tenant=tenant, kind=plan.kind, on=plan.on,
                           members=members, held=held, callback=callback)
+    if plan.notify is not None:
+        draft.notify = webhook_delivery.notify_field(ctx.celery, tenant, "workflow",
+                                                     workflow_id, plan.notify)
     key = _idempotency_key()
     idempotency = (key, fingerprint(body)) if key is not None else None
     outcome = ctx.runtime.lifecycle.submit_workflow(
@@ -139,6 +147,9 @@ def _check(step: workflows.Step, problems: list[dict[str, str]]
         add([{"field": "queue", "message": f"unknown queue {queue!r}"}])
         return None
     found = _argument_errors(spec, args, kwargs, step.takes_input)
+    if body.get("notify") is not None:
+        found += webhooks.notify_problems(body["notify"], ctx.settings.webhook_allow_private,
+                                          ctx.settings.webhook_allow_http)
     if found:
         add(found)
         return None

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import redis
 from redis.client import PubSub
 
+from .deliveries import Deliveries
 from .listing import Listing
 from .ratelimit import RateLimit
 from .schedule_state import ScheduleState
@@ -16,7 +17,7 @@ from .transitions import Transitions
 from .workflow_state import WorkflowState
 
 
-class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState):
+class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, Deliveries):
     """The transitions of every task, against one Redis. Cheap to create; holds one pool.
 
     Each part lives in its own module (``transitions``, ``listing``, ``ratelimit``,

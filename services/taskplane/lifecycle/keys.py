@@ -12,7 +12,9 @@ key                                           type    holds
 ``taskplane:task:{id}``                       hash    the record: tenant, task, queue, priority,
                                                       state, submitted_at, eta, started_at,
                                                       finished_at, retries, runs_started,
-                                                      runs_ended; a workflow member's also
+                                                      runs_ended; notify (its webhook and the
+                                                      delivery message its ending pushes, JSON);
+                                                      a workflow member's also
                                                       workflow (its id), wf_key (its key),
                                                       stage, position. Its existence makes an id
                                                       "submitted" (else 404). TTL
@@ -43,7 +45,7 @@ key                                           type    holds
                                                       ``Lifecycle.result_key``).
 queue list (``broker.py``)                    list    the task message, pushed by ``submit`` and
                                                       ``retry_dead``.
-``taskplane:workflow:{id}``                   hash    a workflow (``workflow_state.py``): tenant,
+``taskplane:workflow:{id}``                   hash    a workflow (``workflow_state.py``): id, tenant,
                                                       kind (chain, group), on (success,
                                                       complete), state, created_at,
                                                       finished_at, total, stages, stage (the
@@ -58,6 +60,14 @@ queue list (``broker.py``)                    list    the task message, pushed b
 ``taskplane:workflows:{tenant}``              zset    the tenant's workflow ids by creation time
                                                       (``GET /v1/workflows``);
                                                       ``taskplane:workflows`` every tenant's.
+``taskplane:deliveries:{kind}:{id}``         list    a task's or workflow's webhook delivery
+                                                      attempts (JSON: at, status, latency_ms,
+                                                      error), newest last, at most 50; TTL
+                                                      ``RESULT_EXPIRES``.
+``taskplane:dead-deliveries:{tenant}``        zset    ``{kind}:{id}:{state}`` of deliveries that
+                                                      failed for ``WEBHOOK_RETRY_PERIOD``, by
+                                                      time of death; ``taskplane:dead-deliveries``
+                                                      every tenant's.
 ``taskplane:schedules``                       hash    periodic schedules stored over the API:
                                                       ``tenant/name`` -> JSON (``schedules.py``).
 ``taskplane:schedule-state:{tenant}/{name}``  hash    a schedule's fire state: ``last_tick`` (the
@@ -164,3 +174,14 @@ def workflow_key(workflow_id: str) -> str:
 def workflows_index_key(tenant: str | None) -> str:
     """A tenant's workflows (``None``: every tenant's) by creation time."""
     return f"{PREFIX}workflows:{tenant}" if tenant is not None else f"{PREFIX}workflows"
+
+
+def deliveries_key(kind: str, subject: str) -> str:
+    """The webhook delivery attempts of a task (``kind`` "task") or a workflow."""
+    return f"{PREFIX}deliveries:{kind}:{subject}"
+
+
+def dead_deliveries_key(tenant: str | None) -> str:
+    """A tenant's dead webhook deliveries (``None``: every tenant's)."""
+    return (f"{PREFIX}dead-deliveries:{tenant}" if tenant is not None
+            else f"{PREFIX}dead-deliveries")

@@ -30,6 +30,7 @@ class TaskRecord:
     retries: int = 0
     workflow: str | None = None  # the workflow it is a member of (workflow_state.py)
     reason: str | None = None  # why its workflow revoked it, if it did
+    notify: str | None = None  # its webhook, JSON (written at submission, never read back)
 
     @classmethod
     def from_hash(cls, task_id: str, raw: dict[bytes, bytes]) -> TaskRecord:

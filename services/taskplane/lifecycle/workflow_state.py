@@ -34,9 +34,11 @@ RUNNING = "RUNNING"
 WORKFLOW_STATES = (RUNNING, "SUCCESS", "FAILURE", REVOKED)
 
 #: Placeholders in a held message, replaced by the script that pushes it: the body (a
-#: JSON string holding Celery's ``[args, kwargs, embed]``) and the enqueue time.
+#: JSON string holding Celery's ``[args, kwargs, embed]``), the enqueue time, the
+#: delivery tag (kombu's key for an unacknowledged message: one per push).
 BODY_SLOT = '"@@BODY@@"'
 NOW_SLOT = '"@@NOW@@"'
+TAG_SLOT = '"@@TAG@@"'
 
 
 @dataclass
@@ -167,7 +169,7 @@ class WorkflowState:
             per_member += [r.id, group, queue_no, message, json.dumps(fields)]
         stages = draft.stages()
         wf_fields: dict[str, str] = {
-            "tenant": tenant, "kind": draft.kind, "on": draft.on, "state": RUNNING,
+            "id": draft.id, "tenant": tenant, "kind": draft.kind, "on": draft.on, "state": RUNNING,
             "created_at": repr(now), "total": str(len(draft.members)),
             "stages": str(len(stages)), "stage": "0", "left": str(len(stages[0])),
             "members": json.dumps(stages), "callback": draft.callback,

@@ -1,5 +1,6 @@
--- workflow_lib.lua: what a task's ending does to its workflow, shared by the scripts
--- that end a task (finish, fail, revoke) and the one that revives it (retry_dead). The
+-- workflow_lib.lua: what a task's ending sets off (its workflow, its webhook), shared by
+-- the scripts that end a task (finish, fail, revoke) and the one that revives it
+-- (retry_dead). The
 -- loader puts it after lib.lua in front of every script. The workflow hash is described
 -- in keys.py; the key names of later stages are read from it (built by keys.py at
 -- submission: no name is made here).
@@ -43,19 +44,38 @@ local function wf_outcome(state, output, complete)
   return '{"state": "' .. state .. '"}'
 end
 
--- Push stage ``s``'s held message with ``input`` as its first argument (see
--- workflows.held_stage: the body goes in as a JSON string, enqueue time stamped).
-local function wf_push(wf, s, input, now)
-  local h = redis.call('HMGET', wf, 'msg:' .. s, 'queue:' .. s, 'rest:' .. s, 'record:' .. s)
-  local msg = h[1]
+-- Push a held message (see workflows.held_stage): its body, ``'[[' .. input .. rest``,
+-- goes in as a JSON string; the enqueue time and a delivery tag of its own are stamped.
+local function push_held(template, queue, input, rest, now, tag)
+  local msg = template
   local a, b = string.find(msg, '"@@NOW@@"', 1, true)
   msg = string.sub(msg, 1, a - 1) .. now .. string.sub(msg, b + 1)
+  a, b = string.find(msg, '"@@TAG@@"', 1, true)
+  if a then msg = string.sub(msg, 1, a - 1) .. cjson.encode(tag) .. string.sub(msg, b + 1) end
   a, b = string.find(msg, '"@@BODY@@"', 1, true)
-  msg = string.sub(msg, 1, a - 1) .. cjson.encode('[[' .. input .. h[3]) .. string.sub(msg, b + 1)
-  redis.call('LPUSH', h[2], msg)
+  msg = string.sub(msg, 1, a - 1) .. cjson.encode('[[' .. input .. rest) .. string.sub(msg, b + 1)
+  redis.call('LPUSH', queue, msg)
+end
+
+-- Push stage ``s``'s held message with ``input`` as its first argument.
+local function wf_push(wf, s, input, now)
+  local h = redis.call('HMGET', wf, 'msg:' .. s, 'queue:' .. s, 'rest:' .. s, 'record:' .. s,
+                       'id:' .. s)
+  push_held(h[1], h[2], input, h[3], now, h[5] .. ':' .. now)
   local record_ttl = redis.call('HGET', wf, 'ttl:record')
   redis.call('EXPIRE', h[4], record_ttl)
   redis.call('EXPIRE', wf, record_ttl)
+end
+
+-- The webhook of a task or workflow (``hash``: its record) that just ended in ``state``:
+-- push its delivery message (held in the ``notify`` field: webhook_delivery.py), with
+-- the state as the delivery task's first argument.
+local function notify_end(hash, id, state, now)
+  local raw = redis.call('HGET', hash, 'notify')
+  if not raw then return end
+  local n = cjson.decode(raw)
+  push_held(n['msg'], n['queue'], '"' .. state .. '"', n['rest'], now,
+            id .. ':' .. state .. ':' .. now)
 end
 
 -- End the workflow in ``state``; stages after ``stage`` never run: their records end
@@ -75,6 +95,7 @@ local function wf_close(wf, stage, state, reason, now)
   redis.call('HSET', wf, 'state', state, 'finished_at', now)
   if reason ~= '' then redis.call('HSET', wf, 'reason', reason) end
   redis.call('EXPIRE', wf, h[4])
+  notify_end(wf, redis.call('HGET', wf, 'id'), state, now)
 end
 
 -- Count the member ``record`` (task ``id``, just ended in ``state``) in its workflow, if it has one;
@@ -169,4 +190,11 @@ local function revive_member(record, id, now)
   redis.call('HDEL', wf, 'finished_at', 'reason')
   redis.call('EXPIRE', wf, h[4])
   return fields
+end
+
+-- Everything a task's ending sets off, in the script that ends it: its webhook, and its
+-- count in its workflow (which may push the next stage or end the workflow).
+local function after_end(record, id, state, output, now)
+  notify_end(record, id, state, now)
+  end_member(record, id, state, output, now)
 end

@@ -1,0 +1,55 @@
+"""Webhook deliveries in the lifecycle: what a subject asked to be notified of, its
+attempts, the dead deliveries of a tenant (``scripts/delivery_log.lua``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .keys import dead_deliveries_key, deliveries_key, record_key, workflow_key
+from .store import Store
+
+#: Attempts kept per task or workflow.
+KEEP_ATTEMPTS = 50
+
+
+class Deliveries:
+    """The webhook part of :class:`~taskplane.lifecycle.Lifecycle`."""
+
+    _store: Store
+    result_ttl: int
+
+    def notify_of(self, kind: str, subject: str) -> tuple[dict[str, Any], str, str] | None:
+        """The subject's webhook (``{"url", "secret", ...}``), tenant and end time, if it
+        has a webhook and still exists."""
+        key = record_key(subject) if kind == "task" else workflow_key(subject)
+        raw, tenant, ended = self._store.redis.hmget(key, "notify", "tenant", "finished_at")
+        if raw is None:
+            return None
+        return json.loads(raw), (tenant or b"").decode(), (ended or b"").decode()
+
+    def log_delivery(self, kind: str, subject: str, state: str, tenant: str, attempt: str,
+                     dead: bool) -> str:
+        """Record an attempt (and, ``dead``, list the delivery as dead)."""
+        (outcome,) = self._store.run("delivery_log", [
+            deliveries_key(kind, subject), *(dead_deliveries_key(t) for t in (tenant, None))],
+            [attempt, f"{kind}:{subject}:{state}", "1" if dead else "0", time.time(),
+             self.result_ttl, KEEP_ATTEMPTS])
+        return str(outcome.decode())
+
+    def revive_delivery(self, tenant: str, member: str) -> bool:
+        """Take a dead delivery off the lists; True if this call did (then resend it)."""
+        (outcome,) = self._store.run("delivery_log", [
+            deliveries_key("task", ""), *(dead_deliveries_key(t) for t in (tenant, None))],
+            ["", member, "0", time.time(), self.result_ttl, KEEP_ATTEMPTS])
+        return bool(outcome == b"revived")
+
+    def delivery_attempts(self, kind: str, subject: str) -> list[dict[str, Any]]:
+        return [json.loads(a) for a in self._store.redis.lrange(deliveries_key(kind, subject),
+                                                                0, -1)]
+
+    def dead_deliveries(self, tenant: str | None, limit: int) -> list[tuple[str, float]]:
+        """The newest dead deliveries: ``({kind}:{id}:{state}, time of death)``."""
+        return [(m.decode(), s) for m, s in self._store.redis.zrevrange(
+            dead_deliveries_key(tenant), 0, limit - 1, withscores=True)]
