@@ -50,17 +50,19 @@ def _event(app: TaskplaneCelery, kind: str, subject: str, state: str) -> dict[st
             return {"id": subject, "state": state}
         return {"id": subject, "kind": found.kind, "state": found.state,
                 "counts": found.counts, "callback": found.callback or None}
-    record, meta_raw = life.read(subject)
+    record, meta_raw = life.read(subject, True)
     data: dict[str, Any] = {"id": subject, "state": state}
     if record is not None:
         data.update(task=record.task, queue=record.queue, workflow=record.workflow)
-    meta = app.backend.decode_result(meta_raw) if meta_raw else None
+    meta = json.loads(meta_raw) if meta_raw else None  # as stored: errors stay plain JSON
     if meta and state == "SUCCESS":
         data["result"] = meta.get("result")
     elif meta and state == "FAILURE":
         result = meta.get("result") or {}
-        data["error"] = {"type": result.get("exc_type", "Error"),
-                         "message": str(result.get("exc_message", ""))[:2000]}
+        message = result.get("exc_message", "")
+        if isinstance(message, list):
+            message = " ".join(str(m) for m in message)
+        data["error"] = {"type": result.get("exc_type", "Error"), "message": str(message)[:2000]}
     return data
 
 

@@ -3,6 +3,7 @@ tenant's cap counted per member, the Idempotency-Key; nothing written on a refus
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
@@ -94,3 +95,36 @@ def test_unknown_workflows_are_404_and_the_listing_pages(http: FlaskClient) -> N
     assert [w["id"] for w in rest["items"]] == made[:1]
     assert http.get("/v1/workflows?limit=0").status_code == 422
     assert http.get("/v1/workflows?cursor=abc").status_code == 422
+
+
+SECRET = "whsec_" + "a2V5LW9mLXRoaXJ0eS10d28tYnl0ZXMtLS0tLS0tLS0="
+
+
+def test_webhook_targets_are_checked_at_the_door(http: FlaskClient, client: redis.Redis) -> None:
+    for url, field in (("https://127.0.0.1/h", "notify.url"), ("https://169.254.169.254/",
+                                                             "notify.url"),
+                       ("http://93.184.215.14/h", "notify.url"), ("ftp://93.184.215.14/",
+                                                                 "notify.url")):
+        answer = http.post("/v1/tasks", json={**ECHO, "notify": {"url": url, "secret": SECRET}})
+        assert answer.status_code == 422, url
+        assert [f["field"] for f in answer.json["error"]["details"]["fields"]] == [field]
+    error = refused(http, {"group": [ECHO, {**ECHO, "notify": {"url": "https://10.0.0.1/",
+                                                               "secret": "nope"}}]})
+    assert fields(error) == ["group[1].notify.url", "group[1].notify.secret"]
+    assert fields(refused(http, {"chain": [ECHO], "notify": {"url": "gopher://x/",
+                                                             "secret": SECRET}})
+                  ) == ["notify.url"]
+    assert client.dbsize() == 0
+
+
+def test_an_ending_pushes_its_delivery_in_the_same_step(http: FlaskClient, client: redis.Redis,
+                                                        life: Any) -> None:
+    hook = {"url": "https://93.184.215.14/hook", "secret": SECRET}
+    task = http.post("/v1/tasks", json={**ECHO, "notify": hook}).json
+    assert client.llen("webhooks") + client.llen("webhooks\x06\x163") == 0
+    assert life.revoke(task["id"], "local", terminate=False).outcome == "revoked"
+    (raw,) = client.lrange("webhooks\x06\x163", 0, -1)
+    message = json.loads(raw)
+    assert message["headers"]["task"] == "taskplane.webhook.deliver"
+    assert json.loads(message["body"])[0] == ["REVOKED", "task", task["id"]]
+    assert SECRET not in http.get(f"/v1/tasks/{task['id']}").get_data(as_text=True)
