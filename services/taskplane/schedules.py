@@ -31,13 +31,14 @@ Policies (checked when a tick is due):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -54,6 +55,13 @@ CATCH_UP = ("none", "latest", "all")
 MIN_EVERY = 1
 #: The longest ``every``: a year; longer periods belong in cron.
 MAX_EVERY = 366 * 86_400
+
+
+@functools.cache
+def time_zones() -> frozenset[str]:
+    """The IANA zones a schedule may name: those of this machine's tz database (the API
+    description lists them, so the check and the description cannot differ)."""
+    return frozenset(available_timezones())
 
 
 class ScheduleError(ValueError):
@@ -199,6 +207,8 @@ def check(schedule: Schedule, registry: Registry, known_queues: list[str] | None
         problems.append({"field": "every",
                          "message": f"an integer number of seconds {MIN_EVERY}-{MAX_EVERY}"})
     try:
+        if schedule.timezone not in time_zones():
+            raise ZoneInfoNotFoundError(schedule.timezone)
         ZoneInfo(schedule.timezone)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         problems.append({"field": "timezone",
@@ -282,8 +292,9 @@ class ScheduleStore:
         return self.life.schedule_create(schedule.ident, schedule.to_json(), schedule.tenant,
                                          cap)
 
-    def replace(self, schedule: Schedule) -> None:
-        self.life.schedule_replace(schedule.ident, schedule.to_json())
+    def replace(self, schedule: Schedule) -> bool:
+        """Store the changed schedule; False if it was deleted meanwhile (not brought back)."""
+        return self.life.schedule_replace(schedule.ident, schedule.to_json())
 
     def get(self, tenant: str, name: str) -> Schedule | None:
         raw = self.life.schedule_definition(schedule_ident(tenant, name))

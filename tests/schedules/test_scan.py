@@ -49,7 +49,7 @@ def scan(app: TaskplaneCelery, s: Schedule, now: float) -> tuple[list[float], in
 def stored(app: TaskplaneCelery, s: Schedule) -> Schedule:
     """``s`` as the API stores it: the scheduler advances only schedules that exist."""
     if s.source != "code":
-        app.runtime.lifecycle.schedule_replace(s.ident, s.to_json())
+        app.runtime.lifecycle.schedule_create(s.ident, s.to_json(), s.tenant)
     return s
 
 
@@ -163,6 +163,8 @@ def test_a_schedule_deleted_while_a_replica_advances_it_leaves_no_state(
     assert not r.exists(schedule_state_key(s.ident))
     assert not life.schedule_advance(s.ident, "", T0 + 3, fires=1, stored=True)
     assert not r.exists(schedule_state_key(s.ident))
+    assert not ScheduleStore(life).replace(s)  # a PATCH that read it before the DELETE
+    assert ScheduleStore(life).get(s.tenant, s.name) is None
 
 
 def test_a_code_schedule_advances_without_a_stored_definition(app: TaskplaneCelery,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from .. import metrics
 from .context import api_context
@@ -10,6 +10,8 @@ from .errors import error_response
 from .openapi import openapi_document
 
 bp = Blueprint("health", __name__)
+#: Where an app keeps its serialised description (``app.extensions``).
+_OPENAPI = "taskplane.openapi"
 
 
 @bp.get("/healthz")
@@ -23,7 +25,7 @@ def readyz() -> Response:
     """Redis answers, so a request routed here can be accepted."""
     ctx = api_context()
     try:
-        ctx.runtime.broker.ping()
+        ctx.runtime.lifecycle.ping()
     except Exception as exc:
         return error_response(503, "broker_unavailable", "Redis is unreachable",
                               {"reason": type(exc).__name__},
@@ -40,4 +42,11 @@ def metrics_endpoint() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(openapi_document(api_context().settings))
+    """Built once per app, on first request: it depends only on the app's settings and
+    registry, and this route needs no token, so it must stay cheap (~10 ms to build)."""
+    body = current_app.extensions.get(_OPENAPI)
+    if body is None:
+        ctx = api_context()
+        body = current_app.extensions[_OPENAPI] = current_app.json.dumps(
+            openapi_document(ctx.settings, ctx.runtime))
+    return Response(body, mimetype="application/json")

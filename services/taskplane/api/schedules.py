@@ -118,6 +118,9 @@ def _from_body(body: dict[str, Any], tenant: str, base: dict[str, Any]) -> Sched
     if "every" in body and body["every"] is not None and "cron" not in body:
         fields["cron"] = None  # switching to an interval
     fields["args"] = tuple(fields.get("args") or ())
+    for name in ("every", "priority"):  # JSON Schema's integer includes 5.0: so does ours
+        if isinstance(fields.get(name), float) and fields[name].is_integer():
+            fields[name] = int(fields[name])
     fields.pop("source", None)
     return Schedule(tenant=tenant, source="api", **fields)
 
@@ -171,7 +174,8 @@ def update_schedule(name: str) -> Response:
     validate(body, _PATCH, "request body")
     base = {k: v for k, v in current.__dict__.items() if k not in ("tenant",)}
     schedule = _checked(_from_body(body, current.tenant, base))
-    _store().replace(schedule)
+    if not _store().replace(schedule):  # deleted since it was read: not brought back
+        raise _not_found(name)
     return jsonify(represent(schedule))
 
 

@@ -24,17 +24,10 @@
 --       | adopted (there was no record; it was created ended).
 
 local record = KEYS[1]
-local id = ARGV[1]
-local now = ARGV[2]
-local ttl = ARGV[3]
-local state = ARGV[4]
-local tenant = ARGV[5]
-local run_ended = ARGV[6]
-local value = ARGV[7]
-local value_ttl = ARGV[8]
-local keep = ARGV[9]
-local adopt = tonumber(ARGV[10])
-local fields = args_from(11)
+local id, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local state, tenant, run_ended = ARGV[4], ARGV[5], ARGV[6]
+local value, value_ttl, keep = ARGV[7], ARGV[8], ARGV[9]
+local adopt, fields = tonumber(ARGV[10]), args_from(11)
 local open, ended, listed, result
 local next_key = 2
 if state ~= '' then open, ended, next_key = KEYS[2], keys_from(3, 2), 5 end

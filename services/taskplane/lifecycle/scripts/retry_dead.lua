@@ -24,14 +24,8 @@ local dead_indexes = keys_from(5, 2)
 local failed = keys_from(7, 2)
 local listed = keys_from(9, 6)
 local result = KEYS[15]
-local id = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local cap = tonumber(ARGV[4])
-local read = ARGV[5]
-local message = ARGV[6]
-local keep = ARGV[7]
-local fields = args_from(8)
+local id, ttl, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local read, message, keep, fields = ARGV[5], ARGV[6], ARGV[7], args_from(8)
 
 local entry = redis.call('GET', dead)
 if not entry then return {'gone'} end
