@@ -4,13 +4,23 @@ members' worker is SIGKILLed mid-run (redelivered members cannot count twice).""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 from typing import Any
 
 import pytest
 
 from tests.integration.test_tasks_api import counter, unique
-from tests.support.services import Api, RedisServer, start_worker, wait_for
+from tests.support.services import (
+    TEST_TOKENS,
+    VENV_BIN,
+    Api,
+    RedisServer,
+    base_env,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +125,41 @@ def test_retrying_a_failed_step_from_the_dead_letters_resumes_the_chain(api: Api
     assert api.post(f"/v1/dead-letters/{failed}/retry").status_code == 202
     body = wait_workflow(api, wid, "SUCCESS")
     assert api.get(f"/v1/tasks/{body['steps'][1]['id']}").json()["result"] == 2
+
+
+def test_the_client_and_the_cli_submit_follow_list_and_cancel(api: Api) -> None:
+    from taskplane.client import Client
+    from taskplane.client_workflows import WorkflowClient
+
+    flows = WorkflowClient(Client(api.base, TEST_TOKENS["acme"]), poll=0.2)
+    seen: list[int] = []
+    made = flows.submit({"group": [{"task": "test.echo", "kwargs": {"value": i}}
+                                   for i in range(3)], "then": {"task": "test.echo"}})
+    done = flows.wait(made.id, timeout=60, on_change=lambda w: seen.append(w.progress))
+    assert done.state == "SUCCESS" and done.progress == 100 and seen[-1] == 100
+    assert made.id in [w.id for w in flows.list(page_size=2)]
+
+    env = {**base_env(api.env["REDIS_URL"]), "TASKPLANE_URL": api.base,
+           "TASKPLANE_TOKEN": TEST_TOKENS["acme"]}
+    body = json.dumps({"chain": [{"task": "test.echo", "kwargs": {"value": "cli"}},
+                                 {"task": "test.echo"}]})
+    run = subprocess.run([str(VENV_BIN / "taskplane"), "workflow", "submit", "-", "--wait",
+                          "--json"], input=body, capture_output=True, text=True, env=env,
+                         timeout=90)
+    assert run.returncode == 0, run.stderr
+    shown = json.loads(run.stdout)
+    assert shown["state"] == "SUCCESS" and shown["progress"] == 100
+    status = subprocess.run([str(VENV_BIN / "taskplane"), "workflow", "status", shown["id"]],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert status.returncode == 0 and "100%" in status.stdout and "SUCCESS" in status.stdout
+    slow = flows.submit({"chain": [{"task": "test.slow", "kwargs": {"seconds": 30}},
+                                   {"task": "test.echo"}]})
+    cancel = subprocess.run([str(VENV_BIN / "taskplane"), "workflow", "cancel", slow.id,
+                             "--terminate"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert cancel.returncode in (3, 4), cancel.stderr  # REVOKED, or ending as it is killed
+    assert flows.wait(slow.id, timeout=60).state == "REVOKED"
+    bad = subprocess.run([str(VENV_BIN / "taskplane"), "workflow", "submit", "-"],
+                         input='{"chain": []}', capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert bad.returncode == 5 and "validation_failed" in bad.stderr
