@@ -5,6 +5,7 @@ retrying the failure from the dead letters resumes it."""
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -216,3 +217,20 @@ def test_a_step_revoked_by_its_chain_says_why(
     task = http.get(f"/v1/tasks/{steps[1]}").json
     assert task["state"] == "REVOKED"
     assert "stopped" in task["error"]["message"]
+
+
+def test_the_event_stream_follows_a_workflow_to_its_end(
+        http: FlaskClient, flask_app: Flask, life: Lifecycle) -> None:
+    found = submit(http, {"chain": [{"task": "test.echo", "kwargs": {"value": 1}},
+                                    {"task": "test.echo"}]})
+    steps = ids_of(found, "steps")
+    answer = http.get(f"/v1/workflows/{found['id']}/events", buffered=False)
+    assert answer.mimetype == "text/event-stream"
+    chunks = iter(answer.response)
+    events = [json.loads(next(chunks).decode().split("data: ", 1)[1])]
+    assert events[0]["state"] == "RUNNING" and events[0]["progress"] == 0
+    for n, step in enumerate(steps):
+        assert succeed(flask_app, life, step, n) == "done"
+    events += [json.loads(c.decode().split("data: ", 1)[1]) for c in chunks]
+    assert events[-1]["state"] == "SUCCESS" and events[-1]["progress"] == 100
+    assert http.get("/v1/workflows/nope/events").status_code == 404

@@ -238,6 +238,7 @@ OPERATION_IDS = {
     ("/v1/workflows/{workflow_id}", "get"): "getWorkflow",
     ("/v1/workflows/{workflow_id}", "delete"): "cancelWorkflow",
     ("/v1/workflows/{workflow_id}/deliveries", "get"): "workflowDeliveries",
+    ("/v1/workflows/{workflow_id}/events", "get"): "workflowEvents",
     ("/v1/tasks/{task_id}/deliveries", "get"): "taskDeliveries",
     ("/v1/webhook-deliveries/dead", "get"): "listDeadDeliveries",
     ("/v1/webhook-deliveries/dead/{delivery_id}/retry", "post"): "retryDeadDelivery",
@@ -357,6 +358,9 @@ def _workflow_paths() -> dict[str, Any]:
                            {"name": "cursor", "in": "query", "required": False,
                             "schema": {"type": "string", "maxLength": 40}}]),
         },
+        "/v1/workflows/{workflow_id}/events": {"get": _op(
+            "Server-Sent Events of the workflow's state, counts and progress until it ends",
+            200, {"type": "string"}, (404,), parameters=[_WORKFLOW_ID])},
         "/v1/workflows/{workflow_id}/deliveries": {"get": _op(
             "The workflow's webhook delivery attempts", 200, _ATTEMPTS, (404,),
             parameters=[_WORKFLOW_ID])},

@@ -8,9 +8,11 @@ lifecycle's: see ``lifecycle/workflow_state.py``.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from celery.exceptions import TaskRevokedError
@@ -20,7 +22,7 @@ from .. import broker, lifecycle, webhook_delivery, webhooks, workflows
 from ..celery_app import IdempotencyConflict, TenantCapReached, new_task_id, task_message
 from ..lifecycle import Member, TaskRecord, Workflow, WorkflowDraft, fingerprint
 from ..tasks.registry import TaskSpec
-from . import schemas
+from . import follow, schemas
 from .auth import authenticate, current_tenant, may_see, scope
 from .body import json_body
 from .context import api_context
@@ -215,6 +217,55 @@ def represent(found: Workflow, with_members: bool = True) -> dict[str, Any]:
 @bp.get("/workflows/<workflow_id>")
 def get_workflow(workflow_id: str) -> Response:
     return jsonify(represent(_owned(workflow_id)))
+
+
+#: How often a workflow's event stream reads the workflow. A workflow has no result key
+#: to subscribe to (its members do); reading one hash is cheap.
+EVENT_POLL = 0.5
+
+
+@bp.get("/workflows/<workflow_id>/events")
+def workflow_events(workflow_id: str) -> Response:
+    """Server-Sent Events: ``event: state`` with the workflow's state, counts and progress
+    each time they change, until it ends (or after ``MAX_EVENT_STREAM`` seconds). Counts
+    change at every member's ending, so this reads the workflow every ``EVENT_POLL``
+    seconds, holding one of the API process's follower slots (``follow.py``)."""
+    ctx = api_context()
+    found = _owned(workflow_id)
+    slots = follow._followers()
+    if not slots.acquire(blocking=False):
+        raise ApiError(429, "too_many_followers", "this API process follows as many streams "
+                       "as it can; try again shortly", None,
+                       {"Retry-After": str(ctx.settings.retry_after)})
+    life, lasts, url = ctx.runtime.lifecycle, ctx.settings.max_event_stream, workflow_url(
+        workflow_id)
+
+    def stream() -> Iterator[str]:
+        try:
+            deadline, current, sent, n = time.monotonic() + lasts, found, None, 0
+            while True:
+                body = json.dumps(_summary(current, url), separators=(",", ":"))
+                if body != sent:
+                    n += 1
+                    yield f"id: {n}\nevent: state\ndata: {body}\n\n"
+                    sent = body
+                if current.state in lifecycle.FINAL_STATES or time.monotonic() >= deadline:
+                    return
+                time.sleep(EVENT_POLL)
+                current = life.read_workflow(workflow_id) or current
+        finally:
+            slots.release()
+
+    return Response(stream(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _summary(found: Workflow, url: str) -> dict[str, Any]:
+    total = found.total
+    return {"id": found.id, "kind": found.kind, "state": found.state, "total": total,
+            "counts": found.counts,
+            "progress": math.floor(100 * found.ended / total) if total else 100,
+            "finished_at": iso(found.finished_at), "links": {"self": url}}
 
 
 @bp.delete("/workflows/<workflow_id>")
