@@ -12,11 +12,11 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import httpserver, metrics
@@ -27,12 +27,14 @@ log = logging.getLogger("taskplane.exporter")
 
 
 class QueueCollector(Collector):
-    def __init__(self, broker: RedisBroker, queues: list[str]) -> None:
+    def __init__(self, broker: RedisBroker, queues: list[str],
+                 workflow_totals: Callable[[], dict[str, int]] | None = None) -> None:
         self.broker = broker
         self.queues = queues
+        self.workflow_totals = workflow_totals
         self.last_ok = False
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         started = time.perf_counter()
         try:
             stats = self.broker.queue_stats(self.queues)
@@ -61,6 +63,16 @@ class QueueCollector(Collector):
             except Exception:  # noqa: S110 - reported through redis_up on the next scrape
                 pass
         yield lease
+        if self.workflow_totals is not None and self.last_ok:
+            flows = CounterMetricFamily(metrics.WORKFLOWS.name.removesuffix("_total"),
+                                        metrics.WORKFLOWS.help, labels=["state"])
+            try:
+                totals = self.workflow_totals()
+            except Exception:
+                totals = {}
+            for state in ("created", "SUCCESS", "FAILURE", "REVOKED"):
+                flows.add_metric([state], totals.get(state, 0))
+            yield flows
         yield GaugeMetricFamily(metrics.REDIS_UP.name, metrics.REDIS_UP.help,
                                 value=1 if self.last_ok else 0)
         yield GaugeMetricFamily(metrics.EXPORTER_SCRAPE_SECONDS.name,
@@ -72,7 +84,8 @@ def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollect
     from .celery_app import create_celery
 
     runtime = create_celery(settings).runtime
-    collector = QueueCollector(runtime.broker, runtime.known_queues())
+    collector = QueueCollector(runtime.broker, runtime.known_queues(),
+                               runtime.lifecycle.workflow_totals)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry, collector

@@ -191,13 +191,23 @@ WEBHOOK_LATENCY = _m(
     "Seconds a webhook delivery attempt took (connect to answer, or to the timeout).",
     "Slow receivers.", "worker")
 
+# Workflows (the exporter reads the lifecycle's totals from Redis at scrape time: the
+# endings happen inside Lua scripts, which no process observes). ``state`` is "created"
+# or a final state: bounded.
+WORKFLOWS = _m(
+    "taskplane_workflows_total", "counter", ("state",),
+    "Workflows created, and ended by state (SUCCESS, FAILURE, REVOKED). Running ones: "
+    "created minus the ended. A callback is pushed in the same Redis step as its last "
+    "member's ending, so there is no callback lag to measure.",
+    "Workflow throughput and failures.", "exporter")
+
 CATALOGUE_SPECS: tuple[MetricSpec, ...] = (
     QUEUE_WAITING, QUEUE_RESERVED, QUEUE_SCHEDULED, QUEUE_OLDEST_AGE, REDIS_UP,
     EXPORTER_SCRAPE_SECONDS, LEASE_OLDEST_AGE, TASK_QUEUE_WAIT, TASK_RUNTIME, TASK_END_TO_END,
     TASKS, WORKER_RUNNING, WORKER_UP, LEASE_RENEWALS, HTTP_REQUESTS, HTTP_DURATION,
     TASKS_ACCEPTED, TASKS_REJECTED, SCHEDULE_FIRES, SCHEDULE_SKIPPED, SCHEDULE_MISSED,
     SCHEDULE_FIRE_LAG, SCHEDULE_NEXT_FIRE, SCHEDULER_LEADING, WEBHOOK_DELIVERIES,
-    WEBHOOK_LATENCY,
+    WEBHOOK_LATENCY, WORKFLOWS,
 )
 #: Metric name → type, as the chart, rules and dashboard tests read it.
 CATALOGUE: dict[str, str] = {m.name: m.type for m in CATALOGUE_SPECS}

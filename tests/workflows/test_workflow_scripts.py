@@ -234,3 +234,25 @@ def test_the_event_stream_follows_a_workflow_to_its_end(
     events += [json.loads(c.decode().split("data: ", 1)[1]) for c in chunks]
     assert events[-1]["state"] == "SUCCESS" and events[-1]["progress"] == 100
     assert http.get("/v1/workflows/nope/events").status_code == 404
+
+
+def test_workflow_totals_count_creations_and_endings(
+        http: FlaskClient, flask_app: Flask, life: Lifecycle) -> None:
+    first = submit(http, {"chain": [{"task": "test.echo", "kwargs": {"value": 1}}]})
+    second = submit(http, {"chain": [{"task": "test.echo", "kwargs": {"value": 1}}]})
+    assert life.workflow_totals() == {"created": 2}
+    assert succeed(flask_app, life, ids_of(first, "steps")[0], 1) == "done"
+    assert fail(flask_app, life, ids_of(second, "steps")[0]) == "done"
+    assert life.workflow_totals() == {"created": 2, "SUCCESS": 1, "FAILURE": 1}
+
+
+def test_the_exporter_serves_the_workflow_totals(http: FlaskClient, flask_app: Flask) -> None:
+    from prometheus_client import generate_latest
+
+    from taskplane.exporter import create_registry
+
+    submit(http, {"chain": [{"task": "test.echo", "kwargs": {"value": 1}}]})
+    registry, _ = create_registry(flask_app.extensions["taskplane"].settings)
+    text = generate_latest(registry).decode()
+    assert 'taskplane_workflows_total{state="created"} 1.0' in text
+    assert 'taskplane_workflows_total{state="SUCCESS"} 0.0' in text

@@ -60,6 +60,10 @@ queue list (``broker.py``)                    list    the task message, pushed b
 ``taskplane:workflows:{tenant}``              zset    the tenant's workflow ids by creation time
                                                       (``GET /v1/workflows``);
                                                       ``taskplane:workflows`` every tenant's.
+``taskplane:workflow-totals``                 hash    workflows ``created`` and ended by state
+                                                      (SUCCESS, FAILURE, REVOKED; a workflow
+                                                      reopened by a dead-letter retry counts each
+                                                      ending), for the exporter.
 ``taskplane:deliveries:{kind}:{id}``         list    a task's or workflow's webhook delivery
                                                       attempts (JSON: at, status, latency_ms,
                                                       error), newest last, at most 50; TTL
@@ -185,3 +189,7 @@ def dead_deliveries_key(tenant: str | None) -> str:
     """A tenant's dead webhook deliveries (``None``: every tenant's)."""
     return (f"{PREFIX}dead-deliveries:{tenant}" if tenant is not None
             else f"{PREFIX}dead-deliveries")
+
+
+def workflow_totals_key() -> str:
+    return f"{PREFIX}workflow-totals"

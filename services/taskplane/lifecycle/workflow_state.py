@@ -23,6 +23,7 @@ from .keys import (
     open_key,
     record_key,
     workflow_key,
+    workflow_totals_key,
     workflows_index_key,
 )
 from .records import TaskRecord
@@ -173,7 +174,7 @@ class WorkflowState:
             "created_at": repr(now), "total": str(len(draft.members)),
             "stages": str(len(stages)), "stage": "0", "left": str(len(stages[0])),
             "members": json.dumps(stages), "callback": draft.callback,
-            "k:open": open_key(tenant),
+            "k:open": open_key(tenant), "k:totals": workflow_totals_key(),
             "k:revoked": json.dumps(ended_index_keys(tenant, REVOKED)),
             "width": str(len(stages[0])), "ttl:record": str(self.record_ttl),
             "ttl:result": str(self.result_ttl), "keep": str(self.keep),
@@ -187,7 +188,8 @@ class WorkflowState:
                               f"record:{stage}": record_key(member)})
         flat = [v for kv in wf_fields.items() for v in kv]
         fixed = [workflow_key(draft.id), open_key(tenant), *(workflows_index_key(t)
-                                                          for t in (tenant, None))]
+                                                          for t in (tenant, None)),
+                 workflow_totals_key()]
         fp = ""
         if idempotency is not None:
             fixed.append(idempotency_key(tenant, f"workflow {idempotency[0]}"))
@@ -208,6 +210,11 @@ class WorkflowState:
     def read_workflow(self, workflow_id: str) -> Workflow | None:
         raw = self._store.redis.hgetall(workflow_key(workflow_id))
         return Workflow.from_hash(workflow_id, raw) if raw else None
+
+    def workflow_totals(self) -> dict[str, int]:
+        """Workflows created, and ended by state, since Redis began keeping them."""
+        return {k.decode(): int(v)
+                for k, v in self._store.redis.hgetall(workflow_totals_key()).items()}
 
     def member_states(self, task_ids: list[str]) -> dict[str, str]:
         """The state of each member whose record still exists: one round trip."""

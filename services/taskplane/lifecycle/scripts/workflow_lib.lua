@@ -95,6 +95,7 @@ local function wf_close(wf, stage, state, reason, now)
   redis.call('HSET', wf, 'state', state, 'finished_at', now)
   if reason ~= '' then redis.call('HSET', wf, 'reason', reason) end
   redis.call('EXPIRE', wf, h[4])
+  redis.call('HINCRBY', redis.call('HGET', wf, 'k:totals'), state, 1)
   notify_end(wf, redis.call('HGET', wf, 'id'), state, now)
 end
 

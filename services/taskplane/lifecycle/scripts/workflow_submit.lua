@@ -6,6 +6,7 @@
 -- KEYS  workflow      the new workflow's hash
 --       open          the tenant's unfinished tasks (its cap)
 --       listed x2     the tenant's and every tenant's workflow index
+--       totals        workflows created and ended (keys.workflow_totals_key)
 --       idem          the Idempotency-Key's hash         (only when fp ~= '')
 --       held          the workflow hash the key held when the caller read it
 --                                                        (only when held_read ~= '')
@@ -21,13 +22,14 @@
 -- Precondition  the key still holds what the caller read; the key is unused or its
 --       workflow expired; the id is new; the tenant has room for n more tasks.
 -- Writes  every member's record (PENDING), open set, listing indexes, the workflow
---       hash (ttl: the record ttl) and both workflow indexes, first-stage messages, the
---       key.
+--       hash (ttl: the record ttl) and both workflow indexes, the totals, first-stage
+--       messages, the key.
 -- Returns {outcome, id}: created | replay (id: the first workflow) | conflict |
 --       cap_reached | stale (as submit.lua: call again with that workflow's key).
 
 local workflow, open = KEYS[1], KEYS[2]
 local listed = keys_from(3, 2)
+local totals = KEYS[5]
 local id = ARGV[1]
 local now = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
@@ -38,7 +40,7 @@ local held_read = ARGV[7]
 local keep = ARGV[8]
 local n, g, q, f = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]),
   tonumber(ARGV[12])
-local nk = 4
+local nk = 5
 local idem, held
 if fp ~= '' then nk = nk + 1; idem = KEYS[nk] end
 if held_read ~= '' then nk = nk + 1; held = KEYS[nk] end
@@ -62,6 +64,7 @@ if cap > 0 and redis.call('ZCARD', open) + n > cap then return {'cap_reached', '
 redis.call('HSET', workflow, unpack(rest, 1, 2 * f))
 redis.call('EXPIRE', workflow, ttl)
 for _, key in ipairs(listed) do index(key, id, now, now, keep) end
+redis.call('HINCRBY', totals, 'created', 1)
 local at = 2 * f + 1
 for m = 1, n do
   local member, group, queue = rest[at], tonumber(rest[at + 1]), tonumber(rest[at + 2])
