@@ -73,7 +73,7 @@ def _client_command(name: str) -> Callable[[Sequence[str]], None]:
     return run
 
 
-for _name, _help in (("submit", "submit a task: TASK key=value ... [--wait] [--json]"),
+for _name, _help in (("submit", "submit a task: TASK [key=value ...] [--arg VALUE ...] [--wait] [--json]"),
                      ("status", "show a task: ID"),
                      ("wait", "follow a task to its end with a progress bar: ID"),
                      ("ls", "list your tasks [--state S] [--task T] [--queue Q]"),

@@ -77,6 +77,9 @@ class Scheduler:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
         self.looped = time.monotonic()
+        #: Schedules this replica has labelled series for: one that leaves the scan
+        #: (deleted, disabled) has them removed, so no stale next-fire time stays behind.
+        self.reported: set[str] = set()
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -117,6 +120,20 @@ class Scheduler:
             m.schedule_fire_lag.clear()
             m.schedule_next_fire.clear()
 
+    def forget_gone(self, idents: set[str], m: metrics.Instruments) -> None:
+        """Remove every labelled series of the schedules no longer in ``idents`` (deleted
+        or disabled since the last scan): a next-fire time left at a past instant reads as
+        "nothing scans", and their counters would only grow the scrape."""
+        gone, self.reported = self.reported - idents, idents
+        for ident in gone:
+            for metric in (m.schedule_fires, m.schedule_skipped, m.schedule_missed,
+                           m.schedule_fire_lag, m.schedule_next_fire):
+                try:
+                    metric.remove(ident)
+                except KeyError:  # never recorded (a gauge not set yet)
+                    pass
+            log.info("schedule=%s is gone: its metrics are removed", ident)
+
     def healthy(self) -> bool:
         """The loop went round lately (a stuck scan or a dead Redis client fails it)."""
         return time.monotonic() - self.looped < max(30.0, 10 * self.settings.scheduler_interval)
@@ -135,6 +152,7 @@ class Scheduler:
         for s in active:  # counters start at zero, so rate() has a series from the start
             for counter in (m.schedule_fires, m.schedule_skipped, m.schedule_missed):
                 counter.labels(s.ident)
+        self.forget_gone({s.ident for s in active}, m)
         states = self.life.schedule_states([s.ident for s in active])
         return {s.ident: self.handle(s, state, now) for s, state in zip(active, states, strict=True)}
 

@@ -22,9 +22,11 @@ from celery.app import trace as celery_trace
 from celery.apps.worker import Worker as CeleryWorker
 from celery.exceptions import Retry
 from celery.worker import state as worker_state
+from celery.worker.request import Request as CeleryRequest
 
 from . import broker, lifecycle, metrics
 from .celery_app import create_celery
+from .flowerconfig import REDACTED
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
 from .results import RUN_ENDED, stock_record
@@ -272,6 +274,20 @@ class RedactReturnValues(logging.Filter):
         return True
 
 
+class RedactedResultRequest(CeleryRequest):
+    """A task request whose ``task-succeeded`` event says ``<redacted>`` for the result.
+
+    The event carries the result's repr cut to ``resultrepr_maxsize``; Taskplane sets that
+    to 0 (the repr is never built at length), which Celery renders as a fragment, ``", ..."``,
+    and Flower showed that as if it were the value. The marker says what happened.
+    """
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-succeeded" and "result" in fields:
+            fields["result"] = REDACTED
+        super().send_event(type, **fields)
+
+
 class TaskplaneWorker(CeleryWorker):
     """Celery's worker, whose soft shutdown ends as soon as the tasks it held have ended.
 
@@ -318,6 +334,7 @@ def create_worker_app(settings: Settings) -> Celery:
     # Task events (Flower) carry no return value: results may hold anything a tenant sent.
     for task in app.tasks.values():
         task.resultrepr_maxsize = 0
+        task.Request = RedactedResultRequest
     app.steps["consumer"].add(LeaseStep)
     app.Worker = app.subclass_with_self(TaskplaneWorker)
     connect_signals()
