@@ -228,7 +228,8 @@ def submit(app: TaskplaneCelery, *, tenant: str, name: str, args: Sequence[Any],
     message are both written or neither, and a worker that takes the message always finds
     the record. ``idempotency = (key, body fingerprint)``; ``rate_limited``: the call
     also spends one of the tenant's ``RATE_LIMIT`` tokens. ``notify``: the checked
-    ``{"url", "secret"}`` of the task's webhook (``webhooks.py``).
+    ``{"url", "secret"}`` of the task's webhook (``webhooks.py``); without it, the
+    tenant's registered endpoint, if any.
 
     Raises :class:`RateLimited`, :class:`TenantCapReached`, :class:`IdempotencyConflict`,
     or :class:`lifecycle.OutcomeUnknown` (with ``task_id``) when Redis did not answer in
@@ -240,6 +241,8 @@ def submit(app: TaskplaneCelery, *, tenant: str, name: str, args: Sequence[Any],
     record = TaskRecord(id=task_id or new_task_id(), tenant=tenant, task=name, queue=queue,
                         priority=priority, submitted_at=now,
                         eta=now + countdown if countdown else None)
+    if notify is None:  # the tenant's registered endpoint, if an operator set one
+        notify = runtime.lifecycle.webhook_endpoints().get(tenant)
     if notify is not None:
         record.notify = webhook_delivery.notify_field(app, tenant, "task", record.id,
                                                       dict(notify))

@@ -128,3 +128,32 @@ def test_an_ending_pushes_its_delivery_in_the_same_step(http: FlaskClient, clien
     assert message["headers"]["task"] == "taskplane.webhook.deliver"
     assert json.loads(message["body"])[0] == ["REVOKED", "task", task["id"]]
     assert SECRET not in http.get(f"/v1/tasks/{task['id']}").get_data(as_text=True)
+
+
+def test_an_operators_endpoint_notifies_the_tenants_tasks(
+        flask_app: Any, wf_redis: Any, client: redis.Redis) -> None:
+    from taskplane.api import create_app
+    from taskplane.settings import Settings
+    from tests.support.services import OPERATOR_TOKENS, TEST_TOKENS
+
+    app = create_app(Settings.from_env({
+        "REDIS_URL": wf_redis.url, "RATE_LIMIT": "0", "TASK_MODULES": "tests.support.tasks",
+        "ACCESS_LOG": "false",
+        "API_TOKENS": ",".join(f"{t}:{k}" for t, k in TEST_TOKENS.items()),
+        "API_ADMIN_TOKENS": ",".join(f"{o}:{k}" for o, k in OPERATOR_TOKENS.items())}))
+    http = app.test_client()
+    ops = {"Authorization": f"Bearer {OPERATOR_TOKENS['ops']}"}
+    acme = {"Authorization": f"Bearer {TEST_TOKENS['acme']}"}
+    hook = {"url": "https://93.184.215.14/acme", "secret": SECRET}
+    assert http.put("/v1/webhook-endpoints/acme", json=hook, headers=acme).status_code == 403
+    assert http.put("/v1/webhook-endpoints/acme", json={**hook, "url": "https://10.0.0.1/"},
+                    headers=ops).status_code == 422
+    assert http.put("/v1/webhook-endpoints/acme", json=hook, headers=ops).status_code == 200
+    assert http.get("/v1/webhook-endpoints", headers=acme).json == {
+        "items": [{"tenant": "acme", "url": hook["url"]}]}
+    assert http.get("/v1/webhook-endpoints", headers={
+        "Authorization": f"Bearer {TEST_TOKENS['globex']}"}).json == {"items": []}
+    task = http.post("/v1/tasks", json=ECHO, headers=acme).json
+    assert json.loads(client.hget(f"taskplane:task:{task['id']}", "notify"))["url"] == hook["url"]
+    assert http.delete("/v1/webhook-endpoints/acme", headers=ops).status_code == 204
+    assert http.delete("/v1/webhook-endpoints/acme", headers=ops).status_code == 404

@@ -8,8 +8,10 @@ import time
 
 from flask import Blueprint, Response, jsonify
 
+from .. import webhooks
 from ..webhooks import DELIVER_TASK
-from .auth import authenticate, may_see, scope
+from .auth import authenticate, is_operator, may_see, scope
+from .body import json_body
 from .context import api_context
 from .errors import ApiError
 from .limits import enforce_rate
@@ -71,3 +73,43 @@ def retry_dead_delivery(delivery_id: str) -> Response:
     response = jsonify({"id": delivery_id, "state": "queued"})
     response.status_code = 202
     return response
+
+
+def _operator_only() -> None:
+    if not is_operator():
+        raise ApiError(403, "operator_only", "only an operator token may register webhook "
+                       "endpoints", None)
+
+
+@bp.get("/webhook-endpoints")
+def list_endpoints() -> Response:
+    """The registered endpoints the caller may see (a tenant: its own), secrets withheld."""
+    endpoints = api_context().runtime.lifecycle.webhook_endpoints()
+    return jsonify({"items": [{"tenant": t, "url": e["url"]} for t, e in sorted(endpoints.items())
+                              if may_see(t)]})
+
+
+@bp.put("/webhook-endpoints/<tenant>")
+def set_endpoint(tenant: str) -> Response:
+    """An operator registers the tenant's webhook: every task of the tenant submitted
+    without its own ``notify`` then notifies it (within ``ENDPOINTS_CACHE`` seconds)."""
+    _operator_only()
+    ctx = api_context()
+    body = json_body()
+    problems = webhooks.notify_problems(body, ctx.settings.webhook_allow_private,
+                                        ctx.settings.webhook_allow_http)
+    if problems or not 0 < len(tenant) <= 128:
+        raise ApiError(422, "validation_failed", "endpoint is invalid",
+                       {"fields": problems or [{"field": "tenant", "message": "1-128 chars"}]})
+    ctx.runtime.lifecycle.set_webhook_endpoint(tenant, {"url": body["url"],
+                                                        "secret": body["secret"]})
+    return jsonify({"tenant": tenant, "url": body["url"]})
+
+
+@bp.delete("/webhook-endpoints/<tenant>")
+def delete_endpoint(tenant: str) -> Response:
+    _operator_only()
+    if not api_context().runtime.lifecycle.set_webhook_endpoint(tenant, None):
+        raise ApiError(404, "endpoint_not_found", f"no endpoint for tenant {tenant[:128]!r}",
+                       None)
+    return Response(status=204)

@@ -17,6 +17,7 @@ from .task_specs import task_spec_schemas
 _ERRORS = {
     400: "Malformed JSON, or a malformed header.",
     401: "Missing, malformed or unknown bearer token.",
+    403: "Only an operator token may do this.",
     404: "No such task, task type, dead letter or schedule (or it belongs to another tenant).",
     405: "Method not allowed on this path.",
     409: "Conflicts with the resource's state.",
@@ -241,6 +242,9 @@ OPERATION_IDS = {
     ("/v1/workflows/{workflow_id}/events", "get"): "workflowEvents",
     ("/v1/tasks/{task_id}/deliveries", "get"): "taskDeliveries",
     ("/v1/webhook-deliveries/dead", "get"): "listDeadDeliveries",
+    ("/v1/webhook-endpoints", "get"): "listWebhookEndpoints",
+    ("/v1/webhook-endpoints/{tenant}", "put"): "setWebhookEndpoint",
+    ("/v1/webhook-endpoints/{tenant}", "delete"): "deleteWebhookEndpoint",
     ("/v1/webhook-deliveries/dead/{delivery_id}/retry", "post"): "retryDeadDelivery",
 }
 
@@ -303,6 +307,7 @@ def _schedule_paths(settings: Settings) -> dict[str, Any]:
     }
 
 
+_TENANT = {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string"}}
 _ATTEMPTS = {"type": "object", "properties": {"items": {"type": "array", "items": {
     "type": "object", "properties": {"at": {"type": "number"}, "status": {"type": "integer"},
                                      "latency_ms": {"type": "number"},
@@ -367,6 +372,24 @@ def _workflow_paths() -> dict[str, Any]:
         "/v1/tasks/{task_id}/deliveries": {"get": _op(
             "The task's webhook delivery attempts", 200, _ATTEMPTS, (404,),
             parameters=[_TASK_ID])},
+        "/v1/webhook-endpoints": {"get": _op(
+            "Registered per-tenant webhook endpoints the caller may see (no secrets)", 200,
+            {"type": "object", "properties": {"items": {"type": "array", "items": {
+                "type": "object", "properties": {"tenant": {"type": "string"},
+                                                 "url": {"type": "string"}}}}}}, ())},
+        "/v1/webhook-endpoints/{tenant}": {
+            "put": _op("Operators: register a tenant's webhook endpoint", 200,
+                       {"type": "object"}, (400, 403, 413, 415, 422), parameters=[_TENANT],
+                       requestBody={"required": True, "content": {"application/json": {
+                           "schema": {"type": "object", "required": ["url", "secret"],
+                                      "additionalProperties": False, "properties": {
+                                          "url": {"type": "string"},
+                                          "secret": {"type": "string"}}}}}}),
+            "delete": {**_op("Operators: remove a tenant's webhook endpoint", 204, {},
+                             (403, 404), parameters=[_TENANT]), "responses": {
+                **_op("", 204, {}, (403, 404))["responses"],
+                "204": {"description": "Removed."}}},
+        },
         "/v1/webhook-deliveries/dead": {"get": _op(
             "Webhook deliveries that failed for WEBHOOK_RETRY_PERIOD", 200,
             {"type": "object", "properties": {"items": {"type": "array", "items": {

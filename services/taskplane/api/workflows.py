@@ -96,9 +96,11 @@ def submit_workflow() -> Response:
         if plan.kind == "group" else ""
     draft = WorkflowDraft(id=workflow_id, tenant=tenant, kind=plan.kind, on=plan.on,
                           members=members, held=held, callback=callback)
-    if plan.notify is not None:
+    notify = plan.notify if plan.notify is not None else \
+        ctx.runtime.lifecycle.webhook_endpoints().get(tenant)
+    if notify is not None:  # its own, or the tenant's registered endpoint
         draft.notify = webhook_delivery.notify_field(ctx.celery, tenant, "workflow",
-                                                     workflow_id, plan.notify)
+                                                     workflow_id, notify)
     key = _idempotency_key()
     idempotency = (key, fingerprint(body)) if key is not None else None
     outcome = ctx.runtime.lifecycle.submit_workflow(

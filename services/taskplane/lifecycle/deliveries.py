@@ -7,11 +7,20 @@ import json
 import time
 from typing import Any
 
-from .keys import dead_deliveries_key, deliveries_key, record_key, workflow_key
+from .keys import (
+    dead_deliveries_key,
+    deliveries_key,
+    record_key,
+    webhook_endpoints_key,
+    workflow_key,
+)
 from .store import Store
 
 #: Attempts kept per task or workflow.
 KEEP_ATTEMPTS = 50
+#: Seconds a process keeps the registered endpoints it read: a submission reads them
+#: (one HGETALL) at most this often, and a change reaches every API pod within it.
+ENDPOINTS_CACHE = 5.0
 
 
 class Deliveries:
@@ -53,3 +62,24 @@ class Deliveries:
         """The newest dead deliveries: ``({kind}:{id}:{state}, time of death)``."""
         return [(m.decode(), s) for m, s in self._store.redis.zrevrange(
             dead_deliveries_key(tenant), 0, limit - 1, withscores=True)]
+
+    # --- endpoints an operator registered per tenant ---------------------------------
+
+    def set_webhook_endpoint(self, tenant: str, endpoint: dict[str, str] | None) -> bool:
+        """Register (or, ``None``, remove) the tenant's webhook; True if it changed."""
+        key = webhook_endpoints_key()
+        self.__dict__.pop("_endpoints", None)
+        if endpoint is None:
+            return bool(self._store.redis.hdel(key, tenant))
+        self._store.redis.hset(key, tenant, json.dumps(endpoint))
+        return True
+
+    def webhook_endpoints(self) -> dict[str, dict[str, str]]:
+        """Every tenant's registered webhook (read at most every ``ENDPOINTS_CACHE`` s)."""
+        cached = self.__dict__.get("_endpoints")
+        if cached is not None and time.monotonic() - cached[0] < ENDPOINTS_CACHE:
+            return cached[1]  # type: ignore[no-any-return]
+        found = {k.decode(): json.loads(v)
+                 for k, v in self._store.redis.hgetall(webhook_endpoints_key()).items()}
+        self.__dict__["_endpoints"] = (time.monotonic(), found)
+        return found

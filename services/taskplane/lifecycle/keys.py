@@ -64,6 +64,9 @@ queue list (``broker.py``)                    list    the task message, pushed b
                                                       (SUCCESS, FAILURE, REVOKED; a workflow
                                                       reopened by a dead-letter retry counts each
                                                       ending), for the exporter.
+``taskplane:webhook-endpoints``               hash    tenant -> JSON ``{"url", "secret"}``: the
+                                                      webhook an operator registered for the
+                                                      tenant's tasks that carry no ``notify``.
 ``taskplane:deliveries:{kind}:{id}``         list    a task's or workflow's webhook delivery
                                                       attempts (JSON: at, status, latency_ms,
                                                       error), newest last, at most 50; TTL
@@ -193,3 +196,7 @@ def dead_deliveries_key(tenant: str | None) -> str:
 
 def workflow_totals_key() -> str:
     return f"{PREFIX}workflow-totals"
+
+
+def webhook_endpoints_key() -> str:
+    return f"{PREFIX}webhook-endpoints"
