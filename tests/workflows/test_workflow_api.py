@@ -157,3 +157,14 @@ def test_an_operators_endpoint_notifies_the_tenants_tasks(
     assert json.loads(client.hget(f"taskplane:task:{task['id']}", "notify"))["url"] == hook["url"]
     assert http.delete("/v1/webhook-endpoints/acme", headers=ops).status_code == 204
     assert http.delete("/v1/webhook-endpoints/acme", headers=ops).status_code == 404
+
+
+def test_a_dead_letter_retry_keeps_the_tasks_webhook(http: FlaskClient, client: redis.Redis,
+                                                     life: Any, flask_app: Any) -> None:
+    from tests.workflows.test_workflow_scripts import fail
+
+    hook = {"url": "https://93.184.215.14/hook", "secret": SECRET}
+    task = http.post("/v1/tasks", json={**ECHO, "notify": hook}).json
+    assert fail(flask_app, life, task["id"]) == "done"
+    assert http.post(f"/v1/dead-letters/{task['id']}/retry").status_code == 202
+    assert json.loads(client.hget(f"taskplane:task:{task['id']}", "notify"))["url"] == hook["url"]

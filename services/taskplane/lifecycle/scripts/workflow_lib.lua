@@ -155,12 +155,13 @@ end
 -- A member's FAILURE is retried from the dead letters (retry_dead): un-count it, and if
 -- it had stopped the workflow, reopen the workflow and the stages it revoked, so the
 -- batch can still complete and the chain goes on. Returns the record's workflow fields
--- (to write on the record that replaces it), or an empty list.
+-- and webhook (to write on the record that replaces it), or an empty list.
 local function revive_member(record, id, now)
-  local m = redis.call('HMGET', record, 'workflow', 'wf_key', 'stage', 'position')
+  local m = redis.call('HMGET', record, 'workflow', 'wf_key', 'stage', 'position', 'notify')
+  local kept = m[5] and {'notify', m[5]} or {}
   local wf = m[2]
-  if not wf or redis.call('EXISTS', wf) == 0 then return {} end
-  local fields = {'workflow', m[1], 'wf_key', wf, 'stage', m[3], 'position', m[4]}
+  if not wf or redis.call('EXISTS', wf) == 0 then return kept end
+  local fields = {'workflow', m[1], 'wf_key', wf, 'stage', m[3], 'position', m[4], unpack(kept)}
   if redis.call('HGET', record, 'state') ~= 'FAILURE' then return fields end
   redis.call('HINCRBY', wf, 'n:FAILURE', -1)
   local w = redis.call('HMGET', wf, 'state', 'stage', 'kind', 'on', 'cause_id')
