@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 SECRET = "whsec_" + base64.b64encode(b"integration-secret-of-32-bytes!!").decode()
 LOOPBACK = {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_ALLOW_HTTP": "true",
-            "WEBHOOK_RETRY_PERIOD": "4"}
+            "WEBHOOK_RETRY_PERIOD": "4", "WEBHOOK_TIMEOUT": "1"}
 
 
 class Receiver:
@@ -45,6 +46,8 @@ class Receiver:
                     left = outer.failures.get(self.path, 0)
                     if left:
                         outer.failures[self.path] = left - 1
+                if self.path == "/hang":
+                    time.sleep(3)  # past WEBHOOK_TIMEOUT
                 if self.path == "/redirect":
                     self.send_response(302)
                     self.send_header("Location", "/ok")
@@ -147,3 +150,17 @@ def test_a_workflow_announces_its_completion(stack: tuple[Api, Receiver]) -> Non
     assert got["event"]["data"]["id"] == answer.json()["id"]
     assert got["event"]["data"]["state"] == "SUCCESS"
     assert json.dumps(got["event"]).count("whsec_") == 0  # the secret never travels
+
+
+def test_a_hanging_receiver_costs_a_worker_the_timeout_only(stack: tuple[Api, Receiver]) -> None:
+    api, receiver = stack
+    task = api.submit("test.echo", kwargs={"value": 1}, notify=notify(receiver, "/hang"))
+    attempts = wait_for(lambda: api.get(f"/v1/tasks/{task['id']}/deliveries").json()["items"],
+                        20, "the first attempt recorded")
+    first = attempts[0]
+    assert first["status"] == 0 and "timed out" in first["error"].lower()
+    assert 900 <= first["latency_ms"] < 2900  # WEBHOOK_TIMEOUT (1 s), not the 3 s hang
+    # meanwhile the worker keeps delivering
+    other = api.submit("test.echo", kwargs={"value": 2}, notify=notify(receiver, "/meanwhile"))
+    api.wait_state(other["id"], "SUCCESS")
+    wait_for(lambda: receiver.at("/meanwhile"), 20, "another delivery")
