@@ -256,3 +256,20 @@ def test_the_exporter_serves_the_workflow_totals(http: FlaskClient, flask_app: F
     text = generate_latest(registry).decode()
     assert 'taskplane_workflows_total{state="created"} 1.0' in text
     assert 'taskplane_workflows_total{state="SUCCESS"} 0.0' in text
+
+
+def test_cancelling_while_every_member_runs_stops_before_the_callback(
+        http: FlaskClient, flask_app: Flask, life: Lifecycle, client: redis.Redis) -> None:
+    found = submit(http, {"group": [{"task": "test.echo", "kwargs": {"value": i}}
+                                    for i in range(2)], "then": {"task": "test.echo"}})
+    members = ids_of(found, "members")
+    for member in members:
+        assert life.start(member, 0).runs
+    answer = http.delete(f"/v1/workflows/{found['id']}")
+    assert answer.json["cancelled"] == {"revoked": 1, "running": 2}  # only the callback
+    for member in members:
+        assert succeed(flask_app, life, member, 1) == "done"
+    state = http.get(f"/v1/workflows/{found['id']}").json
+    assert state["state"] == "REVOKED"
+    assert state["counts"] == {"SUCCESS": 2, "FAILURE": 0, "REVOKED": 1}
+    assert not [m for m in queued(client) if m["headers"]["id"] == found["callback"]]

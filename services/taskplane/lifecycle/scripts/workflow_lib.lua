@@ -132,6 +132,11 @@ local function end_member(record, id, state, output, now)
     wf_close(wf, stage, 'SUCCESS', '', now)
     return
   end
+  local following = redis.call('HGET', wf, 'record:' .. (stage + 1))
+  if is_final(redis.call('HGET', following, 'state')) then  -- revoked while held (cancel)
+    wf_close(wf, stage, 'REVOKED', 'a later step was revoked: the workflow stopped', now)
+    return
+  end
   local input
   if w[4] == 'group' and stage == 0 then
     local n = tonumber(redis.call('HGET', wf, 'width'))
