@@ -173,6 +173,8 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     for spec in runtime.registry:
         for outcome in metrics.OUTCOMES:
             m.tasks.labels(spec.name, spec.queue or runtime.settings.default_queue, outcome)
+    for outcome in metrics.WEBHOOK_OUTCOMES:
+        m.webhook_deliveries.labels(outcome)
     hostname = getattr(sender, "hostname", None) or "worker"
     m.worker_up.labels(hostname).set(1)
     _main["hostname"] = hostname

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.support.services import Api, RedisServer, start_worker, wait_for
+from tests.support.scrape import scrape, value
+from tests.support.services import Api, RedisServer, free_port, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,10 +71,16 @@ class Receiver:
             return [r for r in self.received if r["path"] == path]
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
-def stack() -> Iterator[tuple[Api, Receiver]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Receiver]]:
     redis_server = RedisServer().start()
-    worker = start_worker(redis_server.url, name="hooks", concurrency=2, **LOOPBACK)
+    worker = start_worker(redis_server.url, name="hooks", concurrency=2,
+                          WORKER_METRICS_PORT=str(METRICS_PORT),
+                          PROMETHEUS_MULTIPROC_DIR=str(tmp_path_factory.mktemp("hooks")),
+                          **LOOPBACK)
     api = Api(redis_server.url, workers=1, **LOOPBACK)
     receiver = Receiver()
     yield api, receiver
@@ -99,6 +106,14 @@ def test_a_tasks_ending_is_delivered_once_signed(stack: tuple[Api, Receiver]) ->
                         10, "the attempt recorded")
     assert [a["status"] for a in attempts] == [200]
     assert attempts[0]["latency_ms"] >= 0
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    wait_for(lambda: value(scrape(url), "taskplane_webhook_deliveries_total",
+                           outcome="delivered") >= 1, 10, "the delivery counted")
+    samples = scrape(url)
+    assert ("taskplane_webhook_deliveries_total", frozenset({("outcome", "dead")})) in {
+        (name, frozenset((k, v) for k, v in labels if k == "outcome"))
+        for name, labels in samples}  # every outcome's series exists from the start
+    assert value(samples, "taskplane_webhook_delivery_seconds_count") >= 1
 
 
 def test_a_failed_delivery_is_retried_with_the_same_webhook_id(
