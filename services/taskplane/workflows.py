@@ -98,6 +98,8 @@ def parse(body: Any, max_group: int, max_chain: int) -> Plan:
         return Plan(kind, on, steps, body.get("notify"))
     steps = [Step(p, s, 0, i, False) for i, (p, s) in enumerate(first)]
     then = body.get("then")
+    if "then" in body and then is None:
+        raise Invalid([{"field": "then", "message": "a spec or {\"chain\": [...]}"}])
     if then is not None:
         if isinstance(then, dict) and "chain" in then:
             if set(then) != {"chain"}:

@@ -109,8 +109,10 @@ def test_webhook_targets_are_checked_at_the_door(http: FlaskClient, client: redi
         assert answer.status_code == 422, url
         assert [f["field"] for f in answer.json["error"]["details"]["fields"]] == [field]
     error = refused(http, {"group": [ECHO, {**ECHO, "notify": {"url": "https://10.0.0.1/",
-                                                               "secret": "nope"}}]})
-    assert fields(error) == ["group[1].notify.url", "group[1].notify.secret"]
+                                                               "secret": "nope"}},
+                                     {**ECHO, "notify": {"url": "https://10.0.0.1/",
+                                                         "secret": SECRET}}]})
+    assert fields(error) == ["group[1].notify.secret", "group[2].notify.url"]
     assert fields(refused(http, {"chain": [ECHO], "notify": {"url": "gopher://x/",
                                                              "secret": SECRET}})
                   ) == ["notify.url"]

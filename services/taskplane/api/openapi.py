@@ -329,6 +329,17 @@ _WORKFLOW = {"type": "object", "required": ["id", "kind", "state", "links"], "pr
     "links": {"type": "object"}}}
 
 
+def _workflow_stream(op: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`_event_stream`, each event's data a workflow's summary."""
+    op = _event_stream(op)
+    schema = op["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    schema["properties"]["data"]["contentSchema"] = _WORKFLOW
+    op["responses"]["200"]["description"] = (
+        "`event: state` with the workflow's summary as JSON `data`, each time it changes; "
+        "the stream ends when the workflow has ended (or after MAX_EVENT_STREAM s).")
+    return op
+
+
 def _workflow_paths() -> dict[str, Any]:
     """``/v1/workflows``: a chain, or a group with a callback (``taskplane.workflows``)."""
     spec = _ref("SubmitTask")
@@ -361,11 +372,13 @@ def _workflow_paths() -> dict[str, Any]:
                             "schema": {"type": "integer", "minimum": 1,
                                        "maximum": schemas.MAX_PAGE}},
                            {"name": "cursor", "in": "query", "required": False,
-                            "schema": {"type": "string", "maxLength": 40}}]),
+                            "schema": {"type": "string",
+                                       "pattern": "^[0-9]{1,12}(\\.[0-9]{1,12})?$"},
+                            "description": "The `next` of the previous page."}]),
         },
-        "/v1/workflows/{workflow_id}/events": {"get": _op(
+        "/v1/workflows/{workflow_id}/events": {"get": _workflow_stream(_op(
             "Server-Sent Events of the workflow's state, counts and progress until it ends",
-            200, {"type": "string"}, (404,), parameters=[_WORKFLOW_ID])},
+            200, {"type": "string"}, (404,), parameters=[_WORKFLOW_ID]))},
         "/v1/workflows/{workflow_id}/deliveries": {"get": _op(
             "The workflow's webhook delivery attempts", 200, _ATTEMPTS, (404,),
             parameters=[_WORKFLOW_ID])},
