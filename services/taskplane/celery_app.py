@@ -18,16 +18,18 @@ from typing import Any
 
 import kombu.exceptions
 import redis
-from celery import states
+from celery import Celery, states
 from celery.exceptions import TaskRevokedError
+from kombu.utils.encoding import bytes_to_str
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from . import broker, lifecycle, results, webhook_delivery
 from .lifecycle import Lifecycle, OutcomeUnknown, Submission, TaskRecord, Transition
+from .metrics import Metrics
 from .runtime import Runtime, TaskplaneCelery
 from .settings import Settings
-from .tasks.registry import load_task_modules
+from .tasks.registry import Registry
 
 #: Publishing from a worker (retries, ``send_task`` from task code) gives up fast when
 #: Redis is away; the API writes its messages itself (``submit``) and never retries.
@@ -58,8 +60,7 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
     if patient:
         retry = Retry(ExponentialBackoff(**WORKER_REDIS_BACKOFF), WORKER_REDIS_RETRIES,
                       supported_errors=(redis.ConnectionError, redis.TimeoutError))
-    return redis.Redis.from_url(
-        url,
+    options: dict[str, Any] = dict(
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
@@ -67,22 +68,36 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
         retry_on_timeout=patient,
         **(redis_tls_options(settings) if url.startswith("rediss:") else {}),
     )
+    if patient:
+        return redis.Redis.from_url(url, **options)
+    # Under gevent thousands of requests run at once (followers waking together when a
+    # burst of tasks ends): an unbounded pool would open a connection for each. A bounded,
+    # blocking pool makes the excess wait for a free connection (at most REDIS_TIMEOUT).
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=settings.api_redis_connections, timeout=settings.redis_timeout,
+        **options)
+    return redis.Redis(connection_pool=pool)
 
 
 def create_celery(settings: Settings, patient: bool = False,
+                  set_as_current: bool = True,
                   on_dead_letter: Callable[[str, str, str], None] | None = None
                   ) -> TaskplaneCelery:
     """A Celery app configured from ``settings``, with every task module loaded.
 
     ``patient`` (workers): writes of results, records and dead letters retry through a
-    Redis outage instead of turning a finished task into a FAILURE. ``on_dead_letter``:
-    called with (task name, task id, queue) when this app's result backend files a dead
-    letter (``Runtime.on_dead_letter``).
+    Redis outage instead of turning a finished task into a FAILURE. ``set_as_current``:
+    make it Celery's process-wide current app (what ``celery.current_app`` and
+    ``shared_task`` resolve to): a worker's or scheduler's one app; the API passes False,
+    as its app factory touches nothing process-wide. ``on_dead_letter``: called with (task
+    name, task id, queue) when this app's result backend files a dead letter
+    (``Runtime.on_dead_letter``).
     """
-    registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
+    registry = Registry.from_modules(settings.task_modules, builtin=settings.builtin_tasks)
     app = TaskplaneCelery("taskplane", broker=settings.redis_url,
                  backend=results.backend_url(settings.redis_url),
-                 set_as_current=True)
+                 set_as_current=set_as_current)
+    registry.bind(app)
     routes = {spec.name: {"queue": spec.queue} for spec in registry if spec.queue}
     app.conf.update(
         task_serializer="json",
@@ -143,13 +158,24 @@ def create_celery(settings: Settings, patient: bool = False,
                             result_ttl=settings.result_expires,
                             idempotency_ttl=settings.idempotency_ttl,
                             dead_letter_ttl=settings.dead_letter_ttl,
-                            result_key=lambda task_id: app.backend.get_key_for_task(task_id).decode(),
+                            # bytes, whatever celery-types says: kombu's helper takes both
+                            result_key=lambda task_id: bytes_to_str(
+                                result_backend(app).get_key_for_task(task_id)),
                             max_countdown=settings.max_countdown),
         broker=broker.RedisBroker(client),
+        metrics=Metrics(settings.metrics_enabled),
         on_dead_letter=on_dead_letter,
     )
     webhook_delivery.register(app)
     return app
+
+
+def result_backend(app: Celery) -> results.ResultBackend:
+    """The app's result backend, typed: always Taskplane's (``results.backend_url``)."""
+    backend = app.backend
+    if not isinstance(backend, results.ResultBackend):
+        raise TypeError(f"{type(backend).__name__} is not taskplane.results.ResultBackend")
+    return backend
 
 
 def new_task_id() -> str:
@@ -169,13 +195,14 @@ def task_message(app: TaskplaneCelery, *, task_id: str, tenant: str, name: str,
     """
     task = app.tasks.get(name)
     message = app.amqp.as_task_v2(
-        task_id, name, args=list(args), kwargs=dict(kwargs),
+        task_id, name, args=tuple(args), kwargs=dict(kwargs),
         eta=datetime.fromtimestamp(now + countdown, UTC) if countdown else None,
         time_limit=getattr(task, "time_limit", None),
         soft_time_limit=getattr(task, "soft_time_limit", None),
         reply_to=app.thread_oid, origin=app.runtime.origin,
         argsrepr=redacted_repr(args), kwargsrepr=redacted_repr(kwargs),
-        ignore_result=None,  # as send_task leaves it: the task's own setting applies
+        # None, as send_task leaves it: the task's own setting applies (celery-types: bool)
+        ignore_result=None,  # type: ignore[arg-type]  # see above
     )
     message[0][lifecycle.TENANT_HEADER] = tenant
     if headers:
@@ -273,7 +300,7 @@ def revoke(app: TaskplaneCelery, task_id: str, tenant: str, *, terminate: bool) 
     worker holding it for a countdown drops it, and a running one is killed (SIGKILL: pool
     children ignore SIGTERM once it means soft shutdown). A worker that receives it later
     finds it revoked at start and skips it, so the broadcast is not what stops it."""
-    life, backend = app.runtime.lifecycle, app.backend
+    life, backend = app.runtime.lifecycle, result_backend(app)
     error = backend.encode_result(TaskRevokedError("revoked via API"), states.REVOKED)
     write = backend.encode_state(task_id, error, states.REVOKED)
     outcome = life.revoke(task_id, tenant, terminate=terminate, result=write)

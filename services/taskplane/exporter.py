@@ -21,23 +21,33 @@ from prometheus_client.registry import Collector
 
 from . import httpserver, metrics
 from .broker import RedisBroker
+from .celery_app import redis_client
+from .lifecycle.workflow_state import read_workflow_totals
+from .runtime import known_queues
 from .settings import Settings
+from .tasks.registry import Registry
 
 log = logging.getLogger("taskplane.exporter")
 
 
 class QueueCollector(Collector):
+    """Reads every queue at scrape time; ``clock`` gives the time a scrape reads at;
+    ``workflow_totals`` the lifecycle's workflow totals (``taskplane_workflows_total``)."""
+
     def __init__(self, broker: RedisBroker, queues: list[str],
+                 clock: Callable[[], float] = time.time,
                  workflow_totals: Callable[[], dict[str, int]] | None = None) -> None:
         self.broker = broker
         self.queues = queues
+        self.clock = clock
         self.workflow_totals = workflow_totals
         self.last_ok = False
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         started = time.perf_counter()
+        now = self.clock()
         try:
-            stats = self.broker.queue_stats(self.queues)
+            stats = self.broker.queue_stats(self.queues, now)
             self.last_ok = True
         except Exception as exc:
             log.warning("reading queues failed: %s", type(exc).__name__)
@@ -48,7 +58,6 @@ class QueueCollector(Collector):
             for spec in (metrics.QUEUE_WAITING, metrics.QUEUE_RESERVED, metrics.QUEUE_SCHEDULED,
                          metrics.QUEUE_OLDEST_AGE)
         }
-        now = time.time()
         for q in stats:
             families[metrics.QUEUE_WAITING.name].add_metric([q.name], q.waiting)
             families[metrics.QUEUE_RESERVED.name].add_metric([q.name], q.reserved)
@@ -81,19 +90,19 @@ class QueueCollector(Collector):
 
 
 def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollector]:
-    from .celery_app import create_celery
-
-    runtime = create_celery(settings).runtime
-    collector = QueueCollector(runtime.broker, runtime.known_queues(),
-                               runtime.lifecycle.workflow_totals)
+    """The exporter's registry: a plain Redis client and the broker's layout (``broker``),
+    no Celery app; the queues are the configured ones and those the task modules name."""
+    client = redis_client(settings.redis_url, settings)
+    registry_of_tasks = Registry.from_modules(settings.task_modules, settings.builtin_tasks)
+    collector = QueueCollector(RedisBroker(client), known_queues(settings, registry_of_tasks),
+                               workflow_totals=lambda: read_workflow_totals(client))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry, collector
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Serve ``/metrics`` and ``/healthz`` until SIGTERM or SIGINT (``taskplane exporter``)."""
     registry, collector = create_registry(settings)
 
     def metrics_answer() -> tuple[int, str, bytes]:

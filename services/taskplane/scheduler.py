@@ -114,7 +114,7 @@ class Scheduler:
     def lead(self, holds: bool) -> None:
         """Only the scanning replica reports per-schedule gauges: a standby drops its old
         ones, so a dashboard never shows two replicas' (one of them stale) at once."""
-        m = metrics.instruments()
+        m = self.app.runtime.metrics.instruments
         m.scheduler_leading.set(1 if holds else 0)
         if not holds:
             m.schedule_fire_lag.clear()
@@ -148,7 +148,7 @@ class Scheduler:
 
     def scan(self, now: float) -> dict[str, Outcome]:
         active = self.schedules()
-        m = metrics.instruments()
+        m = self.app.runtime.metrics.instruments
         for s in active:  # counters start at zero, so rate() has a series from the start
             for counter in (m.schedule_fires, m.schedule_skipped, m.schedule_missed):
                 counter.labels(s.ident)
@@ -175,7 +175,7 @@ class Scheduler:
         on_time_room = int(grace // (schedule.every or 60)) + 2
         ticks, dropped = schedule.due(after, now, most + on_time_room)
         if not ticks and not dropped:
-            metrics.instruments().schedule_next_fire.labels(schedule.ident).set(
+            self.app.runtime.metrics.instruments.schedule_next_fire.labels(schedule.ident).set(
                 schedule.next_tick(max(after, now)))
             return out
         plan = self.plan(schedule, ticks, now, grace, window, most)
@@ -202,7 +202,7 @@ class Scheduler:
             schedule.ident, read, handled, task_id=last_task if last_fired_at else "",
             fired_at=last_fired_at, fires=len(out.fired), skipped=out.skipped,
             missed=out.missed, stored=schedule.source != "code")
-        m = metrics.instruments()
+        m = self.app.runtime.metrics.instruments
         if out.advanced:  # counted by the replica whose record stands: never twice
             if out.skipped:
                 m.schedule_skipped.labels(schedule.ident).inc(out.skipped)
@@ -272,7 +272,7 @@ class Scheduler:
             return accepted.task_id
         lag = time.time() - tick
         out.fired.append((tick, accepted.task_id))
-        m = metrics.instruments()
+        m = self.app.runtime.metrics.instruments
         m.schedule_fires.labels(schedule.ident).inc()
         m.schedule_fire_lag.labels(schedule.ident).set(lag)
         log.info("fire schedule=%s tick=%s task=%s lag=%.3f", schedule.ident, _iso(tick),
@@ -286,17 +286,14 @@ def _iso(tick: float) -> str:
 
 def run(settings: Settings) -> None:
     """The ``taskplane scheduler`` process: scan until SIGTERM or SIGINT."""
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One process: its own registry, not multiprocess files (the pod's environment may
     # name a directory for them), so a gauge a standby clears is gone from the scrape.
     os.environ.pop(metrics.MULTIPROC_ENV, None)
-    metrics.configure(settings.metrics_enabled)
     app = create_celery(settings, patient=False)
     scheduler = Scheduler(app)
     if settings.scheduler_metrics_port:
         def scrape() -> tuple[int, str, bytes]:
-            body, ctype = metrics.scrape()
+            body, ctype = app.runtime.metrics.scrape()
             return 200, ctype, body
 
         def health() -> tuple[int, str, bytes]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Task
 
-from . import metrics, webhooks, workflows
+from . import webhooks, workflows
 from .webhooks import DELIVER_TASK, EVENTS
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def deliver_event(task: Task, state: str, kind: str, subject: str,
     over = problem is not None or time.time() >= started + settings.webhook_retry_period
     outcome = "delivered" if attempt.ok else ("dead" if over else "retried")
     life.log_delivery(kind, subject, state, tenant, attempt.as_json(), outcome == "dead")
-    found_metrics = metrics.instruments()
+    found_metrics = app.runtime.metrics.instruments
     found_metrics.webhook_deliveries.labels(outcome).inc()
     found_metrics.webhook_latency.observe(attempt.latency_ms / 1000)
     if outcome == "retried":

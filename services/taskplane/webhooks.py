@@ -56,7 +56,7 @@ Resolver = Callable[[str], list[str]]
 
 def resolve(host: str) -> list[str]:
     """Every address ``host`` resolves to (any family)."""
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
 
 
 def refused_address(address: str) -> bool:
@@ -152,8 +152,8 @@ def event_id(kind: str, subject: str, state: str, ended_at: str) -> str:
 
 def backoff(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Seconds before retry ``attempt`` (0-based): full jitter over an exponential cap."""
-    cap = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(attempt, 20))
-    return max(1.0, cap * rng())
+    cap = min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** min(attempt, 20))
+    return max(1.0, cap * float(rng()))
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

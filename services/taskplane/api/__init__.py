@@ -2,22 +2,22 @@
 
 ``create_app(settings)`` builds everything from the frozen settings: nothing runs
 at import, so tests build as many apps as they like, and gunicorn calls
-``taskplane.api:create_app()`` in each worker process.
+``taskplane.api:create_app()`` in each worker process. Each app owns its state (tasks,
+metrics: ``Runtime``); the process's logging is the entry point's (gunicorn's config,
+``logs.configure``), never the factory's.
 """
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, Response
 
-from .. import metrics
 from ..celery_app import create_celery
 from ..settings import Settings
 from . import (
     auth,
     deliveries,
     errors,
+    followers,
     health,
     limits,
     observe,
@@ -42,21 +42,18 @@ class TaskplaneFlask(Flask):
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokens = settings.tokens()
-    metrics.configure(settings.metrics_enabled)
+    celery = create_celery(settings, set_as_current=False)
     app = TaskplaneFlask("taskplane")
     # No redirects: a merged-slash redirect would name whatever Host the client sent.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's; typed as its base
     auth.init_app(app, tokens, settings.auth_disabled)
     errors.init_app(app, settings.retry_after)
-    observe.init_app(app, settings.access_log)
+    observe.init_app(app, celery.runtime.metrics, settings.access_log)
     limits.init_app(app)
-    celery = create_celery(settings)
     app.extensions["taskplane"] = ApiContext(
         settings=settings,
         celery=celery,
@@ -66,6 +63,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         auth_disabled=settings.auth_disabled,
         submit_validator=routes.submit_validator(settings.max_countdown),
     )
+    # Followers share one pub/sub connection per process, to the Redis results live in.
+    followers.init_app(app, settings, celery.runtime.lifecycle.pubsub_connection,
+                       celery.runtime.metrics.instruments)
     app.register_blueprint(health.bp)
     app.register_blueprint(routes.bp)
     app.register_blueprint(seed.bp)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from .. import metrics
 from .context import api_context
 from .errors import error_response
 from .openapi import openapi_document
@@ -36,7 +35,7 @@ def readyz() -> Response:
 @bp.get("/metrics")
 def metrics_endpoint() -> Response:
     """Prometheus exposition of every gunicorn worker of this pod."""
-    body, content_type = metrics.scrape()
+    body, content_type = api_context().runtime.metrics.scrape()
     return Response(body, content_type=content_type)
 
 

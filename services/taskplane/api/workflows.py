@@ -19,7 +19,13 @@ from celery.exceptions import TaskRevokedError
 from flask import Blueprint, Response, jsonify, request
 
 from .. import broker, lifecycle, webhook_delivery, webhooks, workflows
-from ..celery_app import IdempotencyConflict, TenantCapReached, new_task_id, task_message
+from ..celery_app import (
+    IdempotencyConflict,
+    TenantCapReached,
+    new_task_id,
+    result_backend,
+    task_message,
+)
 from ..lifecycle import Member, TaskRecord, Workflow, WorkflowDraft, fingerprint
 from ..tasks.registry import TaskSpec
 from . import follow, schemas
@@ -27,6 +33,7 @@ from .auth import authenticate, current_tenant, may_see, scope
 from .body import json_body
 from .context import api_context
 from .errors import ApiError
+from .followers import Refused, followers
 from .limits import enforce_rate
 from .routes import _flag, _idempotency_key, task_url
 from .status import iso
@@ -231,14 +238,14 @@ def workflow_events(workflow_id: str) -> Response:
     """Server-Sent Events: ``event: state`` with the workflow's state, counts and progress
     each time they change, until it ends (or after ``MAX_EVENT_STREAM`` seconds). Counts
     change at every member's ending, so this reads the workflow every ``EVENT_POLL``
-    seconds, holding one of the API process's follower slots (``follow.py``)."""
+    seconds, holding one of the API process's follower slots (``followers.py``)."""
     ctx = api_context()
     found = _owned(workflow_id)
-    slots = follow._followers()
-    if not slots.acquire(blocking=False):
-        raise ApiError(429, "too_many_followers", "this API process follows as many streams "
-                       "as it can; try again shortly", None,
-                       {"Retry-After": str(ctx.settings.retry_after)})
+    hub, tenant = followers(), found.tenant
+    try:
+        hub.admit(tenant, "events")
+    except Refused as refused:
+        raise follow._refused(refused) from None
     life, lasts, url = ctx.runtime.lifecycle, ctx.settings.max_event_stream, workflow_url(
         workflow_id)
 
@@ -256,7 +263,7 @@ def workflow_events(workflow_id: str) -> Response:
                 time.sleep(EVENT_POLL)
                 current = life.read_workflow(workflow_id) or current
         finally:
-            slots.release()
+            hub.release(tenant, "events")
 
     return Response(stream(), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -278,7 +285,7 @@ def cancel_workflow(workflow_id: str) -> Response:
     ctx = api_context()
     found = _owned(workflow_id)
     terminate = _flag("terminate")
-    life, backend = ctx.runtime.lifecycle, ctx.celery.backend
+    life, backend = ctx.runtime.lifecycle, result_backend(ctx.celery)
     error = backend.encode_result(TaskRevokedError("workflow cancelled via API"), "REVOKED")
     revoked, running, kill = 0, 0, []
     for member in (i for stage in found.stages for i in stage):

@@ -11,6 +11,7 @@ A reader can walk it in this order:
 * ``listing``, ``ratelimit``, ``schedule_state``: reads, the request rate, the scheduler.
 * ``workflow_state``: chains and groups, submitted in one step, advanced by endings.
 * ``records``, ``errors``: what goes in and comes out.
+* ``replies``: redis-py's replies narrowed to the bytes the lifecycle's client answers.
 * ``facade``: :class:`Lifecycle`, all of the above under one name.
 
 Everything other modules use is importable from ``taskplane.lifecycle``.

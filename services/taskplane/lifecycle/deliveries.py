@@ -14,6 +14,7 @@ from .keys import (
     webhook_endpoints_key,
     workflow_key,
 )
+from .replies import optional, scored, text_fields
 from .store import Store
 
 #: Attempts kept per task or workflow.
@@ -33,7 +34,8 @@ class Deliveries:
         """The subject's webhook (``{"url", "secret", ...}``), tenant and end time, if it
         has a webhook and still exists."""
         key = record_key(subject) if kind == "task" else workflow_key(subject)
-        raw, tenant, ended = self._store.redis.hmget(key, "notify", "tenant", "finished_at")
+        raw, tenant, ended = (optional(v) for v in self._store.redis.hmget(
+            key, "notify", "tenant", "finished_at"))
         if raw is None:
             return None
         return json.loads(raw), (tenant or b"").decode(), (ended or b"").decode()
@@ -45,7 +47,7 @@ class Deliveries:
             deliveries_key(kind, subject), *(dead_deliveries_key(t) for t in (tenant, None))],
             [attempt, f"{kind}:{subject}:{state}", "1" if dead else "0", time.time(),
              self.result_ttl, KEEP_ATTEMPTS])
-        return str(outcome.decode())
+        return str(outcome.decode() if isinstance(outcome, bytes) else outcome)
 
     def revive_delivery(self, tenant: str, member: str) -> bool:
         """Take a dead delivery off the lists; True if this call did (then resend it)."""
@@ -60,8 +62,8 @@ class Deliveries:
 
     def dead_deliveries(self, tenant: str | None, limit: int) -> list[tuple[str, float]]:
         """The newest dead deliveries: ``({kind}:{id}:{state}, time of death)``."""
-        return [(m.decode(), s) for m, s in self._store.redis.zrevrange(
-            dead_deliveries_key(tenant), 0, limit - 1, withscores=True)]
+        return [(m.decode(), s) for m, s in scored(self._store.redis.zrevrange(
+            dead_deliveries_key(tenant), 0, limit - 1, withscores=True))]
 
     # --- endpoints an operator registered per tenant ---------------------------------
 
@@ -79,7 +81,7 @@ class Deliveries:
         cached = self.__dict__.get("_endpoints")
         if cached is not None and time.monotonic() - cached[0] < ENDPOINTS_CACHE:
             return cached[1]  # type: ignore[no-any-return]
-        found = {k.decode(): json.loads(v)
-                 for k, v in self._store.redis.hgetall(webhook_endpoints_key()).items()}
+        found = {k: json.loads(v) for k, v in text_fields(
+            self._store.redis.hgetall(webhook_endpoints_key())).items()}
         self.__dict__["_endpoints"] = (time.monotonic(), found)
         return found

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from .keys import (
     ended_index_keys,
     idempotency_key,
@@ -27,6 +29,7 @@ from .keys import (
     workflows_index_key,
 )
 from .records import TaskRecord
+from .replies import fields, scored
 from .states import REVOKED
 from .store import Store
 
@@ -208,13 +211,12 @@ class WorkflowState:
         raise RuntimeError("the Idempotency-Key kept changing under this request")
 
     def read_workflow(self, workflow_id: str) -> Workflow | None:
-        raw = self._store.redis.hgetall(workflow_key(workflow_id))
+        raw = fields(self._store.redis.hgetall(workflow_key(workflow_id)))
         return Workflow.from_hash(workflow_id, raw) if raw else None
 
     def workflow_totals(self) -> dict[str, int]:
         """Workflows created, and ended by state, since Redis began keeping them."""
-        return {k.decode(): int(v)
-                for k, v in self._store.redis.hgetall(workflow_totals_key()).items()}
+        return read_workflow_totals(self._store.redis)
 
     def member_states(self, task_ids: list[str]) -> dict[str, str]:
         """The state of each member whose record still exists: one round trip."""
@@ -230,14 +232,14 @@ class WorkflowState:
         previous page returned); expired entries are pruned as met."""
         index = workflows_index_key(tenant)
         high = "+inf" if before is None else f"({before!r}"
-        entries = self._store.redis.zrevrangebyscore(index, high, "-inf", start=0, num=limit,
-                                                     withscores=True)
+        entries = scored(self._store.redis.zrevrangebyscore(index, high, "-inf", start=0,
+                                                            num=limit, withscores=True))
         if not entries:
             return [], None
         with self._store.redis.pipeline(transaction=False) as pipe:
             for member, _ in entries:
                 pipe.hgetall(workflow_key(member.decode()))
-            raws = pipe.execute()
+            raws = [fields(r) for r in pipe.execute()]
         found, gone = [], []
         for (member, _), raw in zip(entries, raws, strict=True):
             if raw:
@@ -248,3 +250,10 @@ class WorkflowState:
             self._store.redis.zrem(index, *gone)
         last = entries[-1][1] if len(entries) == limit else None
         return found, last
+
+
+def read_workflow_totals(client: redis.Redis) -> dict[str, int]:
+    """:meth:`WorkflowState.workflow_totals` through any client (the exporter has no
+    lifecycle, only a Redis client): one read, no state changed."""
+    return {(k.decode() if isinstance(k, bytes) else str(k)): int(v)
+            for k, v in client.hgetall(workflow_totals_key()).items()}
