@@ -22,7 +22,7 @@ monitor: install  ## the local stack plus a Prometheus loaded with the rules; pr
 check: install  ## the fast loop (well under a minute): lint, types, unit tests, direct lifecycle tests
 	$(BIN)/ruff check services tests bench scripts
 	$(BIN)/mypy
-	$(BIN)/pytest -q tests/unit tests/lifecycle $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests/unit tests/lifecycle tests/workflows $(PYTEST_ARGS)
 
 test: install  ## the whole suite: lint, unit, integration, monitoring, chart, chaos, fuzz and bench smoke (small sizes)
 	@bench/install-tools.sh

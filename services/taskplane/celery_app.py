@@ -24,7 +24,7 @@ from kombu.utils.encoding import bytes_to_str
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from . import broker, lifecycle, results
+from . import broker, lifecycle, results, webhook_delivery
 from .lifecycle import Lifecycle, OutcomeUnknown, Submission, TaskRecord, Transition
 from .metrics import Metrics
 from .runtime import Runtime, TaskplaneCelery
@@ -166,6 +166,7 @@ def create_celery(settings: Settings, patient: bool = False,
         metrics=Metrics(settings.metrics_enabled),
         on_dead_letter=on_dead_letter,
     )
+    webhook_delivery.register(app)
     return app
 
 
@@ -184,7 +185,8 @@ def new_task_id() -> str:
 def task_message(app: TaskplaneCelery, *, task_id: str, tenant: str, name: str,
                  args: Sequence[Any],
                  kwargs: Mapping[str, Any], queue: str, priority: int, now: float,
-                 countdown: float | None = None) -> tuple[str, str]:
+                 countdown: float | None = None, headers: Mapping[str, str] | None = None
+                 ) -> tuple[str, str]:
     """The queue list and raw broker entry of one task, as ``send_task`` would write it.
 
     Celery builds the message (protocol 2, so any Celery worker runs it); ``broker``
@@ -203,6 +205,8 @@ def task_message(app: TaskplaneCelery, *, task_id: str, tenant: str, name: str,
         ignore_result=None,  # type: ignore[arg-type]  # see above
     )
     message[0][lifecycle.TENANT_HEADER] = tenant
+    if headers:
+        message[0].update(headers)
     return broker.encode_task(message, queue, priority, now)
 
 
@@ -245,11 +249,14 @@ class Accepted:
 def submit(app: TaskplaneCelery, *, tenant: str, name: str, args: Sequence[Any],
            kwargs: Mapping[str, Any], queue: str, priority: int,
            countdown: float | None = None, task_id: str | None = None,
-           idempotency: tuple[str, str] | None = None, rate_limited: bool = False) -> Accepted:
+           idempotency: tuple[str, str] | None = None, rate_limited: bool = False,
+           notify: Mapping[str, str] | None = None) -> Accepted:
     """Accept a task in one atomic Redis call (``lifecycle.submit``): the record and its
     message are both written or neither, and a worker that takes the message always finds
     the record. ``idempotency = (key, body fingerprint)``; ``rate_limited``: the call
-    also spends one of the tenant's ``RATE_LIMIT`` tokens.
+    also spends one of the tenant's ``RATE_LIMIT`` tokens. ``notify``: the checked
+    ``{"url", "secret"}`` of the task's webhook (``webhooks.py``); without it, the
+    tenant's registered endpoint, if any.
 
     Raises :class:`RateLimited`, :class:`TenantCapReached`, :class:`IdempotencyConflict`,
     or :class:`lifecycle.OutcomeUnknown` (with ``task_id``) when Redis did not answer in
@@ -261,6 +268,11 @@ def submit(app: TaskplaneCelery, *, tenant: str, name: str, args: Sequence[Any],
     record = TaskRecord(id=task_id or new_task_id(), tenant=tenant, task=name, queue=queue,
                         priority=priority, submitted_at=now,
                         eta=now + countdown if countdown else None)
+    if notify is None:  # the tenant's registered endpoint, if an operator set one
+        notify = runtime.lifecycle.webhook_endpoints().get(tenant)
+    if notify is not None:
+        record.notify = webhook_delivery.notify_field(app, tenant, "task", record.id,
+                                                      dict(notify))
     push = task_message(app, task_id=record.id, tenant=tenant, name=name, args=args,
                         kwargs=kwargs, queue=queue, priority=priority, now=now,
                         countdown=countdown)

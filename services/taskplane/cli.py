@@ -88,6 +88,17 @@ for _name, _help in (("submit", "submit a task: TASK [key=value ...] [--arg VALU
     COMMANDS[_name] = (_client_command(_name), _help + " (TASKPLANE_URL, TASKPLANE_TOKEN)")
 
 
+def _workflow(extra: Sequence[str]) -> None:
+    from .client_workflow_cli import main as workflow_main
+
+    sys.exit(workflow_main(extra))
+
+
+COMMANDS["workflow"] = (_workflow, "chains and batches: submit FILE|- [--wait], status ID, "
+                                   "wait ID, ls, cancel ID [--terminate] "
+                                   "(TASKPLANE_URL, TASKPLANE_TOKEN)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="taskplane", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=sorted(COMMANDS),

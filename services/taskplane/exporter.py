@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import httpserver, metrics
 from .broker import RedisBroker
 from .celery_app import redis_client
+from .lifecycle.workflow_state import read_workflow_totals
 from .runtime import known_queues
 from .settings import Settings
 from .tasks.registry import Registry
@@ -30,16 +31,19 @@ log = logging.getLogger("taskplane.exporter")
 
 
 class QueueCollector(Collector):
-    """Reads every queue at scrape time; ``clock`` gives the time a scrape reads at."""
+    """Reads every queue at scrape time; ``clock`` gives the time a scrape reads at;
+    ``workflow_totals`` the lifecycle's workflow totals (``taskplane_workflows_total``)."""
 
     def __init__(self, broker: RedisBroker, queues: list[str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 workflow_totals: Callable[[], dict[str, int]] | None = None) -> None:
         self.broker = broker
         self.queues = queues
         self.clock = clock
+        self.workflow_totals = workflow_totals
         self.last_ok = False
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         started = time.perf_counter()
         now = self.clock()
         try:
@@ -68,6 +72,16 @@ class QueueCollector(Collector):
             except Exception:  # noqa: S110 - reported through redis_up on the next scrape
                 pass
         yield lease
+        if self.workflow_totals is not None and self.last_ok:
+            flows = CounterMetricFamily(metrics.WORKFLOWS.name.removesuffix("_total"),
+                                        metrics.WORKFLOWS.help, labels=["state"])
+            try:
+                totals = self.workflow_totals()
+            except Exception:
+                totals = {}
+            for state in ("created", "SUCCESS", "FAILURE", "REVOKED"):
+                flows.add_metric([state], totals.get(state, 0))
+            yield flows
         yield GaugeMetricFamily(metrics.REDIS_UP.name, metrics.REDIS_UP.help,
                                 value=1 if self.last_ok else 0)
         yield GaugeMetricFamily(metrics.EXPORTER_SCRAPE_SECONDS.name,
@@ -80,7 +94,8 @@ def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollect
     no Celery app; the queues are the configured ones and those the task modules name."""
     client = redis_client(settings.redis_url, settings)
     registry_of_tasks = Registry.from_modules(settings.task_modules, settings.builtin_tasks)
-    collector = QueueCollector(RedisBroker(client), known_queues(settings, registry_of_tasks))
+    collector = QueueCollector(RedisBroker(client), known_queues(settings, registry_of_tasks),
+                               workflow_totals=lambda: read_workflow_totals(client))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry, collector

@@ -207,13 +207,38 @@ SCHEDULER_LEADING = _m(
     "Exactly one replica should scan; none is the scheduler-down alert.", "scheduler",
     "livemax")
 
+# Webhook deliveries (workers). ``outcome`` is one of WEBHOOK_OUTCOMES: bounded.
+#: How one delivery attempt went: 2xx, failed and to be retried, failed for good.
+WEBHOOK_OUTCOMES = ("delivered", "retried", "dead")
+#: A delivery takes a loopback millisecond to WEBHOOK_TIMEOUT (10 s by default).
+WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+WEBHOOK_DELIVERIES = _m(
+    "taskplane_webhook_deliveries_total", "counter", ("outcome",),
+    "Webhook delivery attempts by outcome (delivered, retried, dead).",
+    "Receivers failing; the webhook alert.", "worker")
+WEBHOOK_LATENCY = _m(
+    "taskplane_webhook_delivery_seconds", "histogram", (),
+    "Seconds a webhook delivery attempt took (connect to answer, or to the timeout).",
+    "Slow receivers.", "worker")
+
+# Workflows (the exporter reads the lifecycle's totals from Redis at scrape time: the
+# endings happen inside Lua scripts, which no process observes). ``state`` is "created"
+# or a final state: bounded.
+WORKFLOWS = _m(
+    "taskplane_workflows_total", "counter", ("state",),
+    "Workflows created, and ended by state (SUCCESS, FAILURE, REVOKED). Running ones: "
+    "created minus the ended. A callback is pushed in the same Redis step as its last "
+    "member's ending, so there is no callback lag to measure.",
+    "Workflow throughput and failures.", "exporter")
+
 CATALOGUE_SPECS: tuple[MetricSpec, ...] = (
     QUEUE_WAITING, QUEUE_RESERVED, QUEUE_SCHEDULED, QUEUE_OLDEST_AGE, REDIS_UP,
     EXPORTER_SCRAPE_SECONDS, LEASE_OLDEST_AGE, TASK_QUEUE_WAIT, TASK_RUNTIME, TASK_END_TO_END,
     TASKS, WORKER_RUNNING, WORKER_UP, LEASE_RENEWALS, HTTP_REQUESTS, HTTP_DURATION,
     TASKS_ACCEPTED, TASKS_REJECTED, FOLLOWERS_OPEN, FOLLOWERS_REFUSED, FOLLOWER_GONE_SECONDS,
     SCHEDULE_FIRES, SCHEDULE_SKIPPED, SCHEDULE_MISSED,
-    SCHEDULE_FIRE_LAG, SCHEDULE_NEXT_FIRE, SCHEDULER_LEADING,
+    SCHEDULE_FIRE_LAG, SCHEDULE_NEXT_FIRE, SCHEDULER_LEADING, WEBHOOK_DELIVERIES,
+    WEBHOOK_LATENCY, WORKFLOWS,
 )
 #: Metric name → type, as the chart, rules and dashboard tests read it.
 CATALOGUE: dict[str, str] = {m.name: m.type for m in CATALOGUE_SPECS}
@@ -308,6 +333,8 @@ class Instruments:
     schedule_fire_lag: Any
     schedule_next_fire: Any
     scheduler_leading: Any
+    webhook_deliveries: Any
+    webhook_latency: Any
 
 
 class _Null:
@@ -416,6 +443,8 @@ def _instruments(enabled: bool) -> tuple[CollectorRegistry, Instruments]:
         schedule_fire_lag=gauge(SCHEDULE_FIRE_LAG),
         schedule_next_fire=gauge(SCHEDULE_NEXT_FIRE),
         scheduler_leading=gauge(SCHEDULER_LEADING),
+        webhook_deliveries=counter(WEBHOOK_DELIVERIES),
+        webhook_latency=histogram(WEBHOOK_LATENCY, WEBHOOK_BUCKETS),
     )
 
 

@@ -33,9 +33,10 @@ STOCK_DEFAULT_QUEUE: str = str(DEFAULTS["task_default_queue"])
 
 
 def known_queues(settings: Settings, registry: Registry) -> list[str]:
-    """Every queue a task can be on: the configured ones, the stock default, and each
-    registered task's own."""
-    queues = {settings.default_queue, STOCK_DEFAULT_QUEUE, *settings.queues}
+    """Every queue a task can be on: the configured ones, the stock default, webhook
+    deliveries', and each registered task's own."""
+    queues = {settings.default_queue, STOCK_DEFAULT_QUEUE, settings.webhook_queue,
+              *settings.queues}
     queues |= registry.queues(settings.default_queue)
     return sorted(queues)
 

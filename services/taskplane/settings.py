@@ -151,6 +151,39 @@ class Settings:
         "MAX_SCHEDULES_PER_TENANT", 100,
         "Schedules a tenant may store over the API; more creations are 429. 0: no cap.",
     )
+    workflow_max_group: int = _setting(
+        "WORKFLOW_MAX_GROUP", 10_000,
+        "Members a workflow's group may have (`POST /v1/workflows`); more is 413. Each "
+        "member counts against `MAX_OPEN_TASKS_PER_TENANT`; the body stays within "
+        "`MAX_BODY_BYTES`.",
+    )
+    workflow_max_chain: int = _setting(
+        "WORKFLOW_MAX_CHAIN", 100,
+        "Steps a workflow's chain (or a group's `then` chain) may have; more is 413.",
+    )
+    webhook_allow_private: bool = _setting(
+        "WEBHOOK_ALLOW_PRIVATE", False,
+        "Let a webhook (`notify.url`) target loopback, link-local, private or metadata "
+        "addresses; off, they are 422 at submission and refused again at delivery.",
+    )
+    webhook_allow_http: bool = _setting(
+        "WEBHOOK_ALLOW_HTTP", False,
+        "Let a webhook URL be `http://`; off, only `https://`. Other schemes are always 422.",
+    )
+    webhook_timeout: float = _setting(
+        "WEBHOOK_TIMEOUT", 10.0,
+        "Seconds a webhook delivery may take (connect and answer) before it counts as failed.",
+    )
+    webhook_retry_period: int = _setting(
+        "WEBHOOK_RETRY_PERIOD", 86_400,
+        "Seconds after the event during which failed deliveries are retried (exponential "
+        "back-off with jitter, at most an hour apart); then the delivery is dead: listed and "
+        "retryable.",
+    )
+    webhook_queue: str = _setting(
+        "WEBHOOK_QUEUE", "webhooks",
+        "Queue of webhook deliveries, made by workers, never on the API's request path.",
+    )
     task_modules: tuple[str, ...] = _setting(
         "TASK_MODULES", (),
         "Comma-separated modules imported at start-up to register extra tasks "
@@ -316,7 +349,7 @@ class Settings:
 
     def validate(self) -> None:
         """Refuse combinations that would lose or duplicate work, with one clear message."""
-        for q in (self.default_queue, *self.queues, *self.worker_queues):
+        for q in (self.default_queue, self.webhook_queue, *self.queues, *self.worker_queues):
             if not QUEUE_NAME_RE.fullmatch(q):
                 raise SettingsError(f"queue name {q!r} must match {QUEUE_NAME_RE.pattern}")
         if self.default_soft_time_limit >= self.default_time_limit:
@@ -330,7 +363,8 @@ class Settings:
                 "API_WORKER_CONNECTIONS, or followers could take every connection from submits")
         for name in ("api_workers", "api_threads", "api_redis_connections", "worker_concurrency",
                      "worker_prefetch_multiplier", "visibility_timeout", "result_expires",
-                     "idempotency_ttl", "max_body_bytes"):
+                     "idempotency_ttl", "max_body_bytes", "workflow_max_group",
+                     "workflow_max_chain"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_env(name)} must be at least 1")
         if self.lease_interval <= 0 or self.lease_interval * 3 > self.visibility_timeout:

@@ -191,6 +191,8 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     for spec in runtime.registry:
         for outcome in metrics.OUTCOMES:
             m.tasks.labels(spec.name, spec.queue or runtime.settings.default_queue, outcome)
+    for outcome in metrics.WEBHOOK_OUTCOMES:
+        m.webhook_deliveries.labels(outcome)
     m.worker_up.labels(_hostname(sender)).set(1)
     # Probes, lease renewal and the loop beat: worker_probes.LeaseStep, on every connection.
 

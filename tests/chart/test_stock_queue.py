@@ -38,7 +38,8 @@ def test_a_pool_of_the_default_queue_counts_celerys_default_queue(
 
 
 def test_the_default_pool_is_unchanged(renders: dict[str, Render]) -> None:
-    assert pool_queues(renders["default"]) == {"default": ["default", "celery"]}
+    # and the webhook deliveries' queue (WEBHOOK_QUEUE), which workers consume
+    assert pool_queues(renders["default"]) == {"default": ["default", "celery", "webhooks"]}
 
 
 def test_the_charts_stock_queue_is_celerys_default() -> None:

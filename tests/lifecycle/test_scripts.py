@@ -14,7 +14,7 @@ import redis
 from taskplane.lifecycle import store
 
 PACKAGE = Path(store.__file__).parent
-SCRIPTS = sorted(p.stem for p in (PACKAGE / "scripts").glob("*.lua") if p.stem != store.LIB)
+SCRIPTS = sorted(p.stem for p in (PACKAGE / "scripts").glob("*.lua") if p.stem not in store.LIBS)
 SERVICES = PACKAGE.parent
 
 

@@ -55,6 +55,21 @@ ALLOWED = {
     ("ST202", "PATCH /v1/schedules/{name}"):
         "a change is checked merged into the schedule it changes (new arguments against "
         "its task, `cron: null` on a cron schedule): valid alone, invalid for that schedule.",
+    ("ST202", "POST /v1/tasks"):
+        "`notify.url` must not resolve to a loopback, link-local, private or metadata "
+        "address and must be https (the SSRF guard resolves the host), which no schema of "
+        "a string can say; the server answers 422 naming `notify.url`.",
+    ("ST202", "POST /v1/workflows"):
+        "a workflow is checked as a whole: a step that receives the stage before's outcome "
+        "takes one argument fewer, only first-stage members may wait, the webhook's host "
+        "is resolved (SSRF guard), and the members count against the tenant's cap; the "
+        "server answers 422/413/429 naming the member and field.",
+    ("ST202", "GET /v1/workflows"):
+        "`cursor` is opaque: only a `next` this API returned means anything (the server "
+        "answers 422 for a cursor it cannot read).",
+    ("ST301", "DELETE /v1/workflows/{workflow_id}"):
+        "DELETE /v1/workflows/{id} cancels a workflow, it does not delete it: it stays "
+        "readable as REVOKED until it expires.",
     ("ST301", "DELETE /v1/tasks/{task_id}"):
         "DELETE /v1/tasks/{id} revokes a task, it does not delete it: the task stays "
         "readable (GET, its events) as REVOKED until its record expires.",

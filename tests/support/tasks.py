@@ -131,3 +131,12 @@ def fail_once(key: str) -> int:
     if n == 1:
         raise ValueError("the first run fails")
     return n
+
+
+@task("test.collect", schema={"properties": {"results": {"type": "array"},
+                                             "key": {"type": "string"}},
+                              "required": ["results", "key"]})
+def collect(results: list[object], key: str) -> list[object]:
+    """A workflow callback: counts its runs under ``key`` and returns what it was given."""
+    count(key)
+    return results

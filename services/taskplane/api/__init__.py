@@ -14,7 +14,19 @@ from flask.sessions import NullSession, SessionInterface
 
 from ..celery_app import create_celery
 from ..settings import Settings
-from . import auth, errors, followers, health, limits, observe, routes, schedules, seed
+from . import (
+    auth,
+    deliveries,
+    errors,
+    followers,
+    health,
+    limits,
+    observe,
+    routes,
+    schedules,
+    seed,
+    workflows,
+)
 from .context import ApiContext
 
 
@@ -74,4 +86,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(routes.bp)
     app.register_blueprint(seed.bp)
     app.register_blueprint(schedules.bp)
+    app.register_blueprint(workflows.bp)
+    app.register_blueprint(deliveries.bp)
     return app

@@ -18,7 +18,8 @@ from .task_specs import task_spec_schemas
 _ERRORS = {
     400: "Malformed JSON, or a malformed header.",
     401: "Missing, malformed or unknown bearer token.",
-    403: "A tenant's token named a tenant (`?tenant=` is for operator tokens only).",
+    403: "A tenant's token named a tenant (`?tenant=` is for operator tokens only), or a "
+         "tenant's token asked for what only an operator may do (webhook endpoints).",
     404: "No such task, task type, dead letter or schedule (or it belongs to another tenant).",
     405: "Method not allowed on this path.",
     409: "Conflicts with the resource's state.",
@@ -175,6 +176,7 @@ def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
             "Enqueue a dead letter again under its id", 202, _ref("Task"), (404, 409),
             parameters=[_TASK_ID])},
         **_schedule_paths(settings),
+        **_workflow_paths(),
         "/start_task/{data}": {"get": _op(
             "The blog post's enqueue route (long_running_task)", 200,
             {"type": "object", "required": ["task_id", "message"],
@@ -249,6 +251,17 @@ OPERATION_IDS = {
     ("/task_status/{task_id}", "get"): "taskStatusLegacy",
     ("/healthz", "get"): "healthz", ("/readyz", "get"): "readyz", ("/metrics", "get"): "metrics",
     ("/openapi.json", "get"): "openapi",
+    ("/v1/workflows", "post"): "submitWorkflow", ("/v1/workflows", "get"): "listWorkflows",
+    ("/v1/workflows/{workflow_id}", "get"): "getWorkflow",
+    ("/v1/workflows/{workflow_id}", "delete"): "cancelWorkflow",
+    ("/v1/workflows/{workflow_id}/deliveries", "get"): "workflowDeliveries",
+    ("/v1/workflows/{workflow_id}/events", "get"): "workflowEvents",
+    ("/v1/tasks/{task_id}/deliveries", "get"): "taskDeliveries",
+    ("/v1/webhook-deliveries/dead", "get"): "listDeadDeliveries",
+    ("/v1/webhook-endpoints", "get"): "listWebhookEndpoints",
+    ("/v1/webhook-endpoints/{tenant}", "put"): "setWebhookEndpoint",
+    ("/v1/webhook-endpoints/{tenant}", "delete"): "deleteWebhookEndpoint",
+    ("/v1/webhook-deliveries/dead/{delivery_id}/retry", "post"): "retryDeadDelivery",
 }
 
 
@@ -310,5 +323,127 @@ def _schedule_paths(settings: Settings) -> dict[str, Any]:
                          parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT],
                          requestBody=_body(settings, "ScheduleChange")),
             "delete": deleted,
+        },
+    }
+
+
+_TENANT = {"name": "tenant", "in": "path", "required": True, "schema": {"type": "string"}}
+_ATTEMPTS = {"type": "object", "properties": {"items": {"type": "array", "items": {
+    "type": "object", "properties": {"at": {"type": "number"}, "status": {"type": "integer"},
+                                     "latency_ms": {"type": "number"},
+                                     "error": {"type": "string"}}}}}}
+_WORKFLOW_ID = {"name": "workflow_id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": schemas.TASK_ID_PATTERN}}
+_MEMBER = {"type": "object", "required": ["id", "state", "links"], "properties": {
+    "id": {"type": "string"}, "state": {"type": "string"}, "links": {"type": "object"}}}
+_WORKFLOW = {"type": "object", "required": ["id", "kind", "state", "links"], "properties": {
+    "id": {"type": "string"}, "kind": {"type": "string", "enum": ["chain", "group"]},
+    "on": {"type": "string", "enum": ["success", "complete"]},
+    "state": {"type": "string", "enum": ["RUNNING", "SUCCESS", "FAILURE", "REVOKED"]},
+    "total": {"type": "integer"}, "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "steps": {"type": "array", "items": _MEMBER},
+    "members": {"type": "array", "items": _MEMBER},
+    "then": {"type": "array", "items": _MEMBER},
+    "callback": {"type": ["string", "null"]}, "reason": {"type": "string"},
+    "links": {"type": "object"}}}
+
+
+def _workflow_stream(op: dict[str, Any]) -> dict[str, Any]:
+    """As :func:`_event_stream`, each event's data a workflow's summary."""
+    op = _event_stream(op)
+    schema = op["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    schema["properties"]["data"]["contentSchema"] = _WORKFLOW
+    op["responses"]["200"]["description"] = (
+        "`event: state` with the workflow's summary as JSON `data`, each time it changes; "
+        "the stream ends when the workflow has ended (or after MAX_EVENT_STREAM s).")
+    return op
+
+
+def _workflow_paths() -> dict[str, Any]:
+    """``/v1/workflows``: a chain, or a group with a callback (``taskplane.workflows``)."""
+    spec = _ref("SubmitTask")
+    body = {"oneOf": [
+        {"type": "object", "required": ["chain"], "additionalProperties": False,
+         "properties": {"chain": {"type": "array", "minItems": 1, "items": spec}}},
+        {"type": "object", "required": ["group"], "additionalProperties": False,
+         "properties": {
+             "group": {"type": "array", "minItems": 1, "items": spec},
+             "then": {"oneOf": [spec, {"type": "object", "required": ["chain"], "properties": {
+                 "chain": {"type": "array", "minItems": 1, "items": spec}}}]},
+             "on": {"type": "string", "enum": ["success", "complete"]}}},
+    ]}
+    return {
+        "/v1/workflows": {
+            "post": _op("Submit a chain, or a group with a callback, as one step", 202,
+                        _WORKFLOW, (400, 409, 413, 415, 422),
+                        requestBody={"required": True,
+                                     "content": {"application/json": {"schema": body}}},
+                        parameters=[{"name": "Idempotency-Key", "in": "header",
+                                     "required": False,
+                                     "schema": {"type": "string",
+                                                "maxLength": schemas.MAX_IDEMPOTENCY_KEY}}]),
+            "get": _op("The caller's workflows, newest first", 200,
+                       {"type": "object", "properties": {
+                           "items": {"type": "array", "items": _WORKFLOW},
+                           "next": {"type": ["string", "null"]}}}, (422,),
+                       parameters=[
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1,
+                                       "maximum": schemas.MAX_PAGE}},
+                           {"name": "cursor", "in": "query", "required": False,
+                            "schema": {"type": "string",
+                                       "pattern": "^[0-9]{1,12}(\\.[0-9]{1,12})?$"},
+                            "description": "The `next` of the previous page."}]),
+        },
+        "/v1/workflows/{workflow_id}/events": {"get": _workflow_stream(_op(
+            "Server-Sent Events of the workflow's state, counts and progress until it ends",
+            200, {"type": "string"}, (404,), parameters=[_WORKFLOW_ID]))},
+        "/v1/workflows/{workflow_id}/deliveries": {"get": _op(
+            "The workflow's webhook delivery attempts", 200, _ATTEMPTS, (404,),
+            parameters=[_WORKFLOW_ID])},
+        "/v1/tasks/{task_id}/deliveries": {"get": _op(
+            "The task's webhook delivery attempts", 200, _ATTEMPTS, (404,),
+            parameters=[_TASK_ID])},
+        "/v1/webhook-endpoints": {"get": _op(
+            "Registered per-tenant webhook endpoints the caller may see (no secrets)", 200,
+            {"type": "object", "properties": {"items": {"type": "array", "items": {
+                "type": "object", "properties": {"tenant": {"type": "string"},
+                                                 "url": {"type": "string"}}}}}}, ())},
+        "/v1/webhook-endpoints/{tenant}": {
+            "put": _op("Operators: register a tenant's webhook endpoint", 200,
+                       {"type": "object"}, (400, 403, 413, 415, 422), parameters=[_TENANT],
+                       requestBody={"required": True, "content": {"application/json": {
+                           "schema": {"type": "object", "required": ["url", "secret"],
+                                      "additionalProperties": False, "properties": {
+                                          "url": {"type": "string"},
+                                          "secret": {"type": "string"}}}}}}),
+            "delete": {**_op("Operators: remove a tenant's webhook endpoint", 204, {},
+                             (403, 404), parameters=[_TENANT]), "responses": {
+                **_op("", 204, {}, (403, 404))["responses"],
+                "204": {"description": "Removed."}}},
+        },
+        "/v1/webhook-deliveries/dead": {"get": _op(
+            "Webhook deliveries that failed for WEBHOOK_RETRY_PERIOD", 200,
+            {"type": "object", "properties": {"items": {"type": "array", "items": {
+                "type": "object", "properties": {
+                    "id": {"type": "string"}, "kind": {"type": "string"},
+                    "subject": {"type": "string"}, "state": {"type": "string"},
+                    "died_at": schemas.TIMESTAMP}}}}}, ())},
+        "/v1/webhook-deliveries/dead/{delivery_id}/retry": {"post": _op(
+            "Send a dead webhook delivery again, with a fresh retry period", 202,
+            {"type": "object"}, (404,), parameters=[
+                {"name": "delivery_id", "in": "path", "required": True,
+                 "schema": {"type": "string"},
+                 "description": "{kind}:{id}:{state}, as the dead list names it."}])},
+        "/v1/workflows/{workflow_id}": {
+            "get": _op("A workflow's state, counts, progress and members", 200, _WORKFLOW,
+                       (404,), parameters=[_WORKFLOW_ID]),
+            "delete": _op("Cancel a workflow: revoke every member not yet started", 202,
+                          _WORKFLOW, (404, 422), parameters=[
+                              _WORKFLOW_ID,
+                              {"name": "terminate", "in": "query", "required": False,
+                               "schema": {"type": "boolean"},
+                               "description": "Also stop the members that are running."}]),
         },
     }

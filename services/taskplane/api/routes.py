@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from .. import broker, lifecycle
+from .. import broker, lifecycle, webhooks
 from ..celery_app import TenantCapReached, retry_dead_letter_task, revoke, submit
 from ..lifecycle import TaskRecord, fingerprint
 from ..schema import CompiledSchema
@@ -91,6 +91,13 @@ def submit_task() -> Response:
     if problems:
         raise ApiError(422, "validation_failed", f"arguments do not match {spec.name!r}",
                        {"fields": problems, "schema": spec.schema})
+    notify = body.get("notify")
+    if notify is not None:
+        notify_problems = webhooks.notify_problems(notify, ctx.settings.webhook_allow_private,
+                                                   ctx.settings.webhook_allow_http)
+        if notify_problems:
+            raise ApiError(422, "validation_failed", "notify is invalid",
+                           {"fields": notify_problems})
     key = _idempotency_key()
     idempotency = (key, fingerprint(body)) if key is not None else None
     for _ in range(2):
@@ -98,7 +105,7 @@ def submit_task() -> Response:
                          kwargs=kwargs, queue=queue,
                          priority=int(body.get("priority", broker.DEFAULT_PRIORITY)),
                          countdown=body.get("countdown"), idempotency=idempotency,
-                         rate_limited=True)
+                         rate_limited=True, notify=notify)
         if outcome.record is not None:
             observe.accepted(spec.name)
             return accepted(TaskStatus(outcome.record, None))

@@ -60,6 +60,19 @@ def submit_schema(max_countdown: int) -> dict[str, Any]:
                       "description": "Queue to use instead of the task's default."},
             "countdown": {"type": "number", "minimum": 0, "maximum": max_countdown,
                           "description": "Seconds to wait before the task may run."},
+            "notify": {"type": "object", "required": ["url", "secret"],
+                       "additionalProperties": False,
+                       "properties": {
+                           "url": {"type": "string", "maxLength": 2048,
+                                   "pattern": "^https?://[^/?#@\\s]+([/?#]\\S*)?$"},
+                           "secret": {"type": "string",
+                                      "pattern": "^whsec_[A-Za-z0-9+/]{32,86}={0,2}$"}},
+                       "description": 'A signed webhook on the final state: {"url": '
+                                      '"https://...", "secret": "whsec_<base64 of 24-64 '
+                                      'bytes>"} (Standard Webhooks). The URL must not '
+                                      "resolve to a loopback, link-local, private or "
+                                      "metadata address (WEBHOOK_ALLOW_PRIVATE), and be "
+                                      "https (WEBHOOK_ALLOW_HTTP)."},
             "priority": {"type": "integer", "minimum": broker.MIN_PRIORITY,
                          "maximum": broker.MAX_PRIORITY,
                          "description": f"0-9, 9 most urgent; default {broker.DEFAULT_PRIORITY}."},
@@ -95,6 +108,9 @@ TASK: dict[str, Any] = {  # declared so: DEAD_LETTER indexes into it
         "queue": {"type": "string"},
         "priority": {"type": "integer"},
         "result": {"description": "The task's return value (state SUCCESS)."},
+        "workflow": {"type": "object", "required": ["id", "links"],
+                     "description": "The workflow the task is a member of.",
+                     "properties": {"id": {"type": "string"}, "links": {"type": "object"}}},
         "error": {
             "type": "object",
             "required": ["type", "message"],

@@ -74,7 +74,7 @@ def represent(status: TaskStatus, self_url: str) -> dict[str, Any]:
     elif state in ("FAILURE", "RETRY"):
         body["error"] = error_of(result)
     elif state == "REVOKED":
-        body["error"] = {"type": "TaskRevokedError", "message": "revoked"}
+        body["error"] = {"type": "TaskRevokedError", "message": rec.reason or "revoked"}
     elif state == "PROGRESS" and isinstance(result, dict):
         body["progress"] = {"percent": result.get("percent", 0.0),
                             "message": result.get("message", "")}
@@ -82,6 +82,10 @@ def represent(status: TaskStatus, self_url: str) -> dict[str, Any]:
         value = iso(getattr(rec, name))
         if value:
             body[name] = value
+    if rec.workflow:
+        base = self_url.rsplit("/tasks/", 1)[0]
+        body["workflow"] = {"id": rec.workflow,
+                            "links": {"self": f"{base}/workflows/{rec.workflow}"}}
     if "finished_at" not in body and state in TERMINAL_STATES and meta and meta.get("date_done"):
         # The result is stored a moment before the worker stamps the record.
         body["finished_at"] = _iso_text(str(meta["date_done"]))

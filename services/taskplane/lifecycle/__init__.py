@@ -9,6 +9,7 @@ A reader can walk it in this order:
 * ``store``: loads the scripts and runs every one of them through one function.
 * ``transitions``: the Python face, one method per transition, with the guarantees table.
 * ``listing``, ``ratelimit``, ``schedule_state``: reads, the request rate, the scheduler.
+* ``workflow_state``: chains and groups, submitted in one step, advanced by endings.
 * ``records``, ``errors``: what goes in and comes out.
 * ``replies``: redis-py's replies narrowed to the bytes the lifecycle's client answers.
 * ``facade``: :class:`Lifecycle`, all of the above under one name.
@@ -37,6 +38,8 @@ from .keys import (
     scheduler_lease_key,
     schedules_key,
     tasks_index_key,
+    workflow_key,
+    workflows_index_key,
 )
 from .listing import Cursor, TaskQuery
 from .records import (
@@ -66,15 +69,24 @@ from .states import (
     tenant_hint,
 )
 from .store import Store
+from .workflow_state import (
+    WORKFLOW_STATES,
+    HeldStage,
+    Member,
+    Workflow,
+    WorkflowDraft,
+    WorkflowSubmission,
+)
 
 __all__ = [
     "FAILURE", "FINAL_STATES", "PENDING", "PREFIX", "PROGRESS", "RETRY", "REVOKED",
     "RUNNING_STATES", "STARTED", "STATES", "SUCCESS", "SYSTEM_TENANT", "TENANT_HEADER",
-    "Cursor", "Lifecycle", "OutcomeUnknown", "PoisonedTask", "ResultWrite", "RunStart",
-    "Store", "Submission", "TaskQuery", "TaskRecord", "Transition", "adopted_listing_keys",
-    "dead_index_key", "dead_index_keys", "dead_key", "dead_letter", "ended_index_key",
-    "ended_index_keys", "fingerprint", "idempotency_key",
-    "listing_keys", "never_sent", "open_key", "rate_key", "record_key", "result_state",
-    "schedule_state_key", "scheduler_lease_key", "schedules_key", "tasks_index_key",
-    "tenant_hint", "visible_state",
+    "WORKFLOW_STATES", "Cursor", "HeldStage", "Lifecycle", "Member", "OutcomeUnknown",
+    "PoisonedTask", "ResultWrite", "RunStart", "Store", "Submission", "TaskQuery",
+    "TaskRecord", "Transition", "Workflow", "WorkflowDraft", "WorkflowSubmission",
+    "adopted_listing_keys", "dead_index_key", "dead_index_keys", "dead_key", "dead_letter",
+    "ended_index_key", "ended_index_keys", "fingerprint", "idempotency_key", "listing_keys",
+    "never_sent", "open_key", "rate_key", "record_key", "result_state", "schedule_state_key",
+    "scheduler_lease_key", "schedules_key", "tasks_index_key", "tenant_hint", "visible_state",
+    "workflow_key", "workflows_index_key",
 ]

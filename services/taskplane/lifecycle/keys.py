@@ -1,7 +1,10 @@
 """Every Redis key the lifecycle owns: one function per key, and what each holds.
 
 The scripts receive all of them in ``KEYS`` (never build a name in Lua), so this table
-is the one place a key's name is decided. ``{tenant}`` is immutable per task.
+is the one place a key's name is decided. ``{tenant}`` is immutable per task. One
+exception, by necessity: a workflow's later stages are started by whichever script ends
+their predecessor, whose caller cannot know them; so the workflow hash (and a member's
+record, ``wf_key``) stores the key names this module built for them at submission.
 
 ============================================  ======  ==============================================
 key                                           type    holds
@@ -9,7 +12,11 @@ key                                           type    holds
 ``taskplane:task:{id}``                       hash    the record: tenant, task, queue, priority,
                                                       state, submitted_at, eta, started_at,
                                                       finished_at, retries, runs_started,
-                                                      runs_ended. Its existence makes an id
+                                                      runs_ended; notify (its webhook and the
+                                                      delivery message its ending pushes, JSON);
+                                                      a workflow member's also
+                                                      workflow (its id), wf_key (its key),
+                                                      stage, position. Its existence makes an id
                                                       "submitted" (else 404). TTL
                                                       ``TASK_RECORD_TTL`` (plus any countdown),
                                                       then ``RESULT_EXPIRES`` once final.
@@ -38,6 +45,36 @@ key                                           type    holds
                                                       ``Lifecycle.result_key``).
 queue list (``broker.py``)                    list    the task message, pushed by ``submit`` and
                                                       ``retry_dead``.
+``taskplane:workflow:{id}``                   hash    a workflow (``workflow_state.py``): id, tenant,
+                                                      kind (chain, group), on (success,
+                                                      complete), state, created_at,
+                                                      finished_at, total, stages, stage (the
+                                                      one running), ``left`` (its members not
+                                                      ended), ``n:{STATE}`` counts, members
+                                                      (JSON ids per stage), callback, the held
+                                                      messages of later stages (``msg:{s}``,
+                                                      ``queue:{s}``, ``record:{s}``) and the
+                                                      outcomes a next stage takes
+                                                      (``out:{pos}``). Lives as long as its
+                                                      members' records.
+``taskplane:workflows:{tenant}``              zset    the tenant's workflow ids by creation time
+                                                      (``GET /v1/workflows``);
+                                                      ``taskplane:workflows`` every tenant's.
+``taskplane:workflow-totals``                 hash    workflows ``created`` and ended by state
+                                                      (SUCCESS, FAILURE, REVOKED; a workflow
+                                                      reopened by a dead-letter retry counts each
+                                                      ending), for the exporter.
+``taskplane:webhook-endpoints``               hash    tenant -> JSON ``{"url", "secret"}``: the
+                                                      webhook an operator registered for the
+                                                      tenant's tasks that carry no ``notify``.
+``taskplane:deliveries:{kind}:{id}``         list    a task's or workflow's webhook delivery
+                                                      attempts (JSON: at, status, latency_ms,
+                                                      error), newest last, at most 50; TTL
+                                                      ``RESULT_EXPIRES``.
+``taskplane:dead-deliveries:{tenant}``        zset    ``{kind}:{id}:{state}`` of deliveries that
+                                                      failed for ``WEBHOOK_RETRY_PERIOD``, by
+                                                      time of death; ``taskplane:dead-deliveries``
+                                                      every tenant's.
 ``taskplane:schedules``                       hash    periodic schedules stored over the API:
                                                       ``tenant/name`` -> JSON (``schedules.py``).
 ``taskplane:schedule-state:{tenant}/{name}``  hash    a schedule's fire state: ``last_tick`` (the
@@ -135,3 +172,31 @@ def schedule_state_key(ident: str) -> str:
 
 def scheduler_lease_key() -> str:
     return f"{PREFIX}scheduler-lease"
+
+
+def workflow_key(workflow_id: str) -> str:
+    return f"{PREFIX}workflow:{workflow_id}"
+
+
+def workflows_index_key(tenant: str | None) -> str:
+    """A tenant's workflows (``None``: every tenant's) by creation time."""
+    return f"{PREFIX}workflows:{tenant}" if tenant is not None else f"{PREFIX}workflows"
+
+
+def deliveries_key(kind: str, subject: str) -> str:
+    """The webhook delivery attempts of a task (``kind`` "task") or a workflow."""
+    return f"{PREFIX}deliveries:{kind}:{subject}"
+
+
+def dead_deliveries_key(tenant: str | None) -> str:
+    """A tenant's dead webhook deliveries (``None``: every tenant's)."""
+    return (f"{PREFIX}dead-deliveries:{tenant}" if tenant is not None
+            else f"{PREFIX}dead-deliveries")
+
+
+def workflow_totals_key() -> str:
+    return f"{PREFIX}workflow-totals"
+
+
+def webhook_endpoints_key() -> str:
+    return f"{PREFIX}webhook-endpoints"

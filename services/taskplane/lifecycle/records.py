@@ -28,6 +28,9 @@ class TaskRecord:
     started_at: float | None = None
     finished_at: float | None = None
     retries: int = 0
+    workflow: str | None = None  # the workflow it is a member of (workflow_state.py)
+    reason: str | None = None  # why its workflow revoked it, if it did
+    notify: str | None = None  # its webhook, JSON (written at submission, never read back)
 
     @classmethod
     def from_hash(cls, task_id: str, raw: dict[bytes, bytes]) -> TaskRecord:
@@ -48,6 +51,8 @@ class TaskRecord:
             started_at=num("started_at"),
             finished_at=num("finished_at"),
             retries=int(h.get("retries", 0)),
+            workflow=h.get("workflow") or None,
+            reason=h.get("reason") or None,
         )
 
     def fields(self) -> list[str]:
@@ -61,7 +66,8 @@ class TaskRecord:
 
 
 _NEW_RECORD_FIELDS = tuple(f.name for f in fields(TaskRecord)
-                           if f.name not in ("id", "state", "started_at", "finished_at"))
+                           if f.name not in ("id", "state", "started_at", "finished_at", "workflow",
+                                             "reason"))
 
 
 @dataclass(frozen=True)

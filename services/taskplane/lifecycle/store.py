@@ -23,17 +23,17 @@ from redis.commands.core import Script
 
 from .errors import OutcomeUnknown, never_sent
 
-#: The file of Lua every script starts with.
-LIB = "lib"
+#: The files of Lua every script starts with, in order (``workflow_lib`` uses ``lib``).
+LIBS = ("lib", "workflow_lib")
 
 
 @functools.cache
 def source(name: str) -> str:
-    """The Lua of ``scripts/{name}.lua`` with ``scripts/lib.lua`` in front."""
+    """The Lua of ``scripts/{name}.lua`` with the shared files (:data:`LIBS`) in front."""
     folder = resources.files(__package__).joinpath("scripts")
-    lib = folder.joinpath(f"{LIB}.lua").read_text(encoding="utf-8")
+    libs = [folder.joinpath(f"{lib}.lua").read_text(encoding="utf-8") for lib in LIBS]
     body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return f"{lib}\n-- ---- {name}.lua ----\n{body}"
+    return "\n".join([*libs, f"-- ---- {name}.lua ----", body])
 
 
 class Store:

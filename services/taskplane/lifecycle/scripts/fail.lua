@@ -14,7 +14,8 @@
 -- Precondition  (lib.lua may_end) the record exists, is the tenant's and has not ended.
 -- Writes  the record (FAILURE), open set, FAILURE indexes, the dead letter with the
 --       record's tenant, queue, priority, retries and submission time, both dead-letter
---       indexes, the result.
+--       indexes, the result; the ending in its workflow and its webhook
+--       (workflow_lib.lua after_end).
 -- Returns {outcome, detail} as finish does.
 
 local record, open, dead = KEYS[1], KEYS[2], KEYS[3]
@@ -36,6 +37,7 @@ local entry = string.sub(letter, 1, -2) .. ',"tenant":' .. cjson.encode(tenant)
   .. ',"queue":' .. cjson.encode(r[1] or '') .. ',"priority":' .. (tonumber(r[2]) or 0)
   .. ',"retries":' .. (tonumber(r[3]) or 0) .. ',"submitted_at":' .. (r[4] or '0') .. '}'
 close(record, open, failed, id, 'FAILURE', now, ttl, keep)
+after_end(record, id, 'FAILURE', wf_error(letter), now)
 redis.call('SET', dead, entry, 'EX', letter_ttl)
 for _, key in ipairs(dead_indexes) do
   redis.call('ZADD', key, now, id)

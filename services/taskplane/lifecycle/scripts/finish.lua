@@ -17,7 +17,8 @@
 --       With adopt > 0 and a state, a missing record is created, ended: a task sent
 --       around the API (under the system tenant) that a worker revoked before any
 --       worker started it (``celery control revoke``); it lives ttl like any ended one.
--- Writes  the record (state, finished_at, ttl), open set, ended indexes, the result.
+-- Writes  the record (state, finished_at, ttl), open set, ended indexes, the result;
+--       the ending in its workflow and its webhook (workflow_lib.lua after_end).
 -- Returns {outcome, detail}: done (detail: the state it had) | missing | final (detail:
 --       the state it already had) | tenant (detail: the real tenant; call again with it)
 --       | adopted (there was no record; it was created ended).
@@ -47,4 +48,5 @@ if refused then return refused end
 if state == '' then return {'done', current or ''} end
 close(record, open, ended, id, state, now, ttl, keep)
 if result then write_result(result, value, value_ttl) end
+after_end(record, id, state, wf_result(value), now)
 return {'done', current or ''}

@@ -15,7 +15,8 @@
 -- Precondition  the dead letter is there and is the one read; the tenant is under its
 --       cap.
 -- Writes  deletes the dead letter, its index entries, its FAILURE index entries and the
---       result; writes the record (PENDING), open set, listing indexes and message.
+--       result; writes the record (PENDING), open set, listing indexes and message;
+--       a workflow member is un-counted and its workflow reopened (revive_member).
 -- Returns {outcome}: queued | gone (no dead letter: another retry won, or it expired) |
 --       changed (not the dead letter read) | cap_reached.
 
@@ -34,8 +35,10 @@ if entry ~= read then return {'changed'} end
 if not has_room(open, now, open_age, cap) then return {'cap_reached'} end
 redis.call('DEL', dead)
 for _, key in ipairs(dead_indexes) do redis.call('ZREM', key, id) end
+local membership = revive_member(record, id, now)
 redis.call('DEL', record)
 open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
+if #membership > 0 then redis.call('HSET', record, unpack(membership)) end
 for _, key in ipairs(failed) do redis.call('ZREM', key, id) end
 redis.call('DEL', result)
 redis.call('LPUSH', queue, message)

@@ -10,7 +10,8 @@
 --       lifetime).
 -- Precondition  (lib.lua may_end) the record exists, is the tenant's and has not ended;
 --       it is PENDING or RETRY, or STARTED with terminate.
--- Writes  the record (REVOKED), open set, REVOKED indexes, the result.
+-- Writes  the record (REVOKED), open set, REVOKED indexes, the result; the
+--       ending in its workflow and its webhook (workflow_lib.lua after_end).
 -- Returns {outcome, previous state}: revoked | missing | final | running (STARTED,
 --       without terminate) | tenant (as finish).
 
@@ -27,5 +28,6 @@ if refused then return refused end
 current = current or 'PENDING'
 if current == 'STARTED' and terminate ~= '1' then return {'running', current} end
 close(record, open, revoked, id, 'REVOKED', now, ttl, keep)
+after_end(record, id, 'REVOKED', '', now)
 if result then write_result(result, value, value_ttl) end
 return {'revoked', current}
