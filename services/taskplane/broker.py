@@ -59,9 +59,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import redis.sentinel
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps as json_dumps
+
+from . import redis_conn
 
 log = logging.getLogger("taskplane.broker")
 
@@ -520,8 +523,44 @@ class RideThroughTransport(RideThroughTransportMixin, kombu_redis.Transport):
     Channel = RideThroughChannel
 
 
+class RideThroughSentinelChannel(RideThroughChannelMixin, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel, detachable from a lost connection: a detached channel
+    reconnects by asking the sentinels it was opened with for the current master, so a
+    late ack after a failover reaches the new master, never the demoted one."""
+
+    #: A demoted master's READONLY and a replica-less master's NOREPLICAS drop the
+    #: connection: the consumer reconnects to the master the sentinels name now.
+    connection_class = redis_conn.MasterConnection
+    connection_class_ssl = redis_conn.MasterSSLConnection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        alternates = self.connection.client.alt or [self.connection.client.as_uri(True)]
+        self._detached_sentinels: list[tuple[str, int]] = [
+            (u.hostname or "127.0.0.1", u.port or self.connection.default_port)
+            for u in map(kombu_redis._parse_url, alternates) if u.scheme == "sentinel"]
+
+    def _fresh_pool(self) -> redis.ConnectionPool:
+        params = {k: v for k, v in self._detached_params.items() if k not in ("host", "port")}
+        credentials = {k: params[k] for k in ("username", "password") if k in params}
+        sentinel = redis.sentinel.Sentinel(
+            self._detached_sentinels, min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **params)
+        master = sentinel.master_for(getattr(self, "master_name", None), redis.Redis, **credentials)
+        return master.connection_pool  # type: ignore[no-any-return]
+
+
+class RideThroughSentinelTransport(RideThroughTransportMixin, kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport (``sentinel://``), riding through lost connections and
+    failovers alike."""
+
+    Channel = RideThroughSentinelChannel
+
+
 #: ``broker_transport`` (Celery) / ``transport=`` (kombu) value selecting the transport above.
 TRANSPORT = f"{__name__}:RideThroughTransport"
+#: The same for a Sentinel ``REDIS_URL`` (``redis_conn``).
+SENTINEL_TRANSPORT = f"{__name__}:RideThroughSentinelTransport"
 
 _DETACHED: list[RideThroughQoS] = []
 _DETACHED_LOCK = threading.Lock()

@@ -21,12 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
 from . import lifecycle
 from .lifecycle import ResultWrite
+from .redis_conn import MasterConnection, MasterSSLConnection, is_sentinel
 
 
 class ResultBackend(RedisBackend):
@@ -139,6 +140,21 @@ def _ends_run(task_id: str, state: str, request: Any) -> bool:
     return True
 
 
+class SentinelResultBackend(ResultBackend, SentinelBackend):
+    """The same lifecycle writes, on the master Celery's ``SentinelBackend`` finds through
+    the sentinels (``sentinel://`` ``RESULT_BACKEND_URL`` or ``REDIS_URL``): its pool's
+    connections rediscover the master after a failover (also on ``NOREPLICAS``:
+    ``redis_conn.MasterConnection``)."""
+
+    connection_class_ssl = MasterSSLConnection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connparams.setdefault("connection_class", MasterConnection)
+
+
 def backend_url(results_url: str) -> str:
-    """``result_backend`` naming this class for ``results_url`` (Celery's ``class+url`` form)."""
-    return f"{__name__}:{ResultBackend.__name__}+{results_url}"
+    """``result_backend`` naming this module's backend for ``results_url`` (Celery's
+    ``class+url`` form): the Sentinel one for a ``sentinel://`` URL."""
+    cls = SentinelResultBackend if is_sentinel(results_url) else ResultBackend
+    return f"{__name__}:{cls.__name__}+{results_url}"

@@ -35,7 +35,7 @@ from types import FrameType
 
 import redis
 
-from . import httpserver, lifecycle, metrics, schedules
+from . import httpserver, lifecycle, metrics, redis_conn, schedules
 from .celery_app import (
     Accepted,
     IdempotencyConflict,
@@ -273,6 +273,7 @@ def run(settings: Settings) -> None:
     # name a directory for them), so a gauge a standby clears is gone from the scrape.
     os.environ.pop(metrics.MULTIPROC_ENV, None)
     metrics.configure(settings.metrics_enabled)
+    redis_conn.await_master(settings, "scheduler")
     app = create_celery(settings, patient=False)
     scheduler = Scheduler(app)
     if settings.scheduler_metrics_port:

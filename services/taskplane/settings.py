@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from .redis_conn import SentinelUrlError, describe, is_sentinel, parse_sentinel_url
+
 #: Queue names become Redis keys and label values: keep them short and plain.
 QUEUE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -52,6 +54,31 @@ class Settings:
         "REDIS_TLS_CA_FILE", "",
         "CA bundle (PEM) that signed the Redis server's certificate, for `rediss://` URLs; "
         "empty means the system's CAs. The certificate and host name are always checked.",
+    )
+    redis_sentinel_master: str = _setting(
+        "REDIS_SENTINEL_MASTER", "",
+        "Name of the Sentinel master set, required when `REDIS_URL` is a Sentinel URL "
+        "(`sentinel://[:password@]host:26379;sentinel://host2:26379/0`: every client then "
+        "finds the master through the sentinels and follows a failover).",
+    )
+    redis_sentinel_password: str = _setting(
+        "REDIS_SENTINEL_PASSWORD", "",
+        "The sentinels' own password (`requirepass` of the sentinels), which may differ from "
+        "the data password in the URL or `REDIS_PASSWORD`.",
+    )
+    redis_sentinel_tls: bool = _setting(
+        "REDIS_SENTINEL_TLS", False,
+        "Speak TLS to the sentinels (checked against `REDIS_TLS_CA_FILE`).",
+    )
+    redis_startup_timeout: float = _setting(
+        "REDIS_STARTUP_TIMEOUT", 60.0,
+        "Seconds a worker or scheduler waits at start for the master behind Sentinel; then it "
+        "exits non-zero with the reason (wrong master name, sentinel password, no sentinel).",
+    )
+    redis_master_tls: bool = _setting(
+        "REDIS_MASTER_TLS", False,
+        "Speak TLS to the master found through Sentinel, set apart from `REDIS_SENTINEL_TLS` "
+        "(a single node says it with `rediss://`).",
     )
     api_tokens: str = _setting(
         "API_TOKENS", "",
@@ -251,11 +278,13 @@ class Settings:
     def __post_init__(self) -> None:
         # REDIS_PASSWORD goes into each URL that has none, escaped: one place, so the
         # broker, the result backend and every Redis client see the same credentials.
-        if self.redis_password:
-            for name in ("redis_url", "result_backend_url"):
-                url = getattr(self, name)
-                if url:
-                    object.__setattr__(self, name, with_password(url, self.redis_password))
+        for name in ("redis_url", "result_backend_url"):
+            url = getattr(self, name)
+            if url and self.redis_password:
+                url = with_password(url, self.redis_password)
+            if is_sentinel(url):
+                url = _normal_sentinel_url(_env(name), url)
+            object.__setattr__(self, name, url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -306,6 +335,11 @@ class Settings:
                           ("RESULT_BACKEND_URL", self.result_backend_url)):
             if url:
                 _check_redis_url(name, url, self.redis_allow_no_password)
+        sentinel = is_sentinel(self.redis_url) or is_sentinel(self.result_backend_url)
+        if sentinel and not self.redis_sentinel_master:
+            raise SettingsError(
+                "REDIS_URL (or RESULT_BACKEND_URL) is a Sentinel URL: set REDIS_SENTINEL_MASTER "
+                "to the name of the master set the sentinels watch")
 
     # --- derived values ---------------------------------------------------------------
 
@@ -338,7 +372,11 @@ class Settings:
         out["api_tokens"] = "<set>" if self.api_tokens else ""
         out["redis_password"] = "<set>" if self.redis_password else ""
         out["api_admin_tokens"] = "<set>" if self.api_admin_tokens else ""
+        out["redis_sentinel_password"] = "<set>" if self.redis_sentinel_password else ""
         for key in ("redis_url", "result_backend_url"):
+            if is_sentinel(out[key]):
+                out[key] = describe(out[key])
+                continue
             parts = urlsplit(out[key])
             if parts.password:
                 out[key] = out[key].replace(parts.password, "***", 1)
@@ -395,10 +433,26 @@ def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:
     return raw.strip()
 
 
+def _normal_sentinel_url(name: str, url: str) -> str:
+    try:
+        return parse_sentinel_url(url).url()
+    except SentinelUrlError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
 def _check_redis_url(name: str, url: str, allow_no_password: bool) -> None:
+    if is_sentinel(url):
+        target = parse_sentinel_url(url)
+        remote = [h for h, _ in target.sentinels if not is_loopback(h)]
+        if remote and not target.password and not allow_no_password:
+            raise SettingsError(
+                f"{name} names sentinels at {remote[0]}, which is not loopback, and gives the "
+                "master no password; set REDIS_PASSWORD (or sentinel://:PASSWORD@host...) or "
+                "REDIS_ALLOW_NO_PASSWORD=true")
+        return
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(f"{name} must be a redis://, rediss:// or unix:// URL")
+        raise SettingsError(f"{name} must be a redis://, rediss://, unix:// or sentinel:// URL")
     if parts.scheme == "unix":
         return
     if not parts.hostname:
@@ -410,7 +464,16 @@ def _check_redis_url(name: str, url: str, allow_no_password: bool) -> None:
 
 
 def with_password(url: str, password: str) -> str:
-    """``url`` with ``password`` (percent-escaped) as its password, unless it has one."""
+    """``url`` with ``password`` (percent-escaped) as its password, unless it has one
+    (for a Sentinel URL: the master's password, on every sentinel entry)."""
+    if is_sentinel(url):
+        try:
+            target = parse_sentinel_url(url)
+        except SentinelUrlError:
+            return url  # validate() names the problem
+        if target.password:
+            return url
+        return dataclasses.replace(target, password=password).url()
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or parts.password:
         return url

@@ -23,7 +23,7 @@ from celery.apps.worker import Worker as CeleryWorker
 from celery.exceptions import Retry
 from celery.worker import state as worker_state
 
-from . import broker, lifecycle, metrics
+from . import broker, lifecycle, metrics, redis_conn
 from .celery_app import create_celery
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
@@ -366,6 +366,7 @@ def run(settings: Settings, extra: Sequence[str] = ()) -> None:
     # then hand the rest back. billiard reads this at import, so it must be set first.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     metrics.prepare_multiprocess_dir("worker")  # this process owns it; before the probes serve
+    redis_conn.await_master(settings, "worker")  # behind Sentinel: a master, or exit saying why
     _app(settings)
     serve_probes(settings)  # a taken port stops the worker here, before it takes any task
     # The ``celery`` command itself, pointed at this app: its ``main`` returns the worker's

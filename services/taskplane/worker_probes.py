@@ -18,7 +18,6 @@ stuck) and ``/readyz`` 503 until it consumes; a worker whose port is taken stops
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 from celery import bootsteps, signals
 
-from . import broker, httpserver, metrics
+from . import broker, httpserver, metrics, redis_conn
 from .broker import RedisBroker
 from .settings import Settings
 
@@ -213,13 +212,11 @@ def probes_for(settings: Settings) -> WorkerProbes:
     global _PROBES
     with _PROBES_LOCK:
         if _PROBES is None:
-            from .celery_app import redis_client
-
             # Probes and renewals must fail fast, not wait out an outage like task writes do.
-            quick = dataclasses.replace(settings, redis_timeout=min(settings.redis_timeout,
-                                                                    PROBE_PING_TIMEOUT))
-            probes = WorkerProbes(RedisBroker(redis_client(settings.redis_url, settings)),
-                                  settings, RedisBroker(redis_client(settings.redis_url, quick)))
+            quick = min(settings.redis_timeout, PROBE_PING_TIMEOUT)
+            probes = WorkerProbes(RedisBroker(redis_conn.client(settings.redis_url, settings)),
+                                  settings, RedisBroker(redis_conn.client(settings.redis_url,
+                                                                          settings, timeout=quick)))
             probes.serve()
             _PROBES = probes
         return _PROBES
