@@ -239,6 +239,6 @@ class SentinelSet:
         for node in [*self.sentinels, *self.nodes]:
             try:
                 node.kill()
-            except Exception:  # noqa: S110 - teardown goes on for the others
+            except Exception:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
