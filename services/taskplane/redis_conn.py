@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote, urlsplit
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.connection import Connection, SSLConnection
+from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
@@ -69,7 +70,8 @@ class WriteRefused(redis.ConnectionError):
     """
 
 
-#: Error prefixes after which a Sentinel master connection is dropped and rediscovered.
+#: Error prefixes after which a Sentinel master connection is dropped and rediscovered
+#: (redis-py strips the prefix of the ones it knows: READONLY is ``ReadOnlyError``).
 REFUSED_PREFIXES = ("READONLY", "NOREPLICAS")
 
 
@@ -77,13 +79,33 @@ class MasterConnection(SentinelManagedConnection):
     """redis-py's Sentinel master connection, which also treats ``NOREPLICAS`` as "not the
     master to talk to". redis-py handles ``READONLY`` only, but after a planned failover
     the old master stays a master without replicas for a while (Sentinel converts it
-    later), answering ``NOREPLICAS``, and a client connected to it would keep asking it."""
+    later), answering ``NOREPLICAS``, and a client connected to it would keep asking it.
+
+    It also asks the sentinels on *every* reconnection: redis-py 8 reconnects inside a
+    command's retry loop (``send_packed_command`` → ``connect_check_health``) without the
+    Sentinel lookup, so a patient client would retry against the old address for as long
+    as its retries last.
+    """
+
+    def _connect_retry(self) -> None:
+        self.connect_check_health(check_health=self.connection_pool.check_connection,
+                                  retry_socket_connect=False)
+
+    def connect_check_health(self, check_health: bool = True,
+                             retry_socket_connect: bool = True) -> None:
+        if self._sock:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health,
+                                     retry_socket_connect=retry_socket_connect)
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return Connection.read_response(self, *args, **kwargs)
         except redis.ResponseError as exc:
-            if not str(exc).startswith(REFUSED_PREFIXES) or not self.connection_pool.is_master:
+            refused = isinstance(exc, ReadOnlyError) or str(exc).startswith(REFUSED_PREFIXES)
+            if not refused or not self.connection_pool.is_master:
                 raise
             self.disconnect()
             raise WriteRefused(f"the master refused the write, nothing applied: {exc}") from exc
@@ -193,9 +215,13 @@ def socket_options(timeout: float) -> dict[str, Any]:
 
 def sentinel_kwargs(settings: Settings, timeout: float | None = None) -> dict[str, Any]:
     """Options of the connections to the sentinels themselves: their own password and
-    TLS, and the same timeouts as the master's (Celery's backend would leave them unset)."""
+    TLS, and the same timeouts as the master's (Celery's backend would leave them unset).
+
+    No retries: redis-py's default (three, backing off up to 10 s) would spend many seconds
+    on one dead sentinel before asking the next; the lookup itself goes round them all."""
     kwargs: dict[str, Any] = socket_options(settings.redis_timeout if timeout is None
                                             else timeout)
+    kwargs["retry"] = None
     if settings.redis_sentinel_password:
         kwargs["password"] = settings.redis_sentinel_password
     if settings.redis_sentinel_tls:
@@ -294,7 +320,7 @@ def diagnose(url: str, settings: Settings, timeout: float = 1.0) -> Problem | No
         return Problem("no_sentinel", f"no sentinel answered at {', '.join(silent)} "
                        "(REDIS_URL)")
     master = redis.Redis(host=address[0], port=address[1], db=target.db,
-                         username=target.username, password=target.password,
+                         username=target.username, password=target.password, retry=None,
                          **socket_options(timeout),
                          **({"ssl": True, **tls_options(settings)}
                             if settings.redis_master_tls else {}))
