@@ -1,7 +1,7 @@
 """Celery's Redis result backend, wired to the task lifecycle.
 
 Celery stores a task's states through its backend (``store_result``). Here every such
-write is a lifecycle step (``lifecycle.py``) instead of Celery's GET-then-SETEX, which
+write is a lifecycle step (``lifecycle/transitions.py``) instead of Celery's GET-then-SETEX, which
 is two round trips and not atomic: a late RETRY could land on a SUCCESS that raced it,
 and a REVOKED on a task that had just ended. So:
 
@@ -118,7 +118,7 @@ class ResultBackend(RedisBackend):
         script = self.__dict__.get("_write_script")
         if script is None or script.registered_client is not client:
             script = self.__dict__["_write_script"] = client.register_script(
-                lifecycle.WRITE_RESULT)
+                lifecycle.store.source("write_result"))
         return int(script(keys=[key], args=[value, ttl]))
 
 

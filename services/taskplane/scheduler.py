@@ -72,7 +72,7 @@ class Scheduler:
         self.app = app
         self.settings: Settings = app.runtime.settings
         self.life = app.runtime.lifecycle
-        self.store = ScheduleStore(self.life.client)
+        self.store = ScheduleStore(self.life)
         self.code = schedules.declared(app.runtime.registry)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
@@ -145,7 +145,8 @@ class Scheduler:
         if not read:
             if schedule.source == "code" or not schedule.created_at:
                 # first sight of a schedule from code: its ticks start now
-                out.advanced = self.life.schedule_advance(schedule.ident, "", now)
+                out.advanced = self.life.schedule_advance(schedule.ident, "", now,
+                                                          stored=False)
                 return out
             after = schedule.created_at
         else:
@@ -182,7 +183,7 @@ class Scheduler:
         out.advanced = self.life.schedule_advance(
             schedule.ident, read, handled, task_id=last_task if last_fired_at else "",
             fired_at=last_fired_at, fires=len(out.fired), skipped=out.skipped,
-            missed=out.missed)
+            missed=out.missed, stored=schedule.source != "code")
         m = metrics.instruments()
         if out.advanced:  # counted by the replica whose record stands: never twice
             if out.skipped:

@@ -39,10 +39,10 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import redis
 from cronsim import CronSim, CronSimError
 
 from . import broker, lifecycle
+from .lifecycle import Lifecycle
 from .tasks.registry import Registry
 
 #: Schedule names become part of Redis keys, Idempotency-Keys and metric labels.
@@ -269,37 +269,33 @@ class ScheduleStore:
 
     Definitions live in one hash (:func:`lifecycle.schedules_key`, field ``tenant/name``),
     which each scheduler reads whole every loop; the fire state of each schedule is the
-    lifecycle's (:meth:`Lifecycle.schedule_state`).
+    lifecycle's (:meth:`Lifecycle.schedule_state`). Every Redis access is the
+    lifecycle's (``lifecycle/schedule_state.py``): this class turns JSON into schedules.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
+    def __init__(self, life: Lifecycle) -> None:
+        self.life = life
 
     def create(self, schedule: Schedule) -> bool:
         """Store a new schedule; False if the tenant already has one of that name."""
-        return bool(self.client.hsetnx(lifecycle.schedules_key(), schedule.ident,
-                                       schedule.to_json()))
+        return self.life.schedule_create(schedule.ident, schedule.to_json(),
+                                         schedule.tenant) == "created"
 
     def replace(self, schedule: Schedule) -> None:
-        self.client.hset(lifecycle.schedules_key(), schedule.ident, schedule.to_json())
+        self.life.schedule_replace(schedule.ident, schedule.to_json())
 
     def get(self, tenant: str, name: str) -> Schedule | None:
-        raw = self.client.hget(lifecycle.schedules_key(), schedule_ident(tenant, name))
+        raw = self.life.schedule_definition(schedule_ident(tenant, name))
         return Schedule.from_json(raw) if raw is not None else None
 
     def delete(self, tenant: str, name: str) -> bool:
-        ident = schedule_ident(tenant, name)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hdel(lifecycle.schedules_key(), ident)
-            pipe.delete(lifecycle.schedule_state_key(ident))
-            removed, _ = pipe.execute()
-        return bool(removed)
+        """Remove the schedule and its fire state together."""
+        return self.life.schedule_delete(schedule_ident(tenant, name))
 
     def all(self) -> list[Schedule]:
         """Every tenant's stored schedules (the scheduler's view)."""
-        raw = self.client.hgetall(lifecycle.schedules_key())
         out = []
-        for value in raw.values():
+        for value in self.life.schedule_definitions():
             try:
                 out.append(Schedule.from_json(value))
             except (ValueError, TypeError):  # a definition this version cannot read

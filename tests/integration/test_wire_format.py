@@ -40,7 +40,7 @@ def app(isolated_redis: RedisServer) -> Iterator[Celery]:
 
 
 def pop(app: Celery, key: str) -> dict[str, Any]:
-    raw = app.runtime.lifecycle.client.rpop(key)  # type: ignore[attr-defined]
+    raw = app.backend.client.rpop(key)
     assert raw is not None, f"nothing on {key}"
     return json.loads(raw)  # type: ignore[no-any-return]
 
@@ -90,7 +90,7 @@ def test_record_and_message_are_written_together_or_not_at_all(
         isolated_redis: RedisServer) -> None:
     app = make_app(isolated_redis, MAX_OPEN_TASKS_PER_TENANT="1")
     life = app.runtime.lifecycle
-    client = life.client
+    client = isolated_redis.client()
     first = submit(app, tenant="capped", name=TASK, args=[], kwargs={"data": "x"},
                    queue=QUEUE, priority=5)
     key = broker.queue_key(QUEUE, broker.transport_priority(5))
@@ -108,7 +108,7 @@ def test_result_writes_are_celerys_and_never_overwrite_success(app: Celery) -> N
 
     ours = app.backend
     assert isinstance(ours, ResultBackend)
-    client = app.runtime.lifecycle.client  # type: ignore[attr-defined]
+    client = app.backend.client
     plain = RedisBackend(app=app, url=app.conf.result_backend.split("+", 1)[1])
     plain.store_result("plain", {"x": [1, "é"]}, states.SUCCESS)
     ours.store_result("ours", {"x": [1, "é"]}, states.SUCCESS)

@@ -40,14 +40,16 @@ def app(lifecycle_redis: RedisServer) -> Iterator[TaskplaneCelery]:
 
 
 @pytest.fixture
-def life(app: TaskplaneCelery) -> Lifecycle:
-    app.runtime.lifecycle.client.flushdb()
-    return app.runtime.lifecycle
+def client(lifecycle_redis: RedisServer) -> redis.Redis:
+    """A plain client of the package's Redis (flushed), to inspect what the scripts wrote."""
+    client = lifecycle_redis.client()
+    client.flushdb()
+    return client
 
 
 @pytest.fixture
-def client(life: Lifecycle) -> redis.Redis:
-    return life.client
+def life(app: TaskplaneCelery, client: redis.Redis) -> Lifecycle:
+    return app.runtime.lifecycle
 
 
 def accept(app: TaskplaneCelery, tenant: str = TENANT, **options: Any) -> str:

@@ -1,5 +1,5 @@
-"""Every transition of ``lifecycle.py`` against a real Redis: what it writes when allowed,
-and that a refused one writes nothing. Each test takes milliseconds."""
+"""Every transition of the lifecycle package (``lifecycle/scripts/*.lua``) against a real
+Redis: what it writes when allowed, and that a refused one writes nothing. Each test takes milliseconds."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def record(life: Lifecycle, task_id: str) -> TaskRecord:
 
 
 def result(app: TaskplaneCelery, task_id: str) -> dict[str, Any] | None:
-    raw = app.runtime.lifecycle.client.get(app.backend.get_key_for_task(task_id))
+    raw = app.backend.client.get(app.backend.get_key_for_task(task_id))
     return json.loads(raw) if raw else None
 
 
@@ -132,10 +132,10 @@ def test_submit_notices_a_key_that_changed_since_it_was_read(app: TaskplaneCeler
                                                              client: redis.Redis) -> None:
     first = accept(app, idempotency=("k", "fp"))
     ikey = lifecycle.idempotency_key(TENANT, "k")
-    keys = [lifecycle.record_key("new"), lifecycle.open_key(TENANT), lifecycle.rate_key(TENANT),
-            ikey, QUEUE, lifecycle.record_key("new")]
-    stale = life._submit(keys=keys, args=["new", 60, 0, 0, 0, 1, "fp", 60, "", "msg",
-                                          "tenant", TENANT])
+    keys = [lifecycle.record_key("new"), lifecycle.open_key(TENANT), QUEUE,
+            *lifecycle.listing_keys(TENANT, TASK, QUEUE), ikey]
+    stale = life._store.run("submit", keys, ["new", 60, 0, 0, 0, 1, "fp", 60, "", "msg", 60,
+                                             "tenant", TENANT])
     assert stale[0] == b"stale" and stale[1] == first.encode()
     assert not client.exists(lifecycle.record_key("new"))
 

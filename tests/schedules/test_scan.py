@@ -10,9 +10,10 @@ import pytest
 import redis
 
 from taskplane.celery_app import create_celery
+from taskplane.lifecycle import schedule_state_key
 from taskplane.runtime import TaskplaneCelery
 from taskplane.scheduler import Scheduler
-from taskplane.schedules import Schedule
+from taskplane.schedules import Schedule, ScheduleStore
 from taskplane.settings import Settings
 from tests.schedules.conftest import state
 from tests.support.services import RedisServer
@@ -38,9 +39,17 @@ def every(name: str, catch_up: str = "none", period: int = 1, **extra: object) -
 
 
 def scan(app: TaskplaneCelery, s: Schedule, now: float) -> tuple[list[float], int, int]:
+    stored(app, s)
     sched = Scheduler(app)
     out = sched.handle(s, app.runtime.lifecycle.schedule_state(s.ident), now)
     return [t for t, _ in out.fired], out.missed, out.skipped
+
+
+def stored(app: TaskplaneCelery, s: Schedule) -> Schedule:
+    """``s`` as the API stores it: the scheduler advances only schedules that exist."""
+    if s.source != "code":
+        app.runtime.lifecycle.schedule_replace(s.ident, s.to_json())
+    return s
 
 
 def test_on_time_ticks_fire_in_order_and_the_state_records_them(app: TaskplaneCelery,
@@ -89,7 +98,7 @@ def test_two_replicas_that_read_the_same_state_make_one_task_per_tick(
     """The race the lease does not prevent: both replicas read ``last_tick`` before either
     advanced it, so both submit the same ticks. The fire's Idempotency-Key makes one task;
     the state's compare-and-set lets one replica record it."""
-    s = every("race")
+    s = stored(app, every("race"))
     life = app.runtime.lifecycle
     read = life.schedule_state(s.ident)
     first, second = Scheduler(app), Scheduler(app)
@@ -108,23 +117,24 @@ def test_a_code_schedule_starts_at_first_sight(app: TaskplaneCelery, r: redis.Re
     assert scan(app, s, T0 + 2.5) == ([T0 + 1, T0 + 2], 0, 0)
 
 
-def test_the_scan_lease_has_one_holder_until_released_or_lapsed(app: TaskplaneCelery) -> None:
+def test_the_scan_lease_has_one_holder_until_released_or_lapsed(app: TaskplaneCelery,
+                                                                r: redis.Redis) -> None:
     life = app.runtime.lifecycle
-    life.client.delete("taskplane:scheduler-lease")
+    r.delete("taskplane:scheduler-lease")
     assert life.scheduler_lease("a", 5) and not life.scheduler_lease("b", 5)
     assert life.scheduler_lease("a", 5)  # a renewal
     life.scheduler_release("b")  # not b's to release
     assert not life.scheduler_lease("b", 5)
     life.scheduler_release("a")
     assert life.scheduler_lease("b", 0.05)
-    ttl_ms = life.client.pttl("taskplane:scheduler-lease")
+    ttl_ms = r.pttl("taskplane:scheduler-lease")
     assert 0 < ttl_ms <= 50  # it lapses by itself: a SIGKILLed holder frees it
 
 
 def test_advance_moves_only_from_the_state_read_and_never_back(app: TaskplaneCelery,
                                                                r: redis.Redis) -> None:
     life = app.runtime.lifecycle
-    s = every("advance")
+    s = stored(app, every("advance"))
     assert life.schedule_advance(s.ident, "", T0, skipped=1)
     read = state(r, s)["last_tick"]
     assert not life.schedule_advance(s.ident, "", T0 + 5, missed=3)  # a stale reader
@@ -134,3 +144,28 @@ def test_advance_moves_only_from_the_state_read_and_never_back(app: TaskplaneCel
     st = state(r, s)
     assert (st["skipped"], st["missed"], st["fires"], st["last_task_id"]) == ("1", "0", "1", "t1")
     assert float(st["last_tick"]) == T0 + 5
+
+
+def test_a_schedule_deleted_while_a_replica_advances_it_leaves_no_state(
+        app: TaskplaneCelery, r: redis.Redis) -> None:
+    """The replica read the schedule and its state, the API deleted it, then the replica
+    fired and advanced: the advance must not bring the deleted schedule's state back."""
+    life = app.runtime.lifecycle
+    s = stored(app, every("deleted"))
+    assert scan(app, s, T0 + 1.5)[0] == [T0 + 1]
+    read = life.schedule_state(s.ident)
+    assert read and r.exists(schedule_state_key(s.ident))
+    assert ScheduleStore(life).delete(s.tenant, s.name)  # the API's DELETE, mid-scan
+    assert not r.exists(schedule_state_key(s.ident))
+    out = Scheduler(app).handle(s, read, T0 + 2.5)
+    assert not out.advanced
+    assert not r.exists(schedule_state_key(s.ident))
+    assert not life.schedule_advance(s.ident, "", T0 + 3, fires=1, stored=True)
+    assert not r.exists(schedule_state_key(s.ident))
+
+
+def test_a_code_schedule_advances_without_a_stored_definition(app: TaskplaneCelery,
+                                                               r: redis.Redis) -> None:
+    life = app.runtime.lifecycle
+    assert life.schedule_advance("system/from-code", "", T0)
+    assert r.hget(schedule_state_key("system/from-code"), "last_tick") == repr(T0).encode()

@@ -62,14 +62,6 @@ def _slot() -> Iterator[bool]:
             slots.release()
 
 
-def _channel_client() -> redis.Redis:
-    """The Redis the task's result (and its notifications) live in."""
-    ctx = api_context()
-    if ctx.runtime.lifecycle.results_here:
-        return ctx.runtime.lifecycle.client
-    return ctx.celery.backend.client  # type: ignore[no-any-return]
-
-
 def _final(status: TaskStatus) -> bool:
     return status.state in lifecycle.FINAL_STATES
 
@@ -78,10 +70,12 @@ class _Subscription:
     """The task's result channel, subscribed before the first read."""
 
     def __init__(self, task_id: str) -> None:
-        backend = api_context().celery.backend
-        self.channel = backend.get_key_for_task(task_id)
-        self.pubsub = _channel_client().pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(self.channel)
+        ctx = api_context()
+        if ctx.runtime.lifecycle.results_here:
+            self.pubsub = ctx.runtime.lifecycle.subscribe(task_id)
+        else:
+            self.pubsub = ctx.celery.backend.client.pubsub(ignore_subscribe_messages=True)
+            self.pubsub.subscribe(ctx.celery.backend.get_key_for_task(task_id))
 
     def next_change(self, timeout: float) -> bool:
         """Sleep in Redis until a change is published (True) or ``timeout`` passes."""

@@ -37,7 +37,7 @@ _PATCH = CompiledSchema(schemas.schedule_schema(create=False), "body")
 
 
 def _store() -> ScheduleStore:
-    return ScheduleStore(api_context().runtime.lifecycle.client)
+    return ScheduleStore(api_context().runtime.lifecycle)
 
 
 def _url(name: str) -> str:

@@ -1,0 +1,75 @@
+"""The task lifecycle: states, keys, and the Lua scripts that move a task, one per file.
+
+A reader can walk it in this order:
+
+* ``states``: the states and the state machine's picture; tenants.
+* ``keys``: every Redis key, one function each, with the table of what each holds.
+* ``scripts/*.lua``: one file per transition, each opening with its contract (KEYS and
+  ARGV by name, precondition, writes, reply); ``scripts/lib.lua`` is shared by all.
+* ``store``: loads the scripts and runs every one of them through one function.
+* ``transitions``: the Python face, one method per transition, with the guarantees table.
+* ``listing``, ``ratelimit``, ``schedule_state``: reads, the request rate, the scheduler.
+* ``records``, ``errors``: what goes in and comes out.
+* ``facade``: :class:`Lifecycle`, all of the above under one name.
+
+Everything other modules use is importable from ``taskplane.lifecycle``.
+"""
+
+from __future__ import annotations
+
+from .errors import OutcomeUnknown, PoisonedTask, never_sent
+from .facade import Lifecycle
+from .keys import (
+    PREFIX,
+    dead_index_key,
+    dead_key,
+    ended_index_key,
+    idempotency_key,
+    listing_keys,
+    open_key,
+    rate_key,
+    record_key,
+    schedule_state_key,
+    scheduler_lease_key,
+    schedules_key,
+    tasks_index_key,
+)
+from .listing import Cursor, TaskQuery
+from .records import (
+    ResultWrite,
+    RunStart,
+    Submission,
+    TaskRecord,
+    Transition,
+    dead_letter,
+    fingerprint,
+    visible_state,
+)
+from .states import (
+    FAILURE,
+    FINAL_STATES,
+    PENDING,
+    PROGRESS,
+    RETRY,
+    REVOKED,
+    RUNNING_STATES,
+    STARTED,
+    STATES,
+    SUCCESS,
+    SYSTEM_TENANT,
+    TENANT_HEADER,
+    result_state,
+    tenant_hint,
+)
+from .store import Store
+
+__all__ = [
+    "FAILURE", "FINAL_STATES", "PENDING", "PREFIX", "PROGRESS", "RETRY", "REVOKED",
+    "RUNNING_STATES", "STARTED", "STATES", "SUCCESS", "SYSTEM_TENANT", "TENANT_HEADER",
+    "Cursor", "Lifecycle", "OutcomeUnknown", "PoisonedTask", "ResultWrite", "RunStart",
+    "Store", "Submission", "TaskQuery", "TaskRecord", "Transition", "dead_index_key",
+    "dead_key", "dead_letter", "ended_index_key", "fingerprint", "idempotency_key",
+    "listing_keys", "never_sent", "open_key", "rate_key", "record_key", "result_state",
+    "schedule_state_key", "scheduler_lease_key", "schedules_key", "tasks_index_key",
+    "tenant_hint", "visible_state",
+]

@@ -1,0 +1,51 @@
+""":class:`Lifecycle`: every task's transitions, reads, rate limit and schedule state
+against one Redis, under one name (what the API, the worker and the scheduler hold)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+from redis.client import PubSub
+
+from .listing import Listing
+from .ratelimit import RateLimit
+from .schedule_state import ScheduleState
+from .store import Store
+from .transitions import Transitions
+
+
+class Lifecycle(Transitions, Listing, RateLimit, ScheduleState):
+    """The transitions of every task, against one Redis. Cheap to create; holds one pool.
+
+    Each part lives in its own module (``transitions``, ``listing``, ``ratelimit``,
+    ``schedule_state``); their scripts all run through one :class:`Store`.
+    ``result_key(id)`` names Celery's result key; ``results_here`` says whether results
+    live in this Redis, so transitions write them in the same step (else the result
+    backend writes them on its own, and only the record moves here).
+    """
+
+    def __init__(self, client: redis.Redis, *, record_ttl: int, result_ttl: int,
+                 idempotency_ttl: int, dead_letter_ttl: int,
+                 result_key: Callable[[str], str], results_here: bool,
+                 max_countdown: int = 0) -> None:
+        self._store = Store(client)
+        #: How long a listing index keeps an entry: no record outlives it (submission,
+        #: the longest countdown, then the result's lifetime once it ends).
+        self.keep = record_ttl + max_countdown + result_ttl
+        self.record_ttl = record_ttl
+        self.result_ttl = result_ttl
+        self.idempotency_ttl = idempotency_ttl
+        self.dead_letter_ttl = dead_letter_ttl
+        self.result_key = result_key
+        self.results_here = results_here
+
+    def ping(self) -> bool:
+        """Whether Redis answers (readiness probes)."""
+        return self._store.ping()
+
+    def subscribe(self, task_id: str) -> PubSub:
+        """A pub/sub connection that hears every write of the task's result (``?wait=``,
+        server-sent events): subscribed before the caller's first read, so no write is
+        missed between the read and the wait."""
+        return self._store.subscribe(self.result_key(task_id))

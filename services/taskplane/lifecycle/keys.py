@@ -1,0 +1,128 @@
+"""Every Redis key the lifecycle owns: one function per key, and what each holds.
+
+The scripts receive all of them in ``KEYS`` (never build a name in Lua), so this table
+is the one place a key's name is decided. ``{tenant}`` is immutable per task.
+
+============================================  ======  ==============================================
+key                                           type    holds
+============================================  ======  ==============================================
+``taskplane:task:{id}``                       hash    the record: tenant, task, queue, priority,
+                                                      state, submitted_at, eta, started_at,
+                                                      finished_at, retries, runs_started,
+                                                      runs_ended. Its existence makes an id
+                                                      "submitted" (else 404). TTL
+                                                      ``TASK_RECORD_TTL`` (plus any countdown),
+                                                      then ``RESULT_EXPIRES`` once final.
+``taskplane:idem:{tenant}:{sha256(key)}``     hash    ``fp`` (body hash) and ``id`` of the task an
+                                                      Idempotency-Key created; TTL
+                                                      ``IDEMPOTENCY_TTL``.
+``taskplane:open:{tenant}``                   zset    the tenant's unfinished task ids by
+                                                      submission time (the per-tenant cap).
+``taskplane:rate:{tenant}``                   hash    token bucket of the tenant's request rate.
+``taskplane:tasks:{tenant}``                  zset    the tenant's task ids by submission time
+                                                      (``GET /v1/tasks``); ``taskplane:tasks``
+                                                      holds every tenant's. The same with
+                                                      ``:task:{name}`` or ``:queue:{name}``
+                                                      appended: one task type's, one queue's.
+``taskplane:ended:{tenant}:{state}``          zset    ids of the tenant's tasks that ended in
+                                                      ``state`` (SUCCESS, FAILURE, REVOKED) by
+                                                      submission time; ``taskplane:ended:{state}``
+                                                      for every tenant. Entries of expired
+                                                      records are pruned when read and by age.
+``taskplane:dead:{id}``                       string  JSON dead letter (arguments, error, reason);
+                                                      TTL ``DEAD_LETTER_TTL``.
+``taskplane:dead-letters:{tenant}``           zset    dead-letter ids by time of death.
+``taskplane:dead-letters``                    zset    every tenant's dead-letter ids (operators).
+``celery-task-meta-{id}``                     string  Celery's result, written by the same script
+                                                      as the record (named by the result backend:
+                                                      ``Lifecycle.result_key``).
+queue list (``broker.py``)                    list    the task message, pushed by ``submit`` and
+                                                      ``retry_dead``.
+``taskplane:schedules``                       hash    periodic schedules stored over the API:
+                                                      ``tenant/name`` -> JSON (``schedules.py``).
+``taskplane:schedule-state:{tenant}/{name}``  hash    a schedule's fire state: ``last_tick`` (the
+                                                      newest tick handled), ``last_fired_at``,
+                                                      ``last_task_id``, ``fires``, ``skipped``,
+                                                      ``missed``; moved only by
+                                                      ``schedule_advance``, removed with the
+                                                      schedule by ``schedule_delete``.
+``taskplane:scheduler-lease``                 string  the scheduler replica that scans (saves work
+                                                      only: a fire's exactly-once rests on its
+                                                      Idempotency-Key ``schedule {name} {tick}``).
+============================================  ======  ==============================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "taskplane:"
+
+
+def record_key(task_id: str) -> str:
+    return f"{PREFIX}task:{task_id}"
+
+
+def idempotency_key(tenant: str, key: str) -> str:
+    return f"{PREFIX}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def open_key(tenant: str) -> str:
+    return f"{PREFIX}open:{tenant}"
+
+
+def rate_key(tenant: str) -> str:
+    return f"{PREFIX}rate:{tenant}"
+
+
+def dead_key(task_id: str) -> str:
+    return f"{PREFIX}dead:{task_id}"
+
+
+def dead_index_key(tenant: str | None) -> str:
+    """A tenant's dead-letter index, or (``None``) the index of every tenant's."""
+    return f"{PREFIX}dead-letters:{tenant}" if tenant is not None else f"{PREFIX}dead-letters"
+
+
+def dead_index_keys(tenant: str) -> list[str]:
+    """The tenant's dead-letter index and every tenant's, in that order."""
+    return [dead_index_key(tenant), dead_index_key(None)]
+
+
+def tasks_index_key(tenant: str | None, field: str = "", value: str = "") -> str:
+    """The tasks of a tenant (``None``: of every tenant) by submission time: all of them,
+    or (``field`` "task" or "queue") those of one task type or queue."""
+    base = f"{PREFIX}tasks:{tenant}" if tenant is not None else f"{PREFIX}tasks"
+    return f"{base}:{field}:{value}" if field else base
+
+
+def listing_keys(tenant: str, task: str, queue: str) -> list[str]:
+    """The six listing indexes a task is entered in when submitted (or adopted): all, by
+    task type, by queue; each for its tenant and for every tenant."""
+    return [tasks_index_key(t, f, v) for f, v in (("", ""), ("task", task), ("queue", queue))
+            for t in (tenant, None)]
+
+
+def ended_index_key(tenant: str | None, state: str) -> str:
+    """The tasks of a tenant (``None``: of every tenant) that ended in ``state``, by
+    submission time."""
+    return (f"{PREFIX}ended:{tenant}:{state}" if tenant is not None
+            else f"{PREFIX}ended:{state}")
+
+
+def ended_index_keys(tenant: str, state: str) -> list[str]:
+    """The tenant's index of tasks that ended in ``state`` and every tenant's, in that order."""
+    return [ended_index_key(tenant, state), ended_index_key(None, state)]
+
+
+def schedules_key() -> str:
+    return f"{PREFIX}schedules"
+
+
+def schedule_state_key(ident: str) -> str:
+    """The fire state of the schedule ``tenant/name``."""
+    return f"{PREFIX}schedule-state:{ident}"
+
+
+def scheduler_lease_key() -> str:
+    return f"{PREFIX}scheduler-lease"

@@ -1,0 +1,211 @@
+"""Reads: a task's record and result, the task listing (``GET /v1/tasks``) and the dead
+letters. Nothing here changes a task's state, so reads are plain commands, pipelined a
+batch per round trip; they only drop index entries whose record or letter expired."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .keys import dead_index_key, dead_key, ended_index_key, open_key, record_key, tasks_index_key
+from .records import TaskRecord
+from .states import FINAL_STATES, PROGRESS, STARTED
+from .store import Store
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """What ``GET /v1/tasks`` asks for: one tenant's tasks (``None``: every tenant's, for
+    operators), optionally of one state, task type and queue, submitted in a window."""
+
+    tenant: str | None
+    state: str | None = None  # a lifecycle state; PROGRESS counts as STARTED
+    task: str | None = None
+    queue: str | None = None
+    after: float | None = None  # submitted strictly after (epoch seconds)
+    before: float | None = None  # submitted strictly before
+
+    def matches(self, record: TaskRecord) -> bool:
+        state = STARTED if self.state == PROGRESS else self.state
+        return ((state is None or record.state == state)
+                and (self.task is None or record.task == self.task)
+                and (self.queue is None or record.queue == self.queue)
+                and (self.tenant is None or record.tenant == self.tenant))
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a listing page ended: the last entry's score (submission time) and id."""
+
+    score: float
+    task_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.score, self.task_id], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Raises ValueError for anything :meth:`encode` did not make."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            score, task_id = json.loads(raw)
+        except (binascii.Error, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError("not a cursor") from exc
+        if not isinstance(score, int | float) or not isinstance(task_id, str) or \
+                isinstance(score, bool) or not math.isfinite(score):
+            raise ValueError("not a cursor")
+        return cls(float(score), task_id)
+
+
+class Listing:
+    """The reading part of :class:`~taskplane.lifecycle.Lifecycle`."""
+
+    _store: Store
+    results_here: bool
+    result_key: Callable[[str], str]
+
+    # --- reads --------------------------------------------------------------------------
+
+    def read(self, task_id: str, with_result: bool) -> tuple[TaskRecord | None, bytes | None]:
+        """The record and, when ``with_result`` (results live here), the raw result: one
+        round trip."""
+        if not with_result:
+            raw = self._store.redis.hgetall(record_key(task_id))
+            return (TaskRecord.from_hash(task_id, raw) if raw else None), None
+        with self._store.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(record_key(task_id))
+            pipe.get(self.result_key(task_id))
+            raw, meta = pipe.execute()
+        return (TaskRecord.from_hash(task_id, raw) if raw else None), meta
+
+    def list_tasks(self, query: TaskQuery, limit: int, cursor: Cursor | None = None,
+                   max_examined: int = 1000
+                   ) -> tuple[list[tuple[TaskRecord, bytes | None]], Cursor | None]:
+        """A page of tasks matching ``query``, newest submission first, with their raw
+        results (when results live here), and the cursor of the next page (None: the end).
+
+        Walks the one index that holds every possible match (:meth:`_index_for`: the tasks
+        that ended in a final state, the tenant's unfinished tasks, one task type's, one
+        queue's, or all), from ``cursor`` down, reading records a batch per round trip. With
+        one filter (and the time window) a page costs O(log n + page); a second filter
+        reads at most ``max_examined`` entries per page, so a page may hold fewer than
+        ``limit`` tasks, and ``next`` says where to go on. Entries whose record has
+        expired are dropped from the index as they are met.
+        """
+        index = self._index_for(query)
+        low = "-inf" if query.after is None else f"({query.after!r}"
+        high = "+inf" if query.before is None else f"({query.before!r}"
+        skip_ties: Cursor | None = None
+        if cursor is not None:
+            high = repr(cursor.score) if query.before is None or cursor.score < query.before \
+                else high
+            skip_ties = cursor
+        found: list[tuple[TaskRecord, bytes | None]] = []
+        examined, last = 0, cursor
+        batch = max(limit, 50)
+        while len(found) < limit and examined < max_examined:
+            entries = self._store.redis.zrevrangebyscore(index, high, low, start=0, num=batch,
+                                                   withscores=True)
+            if skip_ties is not None:  # entries at the cursor's score not yet passed
+                tie = skip_ties
+                entries = [(m, sc) for m, sc in entries
+                           if not (sc == tie.score and m.decode() >= tie.task_id)]
+            if not entries:
+                return found, None
+            with self._store.redis.pipeline(transaction=False) as pipe:
+                for member, _ in entries:
+                    pipe.hgetall(record_key(member.decode()))
+                    if self.results_here:
+                        pipe.get(self.result_key(member.decode()))
+                replies = pipe.execute()
+            step = 2 if self.results_here else 1
+            gone = []
+            for n, (member, score) in enumerate(entries):
+                task_id = member.decode()
+                raw, meta = replies[n * step], replies[n * step + 1] if self.results_here else None
+                examined += 1
+                last = Cursor(score, task_id)
+                if not raw:
+                    gone.append(member)
+                else:
+                    record = TaskRecord.from_hash(task_id, raw)
+                    if query.matches(record):
+                        found.append((record, meta))
+                if len(found) >= limit or examined >= max_examined:
+                    break
+            if gone:
+                self._store.redis.zrem(index, *gone)
+            if last is not None:
+                high, skip_ties = repr(last.score), last
+        return found, last
+
+    @staticmethod
+    def _index_for(query: TaskQuery) -> str:
+        """The smallest index that holds every task ``query`` can match."""
+        if query.state in FINAL_STATES:
+            return ended_index_key(query.tenant, query.state)
+        if query.state is not None and query.tenant is not None:
+            return open_key(query.tenant)  # unfinished tasks only, by submission time
+        if query.task is not None:
+            return tasks_index_key(query.tenant, "task", query.task)
+        if query.queue is not None:
+            return tasks_index_key(query.tenant, "queue", query.queue)
+        return tasks_index_key(query.tenant)
+
+    def runs_over(self, task_ids: Sequence[str]) -> bool:
+        """Whether none of these tasks is running any more (each ended, is waiting for a
+        retry, or has no record): one round trip."""
+        if not task_ids:
+            return True
+        with self._store.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(record_key(task_id), "state")
+            states = pipe.execute()
+        return all(state != STARTED.encode() for state in states)
+
+    # --- dead letters -------------------------------------------------------------------
+
+    def dead_letter(self, tenant: str | None, task_id: str) -> dict[str, Any] | None:
+        """The dead letter, decoded, if it is ``tenant``'s (``None``: whoever's)."""
+        found = self.dead_letter_raw(tenant, task_id)
+        return found[1] if found is not None else None
+
+    def dead_letter_raw(self, tenant: str | None, task_id: str
+                        ) -> tuple[str, dict[str, Any]] | None:
+        """The dead letter as stored (for ``retry_dead``) and decoded, if it is ``tenant``'s
+        (``None``: whoever's, for operators)."""
+        raw = self._store.redis.get(dead_key(task_id))
+        if raw is None:
+            return None
+        entry: dict[str, Any] = json.loads(raw)
+        return (raw.decode(), entry) if tenant in (None, entry.get("tenant")) else None
+
+    def dead_letters(self, tenant: str | None, limit: int, offset: int
+                     ) -> tuple[int, list[dict[str, Any]]]:
+        """A tenant's dead letters, newest first, or every tenant's (``tenant`` None)."""
+        index = dead_index_key(tenant)
+        with self._store.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(index, offset, offset + limit - 1)
+            pipe.zcard(index)
+            raw_ids, total = pipe.execute()
+        ids = [i.decode() for i in raw_ids]
+        if not ids:
+            return total, []
+        raws = self._store.redis.mget([dead_key(i) for i in ids])
+        entries, gone = [], []
+        for task_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                gone.append(task_id)
+            else:
+                entries.append(json.loads(raw))
+        if gone:  # expired entries: drop them from the index too
+            self._store.redis.zrem(index, *gone)
+            if tenant is not None:
+                self._store.redis.zrem(dead_index_key(None), *gone)
+        return total - len(gone), entries

@@ -1,0 +1,36 @@
+-- revoke: a task not yet started never runs; a running one is stopped only when asked
+-- (``terminate``: the caller then broadcasts the kill).
+--
+-- KEYS  record        the task's record
+--       open          the tenant's unfinished tasks
+--       revoked x2    the tenant's and every tenant's index of REVOKED tasks
+--       result        Celery's result key                (only when value ~= '')
+-- ARGV  id, now, result ttl (the record's lifetime once final), tenant, terminate
+--       ('1'/'0'), value (the REVOKED result; '' for none), value_ttl, keep (index
+--       lifetime).
+-- Precondition  (lib.lua may_end) the record exists, is the tenant's and has not ended;
+--       it is PENDING or RETRY, or STARTED with terminate.
+-- Writes  the record (REVOKED), open set, REVOKED indexes, the result.
+-- Returns {outcome, previous state}: revoked | missing | final | running (STARTED,
+--       without terminate) | tenant (as finish).
+
+local record, open = KEYS[1], KEYS[2]
+local revoked = keys_from(3, 2)
+local id = ARGV[1]
+local now = ARGV[2]
+local ttl = ARGV[3]
+local tenant = ARGV[4]
+local terminate = ARGV[5]
+local value = ARGV[6]
+local value_ttl = ARGV[7]
+local keep = ARGV[8]
+local result
+if value ~= '' then result = KEYS[5] end
+
+local refused, current = may_end(record, nil, '', 0, tenant, '0')
+if refused then return refused end
+current = current or 'PENDING'
+if current == 'STARTED' and terminate ~= '1' then return {'running', current} end
+close(record, open, revoked, id, 'REVOKED', now, ttl, keep)
+if result then write_result(result, value, value_ttl) end
+return {'revoked', current}

@@ -1,0 +1,67 @@
+-- submit: accept a task. A rate token, the Idempotency-Key, the tenant's cap, the
+-- record and the message: all written or none. A replayed key returns the first task,
+-- never a second one. A first use of a key is one call; a replay is two.
+--
+-- KEYS  record        the new task's record
+--       open          the tenant's unfinished tasks (its cap)
+--       queue         the queue list the message goes to
+--       listed x6     the listing indexes (keys.listing_keys)
+--       bucket        the tenant's rate bucket           (only when rate > 0)
+--       idem          the Idempotency-Key's hash         (only when fp ~= '')
+--       held          the record of the task the key held when the caller read it
+--                                                        (only when held_read ~= '')
+-- ARGV  id, record ttl, now, cap (0: none), rate (tokens/s, 0: no limit), burst,
+--       fp (body fingerprint; '' without a key), idempotency ttl, held_read (the id the
+--       key held when the caller read it; '' if none), message, keep (index lifetime),
+--       the record's field/value pairs...
+-- Precondition  the key still holds what the caller read; a token is free; the key is
+--       unused or its task's record expired; the id is new; the tenant is under its cap.
+-- Writes  the record (PENDING), open set, listing indexes, the message, the key.
+-- Returns {outcome, id, retry_after}: created | replay (id: the first task) | conflict
+--       (the key was used with another body) | rate_limited (retry_after seconds) |
+--       cap_reached | stale (the key names another task than the caller said: id is
+--       that task; call again passing its record, so this script can see it exists).
+
+local record, open, queue = KEYS[1], KEYS[2], KEYS[3]
+local listed = keys_from(4, 6)
+local id = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local rate = tonumber(ARGV[5])
+local burst = tonumber(ARGV[6])
+local fp = ARGV[7]
+local idem_ttl = ARGV[8]
+local held_read = ARGV[9]
+local message = ARGV[10]
+local keep = ARGV[11]
+local fields = args_from(12)
+local optional = 9
+local bucket, idem, held
+if rate > 0 then optional = optional + 1; bucket = KEYS[optional] end
+if fp ~= '' then optional = optional + 1; idem = KEYS[optional] end
+if held_read ~= '' then optional = optional + 1; held = KEYS[optional] end
+
+if idem then
+  local holds = redis.call('HGET', idem, 'id') or ''
+  if holds ~= held_read then return {'stale', holds, '0'} end
+end
+if bucket then
+  local granted, tokens = take_token(bucket, rate, burst)
+  if not granted then return {'rate_limited', '', tostring((1 - tokens) / rate)} end
+end
+if held then
+  if redis.call('HGET', idem, 'fp') ~= fp then return {'conflict', held_read, '0'} end
+  if redis.call('EXISTS', held) == 1 then return {'replay', held_read, '0'} end
+  -- the first task's record expired: this request starts afresh under the key
+end
+if redis.call('EXISTS', record) == 1 then return {'replay', id, '0'} end
+if not has_room(open, now, ttl, cap) then return {'cap_reached', '', '0'} end
+open_record(record, open, listed, id, now, ttl, keep, fields)
+redis.call('LPUSH', queue, message)
+if idem then
+  redis.call('DEL', idem)
+  redis.call('HSET', idem, 'fp', fp, 'id', id)
+  redis.call('EXPIRE', idem, idem_ttl)
+end
+return {'created', id, '0'}
