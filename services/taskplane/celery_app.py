@@ -21,7 +21,7 @@ import redis
 from celery import states
 from celery.exceptions import TaskRevokedError
 
-from . import broker, lifecycle, redis_conn, results
+from . import broker, lifecycle, metrics, redis_conn, results
 from .lifecycle import Lifecycle, OutcomeUnknown, Submission, TaskRecord, Transition
 from .runtime import Runtime, TaskplaneCelery
 from .settings import Settings
@@ -118,7 +118,10 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
                             dead_letter_ttl=settings.dead_letter_ttl,
                             result_key=lambda task_id: app.backend.get_key_for_task(task_id).decode(),
                             results_here=settings.results_with_records,
-                            max_countdown=settings.max_countdown),
+                            max_countdown=settings.max_countdown,
+                            acks=settings.replicas_ack, ack_timeout=settings.redis_ack_timeout,
+                            # a worker ending a run it finished logs a shortfall, and acks
+                            strict_acks=not patient, on_ack=metrics.count_replica_ack),
         broker=broker.RedisBroker(client),
     )
     return app

@@ -356,6 +356,26 @@ def await_master(settings: Settings, who: str) -> None:
             time.sleep(1)
 
 
+def warn_if_too_few_replicas(settings: Settings, who: str) -> int | None:
+    """Log a warning when ``REDIS_MIN_REPLICAS_ACK`` asks for more replicas than the master
+    has: then every accepting transition answers ``outcome_unknown`` (README). Returns the
+    replicas counted, or None when the master could not be asked (nothing is said then: a
+    process starting during an outage is not misconfigured)."""
+    wanted = settings.replicas_ack
+    if wanted <= 0:
+        return None
+    try:
+        found = int(client(settings.redis_url, settings, timeout=1.0)
+                    .info("replication").get("connected_slaves", 0))
+    except redis.RedisError:
+        return None
+    if found < wanted:
+        log.warning("taskplane %s: REDIS_MIN_REPLICAS_ACK=%d but the master has %d replica(s): "
+                    "every accepted task will be answered 503 outcome_unknown until enough "
+                    "replicas are connected", who, wanted, found)
+    return found
+
+
 def broker_options(settings: Settings) -> dict[str, Any]:
     """``broker_transport_options`` a Sentinel ``REDIS_URL`` needs ({} for a single node):
     the master set, the sentinels' connection options, keepalive."""

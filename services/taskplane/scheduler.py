@@ -275,6 +275,7 @@ def run(settings: Settings) -> None:
     os.environ.pop(metrics.MULTIPROC_ENV, None)
     metrics.configure(settings.metrics_enabled)
     redis_conn.await_master(settings, "scheduler")
+    redis_conn.warn_if_too_few_replicas(settings, "scheduler")
     app = create_celery(settings, patient=False)
     scheduler = Scheduler(app)
     if settings.scheduler_metrics_port:

@@ -70,6 +70,17 @@ class Settings:
         "REDIS_SENTINEL_TLS", False,
         "Speak TLS to the sentinels (checked against `REDIS_TLS_CA_FILE`).",
     )
+    redis_min_replicas_ack: str = _setting(
+        "REDIS_MIN_REPLICAS_ACK", "auto",
+        "Replicas that must confirm (`WAIT`) a transition that accepts work (submit, "
+        "dead-letter retry, a schedule's fire) or ends a run before it is answered; unconfirmed "
+        "in `REDIS_ACK_TIMEOUT`: `503 outcome_unknown`. `auto`: 1 behind Sentinel, 0 for a "
+        "single node. Above the replicas there are, every accept is `outcome_unknown`.",
+    )
+    redis_ack_timeout: float = _setting(
+        "REDIS_ACK_TIMEOUT", 1.0,
+        "Seconds `WAIT` waits for `REDIS_MIN_REPLICAS_ACK` replicas; below `REDIS_TIMEOUT`.",
+    )
     redis_startup_timeout: float = _setting(
         "REDIS_STARTUP_TIMEOUT", 60.0,
         "Seconds a worker or scheduler waits at start for the master behind Sentinel; then it "
@@ -335,6 +346,14 @@ class Settings:
                           ("RESULT_BACKEND_URL", self.result_backend_url)):
             if url:
                 _check_redis_url(name, url, self.redis_allow_no_password)
+        ack = self.redis_min_replicas_ack.strip().lower()
+        if ack != "auto" and not (ack.isdigit() and int(ack) <= 16):
+            raise SettingsError("REDIS_MIN_REPLICAS_ACK must be auto or a number of replicas "
+                                "(0-16)")
+        if not 0 < self.redis_ack_timeout or (
+                self.replicas_ack and self.redis_ack_timeout >= self.redis_timeout):
+            raise SettingsError("REDIS_ACK_TIMEOUT must be above 0 and below REDIS_TIMEOUT, or "
+                                "the socket times out before WAIT answers")
         sentinel = is_sentinel(self.redis_url) or is_sentinel(self.result_backend_url)
         if sentinel and not self.redis_sentinel_master:
             raise SettingsError(
@@ -342,6 +361,15 @@ class Settings:
                 "to the name of the master set the sentinels watch")
 
     # --- derived values ---------------------------------------------------------------
+
+    @property
+    def replicas_ack(self) -> int:
+        """``REDIS_MIN_REPLICAS_ACK`` as a number: ``auto`` is 1 behind Sentinel (a failover
+        must not erase what was answered), 0 for a single node (no replica to wait for)."""
+        value = self.redis_min_replicas_ack.strip().lower()
+        if value == "auto":
+            return 1 if is_sentinel(self.redis_url) else 0
+        return int(value)
 
     @property
     def results_url(self) -> str:

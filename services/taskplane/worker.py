@@ -367,6 +367,7 @@ def run(settings: Settings, extra: Sequence[str] = ()) -> None:
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     metrics.prepare_multiprocess_dir("worker")  # this process owns it; before the probes serve
     redis_conn.await_master(settings, "worker")  # behind Sentinel: a master, or exit saying why
+    redis_conn.warn_if_too_few_replicas(settings, "worker")
     _app(settings)
     serve_probes(settings)  # a taken port stops the worker here, before it takes any task
     # The ``celery`` command itself, pointed at this app: its ``main`` returns the worker's

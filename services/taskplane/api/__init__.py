@@ -11,7 +11,7 @@ import logging
 
 from flask import Flask, Response
 
-from .. import metrics
+from .. import metrics, redis_conn
 from ..celery_app import create_celery
 from ..settings import Settings
 from . import auth, errors, health, limits, observe, routes, schedules, seed
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     observe.init_app(app, settings.access_log)
     limits.init_app(app)
     celery = create_celery(settings)
+    redis_conn.warn_if_too_few_replicas(settings, "api")
     app.extensions["taskplane"] = ApiContext(
         settings=settings,
         celery=celery,
