@@ -19,8 +19,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import httpserver, metrics
+from . import httpserver, metrics, redis_conn
 from .broker import RedisBroker
+from .sentinel_watch import SentinelCollector
 from .settings import Settings
 
 log = logging.getLogger("taskplane.exporter")
@@ -75,6 +76,8 @@ def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollect
     collector = QueueCollector(runtime.broker, runtime.known_queues())
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    if redis_conn.is_sentinel(settings.redis_url):  # the master set's health (failovers, lag)
+        registry.register(SentinelCollector(settings))
     return registry, collector
 
 
