@@ -12,7 +12,7 @@ help:  ## this list
 install:  ## create .venv and install Taskplane with dev and test extras (pinned)
 	@scripts/bootstrap.sh
 
-run: install  ## start Redis, the API on :8000, a worker and the scheduler; Ctrl-C stops them all
+run: install  ## start Redis, the API on :8000, a worker and the scheduler (free ports when taken); writes .run/env; Ctrl-C stops them all
 	@$(BIN)/taskplane dev
 
 monitor: install  ## the local stack plus a Prometheus loaded with the rules; prints its URL
@@ -69,8 +69,14 @@ lock:  ## re-pin requirements.lock and requirements-build.lock (hashed, for imag
 clean:  ## remove the virtualenv, tool cache and local stack data
 	rm -rf $(VENV) .tools .run .pytest_cache .ruff_cache
 
-.PHONY: flower
-flower: install  ## Flower on 127.0.0.1:5555 for REDIS_URL (beside `make run`); FLOWER_BASIC_AUTH=user:pass asks a login
-	$(BIN)/celery --broker="$${REDIS_URL:-redis://127.0.0.1:6379/0}" flower \
-	  --address=127.0.0.1 --port="$${FLOWER_PORT:-5555}" \
+.PHONY: flower celery
+flower: install  ## Flower on 127.0.0.1:5555 (a free port if taken) for the stack `make run` runs here (.run/env); FLOWER_BASIC_AUTH=user:pass asks a login
+	@. scripts/stack-env.sh && \
+	port="$${FLOWER_PORT:-$$($(BIN)/python -c 'from taskplane.localproc import port_or_free; print(port_or_free(5555))')}" && \
+	echo "Flower: http://127.0.0.1:$$port" && \
+	$(BIN)/celery --broker="$$REDIS_URL" flower \
+	  --address=127.0.0.1 --port="$$port" \
 	  --conf="$$($(BIN)/python -c 'import taskplane.flowerconfig as c; print(c.__file__)')"
+
+celery: install  ## Celery's own CLI against the stack `make run` runs here (.run/env), e.g. make celery ARGS="inspect ping"
+	@. scripts/stack-env.sh && $(BIN)/celery --broker="$$REDIS_URL" $(ARGS)

@@ -18,6 +18,7 @@ second run keeps one worker.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -25,12 +26,13 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from tests.support.procs import Proc, free_port, http_ok
+
 from . import tasks as bench_tasks
-from .figures import SUBMIT_PATH, Sizes, rounded
+from .figures import SUBMIT_PATH, Progress, Sizes, rounded
 from .hpa import Autoscaler, HpaSpec, read_chart_autoscaler
 from .loadgen import Client
-from .progress import Reporter
-from .stack import ROOT, Proc, Stack, free_port, http_ok
+from .stack import ROOT, Stack
 
 RULES = ROOT / "monitoring" / "rules" / "taskplane.rules.yaml"
 
@@ -62,7 +64,7 @@ class WorkerPool:
             self._start()
         while len(self.active) > replicas:
             proc, _ = self.active.pop()  # the newest pod goes first
-            proc.signal(15)  # SIGTERM to the main process, like the kubelet
+            proc.send(15)  # SIGTERM to the main process, like the kubelet
             self.sigterm_at[proc.name] = time.time()
             self.terminating.append((proc, time.monotonic() + self.spec.termination_grace_seconds))
 
@@ -71,7 +73,7 @@ class WorkerPool:
         for proc, deadline in self.terminating:
             if not proc.alive():
                 self.stack.stop(proc)
-                self.stopped.append({"worker": proc.name, "exit": proc.proc.returncode,
+                self.stopped.append({"worker": proc.name, "exit": proc.returncode,
                                      "shutdown_s": rounded(time.time() - self.sigterm_at[proc.name], 2)})
             elif time.monotonic() > deadline:  # grace period over: the kubelet's SIGKILL
                 proc.stop(9)
@@ -235,7 +237,7 @@ def _counts(stack: Stack, ids: list[str]) -> tuple[list[int], list[int], list[fl
     return started, completed, finished
 
 
-def one_run(stack: Stack, spec: HpaSpec, prom: str, api_base: str, sizes: Sizes, rep: Reporter,
+def one_run(stack: Stack, spec: HpaSpec, prom: str, api_base: str, sizes: Sizes, rep: logging.Logger,
             autoscaled: bool, pool: WorkerPool | None = None) -> dict[str, Any]:
     """One burst on the autoscaled pool (or on one fixed worker), until everything ran."""
     mode = "autoscaled" if autoscaled else "fixed"
@@ -261,7 +263,7 @@ def one_run(stack: Stack, spec: HpaSpec, prom: str, api_base: str, sizes: Sizes,
                 raise TimeoutError("Prometheus has no queue metrics from the exporter")
             time.sleep(0.2)
 
-        rep.say(f"{mode} run: {len(pool.active)} worker(s) ready, Prometheus sees the queue; burst")
+        rep.info(f"{mode} run: {len(pool.active)} worker(s) ready, Prometheus sees the queue; burst")
         load = Load(api_base, stack.token, sizes)
         t0 = time.time()
         loader = threading.Thread(target=load.run, daemon=True)
@@ -275,7 +277,7 @@ def one_run(stack: Stack, spec: HpaSpec, prom: str, api_base: str, sizes: Sizes,
         trickle_to: float | None = None
         next_sample = time.monotonic()
         client = stack.client()
-        with rep.bar(f"{mode} run (burst tasks done)", sizes.burst_tasks) as bar:
+        with Progress(rep, f"{mode} run (burst tasks done)", sizes.burst_tasks) as bar:
             while True:
                 if load.error:
                     raise RuntimeError(f"load failed: {load.error!r}")
@@ -288,8 +290,8 @@ def one_run(stack: Stack, spec: HpaSpec, prom: str, api_base: str, sizes: Sizes,
                     decisions.append(decision.as_dict())
                     if decision.desired != current:
                         shown = {k: None if v is None else round(v, 1) for k, v in values.items()}
-                        rep.say(f"  t={decision.at:5.1f}s scale {current} -> {decision.desired} "
-                                f"({decision.reason}; {shown})")
+                        rep.info(f"  t={decision.at:5.1f}s scale {current} -> {decision.desired} "
+                                 f"({decision.reason}; {shown})")
                     pool.scale_to(decision.desired)
                 if time.monotonic() < next_sample:
                     time.sleep(0.05)
@@ -319,7 +321,7 @@ def one_run(stack: Stack, spec: HpaSpec, prom: str, api_base: str, sizes: Sizes,
                         break
         loader.join(10)
         end = time.time()
-        rep.say(f"{mode} run: every task ran ({end - t0:.1f}s)")
+        rep.info(f"{mode} run: every task ran ({end - t0:.1f}s)")
         accepted = list(load.accepted)
         started, completed, finished = _counts(stack, accepted)
         burst_set = set(load.burst_ids)
@@ -369,11 +371,11 @@ def one_run(stack: Stack, spec: HpaSpec, prom: str, api_base: str, sizes: Sizes,
         pool.close()
 
 
-def autoscaling(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+def autoscaling(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
     overrides = dict(sizes.hpa_overrides)
     spec = read_chart_autoscaler(set_values=overrides)
-    rep.say(f"autoscaling: chart HPA {spec.name}: {spec.min_replicas}-{spec.max_replicas} replicas, "
-            + ", ".join(f"{m.name} {m.target_type} {m.target:g}" for m in spec.metrics))
+    rep.info(f"autoscaling: chart HPA {spec.name}: {spec.min_replicas}-{spec.max_replicas} replicas, "
+             + ", ".join(f"{m.name} {m.target_type} {m.target:g}" for m in spec.metrics))
     stack.flush()
     first = WorkerPool(stack, spec, "autoscaled")
     first.scale_to(spec.min_replicas)  # starts while the rest comes up
@@ -381,8 +383,8 @@ def autoscaling(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     api = stack.start_api("api-autoscale", wait=False)
     prom = stack.start_prometheus(prometheus_config(spec, f"127.0.0.1:{exporter.port}",
                                                     f"127.0.0.1:{api.port}", sizes.scrape_interval))
-    exporter.wait()
-    api.wait()
+    exporter.wait_http()
+    api.wait_http()
     try:
         auto = one_run(stack, spec, prom.base, api.base, sizes, rep, autoscaled=True, pool=first)
         fixed = one_run(stack, spec, prom.base, api.base, sizes, rep, autoscaled=False)

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from tests.support.procs import descendants, proc_stat
 
 #: (component, file patterns): a frame belongs to the first row with a pattern that is a
 #: substring of its file's path ('/'-separated; py-spy is run with --full-filenames).
@@ -211,33 +212,9 @@ def shares(samples: Iterable[Sample], table: Table, roles: dict[str, str] | None
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()  # fields from the 3rd (state) on
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields:
-                parents.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return sorted(found)
-
-
 def cpu_seconds(pid: int, reaped: bool = False) -> tuple[float, float] | None:
     """(user, system) CPU seconds of ``pid`` (with ``reaped``: plus its reaped children's)."""
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     if fields is None:
         return None
     # fields[11:15] are utime, stime, cutime, cstime (the stat file's 14th-17th)
@@ -253,7 +230,7 @@ def tree_cpu(pid: int) -> dict[int, tuple[float, float]]:
     root = cpu_seconds(pid, reaped=True)
     if root is not None:
         out[pid] = root
-    for child in descendants(pid):
+    for child in descendants(pid, zombies=True):
         value = cpu_seconds(child)
         if value is not None:
             out[child] = value

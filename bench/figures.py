@@ -9,6 +9,7 @@ neighbour on this 2-core machine hurts every side alike.
 from __future__ import annotations
 
 import json
+import logging
 import signal as signals
 import statistics
 import subprocess
@@ -22,12 +23,13 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+from tests.support.procs import Proc, free_port, rss_kib
+
 from taskplane import broker
 
 from . import cpu_profile
 from .loadgen import Client, connection_split, paced, redis_benchmark, run_wrk
-from .progress import Reporter
-from .stack import BASELINE, ROOT, Proc, Server, Stack, free_port, rss_kib
+from .stack import BASELINE, ROOT, Stack
 
 SUBMIT_PATH = "/v1/tasks"
 NOOP_BODY = {"task": "bench.noop", "kwargs": {"data": "example_data"}}
@@ -129,6 +131,29 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
     return ordered[rank - 1]
+
+
+class Progress:
+    """Logs how far a long step is at every tenth of ``total``: ten lines, in a terminal or CI."""
+
+    def __init__(self, log: logging.Logger, label: str, total: float) -> None:
+        self.log, self.label, self.total = log, label, max(total, 1e-9)
+        self.decile, self.started = -1, time.monotonic()
+
+    def __enter__(self) -> Progress:
+        self.update(0)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.update(self.total)
+
+    def update(self, value: float) -> None:
+        decile = int(min(value, self.total) / self.total * 10)
+        if decile != self.decile:
+            self.decile = decile
+            self.log.info("  %s: %3.0f%% (%s/%s, %.1fs)", self.label, decile * 10, f"{value:,.0f}",
+                          f"{self.total:,.0f}", time.monotonic() - self.started)
 
 
 def rounded(value: float, digits: int = 3) -> float:
@@ -297,11 +322,11 @@ ENQUEUE_RATIOS = {
 }
 ENQUEUE_TARGETS = {"taskplane_vs_floor": 0.8}
 
-def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+def enqueue(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
     """Requests/s and latency of submitting a task, against the post's app, the bare route
     and the floor (one LPUSH per request)."""
-    rep.say("figure 1: starting the bare Flask app, the floor, the post's app and Taskplane's API "
-            "(metrics on/off)")
+    rep.info("figure 1: starting the bare Flask app, the floor, the post's app and Taskplane's API "
+             "(metrics on/off)")
     servers = {
         "bare": stack.start_baseline_api("bare-api", "bare:app", wait=False),
         "floor": stack.start_baseline_api("floor-api", "floor:app", wait=False),
@@ -310,7 +335,7 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
         "taskplane_metrics_off": stack.start_api("api-metrics-off", metrics=False, wait=False),
     }
     for server in servers.values():
-        server.wait().wait_workers(stack.api_workers())  # the split check needs them all
+        server.wait_http().wait_children(stack.api_workers())  # the split check needs them all
     body = json.dumps(NOOP_BODY)
     requests = {
         "bare": {"url": servers["bare"].base + "/"},
@@ -322,7 +347,7 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                                   "method": "POST", "body": body, "headers": auth_headers(stack)},
     }
     names = list(requests)
-    spreads = {name: partial(connection_split, servers[name].port, servers[name].worker_pids())
+    spreads = {name: partial(connection_split, servers[name].port, servers[name].children())
                for name in names}
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     if sizes.enqueue_warmup_seconds:
@@ -330,7 +355,7 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
             run_wrk(seconds=sizes.enqueue_warmup_seconds, connections=sizes.connections,
                     workdir=stack.workdir, **requests[name])
     total = sizes.enqueue_rounds * len(names)
-    with rep.bar("enqueue (wrk runs)", total) as bar:
+    with Progress(rep, "enqueue (wrk runs)", total) as bar:
         done = 0
         for rnd in range(sizes.enqueue_rounds):
             order = names[rnd % len(names):] + names[:rnd % len(names)]
@@ -380,8 +405,8 @@ def enqueue(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     }
 
 
-def redis_limits(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
-    rep.say("bare limit: redis-benchmark LPUSH/RPOP on the same Redis")
+def redis_limits(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
+    rep.info("bare limit: redis-benchmark LPUSH/RPOP on the same Redis")
     stack.flush()
     results = redis_benchmark(stack.redis.port, requests=sizes.redis_requests)
     stack.flush()
@@ -416,14 +441,14 @@ def floor_list(stack: Stack, queue: str, n: int) -> str:
     return key
 
 
-def execution(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+def execution(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
     """Tasks/s one worker pod (2 processes) drains from a backlog of no-op tasks, against the
     post's worker and the execution floor (``baseline/exec_floor.py``)."""
     sides = list(EXEC_SIDES)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
     n = sizes.exec_tasks
     previous: Proc | None = None
-    with rep.bar("execution (drains)", sizes.exec_rounds * len(sides)) as bar:
+    with Progress(rep, "execution (drains)", sizes.exec_rounds * len(sides)) as bar:
         done = 0
         for rnd in range(sizes.exec_rounds):
             order = sides[rnd % len(sides):] + sides[:rnd % len(sides)]
@@ -500,18 +525,18 @@ PROFILED = {
 }
 
 
-def profile_enqueue(stack: Stack, server: Server, request: dict[str, Any],
-                    spread: Callable[[], list[int]], sizes: Sizes, rep: Reporter,
+def profile_enqueue(stack: Stack, server: Proc, request: dict[str, Any],
+                    spread: Callable[[], list[int]], sizes: Sizes, rep: logging.Logger,
                     side: str = "taskplane") -> dict[str, Any]:
     """One more wrk run against ``side``'s server (Taskplane's API with metrics on, or the
     floor, whose profile shows what the machinery both share costs) under py-spy: not
     counted above."""
-    rep.say(f"figure 1: one more {sizes.profile_enqueue_seconds:g}s run of {side} under "
-            "py-spy (CPU breakdown; not counted)")
+    rep.info(f"figure 1: one more {sizes.profile_enqueue_seconds:g}s run of {side} under "
+             "py-spy (CPU breakdown; not counted)")
     try:
         stack.flush()
         client = stack.client()
-        with cpu_profile.Sampler(server.proc.pid, rate=sizes.profile_rate, workdir=stack.workdir,
+        with cpu_profile.Sampler(server.pid, rate=sizes.profile_rate, workdir=stack.workdir,
                                  name="enqueue") as sampler, sampler.window(client) as window:
             result = run_wrk(seconds=sizes.profile_enqueue_seconds, connections=sizes.connections,
                              workdir=stack.workdir, spread=spread, **request)
@@ -528,7 +553,7 @@ def profile_enqueue(stack: Stack, server: Server, request: dict[str, Any],
         return _profile_failed(exc)
 
 
-def profile_execution(stack: Stack, sizes: Sizes, rep: Reporter, side: str = "taskplane"
+def profile_execution(stack: Stack, sizes: Sizes, rep: logging.Logger, side: str = "taskplane"
                       ) -> dict[str, Any]:
     """One more drain by a Taskplane worker pod (metrics on), or by the post's worker (what
     Celery's own loop costs), under py-spy: not counted above.
@@ -538,8 +563,8 @@ def profile_execution(stack: Stack, sizes: Sizes, rep: Reporter, side: str = "ta
     """
     n = sizes.profile_exec_tasks
     who = "a Taskplane worker pod" if side == "taskplane" else "the post's worker"
-    rep.say(f"figure 2: one more drain of {n:,} tasks by {who} under py-spy "
-            "(CPU breakdown; not counted)")
+    rep.info(f"figure 2: one more drain of {n:,} tasks by {who} under py-spy "
+             "(CPU breakdown; not counted)")
     worker: Proc | None = None
     try:
         queue = "bench-exec-profile"
@@ -588,7 +613,7 @@ def _finished_at(body: Any) -> float | None:
     return datetime.fromisoformat(body["finished_at"].replace("Z", "+00:00")).timestamp()
 
 
-def _fetch_all(api: Server, token: str, ids: list[str], threads: int = 8) -> list[Any]:
+def _fetch_all(api: Proc, token: str, ids: list[str], threads: int = 8) -> list[Any]:
     """GET /v1/tasks/<id> for every id, through the API."""
     bodies: list[Any] = [None] * len(ids)
     lock = threading.Lock()
@@ -621,7 +646,7 @@ def _latency_summary(latencies_ms: list[float]) -> dict[str, Any]:
             "max_ms": rounded(max(latencies_ms), 2) if latencies_ms else None}
 
 
-def latency(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+def latency(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
     """Submit → SUCCESS visible through the API, at light load and at 80 % of capacity."""
     stack.flush()
     api = stack.start_api("api-latency")
@@ -632,7 +657,7 @@ def latency(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
         return Client(api.base, token)
 
     # capacity: tasks/s the pod completes while the API is saturated by this same client
-    rep.say("figure 3: capacity probe (API saturated, one worker pod draining)")
+    rep.info("figure 3: capacity probe (API saturated, one worker pod draining)")
     n_probe = int(sizes.probe_rate * sizes.capacity_seconds)
     probe = paced(n_probe, sizes.probe_rate, lambda c, i: (*_submit(c), None), client, threads=16,
                   duration=sizes.capacity_seconds)
@@ -645,7 +670,7 @@ def latency(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     accepted_rate = len(probe_ids) / max(1e-9, window_end - window_start)
 
     # light load: every task polled until SUCCESS is visible
-    rep.say(f"figure 3: light load, {sizes.light_rate:g} tasks/s, each polled every 5 ms")
+    rep.info(f"figure 3: light load, {sizes.light_rate:g} tasks/s, each polled every 5 ms")
     stack.flush()
 
     def submit_and_poll(c: Client, i: int) -> tuple[int, Any, Any]:
@@ -672,10 +697,10 @@ def latency(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
 
     # 80 % of capacity: submit only; read each task's finished_at through the API afterwards
     rate = max(1.0, 0.8 * capacity)
-    rep.say(f"figure 3: 80% of capacity, {rate:.0f} tasks/s for {sizes.load_seconds:g}s")
+    rep.info(f"figure 3: 80% of capacity, {rate:.0f} tasks/s for {sizes.load_seconds:g}s")
     stack.flush()
     n_load = max(1, int(rate * sizes.load_seconds))
-    with rep.bar("80% load submissions", n_load) as bar:
+    with Progress(rep, "80% load submissions", n_load) as bar:
         load = paced(n_load, rate, lambda c, i: (*_submit(c), None), client, threads=16,
                      progress=bar.update)
     load_ids = [(i, b["id"]) for i, (s, b) in enumerate(zip(load.status, load.bodies, strict=True))
@@ -716,13 +741,13 @@ def latency(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
 
 # -- figure 5: memory ---------------------------------------------------------------------
 
-def memory(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
+def memory(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
     """Peak RSS of API workers and worker pool children over ``memory_tasks`` tasks."""
     stack.flush()
     api = stack.start_api("api-memory")
     worker_metrics = free_port()
     worker = stack.start_worker("memory", metrics_port=worker_metrics)
-    api_pids = api.worker_pids()
+    api_pids = api.children()
     pool_pids = worker.children()
     total = sizes.memory_tasks
     checkpoints = [total // 2, total]
@@ -743,7 +768,7 @@ def memory(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
                                  "taskplane_tasks_total", outcome="succeeded")
         return int(accepted), int(succeeded)
 
-    rep.say(f"figure 5: {total:,} tasks through the API and one worker pod")
+    rep.info(f"figure 5: {total:,} tasks through the API and one worker pod")
     body = json.dumps(NOOP_BODY)
     stop = threading.Event()
     wrk_error: list[BaseException] = []
@@ -764,7 +789,7 @@ def memory(stack: Stack, sizes: Sizes, rep: Reporter) -> dict[str, Any]:
     driver.start()
     deadline = time.monotonic() + 60 + total / 40
     started = time.time()
-    with rep.bar("memory run (tasks done)", total) as bar:
+    with Progress(rep, "memory run (tasks done)", total) as bar:
         while True:
             if wrk_error:
                 raise RuntimeError(f"wrk failed: {wrk_error[0]}")

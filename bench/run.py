@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -28,8 +29,9 @@ if __package__ in (None, ""):  # run as a script: bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     __package__ = "bench"
 
+from tests.support.procs import MissingBinary, find_binary
+
 from . import autoscale, figures, machine, plot, report
-from .progress import Reporter
 from .stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,12 +87,32 @@ def metrics_cost(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def logger(quiet: bool = False) -> logging.Logger:
+    """The run's log lines on stderr, with the time of day; ``quiet`` keeps only warnings."""
+    log = logging.getLogger("bench")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[bench %(asctime)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.propagate = False  # Celery's and urllib3's INFO lines stay out of it
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    return log
+
+
+def _found(name: str) -> bool:
+    try:
+        find_binary(name)
+    except MissingBinary:
+        return False
+    return True
+
+
 def check_tools(selected: list[str]) -> list[str]:
     """What is missing for the selected benchmarks (each with how to get it)."""
     import shutil
 
     missing = []
-    if not shutil.which("redis-server"):
+    if not _found("redis-server"):
         missing.append("redis-server (Debian's redis-server)")
     if {"enqueue", "memory"} & set(selected) and not shutil.which("wrk"):
         missing.append("wrk (bench/install-tools.sh)")
@@ -104,7 +126,7 @@ def check_tools(selected: list[str]) -> list[str]:
     if "redis" in selected and not shutil.which("redis-benchmark"):
         missing.append("redis-benchmark (Debian's redis-tools)")
     if "autoscaling" in selected:
-        if not shutil.which("prometheus"):
+        if not _found("prometheus"):
             missing.append("prometheus (scripts/monitoring-tools.sh)")
         try:
             from .hpa import helm_binary
@@ -153,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_markdown:
         markdown = None
     sizes = figures.SMOKE if args.smoke else figures.FULL
-    rep = Reporter(quiet=args.quiet)
+    rep = logger(quiet=args.quiet)
 
     missing = check_tools(selected)
     if missing:
@@ -167,21 +189,21 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine.describe(),
         "sizes": asdict(sizes),
     }
-    rep.say(f"{results['mode']} run: {', '.join(selected)}; results in {out}")
+    rep.info(f"{results['mode']} run: {', '.join(selected)}; results in {out}")
     failed = []
     with Stack(keep_logs=args.keep_logs) as stack:
         stack.start_redis()
         results["redis_server"] = {"url": stack.redis_url, "persistence": "none (--save '' --appendonly no)"}
         for name in selected:
             t = time.time()
-            rep.say(f"== {name}")
+            rep.info(f"== {name}")
             try:
                 results[name] = STEPS[name](stack, sizes, rep)
             except Exception as exc:
                 failed.append(name)
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"[:4000],
                                  "traceback": traceback.format_exc()[-4000:]}
-                rep.say(f"{name} FAILED: {type(exc).__name__}: {str(exc)[:500]}")
+                rep.info(f"{name} FAILED: {type(exc).__name__}: {str(exc)[:500]}")
                 # a half-finished benchmark may leave processes behind: stop them before the next
                 stack.stop(*stack.procs)
             results[name]["seconds"] = round(time.time() - t, 1)
@@ -189,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(profiled, dict) and "error" in profiled:
                 # the figure stands; its CPU breakdown is missing, and the run says so
                 failed.append(f"{name}.profile")
-                rep.say(f"{name}: the profiled round FAILED: {profiled['error'][:500]}")
-            rep.say(f"== {name} done in {time.time() - t:.0f}s")
+                rep.info(f"{name}: the profiled round FAILED: {profiled['error'][:500]}")
+            rep.info(f"== {name} done in {time.time() - t:.0f}s")
         if args.keep_logs:
-            rep.say(f"process logs kept in {stack.workdir}")
+            rep.info(f"process logs kept in {stack.workdir}")
 
     if "enqueue" in results or "execution" in results:
         results["metrics_cost"] = metrics_cost(results)
@@ -203,11 +225,11 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(out / "latest.json", results)
     for path in plot.draw(results, out):
-        rep.say(f"wrote {path}")
-    rep.say(f"wrote {out / 'latest.json'}")
+        rep.info(f"wrote {path}")
+    rep.info(f"wrote {out / 'latest.json'}")
     if markdown is not None:
         report.write(results, markdown)
-        rep.say(f"wrote {markdown}")
+        rep.info(f"wrote {markdown}")
     print(summary(results))
     return 1 if failed else 0
 

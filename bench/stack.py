@@ -9,21 +9,18 @@ start. ``Stack`` stops everything it started when it exits, whatever happened.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
 import signal as signals
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import redis
-from tests.support.services import RedisServer, free_port, wait_for
+from tests.support.procs import Proc, Prometheus, free_port, stop_all
+from tests.support.services import RedisServer
 
 from taskplane.settings import Settings
 
@@ -32,134 +29,12 @@ BASELINE = ROOT / "bench" / "baseline"
 VENV_BIN = Path(sys.executable).parent
 TENANT = "bench"
 
-__all__ = ["ROOT", "TENANT", "Proc", "Stack", "free_port", "wait_for"]
+__all__ = ["BASELINE", "ROOT", "TENANT", "Stack"]
 
 
 def _bin(name: str) -> str:
     local = VENV_BIN / name
     return str(local) if local.exists() else name
-
-
-class Proc:
-    """A child process in its own session, its output in ``log_path``."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path,
-                 cwd: Path = ROOT) -> None:
-        self.name = name
-        self.args = args
-        self.log_path = logdir / f"{name}.log"
-        self._log = open(self.log_path, "ab")  # closed in stop()
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.started = time.time()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        """Signal the main process only (what Kubernetes does to a container's PID 1)."""
-        if self.alive():
-            os.kill(self.proc.pid, sig)
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self, sig: int = signals.SIGTERM, timeout: float = 30) -> int | None:
-        """Signal the whole process group, wait, then SIGKILL what is left."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
-        if self.wait(timeout) is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signals.SIGKILL)
-            self.proc.wait(10)
-        # a parent that exited may leave children behind in its group
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signals.SIGKILL)
-        self._log.close()
-        return self.proc.returncode
-
-    def children(self) -> list[int]:
-        return children_of(self.proc.pid)
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # the command name is in parentheses and may contain spaces
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return sorted(found)
-
-
-def rss_kib(pid: int) -> tuple[int, int] | None:
-    """(VmRSS, VmHWM) of ``pid`` in KiB: now and the peak since it started."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    values = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    if "VmRSS" not in values:
-        return None
-    return values["VmRSS"], values.get("VmHWM", values["VmRSS"])
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-class Server:
-    """An HTTP server the stack started: its base URL and process."""
-
-    def __init__(self, name: str, proc: Proc, port: int, probe: str = "/") -> None:
-        self.name = name
-        self.proc = proc
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-        self.probe = probe
-
-    def wait(self, timeout: float = 60) -> Server:
-        """Until ``probe`` answers 200 (raises if the process exits first)."""
-        def up() -> bool:
-            if not self.proc.alive():
-                raise RuntimeError(f"{self.proc.name} exited:\n{self.proc.log()[-3000:]}")
-            return http_ok(self.base + self.probe)
-        wait_for(up, timeout, f"{self.proc.name} answering {self.base + self.probe}", interval=0.1)
-        return self
-
-    def worker_pids(self) -> list[int]:
-        return self.proc.children()
-
-    def wait_workers(self, count: int, timeout: float = 30) -> Server:
-        """Until gunicorn has forked ``count`` workers: the probe answers with the first."""
-        wait_for(lambda: len(self.worker_pids()) >= count, timeout,
-                 f"{self.proc.name}'s {count} gunicorn workers", interval=0.1)
-        return self
 
 
 class Stack:
@@ -196,8 +71,9 @@ class Stack:
         if not self.keep_logs:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT) -> Proc:
-        proc = Proc(name, args, env, self.workdir, cwd=cwd)
+    def spawn(self, name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT,
+              port: int | None = None, probe: str = "/") -> Proc:
+        proc = Proc(name, args, env, log_dir=self.workdir, cwd=cwd, port=port, probe=probe)
         self.procs.append(proc)
         return proc
 
@@ -205,20 +81,14 @@ class Stack:
         if proc in self.procs:
             self.procs.remove(proc)
 
-    def stop(self, *items: Proc | Server, timeout: float = 30, sig: int = signals.SIGTERM) -> None:
+    def stop(self, *procs: Proc, timeout: float = 30, sig: int = signals.SIGTERM) -> None:
         """Stop these processes together: ``sig`` to all, then wait for each (SIGKILL after ``timeout``).
 
         Benchmarks SIGKILL workers whose work is over and accounted for: a worker's graceful
         stop takes ~1.7 s and measures nothing.
         """
-        procs = [item.proc if isinstance(item, Server) else item for item in items]
+        stop_all(list(procs), sig, timeout)
         for proc in procs:
-            if proc.alive():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-        deadline = time.monotonic() + timeout
-        for proc in procs:
-            proc.stop(sig, timeout=max(0.1, deadline - time.monotonic()))
             self.forget(proc)
 
     @property
@@ -262,16 +132,15 @@ class Stack:
         """gunicorn workers per API server (``API_WORKERS``), baselines included."""
         return Settings.from_env(self.env()).api_workers
 
-    def start_api(self, name: str = "api", metrics: bool = True, wait: bool = True, **env: Any) -> Server:
+    def start_api(self, name: str = "api", metrics: bool = True, wait: bool = True, **env: Any) -> Proc:
         """Taskplane's API: ``taskplane api`` (gunicorn with Taskplane's configuration)."""
         port = free_port()
         e = self.env(API_PORT=port, METRICS_ENABLED=str(metrics).lower(),
                      PROMETHEUS_MULTIPROC_DIR=self.metrics_dir(name), **env)
-        proc = self.spawn(name, [_bin("taskplane"), "api"], e)
-        server = Server(name, proc, port, "/healthz")
-        return server.wait() if wait else server
+        proc = self.spawn(name, [_bin("taskplane"), "api"], e, port=port, probe="/healthz")
+        return proc.wait_http() if wait else proc
 
-    def start_baseline_api(self, name: str, app: str, wait: bool = True, **env: Any) -> Server:
+    def start_baseline_api(self, name: str, app: str, wait: bool = True, **env: Any) -> Proc:
         """``bare:app``, ``floor:app`` or the post's ``app:app`` under Taskplane's gunicorn
         configuration."""
         port = free_port()
@@ -279,10 +148,9 @@ class Stack:
                      PROMETHEUS_MULTIPROC_DIR=self.metrics_dir(name), **env)
         args = [sys.executable, "-m", "gunicorn", "--no-control-socket", "--chdir", str(BASELINE),
                 "-c", "python:gunicorn_conf"]
-        proc = self.spawn(name, args, e, cwd=BASELINE)
         probe = {"bare": "/", "floor": "/healthz"}.get(app.split(":")[0], "/task_status/probe")
-        server = Server(name, proc, port, probe)
-        return server.wait() if wait else server
+        proc = self.spawn(name, args, e, cwd=BASELINE, port=port, probe=probe)
+        return proc.wait_http() if wait else proc
 
     def start_worker(self, name: str = "w1", metrics: bool = True, concurrency: int = 2,
                      wait: bool = True, metrics_port: int | None = None, **env: Any) -> Proc:
@@ -330,30 +198,20 @@ class Stack:
 
     @staticmethod
     def wait_worker_ready(proc: Proc, timeout: float = 90) -> None:
-        def ready() -> bool:
-            if not proc.alive():
-                raise RuntimeError(f"{proc.name} exited:\n{proc.log()[-3000:]}")
-            return " ready." in proc.log()
-        wait_for(ready, timeout, f"{proc.name} ready", interval=0.05)
+        proc.wait_log(" ready.", timeout)
 
-    def start_exporter(self, name: str = "exporter", wait: bool = True) -> Server:
+    def start_exporter(self, name: str = "exporter", wait: bool = True) -> Proc:
         """``taskplane exporter``: the queue metrics the autoscaler reads through Prometheus."""
         port = free_port()
-        proc = self.spawn(name, [_bin("taskplane"), "exporter"], self.env(EXPORTER_PORT=port))
-        server = Server(name, proc, port, "/metrics")
-        return server.wait() if wait else server
+        proc = self.spawn(name, [_bin("taskplane"), "exporter"], self.env(EXPORTER_PORT=port),
+                          port=port, probe="/metrics")
+        return proc.wait_http() if wait else proc
 
-    def start_prometheus(self, config: str, name: str = "prometheus") -> Server:
-        binary = shutil.which("prometheus")
-        if not binary:
-            raise RuntimeError("prometheus is not on PATH: run scripts/monitoring-tools.sh")
-        port = free_port()
-        cfg = self.workdir / "prometheus.yml"
-        cfg.write_text(config)
-        args = [binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
-        proc = self.spawn(name, args, self.env())
-        return Server(name, proc, port, "/-/ready").wait()
+    def start_prometheus(self, config: str) -> Proc:
+        """The harness' Prometheus, its files in this run's folder; stopped with the stack."""
+        prometheus = Prometheus(config, self.env(), workdir=self.workdir / "prometheus")
+        self.procs.append(prometheus.proc)
+        return prometheus.proc
 
     def flush(self) -> None:
         self.client().flushall()

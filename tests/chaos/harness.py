@@ -1,4 +1,4 @@
-"""What every chaos test needs: a stack of real processes, a ledger, submitters, /proc probes.
+"""What every chaos test needs: a stack of real processes, a ledger, submitters.
 
 Nothing here waits for a fixed time: every wait is ``wait_for`` with a deadline. The only
 sleeps are pacing (a submitter spacing its requests, backing off after a 503), never a
@@ -22,7 +22,12 @@ from typing import Any
 import redis
 import requests
 
+from tests.support.procs import children, rss_kib, stop_all
 from tests.support.services import TEST_TOKENS, Api, Process, RedisServer, start_worker, wait_for
+
+__all__ = ["SCALE", "Attempt", "Ledger", "Stack", "Submitter", "children", "percentile",
+           "results_path", "rss_mb", "work"]
+
 
 #: Sizes grow with CHAOS_SCALE (1: small, for CI; `make chaos` runs 10).
 SCALE = max(1, int(os.environ.get("CHAOS_SCALE", "1") or "1"))
@@ -45,38 +50,6 @@ CHAOS_ENV = {
 }
 
 ACME = {"Authorization": f"Bearer {TEST_TOKENS['acme']}"}
-
-
-# --- /proc ----------------------------------------------------------------------------------
-
-
-def children(pid: int) -> list[int]:
-    """Live (non-zombie) child processes of ``pid``, read from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == pid and state not in ("Z", "X"):
-            found.append(int(entry))
-    return sorted(found)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 # --- the stack ------------------------------------------------------------------------------
@@ -195,8 +168,7 @@ class Stack:
         return "\n".join(parts)
 
     def close(self) -> None:
-        for proc in self.workers:
-            proc.stop(signal.SIGKILL, timeout=10)
+        stop_all(self.workers, signal.SIGKILL, timeout=10)
         if self.api is not None:
             self.api.close()
         self.redis.close()
@@ -319,6 +291,12 @@ class Submitter:
 def work(seconds: float) -> Callable[[str], dict[str, Any]]:
     """Request bodies of ``chaos.work`` tasks that sleep ``seconds``, for a Submitter."""
     return lambda key: {"task": "chaos.work", "kwargs": {"key": key, "seconds": seconds}}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB (0 if it is gone)."""
+    value = rss_kib(pid)
+    return value[0] / 1024 if value else 0.0
 
 
 def percentile(values: list[float], q: float) -> float:

