@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import kombu.transport as kombu_transport
 import redis
 import redis.sentinel
 from kombu.transport import redis as kombu_redis
@@ -561,6 +562,18 @@ class RideThroughSentinelTransport(RideThroughTransportMixin, kombu_redis.Sentin
 TRANSPORT = f"{__name__}:RideThroughTransport"
 #: The same for a Sentinel ``REDIS_URL`` (``redis_conn``).
 SENTINEL_TRANSPORT = f"{__name__}:RideThroughSentinelTransport"
+
+
+def claim_sentinel_scheme() -> None:
+    """Make ``sentinel://`` mean :class:`RideThroughSentinelTransport` in this process.
+
+    A Sentinel URL lists several sentinels, which kombu also takes as failover
+    alternates: on a lost connection it ``switch``es to the next one and re-reads the
+    transport from that URL's scheme, dropping ``broker_transport``. The consumer would
+    then carry on with kombu's stock Sentinel transport: no ride-through, and a
+    ``NOREPLICAS`` from a replica-less old master ends the worker ("Unrecoverable error").
+    Found by ``tests/ha/test_faults.py``; called by ``create_celery`` for Sentinel URLs."""
+    kombu_transport.TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT
 
 _DETACHED: list[RideThroughQoS] = []
 _DETACHED_LOCK = threading.Lock()

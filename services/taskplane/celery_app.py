@@ -45,6 +45,8 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
     Redis outage instead of turning a finished task into a FAILURE.
     """
     registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
+    if redis_conn.is_sentinel(settings.redis_url):
+        broker.claim_sentinel_scheme()  # kombu's failover between sentinels keeps our transport
     app = TaskplaneCelery("taskplane", broker=settings.redis_url,
                  backend=results.backend_url(settings.results_url),
                  set_as_current=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import requests
 
+from taskplane.broker import UNACKED_KEY
 from tests.chaos.harness import ACME, CHAOS_ENV, Ledger
 from tests.support.sentinel import SentinelSet
 from tests.support.services import Api, Process, RedisServer, start_scheduler, start_worker
@@ -197,8 +198,8 @@ class HaStack:
         assert self.api is not None
         erased = [k for k in missing
                   if self.api.get(f"/v1/tasks/{load.accepted[k]}").status_code == 404]
-        states = {k: self.api.get(f"/v1/tasks/{load.accepted[k]}").json().get("state")
-                  for k in missing}
+        states = {k: f'{self.api.get(f"/v1/tasks/{load.accepted[k]}").json().get("state")}, '
+                     f'message {self._message_where(load.accepted[k])}' for k in missing}
         return {
             "accepted": len(keys),
             "not_finished": missing,
@@ -207,6 +208,21 @@ class HaStack:
             "ran_twice": sorted(k for k in keys if started.get(k, 0) > 1),
             "finished_twice": sorted(k for k in keys if done.get(k, 0) > 1),
         }
+
+    def _message_where(self, task_id: str) -> str:
+        """Where the broker holds a task's message on the current master: waiting in a
+        queue list, delivered (``unacked``), or nowhere (the delivery was lost)."""
+        try:
+            master = self.servers.master().client()
+        except LookupError:
+            return "unknown (no master)"
+        if any(task_id.encode() in raw for raw in master.hvals(UNACKED_KEY)):
+            return "unacked"
+        for key in master.scan_iter(match="default*"):
+            if master.type(key) == b"list" and any(
+                    task_id.encode() in raw for raw in master.lrange(key, 0, -1)):
+                return "queued"
+        return "nowhere"
 
     def close(self) -> None:
         for proc in self.workers:

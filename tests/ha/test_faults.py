@@ -38,7 +38,7 @@ DOWN_AFTER = 1.0
 #: The issue's target: the API refuses submissions for at most down-after + 3 s.
 WINDOW_TARGET = DOWN_AFTER + 3.0
 #: Tasks accepted before the fault, and after it, so both sides are exercised.
-BEFORE, AFTER = 20, 20
+BEFORE, AFTER = 12, 12
 _RESULTS: dict[str, Any] = {}
 
 
@@ -181,10 +181,9 @@ def test_d_losing_master_and_a_replica_refuses_writes_honestly() -> None:
             at = time.monotonic()
             survivor = servers.wait_new_master(master)
             assert survivor is not replica
-            wait_for(lambda: len(load.statuses(at)) and sum(load.statuses(at).values()) >= 20,
-                     30, "answers after the fault")
+            wait_for(lambda: sum(load.statuses(at).values()) >= 10, 30, "answers after the fault")
             after = time.monotonic()
-            wait_for(lambda: sum(load.statuses(after).values()) >= 20, 30,
+            wait_for(lambda: sum(load.statuses(after).values()) >= 12, 30,
                      "answers once the survivor is master")
         finally:
             load.stop()
@@ -198,14 +197,12 @@ def test_d_losing_master_and_a_replica_refuses_writes_honestly() -> None:
         stack.close()
 
 
-def test_contrast_the_same_losses_without_acknowledgement() -> None:
-    """(a) and (a') again with ``REDIS_MIN_REPLICAS_ACK=0``: how many 202-answered tasks a
-    node's loss erased. On loopback a replica trails the master by microseconds, so plain
-    (a) rarely loses any; (a'), the loss while replicas lag, erases what the master took
-    alone, each of which was answered 202."""
-    plain = run_fault(node_loss, acks="0")
-    _record("contrast_a_node_loss_ack_0", plain)
+def test_contrast_the_same_loss_without_acknowledgement() -> None:
+    """(a') again with ``REDIS_MIN_REPLICAS_ACK=0``: the submissions answered 202 while only
+    the master had them, which a node's loss erases when its replicas had not received them
+    (plain (a) on loopback rarely shows any: a replica trails by microseconds there)."""
     lagging = run_fault(lagging_node_loss, acks="0", with_load=True)
     _record("contrast_a_lagging_node_loss_ack_0", lagging)
-    assert plain["exited"] == [] and lagging["exited"] == [], (plain, lagging)
+    assert lagging["exited"] == [], lagging
+    assert lagging["erased"] == [] or lagging["at_risk"] > 0, lagging
     assert lagging["at_risk"] > 0, lagging  # answered 202 while only the master had them

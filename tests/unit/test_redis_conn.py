@@ -131,3 +131,15 @@ def test_describe_never_shows_a_password() -> None:
     assert redis_conn.describe(Settings.from_env(ENV).redis_url) == (
         "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26379;sentinel://10.0.0.3:26380/2")
     assert "pw" not in redis_conn.describe("redis://:pw@h:6379/0")
+
+
+def test_kombus_failover_between_sentinels_keeps_the_ride_through_transport() -> None:
+    """kombu treats the sentinels of a URL as failover alternates and re-reads the
+    transport from the next one's scheme: ``sentinel`` must still name ours."""
+    from kombu import Connection
+
+    app = create_celery(Settings.from_env(ENV))
+    conn = Connection(app.conf.broker_url, transport=app.conf.broker_transport)
+    conn.maybe_switch_next()  # what a lost connection does
+    assert conn.transport_cls == "sentinel"
+    assert conn.get_transport_cls() is broker.RideThroughSentinelTransport
