@@ -113,7 +113,8 @@ def run_fault(fault: Callable[..., None], acks: str = "auto", settle: float = 60
             at = time.monotonic()
             extra = fault(load, stack.servers) if with_load else fault(stack.servers)
             fault_took = time.monotonic() - at
-            wait_for(lambda: load.accepted_count() >= BEFORE + AFTER, 60,
+            base = load.accepted_count()
+            wait_for(lambda: load.accepted_count() >= base + AFTER, 60,
                      "submissions after the fault")
         finally:
             load.stop()
