@@ -19,13 +19,15 @@ monitor: install  ## the local stack plus a Prometheus loaded with the rules; pr
 	@scripts/monitoring-tools.sh
 	@$(BIN)/taskplane dev --monitor
 
-check: install  ## the fast loop (well under a minute): lint, unit tests, direct lifecycle tests
+check: install  ## the fast loop (well under a minute): lint, types, unit tests, direct lifecycle tests
 	$(BIN)/ruff check services tests bench scripts
+	$(BIN)/mypy
 	$(BIN)/pytest -q tests/unit tests/lifecycle $(PYTEST_ARGS)
 
 test: install  ## the whole suite: lint, unit, integration, monitoring, chart, chaos, fuzz and bench smoke (small sizes)
 	@bench/install-tools.sh
 	$(BIN)/ruff check services tests bench scripts
+	$(BIN)/mypy
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
 
 unit: install  ## unit tests only (no services)
@@ -41,8 +43,9 @@ bench: install  ## every benchmark and the autoscaling experiment (~13 min): ben
 	@bench/install-tools.sh
 	$(BIN)/python -m bench
 
-lint: install  ## ruff
+lint: install  ## ruff and mypy (the [tool.mypy] section of pyproject.toml)
 	$(BIN)/ruff check services tests bench scripts
+	$(BIN)/mypy
 
 docs: install  ## regenerate the settings table in README.md
 	$(BIN)/python scripts/update_docs.py

@@ -156,9 +156,11 @@ class Stack:
                      wait: bool = True, metrics_port: int | None = None, **env: Any) -> Proc:
         """A Taskplane worker pod: ``taskplane worker`` with ``concurrency`` pool processes.
 
-        Its soft shutdown is 2 s unless ``env`` says otherwise: a benchmark stops workers
-        that may still hold tasks nobody waits for (the autoscaler passes the chart's).
+        It stops by soft shutdown, 2 s, unless ``env`` says otherwise (the default is warm,
+        ``taskplane.worker.SHUTDOWN_MODEL``): a benchmark stops workers that may still hold
+        tasks nobody waits for (the autoscaler passes the chart's).
         """
+        env.setdefault("REMAP_SIGTERM", "SIGQUIT")
         env.setdefault("WORKER_SOFT_SHUTDOWN_TIMEOUT", 2)
         e = self.env(WORKER_CONCURRENCY=concurrency, METRICS_ENABLED=str(metrics).lower(),
                      WORKER_METRICS_PORT=metrics_port if metrics_port is not None else free_port(),

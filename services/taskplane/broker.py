@@ -29,7 +29,19 @@ key                                 type    holds
 ``unacked_mutex``                   string  lock around that restore
 ``_kombu.binding.*``                set     kombu's exchange bindings (``celery.pidbox``,
                                             ``celeryev``...): ``inspect``/``control`` replies
+``taskplane:queue-first-seen``      hash    Taskplane's own: queue list key → ``"{delivery
+                                            tag} {epoch}"``, when a queue read first saw a
+                                            message with no enqueue time (a stock client's)
+                                            at that list's tail (``FIRST_SEEN_KEY``)
 ==================================  ======  ==================================================
+
+Enqueue time: Taskplane's API stamps each message with ``ENQUEUED_AT_HEADER``. A stock
+Celery client (``send_task``, ``.delay()``) stamps nothing, and kombu's delivery info holds
+no time either, so the oldest age of such a message counts from the first queue read (an
+exporter scrape, ``GET /v1/queues``) that found it oldest in its list: a lower bound, late
+by up to a scrape interval for a message that arrives in an empty list, and younger than
+the truth for one that had stock messages ahead of it. A queue no worker drains still ages
+steadily, which is what the stale-queue alert and the autoscaler need.
 
 Priorities: Taskplane's API takes 0-9 with 9 the most urgent (as AMQP does). The Redis
 transport serves its *lowest* number first, so the API value p is sent as transport
@@ -80,30 +92,51 @@ UNACKED_INDEX_KEY = "unacked_index"
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
 #: Message header carrying the epoch time a task was enqueued (oldest-age, queue wait).
 ENQUEUED_AT_HEADER = "taskplane_enqueued_at"
+#: When queue reads first saw each list's unstamped tail message (see the table above).
+FIRST_SEEN_KEY = "taskplane:queue-first-seen"
 
 # One round trip for every queue's figures: LLEN of each priority list, the enqueue
 # time of the oldest message at the tail of each, and the routing key and ETA of
 # every unacknowledged delivery (a worker holds countdown/ETA tasks unacknowledged
 # until due: those are "scheduled", the rest "reserved").
-# KEYS: the unacked hash, then each queue's lists in PRIORITY_STEPS order (``queue_keys``).
-# ARGV: the enqueue-time header, now (ISO 8601 UTC), len(PRIORITY_STEPS), queue names.
+# A tail without an enqueue time (a stock client's message) is dated by FIRST_SEEN_KEY:
+# the time of the first read that saw that delivery tag at that list's tail, recorded
+# now if none did; a list whose tail is stamped, or that is empty, drops its entry.
+# KEYS: the unacked hash, FIRST_SEEN_KEY, then each queue's lists in PRIORITY_STEPS order
+# (``queue_keys``).
+# ARGV: the enqueue-time header, now (ISO 8601 UTC), len(PRIORITY_STEPS), now (epoch
+# seconds), queue names.
 # Returns {name, waiting, reserved, oldest_enqueued_at, scheduled} per queue.
 _QUEUE_STATS = """
-local header, now, nsteps = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local header, now, nsteps, epoch = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local seen = KEYS[2]
 local out, index = {}, {}
-for q = 4, #ARGV do
+for q = 5, #ARGV do
   local name, waiting, oldest = ARGV[q], 0, ''
-  local first = 2 + (q - 4) * nsteps
+  local first = 3 + (q - 5) * nsteps
   for k = first, first + nsteps - 1 do
     local n = redis.call('LLEN', KEYS[k])
+    local t, tag = nil, nil
     if n > 0 then
       waiting = waiting + n
       local ok, msg = pcall(cjson.decode, redis.call('LINDEX', KEYS[k], -1))
-      if ok and type(msg) == 'table' and type(msg['headers']) == 'table' then
-        local t = tonumber(msg['headers'][header])
-        if t and (oldest == '' or t < tonumber(oldest)) then oldest = string.format('%.6f', t) end
+      if ok and type(msg) == 'table' then
+        if type(msg['headers']) == 'table' then t = tonumber(msg['headers'][header]) end
+        if not t and type(msg['properties']) == 'table' then tag = msg['properties']['delivery_tag'] end
       end
     end
+    if type(tag) == 'string' then
+      local entry = redis.call('HGET', seen, KEYS[k])
+      if entry and string.sub(entry, 1, #tag + 1) == tag .. ' ' then
+        t = tonumber(string.sub(entry, #tag + 2))
+      else
+        redis.call('HSET', seen, KEYS[k], tag .. ' ' .. epoch)
+        t = tonumber(epoch)
+      end
+    else
+      redis.call('HDEL', seen, KEYS[k])
+    end
+    if t and (oldest == '' or t < tonumber(oldest)) then oldest = string.format('%.6f', t) end
   end
   out[#out + 1] = {name, waiting, 0, oldest, 0}
   index[name] = #out
@@ -257,14 +290,17 @@ class RedisBroker:
         self.client = client
         self._stats = client.register_script(_QUEUE_STATS)
 
-    def queue_stats(self, queues: Iterable[str]) -> list[QueueStats]:
+    def queue_stats(self, queues: Iterable[str], now: float | None = None) -> list[QueueStats]:
+        """Each queue's figures, read at ``now`` (epoch seconds; the clock by default)."""
         names = sorted(set(queues))
         if not names:
             return []
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
-        keys = [UNACKED_KEY, *(key for name in names for key in queue_keys(name))]
-        rows = self._stats(keys=keys, args=[ENQUEUED_AT_HEADER, now, len(PRIORITY_STEPS),
-                                            *names])
+        at = time.time() if now is None else now
+        iso = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds")
+        keys = [UNACKED_KEY, FIRST_SEEN_KEY,
+                *(key for name in names for key in queue_keys(name))]
+        rows = self._stats(keys=keys, args=[ENQUEUED_AT_HEADER, iso, len(PRIORITY_STEPS),
+                                            f"{at:.6f}", *names])
         return [
             QueueStats(
                 name=_text(name), waiting=int(waiting), reserved=int(reserved),
@@ -282,7 +318,7 @@ class RedisBroker:
         tags = {tag: now for tag in delivery_tags}
         if not tags:
             return 0
-        return int(self.client.zadd(UNACKED_INDEX_KEY, tags, xx=True, ch=True))
+        return int(self.client.zadd(UNACKED_INDEX_KEY, tags, xx=True, ch=True) or 0)
 
     def oldest_lease_at(self) -> float | None:
         """Epoch seconds of the stalest lease among all unacknowledged messages."""
@@ -381,7 +417,7 @@ class RideThroughQoS(kombu_redis.QoS):
     def ack(self, delivery_tag: str) -> None:
         try:
             super().ack(delivery_tag)
-        except self.channel.connection_errors as exc:
+        except self.channel.connection_errors as exc:  # type: ignore[attr-defined]  # kombu sets it on each channel; absent from its stubs
             log.warning("ack of %s deferred until Redis answers: %s", delivery_tag,
                         type(exc).__name__)
             with self._guard:
@@ -395,18 +431,18 @@ class RideThroughQoS(kombu_redis.QoS):
             return
         try:
             super().restore_visible(start, num, interval)
-        except self.channel.connection_errors:
+        except self.channel.connection_errors:  # type: ignore[attr-defined]  # as in ack
             SWEEPS.unreachable()
             raise
 
     def held(self) -> list[str]:
         """Tags delivered on this channel and neither acknowledged nor rejected yet."""
-        dirty = self._dirty
-        return [str(tag) for tag in list(self._delivered) if tag not in dirty]
+        dirty = self._dirty or set()
+        return [str(tag) for tag in list(self._delivered or ()) if tag not in dirty]
 
     def detach(self) -> None:
         """The connection is gone: forget nothing, restore nothing, talk to no one."""
-        self._on_collect.cancel()
+        self._on_collect.cancel()  # type: ignore[attr-defined]  # kombu's QoS internals, not in its stubs
         if self.held() or self.pending_acks:
             _register(self)
 
@@ -415,7 +451,7 @@ class RideThroughQoS(kombu_redis.QoS):
         with self._guard:
             pending = sorted(self.pending_acks)
         for tag in pending:
-            self._remove_from_indices(tag).execute()
+            self._remove_from_indices(tag).execute()  # type: ignore[attr-defined]  # as in detach
             with self._guard:
                 self.pending_acks.discard(tag)
         requeued = 0
@@ -425,7 +461,7 @@ class RideThroughQoS(kombu_redis.QoS):
                     self.restore_by_tag(tag)
                     virtual.QoS.ack(self, tag)
                     requeued += 1
-            self._flush()
+            self._flush()  # type: ignore[attr-defined]  # as in detach
         return requeued
 
     def settled(self) -> bool:
@@ -436,23 +472,26 @@ class RideThroughQoS(kombu_redis.QoS):
 class RideThroughChannelMixin:
     """Makes a kombu Redis channel detachable from a lost connection (see above)."""
 
-    QoS = RideThroughQoS
+    QoS: Any = RideThroughQoS  # a kombu_redis.QoS subclass (the stubs type it per base)
     #: Set once the connection this channel used is gone.
     detached = False
     connection: Any
-    _qos: RideThroughQoS | None
+    _qos: virtual.QoS | None  # a RideThroughQoS (``QoS``); typed as kombu's Channel types it
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(*args, **kwargs)
         # What a detached channel reconnects with: the transport forgets its client.
-        self._detached_params: dict[str, Any] = self._connparams(  # type: ignore[attr-defined]
+        # A mixin: mypy cannot see the kombu Channel after it in the MRO, which has
+        # _connparams, _get_pool, _create_client, pool, _disconnect_pools, _close_clients
+        # and close (hence the ignores below, each for that reason).
+        self._detached_params: dict[str, Any] = self._connparams(  # type: ignore[attr-defined]  # mixin
             asynchronous=False)
 
     def _get_pool(self, asynchronous: bool = False) -> redis.ConnectionPool:
         transport = self.connection
         if self.detached or transport is None or transport.client is None:
             return self._fresh_pool()
-        pool: redis.ConnectionPool = super()._get_pool(  # type: ignore[misc]
+        pool: redis.ConnectionPool = super()._get_pool(  # type: ignore[misc]  # mixin
             asynchronous=asynchronous)
         return pool
 
@@ -463,11 +502,11 @@ class RideThroughChannelMixin:
         thread-safe handle on the channel's pool, so one is kept per pool (a detached or
         reconnected channel has a new pool, and gets a new client)."""
         if asynchronous:
-            return super()._create_client(asynchronous=True)  # type: ignore[misc, no-any-return]
-        pool = self.pool  # type: ignore[attr-defined]
+            return super()._create_client(asynchronous=True)  # type: ignore[misc, no-any-return]  # mixin
+        pool = self.pool  # type: ignore[attr-defined]  # mixin
         client: redis.Redis | None = self.__dict__.get("_sync_client")
         if client is None or client.connection_pool is not pool:
-            client = super()._create_client(asynchronous=False)  # type: ignore[misc]
+            client = super()._create_client(asynchronous=False)  # type: ignore[misc]  # mixin
             self.__dict__["_sync_client"] = client
         return client
 
@@ -480,12 +519,12 @@ class RideThroughChannelMixin:
         self.detached = True
         self._in_poll = None  # close() must not read a reply from a dead socket
         self._in_listen = None
-        if self._qos is not None:
+        if isinstance(self._qos, RideThroughQoS):
             self._qos.detach()
         if self.connection is not None and self.connection.cycle is not None:
             self.connection.cycle.discard(self)
-        self._disconnect_pools()  # type: ignore[attr-defined]
-        self._close_clients()  # type: ignore[attr-defined]
+        self._disconnect_pools()  # type: ignore[attr-defined]  # mixin
+        self._close_clients()  # type: ignore[attr-defined]  # mixin
 
     def close(self) -> None:
         if self.detached:
@@ -493,22 +532,23 @@ class RideThroughChannelMixin:
             # close, and kombu's close would drop the exchange types that requeueing a
             # dropped message (``settle``) still needs.
             return
-        super().close()  # type: ignore[misc]
+        super().close()  # type: ignore[misc]  # mixin
 
 
 class RideThroughTransportMixin:
     """Makes a kombu Redis transport drop a lost connection without a word to Redis."""
 
     _avail_channels: list[Any]
-    channels: list[Any]
+    channels: list[Any] | None
     cycle: Any
 
     def _collect(self, connection: Any) -> None:
         """Called instead of closing when the connection is already lost: no broker I/O."""
         SWEEPS.unreachable()
-        channels = [*self._avail_channels, *self.channels]
+        channels = [*self._avail_channels, *(self.channels or ())]
         self._avail_channels.clear()
-        self.channels.clear()
+        if self.channels is not None:
+            self.channels.clear()
         self.cycle.close()
         for channel in channels:
             channel.detach()
@@ -616,7 +656,7 @@ def held_tags(channel: Any) -> list[str]:
     qos = getattr(channel, "qos", None) if channel is not None else None
     if qos is not None:
         delivered = getattr(qos, "_delivered", None) or {}
-        dirty = getattr(qos, "_dirty", set())
+        dirty: set[str] = getattr(qos, "_dirty", None) or set()
         tags.extend(str(tag) for tag in list(delivered) if tag not in dirty)
     with _DETACHED_LOCK:
         detached = list(_DETACHED)

@@ -11,21 +11,23 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import kombu.exceptions
 import redis
-from celery import states
+from celery import Celery, states
 from celery.exceptions import TaskRevokedError
+from kombu.utils.encoding import bytes_to_str
 
-from . import broker, lifecycle, metrics, redis_conn, results
+from . import broker, lifecycle, redis_conn, results
 from .lifecycle import Lifecycle, OutcomeUnknown, Submission, TaskRecord, Transition
+from .metrics import Metrics
 from .runtime import Runtime, TaskplaneCelery
 from .settings import Settings
-from .tasks.registry import load_task_modules
+from .tasks.registry import Registry
 
 #: Publishing from a worker (retries, ``send_task`` from task code) gives up fast when
 #: Redis is away; the API writes its messages itself (``submit``) and never retries.
@@ -38,18 +40,27 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
     return redis_conn.client(url, settings, patient=patient)
 
 
-def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
+def create_celery(settings: Settings, patient: bool = False,
+                  set_as_current: bool = True,
+                  on_dead_letter: Callable[[str, str, str], None] | None = None
+                  ) -> TaskplaneCelery:
     """A Celery app configured from ``settings``, with every task module loaded.
 
     ``patient`` (workers): writes of results, records and dead letters retry through a
-    Redis outage instead of turning a finished task into a FAILURE.
+    Redis outage instead of turning a finished task into a FAILURE. ``set_as_current``:
+    make it Celery's process-wide current app (what ``celery.current_app`` and
+    ``shared_task`` resolve to): a worker's or scheduler's one app; the API passes False,
+    as its app factory touches nothing process-wide. ``on_dead_letter``: called with (task
+    name, task id, queue) when this app's result backend files a dead letter
+    (``Runtime.on_dead_letter``).
     """
-    registry = load_task_modules(settings.task_modules, builtin=settings.builtin_tasks)
+    registry = Registry.from_modules(settings.task_modules, builtin=settings.builtin_tasks)
     if redis_conn.is_sentinel(settings.redis_url):
         broker.claim_sentinel_scheme()  # kombu's failover between sentinels keeps our transport
     app = TaskplaneCelery("taskplane", broker=settings.redis_url,
-                 backend=results.backend_url(settings.results_url),
-                 set_as_current=True)
+                 backend=results.backend_url(settings.redis_url),
+                 set_as_current=set_as_current)
+    registry.bind(app)
     routes = {spec.name: {"queue": spec.queue} for spec in registry if spec.queue}
     app.conf.update(
         task_serializer="json",
@@ -99,7 +110,7 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
     )
     if (broker_ssl := redis_conn.celery_ssl(settings.redis_url, settings)) is not None:
         app.conf.broker_use_ssl = broker_ssl
-    if (backend_ssl := redis_conn.celery_ssl(settings.results_url, settings)) is not None:
+    if (backend_ssl := redis_conn.celery_ssl(settings.redis_url, settings)) is not None:
         app.conf.redis_backend_use_ssl = backend_ssl
     if patient:
         app.conf.update(
@@ -111,6 +122,7 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
                 redis_conn.WORKER_REDIS_BACKOFF["cap"] * 1000),
         )
     client = redis_client(settings.redis_url, settings, patient=patient)
+    app_metrics = Metrics(settings.metrics_enabled)
     app.runtime = Runtime(
         settings=settings,
         registry=registry,
@@ -118,15 +130,26 @@ def create_celery(settings: Settings, patient: bool = False) -> TaskplaneCelery:
                             result_ttl=settings.result_expires,
                             idempotency_ttl=settings.idempotency_ttl,
                             dead_letter_ttl=settings.dead_letter_ttl,
-                            result_key=lambda task_id: app.backend.get_key_for_task(task_id).decode(),
-                            results_here=settings.results_with_records,
+                            # bytes, whatever celery-types says: kombu's helper takes both
+                            result_key=lambda task_id: bytes_to_str(
+                                result_backend(app).get_key_for_task(task_id)),
                             max_countdown=settings.max_countdown,
                             acks=settings.replicas_ack, ack_timeout=settings.redis_ack_timeout,
                             # a worker ending a run it finished logs a shortfall, and acks
-                            strict_acks=not patient, on_ack=metrics.count_replica_ack),
+                            strict_acks=not patient, on_ack=app_metrics.count_replica_ack),
         broker=broker.RedisBroker(client),
+        metrics=app_metrics,
+        on_dead_letter=on_dead_letter,
     )
     return app
+
+
+def result_backend(app: Celery) -> results.ResultBackend:
+    """The app's result backend, typed: always Taskplane's (``results.backend_url``)."""
+    backend = app.backend
+    if not isinstance(backend, results.ResultBackend):
+        raise TypeError(f"{type(backend).__name__} is not taskplane.results.ResultBackend")
+    return backend
 
 
 def new_task_id() -> str:
@@ -145,13 +168,14 @@ def task_message(app: TaskplaneCelery, *, task_id: str, tenant: str, name: str,
     """
     task = app.tasks.get(name)
     message = app.amqp.as_task_v2(
-        task_id, name, args=list(args), kwargs=dict(kwargs),
+        task_id, name, args=tuple(args), kwargs=dict(kwargs),
         eta=datetime.fromtimestamp(now + countdown, UTC) if countdown else None,
         time_limit=getattr(task, "time_limit", None),
         soft_time_limit=getattr(task, "soft_time_limit", None),
         reply_to=app.thread_oid, origin=app.runtime.origin,
         argsrepr=redacted_repr(args), kwargsrepr=redacted_repr(kwargs),
-        ignore_result=None,  # as send_task leaves it: the task's own setting applies
+        # None, as send_task leaves it: the task's own setting applies (celery-types: bool)
+        ignore_result=None,  # type: ignore[arg-type]  # see above
     )
     message[0][lifecycle.TENANT_HEADER] = tenant
     return broker.encode_task(message, queue, priority, now)
@@ -239,15 +263,13 @@ def revoke(app: TaskplaneCelery, task_id: str, tenant: str, *, terminate: bool) 
     worker holding it for a countdown drops it, and a running one is killed (SIGKILL: pool
     children ignore SIGTERM once it means soft shutdown). A worker that receives it later
     finds it revoked at start and skips it, so the broadcast is not what stops it."""
-    life, backend = app.runtime.lifecycle, app.backend
+    life, backend = app.runtime.lifecycle, result_backend(app)
     error = backend.encode_result(TaskRevokedError("revoked via API"), states.REVOKED)
     write = backend.encode_state(task_id, error, states.REVOKED)
     outcome = life.revoke(task_id, tenant, terminate=terminate, result=write)
     if outcome.outcome != "revoked":
         return outcome
     try:
-        if not life.results_here:
-            backend.ensure(backend._write, write)
         app.control.revoke(task_id, terminate=outcome.previous == lifecycle.STARTED,
                            signal="SIGKILL")
     except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
@@ -275,9 +297,4 @@ def retry_dead_letter_task(app: TaskplaneCelery, tenant: str, task_id: str, read
     except OutcomeUnknown as exc:
         exc.task_id = task_id
         raise
-    if outcome.outcome == "queued" and not life.results_here:
-        try:
-            app.backend.forget(task_id)  # the old FAILURE must not show through
-        except redis.RedisError:  # queued all the same; the status read skips it (api/status)
-            pass
     return outcome

@@ -20,8 +20,7 @@ def _api(extra: Sequence[str]) -> None:
 
 
 def _worker(extra: Sequence[str]) -> None:
-    # billiard reads REMAP_SIGTERM when first imported: SIGTERM then means soft shutdown.
-    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    # SIGTERM: the shutdown model of worker.SHUTDOWN_MODEL (warm unless REMAP_SIGTERM says).
     from .settings import Settings
     from .worker import run
 
@@ -29,17 +28,23 @@ def _worker(extra: Sequence[str]) -> None:
 
 
 def _exporter(extra: Sequence[str]) -> None:
+    from . import logs
     from .exporter import run
     from .settings import Settings
 
-    run(Settings.from_env())
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    run(settings)
 
 
 def _scheduler(extra: Sequence[str]) -> None:
+    from . import logs
     from .scheduler import run
     from .settings import Settings
 
-    run(Settings.from_env())
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    run(settings)
 
 
 def _dev(extra: Sequence[str]) -> None:
@@ -54,7 +59,7 @@ def _settings_table(extra: Sequence[str]) -> None:
     print(settings_table())
 
 
-COMMANDS = {
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], None], str]] = {
     "api": (_api, "serve the HTTP API under gunicorn (extra arguments go to gunicorn)"),
     "worker": (_worker, "run a Celery worker (extra arguments go to 'celery worker')"),
     "exporter": (_exporter, "serve the queue metrics read from Redis"),
@@ -73,7 +78,7 @@ def _client_command(name: str) -> Callable[[Sequence[str]], None]:
     return run
 
 
-for _name, _help in (("submit", "submit a task: TASK key=value ... [--wait] [--json]"),
+for _name, _help in (("submit", "submit a task: TASK [key=value ...] [--arg VALUE ...] [--wait] [--json]"),
                      ("status", "show a task: ID"),
                      ("wait", "follow a task to its end with a progress bar: ID"),
                      ("ls", "list your tasks [--state S] [--task T] [--queue Q]"),

@@ -225,10 +225,12 @@ def _error(r: requests.Response) -> TaskplaneError:
                               retry_after)
 
 
-def _sse_data(lines: Iterator[str]) -> Iterator[str]:
-    """The ``data`` of each ``state`` event in a Server-Sent Events stream."""
+def _sse_data(raw_lines: Iterator[str | bytes]) -> Iterator[str]:
+    """The ``data`` of each ``state`` event in a Server-Sent Events stream (UTF-8, the only
+    encoding SSE has, should requests hand over bytes)."""
     event: dict[str, str] = {}
-    for line in lines:
+    for raw in raw_lines:
+        line = raw.decode() if isinstance(raw, bytes) else raw
         if line == "":
             if event.get("event", "message") == "state" and "data" in event:
                 yield event["data"]

@@ -3,7 +3,8 @@ terminal, through :mod:`taskplane.client`.
 
 Reads ``TASKPLANE_URL`` and ``TASKPLANE_TOKEN``. ``--json`` prints the API's JSON for
 scripts. The exit code says how the task ended, so ``taskplane submit … --wait && next``
-works in a shell.
+works in a shell, and a reader that stops early (``taskplane ls | head -3``) ends the
+command quietly, as it ends any Unix tool.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -25,6 +27,12 @@ EXIT_USAGE = 2  # bad command line (argparse's own code)
 EXIT_REVOKED = 3  # the task ended REVOKED
 EXIT_NOT_DONE = 4  # the task has not ended (yet, or within --timeout)
 EXIT_API_ERROR = 5  # the API refused the request or could not be reached
+#: What a shell reports for a Unix tool killed by SIGPIPE (``seq 1e6 | head -1``): the
+#: reader of our output went away. Python ignores SIGPIPE (a write raises instead), and
+#: the client's sockets need it ignored, so the CLI exits with the same status by hand.
+EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE
+#: Ctrl-C while following a task: the shell's status for SIGINT, with no traceback.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 _BY_STATE = {"SUCCESS": EXIT_SUCCESS, "FAILURE": EXIT_FAILURE, "REVOKED": EXIT_REVOKED}
 COMMANDS = ("submit", "status", "wait", "ls", "cancel", "dead-letters", "retry")
@@ -42,15 +50,31 @@ def _value(text: str) -> Any:
         return text
 
 
+#: The submit command's argument forms, shown by ``--help`` and by a malformed argument.
+SUBMIT_FORMS = """\
+arguments:
+  key=value        a keyword argument, anywhere on the line (before or after options);
+                   the value is JSON when it parses as JSON (3, true, [1,2], "3"), else text
+  --arg VALUE      one positional argument; repeat it for more, in order
+examples:
+  taskplane submit long_running_task --arg hello seconds=0
+  taskplane submit long_running_task data=hello seconds=2 --wait
+  taskplane submit long_running_task --arg hello --arg 0"""
+
+
 def _parser(command: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"taskplane {command}")
+    p = argparse.ArgumentParser(
+        prog=f"taskplane {command}",
+        epilog=SUBMIT_FORMS if command == "submit" else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     if command == "submit":
         p.add_argument("task", help="task type, e.g. reports.summary")
         p.add_argument("kwargs", nargs="*", metavar="key=value",
                        help="keyword arguments; values are JSON when they parse as JSON")
         p.add_argument("--arg", action="append", default=[], type=_value, dest="args",
-                       help="a positional argument (repeat for more)")
+                       metavar="VALUE",
+                       help="one positional argument (repeat for more); key=value may follow")
         p.add_argument("--queue")
         p.add_argument("--countdown", type=float)
         p.add_argument("--priority", type=int, choices=range(10))
@@ -73,22 +97,55 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(command: str, argv: Sequence[str], out: TextIO = sys.stdout) -> int:
-    args = _parser(command).parse_args(list(argv))
+    # Intermixed: ``submit T --arg hello seconds=0`` puts key=value after an option.
+    args = _parser(command).parse_intermixed_args(list(argv))
     url, token = os.environ.get("TASKPLANE_URL"), os.environ.get("TASKPLANE_TOKEN")
     if not url or not token:
         print("set TASKPLANE_URL and TASKPLANE_TOKEN", file=sys.stderr)
         return EXIT_USAGE
     client = Client(url, token)
     try:
-        return _run(command, args, client, out)
-    except TaskplaneError as err:
-        if args.json:
-            print(json.dumps({"error": {"status": err.status, "code": err.code,
-                                        "message": err.message, "details": err.details}}),
-                  file=out)
-        else:
-            print(f"error {err.status} {err.code}: {err.message}", file=sys.stderr)
-        return EXIT_API_ERROR
+        try:
+            code = _run(command, args, client, out)
+        except TaskplaneError as err:
+            _report(err, args.json, out)
+            code = EXIT_API_ERROR
+        out.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        _silence(out)
+        return EXIT_CLOSED_PIPE
+    except KeyboardInterrupt:
+        if getattr(out, "isatty", lambda: False)():
+            out.write("\n")  # end the progress bar's line
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _report(err: TaskplaneError, as_json: bool, out: TextIO) -> None:
+    """The API's refusal: ``--json`` prints its envelope on stdout; otherwise one line on
+    stderr, then one line per failing field the API named (``details.fields``)."""
+    if as_json:
+        print(json.dumps({"error": {"status": err.status, "code": err.code,
+                                    "message": err.message, "details": err.details}}),
+              file=out)
+        return
+    print(f"error {err.status} {err.code}: {err.message}", file=sys.stderr)
+    fields = err.details.get("fields") if isinstance(err.details, dict) else None
+    for problem in fields if isinstance(fields, list) else ():
+        if isinstance(problem, dict):
+            print(f"  {problem.get('field', '?')}: {problem.get('message', '')}",
+                  file=sys.stderr)
+
+
+def _silence(out: TextIO) -> None:
+    """Point ``out`` at /dev/null, so the interpreter's own flush at exit finds no closed
+    pipe either (it would print "Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (a test's StringIO): nothing to flush
+        pass
 
 
 def _run(command: str, args: argparse.Namespace, client: Client, out: TextIO) -> int:
@@ -97,7 +154,8 @@ def _run(command: str, args: argparse.Namespace, client: Client, out: TextIO) ->
         for pair in args.kwargs:
             key, sep, raw = pair.partition("=")
             if not sep or not key:
-                print(f"not key=value: {pair!r}", file=sys.stderr)
+                print(f"taskplane submit: not key=value: {pair!r}\n{SUBMIT_FORMS}",
+                      file=sys.stderr)
                 return EXIT_USAGE
             kwargs[key] = _value(raw)
         task = client.submit(args.task, args.args, kwargs, queue=args.queue,

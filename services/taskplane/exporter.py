@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,22 +21,30 @@ from prometheus_client.registry import Collector
 
 from . import httpserver, metrics, redis_conn
 from .broker import RedisBroker
+from .celery_app import redis_client
+from .runtime import known_queues
 from .sentinel_watch import SentinelCollector
 from .settings import Settings
+from .tasks.registry import Registry
 
 log = logging.getLogger("taskplane.exporter")
 
 
 class QueueCollector(Collector):
-    def __init__(self, broker: RedisBroker, queues: list[str]) -> None:
+    """Reads every queue at scrape time; ``clock`` gives the time a scrape reads at."""
+
+    def __init__(self, broker: RedisBroker, queues: list[str],
+                 clock: Callable[[], float] = time.time) -> None:
         self.broker = broker
         self.queues = queues
+        self.clock = clock
         self.last_ok = False
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         started = time.perf_counter()
+        now = self.clock()
         try:
-            stats = self.broker.queue_stats(self.queues)
+            stats = self.broker.queue_stats(self.queues, now)
             self.last_ok = True
         except Exception as exc:
             log.warning("reading queues failed: %s", type(exc).__name__)
@@ -47,7 +55,6 @@ class QueueCollector(Collector):
             for spec in (metrics.QUEUE_WAITING, metrics.QUEUE_RESERVED, metrics.QUEUE_SCHEDULED,
                          metrics.QUEUE_OLDEST_AGE)
         }
-        now = time.time()
         for q in stats:
             families[metrics.QUEUE_WAITING.name].add_metric([q.name], q.waiting)
             families[metrics.QUEUE_RESERVED.name].add_metric([q.name], q.reserved)
@@ -70,10 +77,11 @@ class QueueCollector(Collector):
 
 
 def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollector]:
-    from .celery_app import create_celery
-
-    runtime = create_celery(settings).runtime
-    collector = QueueCollector(runtime.broker, runtime.known_queues())
+    """The exporter's registry: a plain Redis client and the broker's layout (``broker``),
+    no Celery app; the queues are the configured ones and those the task modules name."""
+    client = redis_client(settings.redis_url, settings)
+    registry_of_tasks = Registry.from_modules(settings.task_modules, settings.builtin_tasks)
+    collector = QueueCollector(RedisBroker(client), known_queues(settings, registry_of_tasks))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     if redis_conn.is_sentinel(settings.redis_url):  # the master set's health (failovers, lag)
@@ -82,8 +90,7 @@ def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollect
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Serve ``/metrics`` and ``/healthz`` until SIGTERM or SIGINT (``taskplane exporter``)."""
     registry, collector = create_registry(settings)
 
     def metrics_answer() -> tuple[int, str, bytes]:

@@ -6,16 +6,18 @@ keeps identical).
 
 What Flower shows of a task comes from the workers' events. Taskplane keeps task data out
 of them at the source: the API sends every task with its argument reprs redacted
-(``<2 redacted>``) and Taskplane's worker puts no return value in its events
-(``resultrepr_maxsize = 0``). ``format_task`` below is the second line for Flower's task
-pages: whatever a foreign client put in its reprs, the pages show only their size.
+(``<2 redacted>``) and Taskplane's worker puts no return value in its events: their
+``result`` is the marker below (``worker.RedactedResultRequest``), never a cut repr.
+``format_task`` below is the second line for Flower's task pages: whatever a foreign client
+put in its reprs, the pages show only their size.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-#: What the task pages show in place of arguments and results.
+#: What the task pages and events show in place of arguments and results (the worker's
+#: ``task-succeeded`` events carry it as the result).
 REDACTED = "<redacted>"
 
 # Flower's own defaults, stated: the tasks page must not grow without bound.

@@ -29,14 +29,17 @@ names are rejected before anything is counted), ``queue`` a configured queue,
 from __future__ import annotations
 
 import atexit
-import functools
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # imported for real only once the multiprocess directory is set
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -56,6 +59,11 @@ OUTCOMES = ("succeeded", "failed", "retried", "revoked", "dead_lettered", "rejec
             "redelivered", "poisoned")
 
 
+#: How a gauge's per-process values merge at scrape time (prometheus-client's modes).
+GaugeMode = Literal["all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum",
+                    "mostrecent", "livemostrecent"]
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
@@ -64,11 +72,11 @@ class MetricSpec:
     help: str
     use: str  # what an operator or autoscaler uses it for
     endpoint: str  # api, worker, exporter, scheduler
-    multiprocess_mode: str = ""  # gauges only
+    multiprocess_mode: GaugeMode | Literal[""] = ""  # gauges only
 
 
 def _m(name: str, type_: str, labels: tuple[str, ...], help_: str, use: str, endpoint: str,
-       mode: str = "") -> MetricSpec:
+       mode: GaugeMode | Literal[""] = "") -> MetricSpec:
     return MetricSpec(name, type_, labels, help_, use, endpoint, mode)
 
 
@@ -297,7 +305,7 @@ def _remove_temporary(path: Path, owner: int) -> None:
 
 @dataclass(frozen=True)
 class Instruments:
-    """The live prometheus-client objects, built on first use (after the directory is set)."""
+    """The live prometheus-client objects of one app (or the stand-ins when switched off)."""
 
     task_queue_wait: Any
     task_runtime: Any
@@ -330,38 +338,87 @@ class _Null:
     def set(self, *_: Any) -> None: ...
     def observe(self, *_: Any) -> None: ...
     def clear(self) -> None: ...
+    def remove(self, *_: Any) -> None: ...
 
 
-_enabled = True
+class Metrics:
+    """One app's instruments, on a ``CollectorRegistry`` of its own.
+
+    The app factory makes one per app (``Runtime.metrics``), so two apps in a process
+    never share a series and a test reads a value in-process with
+    ``metrics.registry.get_sample_value(name, labels)``. Built on first use, not when the
+    app is: ``prometheus_client`` picks its value class (in-memory, or a file per process
+    under ``PROMETHEUS_MULTIPROC_DIR``) when first imported, which must come after the
+    process that owns the directory prepared it (``prepare_multiprocess_dir``), and
+    ``celery -A taskplane.worker worker`` builds the app before the worker starts.
+
+    In multiprocess mode this registry still holds this process's own values (its files):
+    the pod's exposition merges every process's files per scrape (:meth:`scrape`). Two
+    apps in one multiprocess process would share those files; one app per process is
+    the multiprocess deployment (a gunicorn worker, a pool process).
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._built: tuple[CollectorRegistry, Instruments] | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self._build()[0]
+
+    @property
+    def instruments(self) -> Instruments:
+        return self._build()[1]
+
+    def _build(self) -> tuple[CollectorRegistry, Instruments]:
+        built = self._built
+        if built is None:
+            with self._lock:  # two request threads must not register the names twice
+                if self._built is None:
+                    self._built = _instruments(self.enabled)
+                built = self._built
+        return built
+
+    def count_replica_ack(self, confirmed: bool) -> None:
+        """One acknowledged transition, confirmed by replicas in time or not
+        (``lifecycle.store``)."""
+        self.instruments.replica_acks.labels(
+            ACK_OUTCOMES[0] if confirmed else ACK_OUTCOMES[1]).inc()
+
+    def scrape(self) -> tuple[bytes, str]:
+        """The exposition of every process of this pod (multiprocess mode), or of this app.
+
+        Live gauges of processes that died without saying so (a SIGKILLed pool child)
+        are dropped first, so ``taskplane_worker_tasks_running`` does not count ghosts.
+        """
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(_merged(directory)), CONTENT_TYPE_LATEST
 
 
-def configure(enabled: bool) -> None:
-    """Switch recording on or off for this process (``METRICS_ENABLED``)."""
-    global _enabled
-    _enabled = enabled
+def _instruments(enabled: bool) -> tuple[CollectorRegistry, Instruments]:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-
-def instruments() -> Instruments:
-    if not _enabled:
+    registry = CollectorRegistry()
+    if not enabled:
         null = _Null()
-        return Instruments(*(null,) * len(Instruments.__dataclass_fields__))
-    return _instruments()
+        return registry, Instruments(*(null,) * len(fields(Instruments)))
 
+    def histogram(spec: MetricSpec, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(spec.name, spec.help, spec.labels, buckets=buckets, registry=registry)
 
-@functools.cache
-def _instruments() -> Instruments:
-    from prometheus_client import Counter, Gauge, Histogram
+    def counter(spec: MetricSpec) -> Counter:
+        return Counter(spec.name, spec.help, spec.labels, registry=registry)
 
-    def histogram(spec: MetricSpec, buckets: tuple[float, ...]) -> Any:
-        return Histogram(spec.name, spec.help, spec.labels, buckets=buckets)
+    def gauge(spec: MetricSpec) -> Gauge:
+        return Gauge(spec.name, spec.help, spec.labels, registry=registry,
+                     multiprocess_mode=spec.multiprocess_mode or "all")
 
-    def counter(spec: MetricSpec) -> Any:
-        return Counter(spec.name, spec.help, spec.labels)
-
-    def gauge(spec: MetricSpec) -> Any:
-        return Gauge(spec.name, spec.help, spec.labels, multiprocess_mode=spec.multiprocess_mode)
-
-    return Instruments(
+    return registry, Instruments(
         task_queue_wait=histogram(TASK_QUEUE_WAIT, TASK_BUCKETS),
         task_runtime=histogram(TASK_RUNTIME, TASK_BUCKETS),
         task_end_to_end=histogram(TASK_END_TO_END, TASK_BUCKETS),
@@ -383,11 +440,6 @@ def _instruments() -> Instruments:
     )
 
 
-def count_replica_ack(confirmed: bool) -> None:
-    """One acknowledged transition, confirmed by replicas in time or not (``lifecycle.store``)."""
-    instruments().replica_acks.labels(ACK_OUTCOMES[0] if confirmed else ACK_OUTCOMES[1]).inc()
-
-
 _LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 
 
@@ -401,30 +453,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def scrape() -> tuple[bytes, str]:
-    """The exposition of every process of this pod (multiprocess mode), or of this process.
+def _merged(directory: str) -> CollectorRegistry:
+    """A registry for one scrape that merges every process's files under ``directory``
+    (prometheus-client's multiprocess recipe: a fresh registry per request)."""
+    from prometheus_client import CollectorRegistry, multiprocess
 
-    Live gauges of processes that died without saying so (a SIGKILLed pool child)
-    are dropped first, so ``taskplane_worker_tasks_running`` does not count ghosts.
-    """
-    from prometheus_client import (
-        CONTENT_TYPE_LATEST,
-        REGISTRY,
-        CollectorRegistry,
-        generate_latest,
-        multiprocess,
-    )
-
-    directory = os.environ.get(MULTIPROC_ENV)
-    if not directory:
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
     for entry in os.listdir(directory):
         match = _LIVE_FILE.match(entry)
         if match and not _pid_alive(int(match.group(1))):
             multiprocess.mark_process_dead(int(match.group(1)), directory)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, directory)
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return registry
 
 
 def mark_process_dead(pid: int) -> None:

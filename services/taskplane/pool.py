@@ -70,7 +70,9 @@ class TaskPool(PreforkPool):
         super().on_start()
         # Celery's on_start binds ``terminate_job`` to its process pool's method on the
         # instance; wrap whatever it bound rather than reaching into the pool behind it.
-        self.terminate_job = functools.partial(_terminate, self.terminate_job)
+        # (an instance attribute shadowing the method, as Celery's own on_start sets it)
+        self.terminate_job = functools.partial(  # type: ignore[method-assign]  # as Celery does
+            _terminate, self.terminate_job)
 
 
 def _terminate(terminate_job: Callable[[int, int], Any], pid: int, signal: Any = None) -> Any:

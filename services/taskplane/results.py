@@ -1,23 +1,33 @@
-"""Celery's Redis result backend, wired to the task lifecycle.
+"""Celery's Redis result backend, wired to the task lifecycle: the one object through which
+every Celery result is written.
 
 Celery stores a task's states through its backend (``store_result``). Here every such
-write is a lifecycle step (``lifecycle/transitions.py``) instead of Celery's GET-then-SETEX, which
-is two round trips and not atomic: a late RETRY could land on a SUCCESS that raced it,
-and a REVOKED on a task that had just ended. So:
+write is a lifecycle step (``lifecycle/transitions.py``) instead of Celery's
+GET-then-SETEX, which is two round trips and not atomic: a late RETRY could land on a
+SUCCESS that raced it, and a REVOKED on a task that had just ended. So:
 
 * a final state (SUCCESS, FAILURE, REVOKED) is never overwritten, by anyone;
 * SUCCESS and REVOKED end the task in the same step as the result is stored (record,
-  tenant slot), when results live in the records' Redis;
-* FAILURE ends the task with its dead letter (``mark_as_failure`` → ``fail``);
+  tenant slot);
+* FAILURE ends the task with its dead letter in the same step (``mark_as_failure`` →
+  ``fail``);
 * RETRY stores the retry count on the record with the result.
 
-When ``RESULT_BACKEND_URL`` names another Redis, results are written there by one
-guarded script, and the record moves in its own lifecycle step (``worker.py``).
+One result store. Results always live in the Redis of ``REDIS_URL``, beside the records,
+so that each of these is one script. There was a mode with results in a Redis of their
+own (``RESULT_BACKEND_URL`` naming another server); there, no script can reach both
+servers, and the claims above did not hold: a failure wrote FAILURE to the results Redis
+first and then called ``fail`` on the records' Redis, so a crash or a lost connection
+between the two left a FAILURE result beside a task that, by its record, was still
+running, with no dead letter and its tenant slot taken; STARTED and the retry of a dead
+letter were two writes as well. That mode is gone: ``RESULT_BACKEND_URL`` naming another
+Redis is refused at start (``settings.py``). The record's Redis is the one to make highly
+available.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 from typing import Any
 
 from celery import states
@@ -25,17 +35,19 @@ from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from . import lifecycle
-from .lifecycle import ResultWrite
+from . import broker, lifecycle
+from .lifecycle import ResultWrite, TaskRecord
 from .redis_conn import MasterConnection, MasterSSLConnection, is_sentinel
 
 
 class ResultBackend(RedisBackend):
-    """``RedisBackend`` whose state writes are lifecycle steps."""
+    """``RedisBackend`` whose state writes are lifecycle steps.
 
-    #: Called with (task name, task id, queue) when a failure filed a dead letter (the
-    #: worker counts it); the backend itself knows no metrics.
-    on_dead_letter: Callable[[str, str, str], None] | None = None
+    The app's :class:`~taskplane.runtime.Runtime` holds what it needs: the lifecycle, and
+    ``on_dead_letter`` (the worker counts dead letters; the backend itself knows no
+    metrics). An app without a runtime (not built by ``create_celery``) gets Celery's
+    plain behaviour.
+    """
 
     def mark_as_failure(self, task_id: str, exc: BaseException, traceback: Any = None,
                         request: Any = None, store_result: bool = True,
@@ -59,28 +71,27 @@ class ResultBackend(RedisBackend):
                                        getattr(request, "args", None),
                                        getattr(request, "kwargs", None),
                                        tuple(getattr(task, "autoretry_for", ()) or ()))
-        if life.results_here:
-            outcome = life.fail(task_id, letter, tenant=lifecycle.tenant_hint(request),
-                                result=write)
-        else:
-            self.ensure(self._write, write)
-            outcome = life.fail(task_id, letter, tenant=lifecycle.tenant_hint(request))
-        if outcome.outcome == "done" and self.on_dead_letter is not None:
+        outcome = life.fail(task_id, letter, tenant=lifecycle.tenant_hint(request), result=write)
+        if outcome.outcome == "done" and runtime.on_dead_letter is not None:
             info = getattr(request, "delivery_info", None) or {}
-            self.on_dead_letter(letter["task"], task_id, str(info.get("routing_key") or ""))
+            runtime.on_dead_letter(letter["task"], task_id, str(info.get("routing_key") or ""))
         super().mark_as_failure(task_id, exc, traceback, request, store_result=False,
                                 call_errbacks=call_errbacks, state=state)
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
-        write = self.encode_state(task_id, result, state, traceback, request)
         runtime = getattr(self.app, "runtime", None)
-        life = runtime.lifecycle if runtime is not None else None
-        if life is None or not life.results_here:
-            self.ensure(self._write, write)
-        elif state in (states.SUCCESS, states.REVOKED):
+        if runtime is None:
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        life = runtime.lifecycle
+        write = self.encode_state(task_id, result, state, traceback, request)
+        if state == states.SUCCESS:
             life.finish(task_id, state, tenant=lifecycle.tenant_hint(request), result=write,
                         run_ended=_ends_run(task_id, state, request))
+        elif state == states.REVOKED:  # a revoke the worker received (celery control revoke)
+            life.finish(task_id, state, tenant=lifecycle.tenant_hint(request), result=write,
+                        adopt=stock_record(task_id, request, getattr(request, "task", None),
+                                           runtime.settings.default_queue))
         elif state == states.RETRY:
             retries = (getattr(request, "retries", None) or 0) + 1
             life.write(task_id, write, ["state", lifecycle.RETRY, "retries", str(retries)])
@@ -113,13 +124,23 @@ class ResultBackend(RedisBackend):
         return self.encode_state(request.id, self.started_result(request, pid),
                                  states.STARTED, request=request)
 
-    def _write(self, key: str, value: str, ttl: int) -> int:
-        client = self.client
-        script = self.__dict__.get("_write_script")
-        if script is None or script.registered_client is not client:
-            script = self.__dict__["_write_script"] = client.register_script(
-                lifecycle.store.source("write_result"))
-        return int(script(keys=[key], args=[value, ttl]))
+
+def stock_record(task_id: str, request: Any, task: str | None, default_queue: str
+                 ) -> TaskRecord | None:
+    """The record to adopt for a task sent around the API (its message names no tenant:
+    a stock Celery client, ``celery call``), should it have none: under
+    :data:`~taskplane.lifecycle.SYSTEM_TENANT`, with the queue and priority it was
+    delivered with. ``request`` None (a revoke broadcast for a task this worker never
+    received) knows neither its name nor its queue. None for a Taskplane message."""
+    if request is not None:
+        headers = getattr(request, "headers", None) or {}
+        if getattr(request, lifecycle.TENANT_HEADER, None) or headers.get(lifecycle.TENANT_HEADER):
+            return None
+    info = (getattr(request, "delivery_info", None) or {}) if request is not None else {}
+    queue = str(info.get("routing_key") or (default_queue if request is not None else ""))
+    return TaskRecord(id=task_id, tenant=lifecycle.SYSTEM_TENANT, task=task or "", queue=queue,
+                      priority=broker.api_priority(info.get("priority")),
+                      submitted_at=time.time())
 
 
 #: Set on a run's request once its end was counted with its SUCCESS (see ``_ends_run``).
@@ -142,7 +163,7 @@ def _ends_run(task_id: str, state: str, request: Any) -> bool:
 
 class SentinelResultBackend(ResultBackend, SentinelBackend):
     """The same lifecycle writes, on the master Celery's ``SentinelBackend`` finds through
-    the sentinels (``sentinel://`` ``RESULT_BACKEND_URL`` or ``REDIS_URL``): its pool's
+    the sentinels (a ``sentinel://`` ``REDIS_URL``): its pool's
     connections rediscover the master after a failover (also on ``NOREPLICAS``:
     ``redis_conn.MasterConnection``)."""
 
@@ -153,8 +174,8 @@ class SentinelResultBackend(ResultBackend, SentinelBackend):
         self.connparams.setdefault("connection_class", MasterConnection)
 
 
-def backend_url(results_url: str) -> str:
+def backend_url(redis_url: str) -> str:
     """``result_backend`` naming this module's backend for ``results_url`` (Celery's
     ``class+url`` form): the Sentinel one for a ``sentinel://`` URL."""
-    cls = SentinelResultBackend if is_sentinel(results_url) else ResultBackend
-    return f"{__name__}:{cls.__name__}+{results_url}"
+    cls = SentinelResultBackend if is_sentinel(redis_url) else ResultBackend
+    return f"{__name__}:{cls.__name__}+{redis_url}"

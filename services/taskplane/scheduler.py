@@ -77,6 +77,9 @@ class Scheduler:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
         self.looped = time.monotonic()
+        #: Schedules this replica has labelled series for: one that leaves the scan
+        #: (deleted, disabled) has them removed, so no stale next-fire time stays behind.
+        self.reported: set[str] = set()
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -111,11 +114,25 @@ class Scheduler:
     def lead(self, holds: bool) -> None:
         """Only the scanning replica reports per-schedule gauges: a standby drops its old
         ones, so a dashboard never shows two replicas' (one of them stale) at once."""
-        m = metrics.instruments()
+        m = self.app.runtime.metrics.instruments
         m.scheduler_leading.set(1 if holds else 0)
         if not holds:
             m.schedule_fire_lag.clear()
             m.schedule_next_fire.clear()
+
+    def forget_gone(self, idents: set[str], m: metrics.Instruments) -> None:
+        """Remove every labelled series of the schedules no longer in ``idents`` (deleted
+        or disabled since the last scan): a next-fire time left at a past instant reads as
+        "nothing scans", and their counters would only grow the scrape."""
+        gone, self.reported = self.reported - idents, idents
+        for ident in gone:
+            for metric in (m.schedule_fires, m.schedule_skipped, m.schedule_missed,
+                           m.schedule_fire_lag, m.schedule_next_fire):
+                try:
+                    metric.remove(ident)
+                except KeyError:  # never recorded (a gauge not set yet)
+                    pass
+            log.info("schedule=%s is gone: its metrics are removed", ident)
 
     def healthy(self) -> bool:
         """The loop went round lately (a stuck scan or a dead Redis client fails it)."""
@@ -131,10 +148,11 @@ class Scheduler:
 
     def scan(self, now: float) -> dict[str, Outcome]:
         active = self.schedules()
-        m = metrics.instruments()
+        m = self.app.runtime.metrics.instruments
         for s in active:  # counters start at zero, so rate() has a series from the start
             for counter in (m.schedule_fires, m.schedule_skipped, m.schedule_missed):
                 counter.labels(s.ident)
+        self.forget_gone({s.ident for s in active}, m)
         states = self.life.schedule_states([s.ident for s in active])
         return {s.ident: self.handle(s, state, now) for s, state in zip(active, states, strict=True)}
 
@@ -157,7 +175,7 @@ class Scheduler:
         on_time_room = int(grace // (schedule.every or 60)) + 2
         ticks, dropped = schedule.due(after, now, most + on_time_room)
         if not ticks and not dropped:
-            metrics.instruments().schedule_next_fire.labels(schedule.ident).set(
+            self.app.runtime.metrics.instruments.schedule_next_fire.labels(schedule.ident).set(
                 schedule.next_tick(max(after, now)))
             return out
         plan = self.plan(schedule, ticks, now, grace, window, most)
@@ -184,7 +202,7 @@ class Scheduler:
             schedule.ident, read, handled, task_id=last_task if last_fired_at else "",
             fired_at=last_fired_at, fires=len(out.fired), skipped=out.skipped,
             missed=out.missed, stored=schedule.source != "code")
-        m = metrics.instruments()
+        m = self.app.runtime.metrics.instruments
         if out.advanced:  # counted by the replica whose record stands: never twice
             if out.skipped:
                 m.schedule_skipped.labels(schedule.ident).inc(out.skipped)
@@ -254,7 +272,7 @@ class Scheduler:
             return accepted.task_id
         lag = time.time() - tick
         out.fired.append((tick, accepted.task_id))
-        m = metrics.instruments()
+        m = self.app.runtime.metrics.instruments
         m.schedule_fires.labels(schedule.ident).inc()
         m.schedule_fire_lag.labels(schedule.ident).set(lag)
         log.info("fire schedule=%s tick=%s task=%s lag=%.3f", schedule.ident, _iso(tick),
@@ -268,19 +286,16 @@ def _iso(tick: float) -> str:
 
 def run(settings: Settings) -> None:
     """The ``taskplane scheduler`` process: scan until SIGTERM or SIGINT."""
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One process: its own registry, not multiprocess files (the pod's environment may
     # name a directory for them), so a gauge a standby clears is gone from the scrape.
     os.environ.pop(metrics.MULTIPROC_ENV, None)
-    metrics.configure(settings.metrics_enabled)
     redis_conn.await_master(settings, "scheduler")
     redis_conn.warn_if_too_few_replicas(settings, "scheduler")
     app = create_celery(settings, patient=False)
     scheduler = Scheduler(app)
     if settings.scheduler_metrics_port:
         def scrape() -> tuple[int, str, bytes]:
-            body, ctype = metrics.scrape()
+            body, ctype = app.runtime.metrics.scrape()
             return 200, ctype, body
 
         def health() -> tuple[int, str, bytes]:

@@ -31,13 +31,15 @@ Policies (checked when a tick is due):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -54,6 +56,13 @@ CATCH_UP = ("none", "latest", "all")
 MIN_EVERY = 1
 #: The longest ``every``: a year; longer periods belong in cron.
 MAX_EVERY = 366 * 86_400
+
+
+@functools.cache
+def time_zones() -> frozenset[str]:
+    """The IANA zones a schedule may name: those of this machine's tz database (the API
+    description lists them, so the check and the description cannot differ)."""
+    return frozenset(available_timezones())
 
 
 class ScheduleError(ValueError):
@@ -199,6 +208,8 @@ def check(schedule: Schedule, registry: Registry, known_queues: list[str] | None
         problems.append({"field": "every",
                          "message": f"an integer number of seconds {MIN_EVERY}-{MAX_EVERY}"})
     try:
+        if schedule.timezone not in time_zones():
+            raise ZoneInfoNotFoundError(schedule.timezone)
         ZoneInfo(schedule.timezone)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         problems.append({"field": "timezone",
@@ -228,8 +239,10 @@ def check(schedule: Schedule, registry: Registry, known_queues: list[str] | None
 
 # --- schedules declared in code --------------------------------------------------------
 
-#: Name → schedule, filled by :func:`periodic` when task modules are imported.
-DECLARED: dict[str, Schedule] = {}
+#: The attribute of a task module that records the schedules it declares (name → schedule):
+#: like tasks, declared schedules belong to the apps that load their module, not to the
+#: process (an app without the module in ``TASK_MODULES`` has none of them).
+DECLARED_ATTRIBUTE = "__taskplane_schedules__"
 
 
 def periodic(name: str, *, task: str, cron: str | None = None, every: int | None = None,
@@ -244,22 +257,37 @@ def periodic(name: str, *, task: str, cron: str | None = None, every: int | None
     schedule = Schedule(name=name, task=task, args=tuple(args), kwargs=dict(kwargs or {}),
                         cron=cron, every=every, timezone=timezone, queue=queue,
                         priority=priority, overlap=overlap, catch_up=catch_up, source="code")
-    existing = DECLARED.get(name)
+    # The calling module's namespace: ``periodic`` runs at the top level of a task module,
+    # being imported, whose globals are the module's own.
+    declared: dict[str, Schedule] = sys._getframe(1).f_globals.setdefault(DECLARED_ATTRIBUTE, {})
+    existing = declared.get(name)
     if existing is not None and existing != schedule:
         raise ValueError(f"schedule {name!r} is declared twice")
-    DECLARED[name] = schedule
+    declared[name] = schedule
     return schedule
+
+
+def declared_in(registry: Registry) -> list[Schedule]:
+    """The schedules the registry's task modules declare, by name (unchecked)."""
+    found: dict[str, Schedule] = {}
+    for module in registry.modules:
+        for name, schedule in getattr(sys.modules[module], DECLARED_ATTRIBUTE, {}).items():
+            if found.get(name, schedule) != schedule:
+                raise ValueError(f"schedule {name!r} is declared twice (in {module})")
+            found[name] = schedule
+    return sorted(found.values(), key=lambda s: s.name)
 
 
 def declared(registry: Registry) -> list[Schedule]:
     """The code-declared schedules, each checked (:class:`ScheduleError` if one is bad)."""
-    for schedule in DECLARED.values():
+    found = declared_in(registry)
+    for schedule in found:
         try:
             check(schedule, registry)
         except ScheduleError as exc:
             raise ScheduleError([{**f, "field": f"{schedule.name}.{f['field']}"}
                                  for f in exc.fields]) from exc
-    return sorted(DECLARED.values(), key=lambda s: s.name)
+    return found
 
 
 # --- stored schedules ---------------------------------------------------------------------
@@ -276,13 +304,15 @@ class ScheduleStore:
     def __init__(self, life: Lifecycle) -> None:
         self.life = life
 
-    def create(self, schedule: Schedule) -> bool:
-        """Store a new schedule; False if the tenant already has one of that name."""
-        return self.life.schedule_create(schedule.ident, schedule.to_json(),
-                                         schedule.tenant) == "created"
+    def create(self, schedule: Schedule, cap: int = 0) -> str:
+        """Store a new schedule, in one step with the checks: ``created``, ``exists`` (the
+        tenant has one of that name) or ``cap_reached`` (it has ``cap`` already; 0: no cap)."""
+        return self.life.schedule_create(schedule.ident, schedule.to_json(), schedule.tenant,
+                                         cap)
 
-    def replace(self, schedule: Schedule) -> None:
-        self.life.schedule_replace(schedule.ident, schedule.to_json())
+    def replace(self, schedule: Schedule) -> bool:
+        """Store the changed schedule; False if it was deleted meanwhile (not brought back)."""
+        return self.life.schedule_replace(schedule.ident, schedule.to_json())
 
     def get(self, tenant: str, name: str) -> Schedule | None:
         raw = self.life.schedule_definition(schedule_ident(tenant, name))

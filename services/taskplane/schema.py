@@ -21,11 +21,12 @@ class CompiledSchema:
     """``errors(instance)``: ``[]`` when valid, else one ``{field, message}`` per failure."""
 
     def __init__(self, schema: Mapping[str, Any], root: str) -> None:
-        cls = jsonschema.validators.validator_for(schema)
-        cls.check_schema(schema)
+        document = dict(schema)
+        cls = jsonschema.validators.validator_for(document)
+        cls.check_schema(document)
         self.root = root
-        self._explain = cls(schema)
-        self._verdict = jsonschema_rs.validator_for(dict(schema))
+        self._explain = cls(document)
+        self._verdict = jsonschema_rs.validator_for(document)
 
     def is_valid(self, instance: Any) -> bool:
         try:

@@ -42,7 +42,9 @@ class Settings:
     )
     result_backend_url: str = _setting(
         "RESULT_BACKEND_URL", "",
-        "Separate Redis for results; empty means `REDIS_URL`.",
+        "Empty, or the same Redis as `REDIS_URL`: results live with the task records, written "
+        "in the same atomic step; any other Redis is refused at start "
+        "(see \"One result store\").",
     )
     redis_password: str = _setting(
         "REDIS_PASSWORD", "",
@@ -147,6 +149,10 @@ class Settings:
     max_open_tasks_per_tenant: int = _setting(
         "MAX_OPEN_TASKS_PER_TENANT", 100_000,
         "Unfinished tasks a tenant may have; more submissions are 429. 0: no cap.",
+    )
+    max_schedules_per_tenant: int = _setting(
+        "MAX_SCHEDULES_PER_TENANT", 100,
+        "Schedules a tenant may store over the API; more creations are 429. 0: no cap.",
     )
     task_modules: tuple[str, ...] = _setting(
         "TASK_MODULES", (),
@@ -328,6 +334,8 @@ class Settings:
             raise SettingsError(
                 "LEASE_INTERVAL must be above 0 and at most a third of VISIBILITY_TIMEOUT, "
                 "or one late renewal lets a live worker's task be delivered twice")
+        if self.max_schedules_per_tenant < 0:
+            raise SettingsError("MAX_SCHEDULES_PER_TENANT must be 0 (no cap) or more")
         if self.unacked_restore_interval < 1 or self.max_deliveries < 1:
             raise SettingsError("UNACKED_RESTORE_INTERVAL and MAX_DELIVERIES must be at least 1")
         if self.scheduler_interval <= 0 or self.scheduler_lease_ttl < 0 or \
@@ -354,11 +362,17 @@ class Settings:
                 self.replicas_ack and self.redis_ack_timeout >= self.redis_timeout):
             raise SettingsError("REDIS_ACK_TIMEOUT must be above 0 and below REDIS_TIMEOUT, or "
                                 "the socket times out before WAIT answers")
-        sentinel = is_sentinel(self.redis_url) or is_sentinel(self.result_backend_url)
-        if sentinel and not self.redis_sentinel_master:
+        if self.result_backend_url and self.result_backend_url != self.redis_url:
             raise SettingsError(
-                "REDIS_URL (or RESULT_BACKEND_URL) is a Sentinel URL: set REDIS_SENTINEL_MASTER "
-                "to the name of the master set the sentinels watch")
+                "RESULT_BACKEND_URL names another Redis than REDIS_URL; results must live in "
+                "REDIS_URL's Redis, with the task records, so that each state change writes "
+                "record and result in one atomic step. Leave RESULT_BACKEND_URL empty (see "
+                "\"One result store\" in README.md)")
+
+        if is_sentinel(self.redis_url) and not self.redis_sentinel_master:
+            raise SettingsError(
+                "REDIS_URL is a Sentinel URL: set REDIS_SENTINEL_MASTER to the name of the "
+                "master set the sentinels watch")
 
     # --- derived values ---------------------------------------------------------------
 
@@ -370,15 +384,6 @@ class Settings:
         if value == "auto":
             return 1 if is_sentinel(self.redis_url) else 0
         return int(value)
-
-    @property
-    def results_url(self) -> str:
-        return self.result_backend_url or self.redis_url
-
-    @property
-    def results_with_records(self) -> bool:
-        """Results live in the Redis of records and queues: one call can touch both."""
-        return self.results_url == self.redis_url
 
     def tokens(self) -> dict[str, str]:
         """Map each tenant bearer token to its tenant, reading the token file if one is named."""
@@ -436,7 +441,8 @@ def _token_map(env: str, value: str) -> dict[str, str]:
 
 
 def _env(field_name: str) -> str:
-    return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field_name)
+    return next(str(f.metadata["env"]) for f in dataclasses.fields(Settings)
+                if f.name == field_name)
 
 
 def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:

@@ -10,38 +10,55 @@ access, so importing this module starts nothing.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from types import ModuleType
 from typing import Any
 
-from celery import Celery, signals, states
+from celery import signals, states
 from celery.app import trace as celery_trace
 from celery.apps.worker import Worker as CeleryWorker
 from celery.exceptions import Retry
 from celery.worker import state as worker_state
+from celery.worker.request import Request as CeleryRequest
 
 from . import broker, lifecycle, metrics, redis_conn
 from .celery_app import create_celery
+from .flowerconfig import REDACTED
 from .lifecycle import Lifecycle, PoisonedTask
 from .pool import POOL
-from .results import RUN_ENDED, ResultBackend
-from .runtime import STOCK_DEFAULT_QUEUE
+from .results import RUN_ENDED, stock_record
+from .runtime import STOCK_DEFAULT_QUEUE, Runtime, TaskplaneCelery, known_queues, runtime_of
 from .settings import Settings
+from .tasks.registry import Registry
 from .worker_probes import LeaseStep, serve_probes
 
 log = logging.getLogger("taskplane.worker")
+
+# Celery's signals are process-wide: each handler reaches its app's state (records,
+# metrics) through its sender's ``app.runtime``, and what one run's handlers share rides on
+# that run's request (``RUN_STARTED``). The one process-wide flag: whether this process
+# connected the handlers (``connect_signals``).
 _connected = False
-#: Per pool process: task id → (monotonic start, wall-clock start) of the run in progress.
-_runs: dict[str, tuple[float, float]] = {}
-#: Main process: its hostname and probes, once the worker is ready.
-_main: dict[str, Any] = {}
+#: Attribute of a run's request: ``time.monotonic()`` at its ``task_prerun``.
+RUN_STARTED = "taskplane_run_started"
 
 
 def _lifecycle(sender: Any) -> Lifecycle:
-    return sender.app.runtime.lifecycle  # type: ignore[no-any-return]
+    return _runtime(sender).lifecycle
+
+
+def _runtime(sender: Any) -> Runtime:
+    """The runtime of the app a signal's sender (task, consumer, worker) belongs to."""
+    return runtime_of(sender.app)
+
+
+def _instruments(sender: Any) -> metrics.Instruments:
+    return _runtime(sender).metrics.instruments
 
 
 def _queue_of(task: Any) -> str:
@@ -74,10 +91,10 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
     if not task_id:
         return
     now = time.time()
-    _runs[task_id] = (time.monotonic(), now)
-    m = metrics.instruments()
-    m.worker_running.inc()
     request = task.request
+    setattr(request, RUN_STARTED, time.monotonic())
+    m = _instruments(task)
+    m.worker_running.inc()
     if (getattr(request, "delivery_info", None) or {}).get("redelivered"):
         m.tasks.labels(task.name, _queue_of(task), "redelivered").inc()
     due = _due_at(request)
@@ -89,12 +106,12 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None
                 state: str | None = None, **_: Any) -> None:
     if not task_id:
         return
-    m = metrics.instruments()
-    started = _runs.pop(task_id, None)
+    m = _instruments(task)
+    started = getattr(task.request, RUN_STARTED, None)
     if started is not None:
         m.worker_running.dec()
         queue = _queue_of(task)
-        m.task_runtime.labels(task.name, queue).observe(time.monotonic() - started[0])
+        m.task_runtime.labels(task.name, queue).observe(time.monotonic() - started)
         submitted = _submitted_at(task.request)
         if state in states.READY_STATES and submitted is not None:
             m.task_end_to_end.labels(task.name, queue).observe(max(0.0, time.time() - submitted))
@@ -120,14 +137,16 @@ def _on_failure(sender: Any = None, task_id: str | None = None,
     if not task_id or isinstance(exception, Retry):
         return
     queue = _queue_for(sender, task_id)
-    m = metrics.instruments()
+    m = _instruments(sender)
     m.tasks.labels(sender.name, queue, "failed").inc()
     if isinstance(exception, PoisonedTask):
         m.tasks.labels(sender.name, queue, "poisoned").inc()
 
 
-def _on_dead_letter(task: str, task_id: str, queue: str) -> None:
-    metrics.instruments().tasks.labels(task, queue or "<unknown>", "dead_lettered").inc()
+def _on_dead_letter(app: TaskplaneCelery, task: str, task_id: str, queue: str) -> None:
+    """``Runtime.on_dead_letter`` of a worker app: its result backend filed a dead letter."""
+    app.runtime.metrics.instruments.tasks.labels(task, queue or "<unknown>",
+                                                 "dead_lettered").inc()
     log.info("task %s[%s] dead-lettered", task, task_id)
 
 
@@ -144,18 +163,21 @@ def _queue_for(task: Any, task_id: str) -> str:
 
 def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is not None and request.id:
-        # The result backend stored REVOKED (and, results living here, ended the task);
-        # with results in another Redis the record ends here. A no-op if already ended.
+        # The result backend stored REVOKED and ended the task; a task that stores no
+        # result ends here (a no-op if already ended), adopted if sent around the API.
         _lifecycle(sender).finish(request.id, states.REVOKED,
-                                  tenant=lifecycle.tenant_hint(request))
+                                  tenant=lifecycle.tenant_hint(request),
+                                  adopt=stock_record(request.id, request, sender.name,
+                                                     sender.app.runtime.settings.default_queue))
         queue = _queue_for(sender, request.id)
-        metrics.instruments().tasks.labels(sender.name, queue, "revoked").inc()
+        _instruments(sender).tasks.labels(sender.name, queue, "revoked").inc()
 
 
-def _on_rejected(**_: Any) -> None:
-    # The message names no registered task or cannot be decoded: its name is not a
-    # bounded label value, so all such messages count under one.
-    metrics.instruments().tasks.labels("<unknown>", "<unknown>", "rejected").inc()
+def _on_rejected(sender: Any = None, **_: Any) -> None:
+    """``task_rejected``, ``task_unknown`` (sent by the consumer). The message names no
+    registered task or cannot be decoded: its name is not a bounded label value, so all
+    such messages count under one."""
+    _instruments(sender).tasks.labels("<unknown>", "<unknown>", "rejected").inc()
 
 
 def _on_process_shutdown(**_: Any) -> None:
@@ -164,21 +186,22 @@ def _on_process_shutdown(**_: Any) -> None:
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     """In the main process: zero every counter series, mark the worker up."""
-    runtime = sender.app.runtime
-    m = metrics.instruments()
+    runtime = _runtime(sender)
+    m = runtime.metrics.instruments
     for spec in runtime.registry:
         for outcome in metrics.OUTCOMES:
             m.tasks.labels(spec.name, spec.queue or runtime.settings.default_queue, outcome)
-    hostname = getattr(sender, "hostname", None) or "worker"
-    m.worker_up.labels(hostname).set(1)
-    _main["hostname"] = hostname
+    m.worker_up.labels(_hostname(sender)).set(1)
     # Probes, lease renewal and the loop beat: worker_probes.LeaseStep, on every connection.
 
 
-def _on_worker_shutdown(**_: Any) -> None:
-    hostname = _main.get("hostname")
-    if hostname:
-        metrics.instruments().worker_up.labels(hostname).set(0)
+def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    """``worker_shutdown`` (sent by the worker, whose hostname the consumer shares)."""
+    _instruments(sender).worker_up.labels(_hostname(sender)).set(0)
+
+
+def _hostname(sender: Any) -> str:
+    return str(getattr(sender, "hostname", None) or "worker")
 
 
 def connect_signals() -> None:
@@ -196,7 +219,6 @@ def connect_signals() -> None:
     signals.celeryd_init.connect(_on_worker_init, weak=False)
     signals.worker_ready.connect(_on_worker_ready, weak=False)
     signals.worker_shutdown.connect(_on_worker_shutdown, weak=False)
-    ResultBackend.on_dead_letter = staticmethod(_on_dead_letter)  # type: ignore[assignment]
     _connected = True
 
 
@@ -208,14 +230,18 @@ def consumer_module_logger() -> str:
     ``tests/integration/test_celery_tools.py`` sends an unknown task and fails if its
     arguments reach the worker's log, so a change in Celery shows up there.
     """
-    from celery.worker.consumer import consumer
+    return str(_consumer_module().logger.name)
 
-    return str(consumer.logger.name)
+
+def _consumer_module() -> ModuleType:
+    """``celery.worker.consumer.consumer``, whose logger and templates celery-types leaves
+    out: read as a plain module."""
+    return importlib.import_module("celery.worker.consumer.consumer")
 
 
 def _message_dump_templates() -> dict[str, str]:
     """Celery's log templates that dump a message body → the line logged instead."""
-    from celery.worker.consumer import consumer
+    consumer = _consumer_module()
 
     return {
         consumer.UNKNOWN_TASK_ERROR: "Received unregistered task of type %s (id %s); "
@@ -271,6 +297,20 @@ class RedactReturnValues(logging.Filter):
         return True
 
 
+class RedactedResultRequest(CeleryRequest):
+    """A task request whose ``task-succeeded`` event says ``<redacted>`` for the result.
+
+    The event carries the result's repr cut to ``resultrepr_maxsize``; Taskplane sets that
+    to 0 (the repr is never built at length), which Celery renders as a fragment, ``", ..."``,
+    and Flower showed that as if it were the value. The marker says what happened.
+    """
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-succeeded" and "result" in fields:
+            fields["result"] = REDACTED
+        super().send_event(type, **fields)
+
+
 class TaskplaneWorker(CeleryWorker):
     """Celery's worker, whose soft shutdown ends as soon as the tasks it held have ended.
 
@@ -285,7 +325,7 @@ class TaskplaneWorker(CeleryWorker):
     #: How often the records are read while waiting.
     SOFT_SHUTDOWN_POLL = 0.2
 
-    def wait_for_soft_shutdown(self) -> None:
+    def wait_for_soft_shutdown(self) -> None:  # type: ignore[override]  # celery-types says bool; Celery's returns None
         timeout = float(self.app.conf.worker_soft_shutdown_timeout or 0)
         running = [r.id for r in tuple(worker_state.active_requests)]
         if timeout <= 0 or not running or self.app.conf.worker_enable_soft_shutdown_on_idle:
@@ -304,29 +344,54 @@ class TaskplaneWorker(CeleryWorker):
             time.sleep(min(self.SOFT_SHUTDOWN_POLL, max(0.0, deadline - time.monotonic())))
 
 
-def create_worker_app(settings: Settings) -> Celery:
+def create_worker_app(settings: Settings) -> TaskplaneCelery:
     """The worker's Celery app. Side-effect free: ``celery -A taskplane.worker inspect``
-    builds it too, inside a live worker's pod, so the metrics directory is prepared only
-    when a worker starts (``_on_worker_init``), by the process that owns it."""
-    metrics.configure(settings.metrics_enabled)
-    logging.getLogger(celery_trace.logger.name).addFilter(RedactReturnValues())
-    logging.getLogger(consumer_module_logger()).addFilter(RedactMessageDumps())
-    app = create_celery(settings, patient=True)
+    builds it too, inside a live worker's pod, so the metrics directory is prepared and the
+    logging set up only when a worker starts (``_on_worker_init``)."""
+    app = create_celery(settings, patient=True, on_dead_letter=lambda task, task_id, queue: (
+        _on_dead_letter(app, task, task_id, queue)))
     # "terminate" stops the task whichever signal it names (taskplane.pool).
     app.conf.worker_pool = POOL
     # Task events (Flower) carry no return value: results may hold anything a tenant sent.
     for task in app.tasks.values():
         task.resultrepr_maxsize = 0
+        # a dotted path, as Celery's own default ('celery.worker.request:Request') is
+        task.Request = f"{__name__}:{RedactedResultRequest.__name__}"
     app.steps["consumer"].add(LeaseStep)
-    app.Worker = app.subclass_with_self(TaskplaneWorker)
+    # Celery's ``Worker`` is a writable cached_property; celery-types declares it read-only.
+    app.Worker = app.subclass_with_self(TaskplaneWorker)  # type: ignore[misc]
     connect_signals()
     return app
 
 
 def _on_worker_init(**_: Any) -> None:
     """``celeryd_init``: in a starting worker's main process, before its pool forks and
-    before prometheus-client is imported: the metrics directory is this process's now."""
+    before prometheus-client is imported: the metrics directory is this process's now,
+    and the worker's logs leave task data out."""
     metrics.prepare_multiprocess_dir("worker")
+    redact_task_data_in_logs()
+
+
+def redact_task_data_in_logs() -> None:
+    """Filter Celery's loggers that would write task arguments or results (once per
+    process: the worker's start, not the app factory, sets up logging)."""
+    for name, kind in ((celery_trace.logger.name, RedactReturnValues),
+                       (consumer_module_logger(), RedactMessageDumps)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
+
+
+#: What SIGTERM does to a worker, by default, everywhere: a bare ``taskplane worker``, the
+#: worker image and the chart (``workers.defaults.shutdown``) agree on Celery's *warm*
+#: shutdown. The worker takes no new message and every running task finishes: nothing is
+#: lost (held countdown messages go back to the queue), nothing runs twice, and the wait
+#: is bounded by the hard time limit every task has (``DEFAULT_TIME_LIMIT`` or its own),
+#: which the chart's grace period covers. *Soft* shutdown (``REMAP_SIGTERM=SIGQUIT``)
+#: stops sooner but hands unfinished tasks back to start again from the beginning:
+#: repeated work, and a task longer than ``WORKER_SOFT_SHUTDOWN_TIMEOUT`` may never finish
+#: under repeated scale-downs. It is a per-pool choice, never the default.
+SHUTDOWN_MODEL = "warm"
 
 
 def worker_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
@@ -347,42 +412,36 @@ def worker_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
 
 
 def runtime_queues(settings: Settings) -> list[str]:
-    return _app(settings).runtime.known_queues()
-
-
-_APP: Celery | None = None
-
-
-def _app(settings: Settings | None = None) -> Celery:
-    global _APP
-    if _APP is None:
-        _APP = create_worker_app(settings or Settings.from_env())
-    return _APP
+    return known_queues(settings, Registry.from_modules(settings.task_modules,
+                                                        settings.builtin_tasks))
 
 
 def run(settings: Settings, extra: Sequence[str] = ()) -> None:
-    """Start a worker in this process (the container's and the CLI's entry point)."""
-    # SIGTERM means "soft shutdown": finish running tasks for WORKER_SOFT_SHUTDOWN_TIMEOUT,
-    # then hand the rest back. billiard reads this at import, so it must be set first.
-    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    """Start a worker in this process (the container's and the CLI's entry point).
+
+    SIGTERM is Celery's warm shutdown (:data:`SHUTDOWN_MODEL`) unless the environment
+    remaps it (``REMAP_SIGTERM=SIGQUIT``: soft), as the chart does for a ``soft`` pool."""
     metrics.prepare_multiprocess_dir("worker")  # this process owns it; before the probes serve
     redis_conn.await_master(settings, "worker")  # behind Sentinel: a master, or exit saying why
     redis_conn.warn_if_too_few_replicas(settings, "worker")
-    _app(settings)
-    serve_probes(settings)  # a taken port stops the worker here, before it takes any task
-    # The ``celery`` command itself, pointed at this app: its ``main`` returns the worker's
-    # exit code, which ``app.worker_main`` and ``app.start`` drop. An unrecoverable error
-    # must end the process non-zero so Kubernetes and compose restart it.
+    app = create_worker_app(settings)
+    serve_probes(app)  # a taken port stops the worker here, before it takes any task
+    # The ``celery`` command itself, handed this app (its ``--app`` takes an app object
+    # as a default, as ``app.start`` passes it): its ``main`` returns the worker's exit
+    # code, which ``app.worker_main`` and ``app.start`` drop. An unrecoverable error must
+    # end the process non-zero so Kubernetes and compose restart it.
     from celery.bin.celery import celery as celery_command
 
-    # ``--app`` resolves to ``app`` above: the module's ``app`` attribute is that cached app.
-    code = celery_command.main(args=[f"--app={__name__}:app", *worker_argv(settings, extra)],
-                               standalone_mode=False)
+    code = celery_command.main(args=worker_argv(settings, extra), standalone_mode=False,
+                               default_map={"app": app})
     if code:
         raise SystemExit(code)
 
 
 def __getattr__(name: str) -> Any:
+    """``celery -A taskplane.worker ...``: Celery reads the module's ``app`` (or ``celery``)
+    once; each read builds a new app from the environment, so importing this module
+    builds none and no app is kept in it."""
     if name in ("app", "celery"):
-        return _app()
+        return create_worker_app(Settings.from_env())
     raise AttributeError(name)

@@ -22,13 +22,17 @@ import logging
 import threading
 import time
 from http.server import ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
 
-from . import broker, httpserver, metrics, redis_conn
+from . import broker, httpserver, redis_conn
 from .broker import RedisBroker
+from .metrics import Metrics
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .runtime import TaskplaneCelery
 
 log = logging.getLogger("taskplane.worker")
 
@@ -68,8 +72,11 @@ class WorkerProbes:
     """Lease renewal, loop heartbeat and the HTTP probes of one worker main process."""
 
     def __init__(self, broker_: RedisBroker, settings: Settings,
-                 probe_broker: RedisBroker | None = None) -> None:
+                 probe_broker: RedisBroker | None = None,
+                 app_metrics: Metrics | None = None) -> None:
         self.broker = broker_
+        #: The worker app's metrics: lease renewals are counted, ``/metrics`` served.
+        self.app_metrics = app_metrics or Metrics(settings.metrics_enabled)
         #: What ``/livez`` and ``/readyz`` ask: the same Redis, with a shorter timeout.
         self.probe_broker = probe_broker or broker_
         self.settings = settings
@@ -155,12 +162,12 @@ class WorkerProbes:
             return
         broker.SWEEPS.reachable()
         if renewed:
-            metrics.instruments().lease_renewals.inc(renewed)
+            self.app_metrics.instruments.lease_renewals.inc(renewed)
 
     # --- the routes ------------------------------------------------------------------
 
     def metrics(self) -> tuple[int, str, bytes]:
-        body, content_type = metrics.scrape()
+        body, content_type = self.app_metrics.scrape()
         return 200, content_type, body
 
     def livez(self) -> tuple[int, str, bytes]:
@@ -203,30 +210,34 @@ class WorkerProbes:
         return httpserver.json_answer(200, {"status": "ready"})
 
 
-_PROBES: WorkerProbes | None = None
+#: Guards the creation of an app's probes (``serve_probes`` and ``LeaseStep`` may race).
 _PROBES_LOCK = threading.Lock()
 
 
-def probes_for(settings: Settings) -> WorkerProbes:
-    """This process's probes, created (and their port bound) on first use."""
-    global _PROBES
+def probes_for(app: TaskplaneCelery) -> WorkerProbes:
+    """The worker app's probes, created (and their port bound) on first use; kept on the
+    app, so two worker apps in a process never share a port or a lease."""
     with _PROBES_LOCK:
-        if _PROBES is None:
+        if app.worker_probes is None:
+            runtime = app.runtime
+            settings = runtime.settings
             # Probes and renewals must fail fast, not wait out an outage like task writes do.
             quick = min(settings.redis_timeout, PROBE_PING_TIMEOUT)
             probes = WorkerProbes(RedisBroker(redis_conn.client(settings.redis_url, settings)),
-                                  settings, RedisBroker(redis_conn.client(settings.redis_url,
-                                                                          settings, timeout=quick)))
+                                  settings, RedisBroker(redis_conn.client(
+                                      settings.redis_url, settings, timeout=quick)),
+                                  runtime.metrics)
             probes.serve()
-            _PROBES = probes
-        return _PROBES
+            app.worker_probes = probes
+        return app.worker_probes
 
 
-def serve_probes(settings: Settings) -> WorkerProbes:
+def serve_probes(app: TaskplaneCelery) -> WorkerProbes:
     """Bind the worker's probe port before Celery starts; a taken port ends the process
     at once, non-zero, with one line saying why (not a worker running without probes)."""
+    settings = app.runtime.settings
     try:
-        return probes_for(settings)
+        return probes_for(app)
     except OSError as exc:
         raise SystemExit(
             f"taskplane worker: cannot serve probes on {settings.metrics_host}:"
@@ -247,7 +258,7 @@ class LeaseStep(bootsteps.StartStopStep):
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
-        self.probes = probes_for(c.app.runtime.settings)
+        self.probes = probes_for(c.app)
         self.entries: list[Any] = []
 
     def start(self, c: Any) -> None:

@@ -150,7 +150,7 @@ def test_fault_3_worker_sigterm_while_busy(stack, summary) -> None:
     grace, n_short = 2.0, 10 * SCALE
     s = stack()
     a = s.start_worker("f3a", concurrency=2, WORKER_PREFETCH_MULTIPLIER="2",
-                       WORKER_SOFT_SHUTDOWN_TIMEOUT=str(grace))
+                       WORKER_SOFT_SHUTDOWN_TIMEOUT=str(grace), REMAP_SIGTERM="SIGQUIT")
     s.start_api()
     api = s.api
     assert api is not None

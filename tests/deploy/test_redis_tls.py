@@ -197,5 +197,5 @@ def test_worker_runs_a_task_over_tls(tls_redis: TlsRedis, tmp_path: Path) -> Non
 )
 def test_redis_password_is_escaped_into_urls_without_one(url: str, expected: str) -> None:
     settings = Settings.from_env({"REDIS_URL": url, "RESULT_BACKEND_URL": url, "REDIS_PASSWORD": PASSWORD})
-    assert settings.redis_url == expected and settings.results_url == expected
+    assert settings.redis_url == expected and settings.result_backend_url == expected
     assert settings.redacted()["redis_password"] == "<set>"

@@ -162,6 +162,42 @@ def test_queue_figures_count_every_list_a_stock_client_writes(stack: Stack) -> N
         client.delete(*broker.queue_keys(WAITING_QUEUE))
 
 
+#: A queue no worker consumes until a test starts one for it.
+REVOKED_QUEUE = "tools-revoked"
+
+
+def test_a_stock_task_revoked_before_any_worker_started_it_gets_a_revoked_record(
+        stack: Stack) -> None:
+    """A stock client sends a task to a queue no worker consumes yet and revokes it with
+    ``celery control revoke``: the worker that hears the broadcast stores REVOKED through
+    the result backend, which adopts the record under the system tenant. The operator
+    sees it, and a worker that takes the message later, though it never heard the revoke
+    (Taskplane's workers start without mingle), does not run it."""
+    api, client = stack.api, stack.redis.client()
+    sent = stack.stock.send_task("test.echo", kwargs={"value": "never"}, queue=REVOKED_QUEUE)
+    assert record(stack, sent.id) is None
+    stack.stock.control.revoke(sent.id)
+    found = wait_for(lambda: record(stack, sent.id), 30, "the revoked task's record")
+    assert (found.tenant, found.state) == (lifecycle.SYSTEM_TENANT, "REVOKED")
+    status = api.get(f"/v1/tasks/{sent.id}", tenant="ops")
+    assert status.status_code == 200 and status.json()["state"] == "REVOKED", status.text
+    assert api.get(f"/v1/tasks/{sent.id}", tenant="acme").status_code == 404
+    listed = api.get("/v1/tasks?state=REVOKED&limit=100", tenant="ops").json()["items"]
+    assert sent.id in {t["id"] for t in listed}
+
+    late = start_worker(stack.redis.url, name="late", WORKER_QUEUES=REVOKED_QUEUE)
+    try:
+        def handled() -> bool:  # received (its id logged), then acknowledged
+            (stats,) = stack.taskplane.runtime.broker.queue_stats([REVOKED_QUEUE])
+            return f"[{sent.id}]" in late.log() and stats.waiting == 0 and stats.reserved == 0
+        wait_for(handled, 30, "the late worker took the message and acknowledged it")
+    finally:
+        late.stop()
+    assert record(stack, sent.id).state == "REVOKED"
+    assert client.hget(lifecycle.record_key(sent.id), "runs_started") is None  # never ran
+    assert f"[{sent.id}] succeeded" not in late.log()
+
+
 def test_inspect_answers_a_stock_client_and_the_stock_cli(stack: Stack) -> None:
     inspect, node = stack.inspect(), stack.node
     assert inspect.ping() == {node: {"ok": "pong"}}

@@ -9,6 +9,9 @@ Chromium (Debian's ``chromium``, installed by ``scripts/browser-tools.sh`` when 
 
 from __future__ import annotations
 
+import html
+import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -170,3 +173,50 @@ def test_the_dashboard_loads_in_headless_chromium(stack: Stack, tmp_path: Path) 
     assert image.size == (1400, 900)
     colours = image.getcolors(maxcolors=1_000_000) or []
     assert len(colours) > 20, "the screenshot is blank"
+
+
+def _seen_by_flower(stack: Stack) -> dict[str, Any]:
+    """A task that returns the secret, submitted through the API and finished as Flower
+    saw it. Flower switches events on in the workers it finds, a moment after it finds
+    them: a task run before that never reaches it, so submit until one does."""
+    flower, api = stack.flower, stack.api
+
+    def one() -> dict[str, Any] | None:
+        task = api.submit("test.echo", kwargs={"value": SECRET})
+        api.wait_state(task["id"], "SUCCESS")
+        try:
+            return wait_for(lambda: (t := flower.api("/api/tasks").get(task["id"])) and
+                            t["state"] == "SUCCESS" and {**t, "id": task["id"]}, 5,
+                            "flower seeing the task end")
+        except TimeoutError:
+            return None
+
+    return wait_for(one, 90, "a task flower saw end")
+
+
+def test_a_finished_tasks_result_shows_the_redaction_marker(stack: Stack, tmp_path: Path) -> None:
+    """Flower's task page and its API show ``<redacted>`` for the result: never the value,
+    never a cut repr such as ``", ..."`` (what a zero ``resultrepr_maxsize`` renders)."""
+    flower = stack.flower
+    seen = _seen_by_flower(stack)
+    assert seen["result"] == flowerconfig.REDACTED == "<redacted>", seen
+    assert seen["kwargs"] == "<1 redacted>"
+
+    url = f"http://{USER}:{PASSWORD}@127.0.0.1:{flower.port}/task/{seen['id']}"
+    common = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--user-data-dir=" + str(tmp_path / "profile"), "--virtual-time-budget=3000"]
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert seen["id"] in dom.stdout and SECRET not in dom.stdout
+    # the rendered page: the Result row holds the marker, nothing else
+    result = re.search(r"<dt>Result</dt>\s*<dd><pre[^>]*><code>(.*?)</code>", dom.stdout, re.S)
+    assert result is not None, dom.stdout[:3000]
+    assert html.unescape(result.group(1)) == "<redacted>"
+    assert ", ..." not in dom.stdout
+    shot = tmp_path / "flower-task.png"
+    run = subprocess.run([*common, f"--screenshot={shot}", "--window-size=1400,900", url],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    if keep := os.environ.get("FLOWER_SCREENSHOT"):  # to look at it: FLOWER_SCREENSHOT=file.png
+        shutil.copy(shot, keep)

@@ -361,6 +361,49 @@ def test_start_adopts_a_task_sent_around_the_api(app: TaskplaneCelery, life: Lif
     assert life.start("foreign", retries=0, adopt=adopt).verdict == "FAILURE"
 
 
+def test_a_workers_revoke_adopts_a_task_no_worker_started(app: TaskplaneCelery, life: Lifecycle,
+                                                          client: redis.Redis) -> None:
+    """A worker hearing ``celery control revoke`` for a task sent around the API that has
+    no record yet (no worker took it: its name and queue are unknown): a REVOKED record
+    under the system tenant, in the listings, holding no tenant slot; a worker that
+    receives the message later skips it."""
+    system = lifecycle.SYSTEM_TENANT
+    unknown = TaskRecord(id="stock", tenant=system, task="", queue="", priority=5,
+                         submitted_at=1.0)
+    assert life.finish("stock", states.REVOKED, tenant=system).outcome == "missing"  # no adopt
+    assert not client.exists(lifecycle.record_key("stock"))
+    assert life.finish("stock", states.REVOKED, tenant=system, adopt=unknown).outcome == "adopted"
+    rec = record(life, "stock")
+    assert (rec.tenant, rec.state, rec.task) == (system, "REVOKED", "")
+    assert rec.finished_at is not None
+    assert 0 < client.ttl(lifecycle.record_key("stock")) <= app.runtime.settings.result_expires
+    for key in (lifecycle.tasks_index_key(system), lifecycle.tasks_index_key(None),
+                *lifecycle.ended_index_keys(system, "REVOKED")):
+        assert client.zscore(key, "stock") is not None, key
+    assert not client.exists(lifecycle.tasks_index_key(system, "task", ""))  # name unknown
+    assert not client.zscore(lifecycle.open_key(system), "stock")
+    assert life.finish("stock", states.REVOKED, tenant=system, adopt=unknown).outcome == "final"
+    assert life.start("stock", retries=0, adopt=unknown).verdict == "REVOKED"
+
+
+def test_a_workers_revoke_adopts_with_the_name_and_queue_it_knows(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis) -> None:
+    system = lifecycle.SYSTEM_TENANT
+    known = TaskRecord(id="stock2", tenant=system, task=TASK, queue=QUEUE, priority=5,
+                       submitted_at=1.0)
+    write = app.backend.encode_state("stock2", {"x": 1}, states.REVOKED)
+    assert life.finish("stock2", "", adopt=known).outcome == "missing"  # a run's end adopts none
+    ended = life.finish("stock2", states.REVOKED, tenant=system, result=write, adopt=known)
+    assert ended.outcome == "adopted"
+    assert record(life, "stock2").state == "REVOKED" and result(app, "stock2")["status"] == "REVOKED"
+    for key in lifecycle.listing_keys(system, TASK, QUEUE):
+        assert client.zscore(key, "stock2") is not None, key
+    assert life.finish("stock2", states.REVOKED, tenant=system, adopt=known).outcome == "final"
+    accepted = accept(app)  # a task with a record: adopt changes nothing
+    assert life.finish(accepted, states.REVOKED, tenant=TENANT, adopt=known).outcome == "done"
+    assert record(life, accepted).tenant == TENANT
+
+
 def test_every_dead_letter_is_in_the_operators_index_until_retried(
         app: TaskplaneCelery, life: Lifecycle) -> None:
     ids = {tenant: accept(app, tenant=tenant) for tenant in (TENANT, "globex")}

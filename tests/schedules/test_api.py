@@ -147,3 +147,27 @@ def test_an_operator_sees_every_tenants_schedules(sched_api: Api, r: redis.Redis
     assert sched_api.delete("/v1/schedules/operator-view", params={"tenant": "globex"},
                             tenant="ops").status_code == 204
     assert sched_api.get("/v1/schedules/operator-view", tenant="globex").status_code == 404
+
+
+def test_one_schedule_over_the_tenants_cap_is_429_like_the_task_cap(
+        sched_redis: RedisServer, r: redis.Redis) -> None:
+    capped = Api(sched_redis.url, workers=1, threads=2, MAX_SCHEDULES_PER_TENANT="2",
+                 TASK_MODULES="tests.support.tasks")
+    try:
+        for n in range(2):
+            made = capped.post("/v1/schedules", json={**GOOD, "name": f"capped-{n}",
+                                                      "enabled": False})
+            assert made.status_code == 201, made.text
+        refused = capped.post("/v1/schedules", json={**GOOD, "name": "capped-2", "enabled": False})
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "too_many_schedules"
+        assert refused.json()["error"]["details"] == {"limit": 2}
+        assert int(refused.headers["Retry-After"]) > 0
+        assert capped.get("/v1/schedules/capped-2").status_code == 404  # nothing stored
+        assert capped.post("/v1/schedules", tenant="globex",
+                           json={**GOOD, "enabled": False}).status_code == 201  # per tenant
+        assert capped.delete("/v1/schedules/capped-0").status_code == 204
+        again = capped.post("/v1/schedules", json={**GOOD, "name": "capped-2", "enabled": False})
+        assert again.status_code == 201, again.text
+    finally:
+        capped.close()

@@ -5,6 +5,7 @@ instants (``now`` is an argument), so each case is exact and takes milliseconds.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -48,7 +49,7 @@ def scan(app: TaskplaneCelery, s: Schedule, now: float) -> tuple[list[float], in
 def stored(app: TaskplaneCelery, s: Schedule) -> Schedule:
     """``s`` as the API stores it: the scheduler advances only schedules that exist."""
     if s.source != "code":
-        app.runtime.lifecycle.schedule_replace(s.ident, s.to_json())
+        app.runtime.lifecycle.schedule_create(s.ident, s.to_json(), s.tenant)
     return s
 
 
@@ -162,6 +163,8 @@ def test_a_schedule_deleted_while_a_replica_advances_it_leaves_no_state(
     assert not r.exists(schedule_state_key(s.ident))
     assert not life.schedule_advance(s.ident, "", T0 + 3, fires=1, stored=True)
     assert not r.exists(schedule_state_key(s.ident))
+    assert not ScheduleStore(life).replace(s)  # a PATCH that read it before the DELETE
+    assert ScheduleStore(life).get(s.tenant, s.name) is None
 
 
 def test_a_code_schedule_advances_without_a_stored_definition(app: TaskplaneCelery,
@@ -169,3 +172,24 @@ def test_a_code_schedule_advances_without_a_stored_definition(app: TaskplaneCele
     life = app.runtime.lifecycle
     assert life.schedule_advance("system/from-code", "", T0)
     assert r.hget(schedule_state_key("system/from-code"), "last_tick") == repr(T0).encode()
+
+
+def test_the_schedule_cap_is_per_tenant_and_atomic(app: TaskplaneCelery, r: redis.Redis) -> None:
+    """Eight concurrent creations under a cap of three: three stored, five refused; the
+    cap is the tenant's alone, a taken name is ``exists`` first, and a delete frees room."""
+    store = ScheduleStore(app.runtime.lifecycle)
+
+    def create(n: int) -> str:
+        return store.create(Schedule(name=f"cap-{n}", tenant="capped", task="test.echo",
+                                     kwargs={"value": n}, every=60, queue=PARK), cap=3)
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(create, range(8)))
+    assert sorted(outcomes) == ["cap_reached"] * 5 + ["created"] * 3
+    assert len(store.of_tenant("capped")) == 3
+    made = store.of_tenant("capped")[0]
+    assert store.create(made, cap=3) == "exists"
+    assert store.create(every("another-tenant"), cap=3) == "created"
+    assert store.delete("capped", made.name)
+    assert create(99) == "created" and create(100) == "cap_reached"
+    assert store.create(every("no-cap"), cap=0) == "created"  # 0: no cap

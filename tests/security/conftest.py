@@ -44,6 +44,10 @@ def fuzz_stats(request: pytest.FixtureRequest) -> FuzzStats:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     stats = config.stash.get(_STATS, None)
+    if stats is not None and stats.happy_path:
+        terminalreporter.write_sep("-", "schemathesis run (--checks all, stateful)")
+        for line in stats.happy_path:
+            terminalreporter.write_line(line)
     if stats is None or not stats.ran:
         return
     terminalreporter.write_sep("-", "fuzz summary")

@@ -113,6 +113,8 @@ class FuzzStats:
     #: Responses per status code, to show the fuzzing reached past the door.
     statuses: dict[int, int] = field(default_factory=dict)
     ran: bool = False
+    #: The schemathesis CLI run's own summary (``test_fuzz_happy_path.py``), if it ran.
+    happy_path: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"fuzz: requests={self.requests} 5xx={self.server_errors} "

@@ -118,6 +118,8 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "LOG_LEVEL": "INFO",
         "WORKER_SOFT_SHUTDOWN_TIMEOUT": "5",
+        # Test workers stop fast (soft shutdown, 5 s); the default is warm (SHUTDOWN_MODEL).
+        "REMAP_SIGTERM": "SIGQUIT",
         "RATE_LIMIT": "0",  # tests that check the limit turn it on
     })
     env.update(extra)

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from taskplane.tasks import REGISTRY, load_task_modules
+from taskplane.tasks import load_task_modules
 from taskplane.tasks.builtin.reports import summary
 
-load_task_modules([], builtin=True)
+REGISTRY = load_task_modules([], builtin=True)
 
 
 def spec(name: str):
@@ -30,12 +30,21 @@ def test_positional_and_keyword_arguments_validate_alike() -> None:
 
 
 def test_registering_a_name_twice_is_refused() -> None:
-    from taskplane.tasks import task
+    """Two modules an app loads may not declare one name: the registry refuses the second."""
+    from taskplane.tasks import Registry, task
 
+    @task("reports.summary", schema={"properties": {}})
+    def other() -> None:
+        """Clash."""
+
+    registry = Registry(REGISTRY)
     with pytest.raises(ValueError, match="twice"):
+        registry.add(other.spec)
+    with pytest.raises(ValueError, match="twice"):  # and one module may not either
+
         @task("reports.summary", schema={"properties": {}})
-        def other() -> None:
-            """Clash."""
+        def another() -> None:
+            """Clash again."""
 
 
 def test_report_summary_describes_numeric_and_text_columns() -> None:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_are_valid_and_frozen() -> None:
     s = Settings.from_env({})
     assert s.redis_url == "redis://127.0.0.1:6379/0"
-    assert s.results_url == s.redis_url
+    assert s.result_backend_url == ""
     with pytest.raises(AttributeError):
         s.redis_url = "x"  # type: ignore[misc]
 
@@ -36,6 +36,7 @@ def test_environment_is_parsed_by_type() -> None:
     ({"REDIS_URL": "http://x"}, "REDIS_URL"),
     ({"REDIS_URL": "redis://redis.prod:6379/0"}, "password"),
     ({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY"),
+    ({"MAX_SCHEDULES_PER_TENANT": "-1"}, "MAX_SCHEDULES_PER_TENANT"),
 ])
 def test_bad_settings_are_refused_with_their_name(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
@@ -96,3 +97,21 @@ def test_readme_metrics_table_is_current() -> None:
     from taskplane.metrics import reference_table
 
     assert reference_table() in (ROOT / "README.md").read_text(), "run `make docs`"
+
+
+def test_results_in_another_redis_are_refused_with_the_reason() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0",
+                           "RESULT_BACKEND_URL": "redis://127.0.0.1:6380/0"})
+    message = str(refused.value)
+    assert "RESULT_BACKEND_URL" in message and "REDIS_URL" in message
+    assert "One result store" in message and "README" in message
+
+
+@pytest.mark.parametrize("results", ["", "redis://r:6379/1", "redis://:pw%2F@r:6379/1"])
+def test_results_in_the_records_redis_are_accepted(results: str) -> None:
+    """Equal to ``REDIS_URL`` once ``REDIS_PASSWORD`` went into both (the TLS deploy test's
+    form), or empty."""
+    s = Settings.from_env({"REDIS_URL": "redis://r:6379/1", "REDIS_PASSWORD": "pw/",
+                           "RESULT_BACKEND_URL": results})
+    assert s.result_backend_url in ("", s.redis_url)

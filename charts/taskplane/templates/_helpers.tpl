@@ -119,6 +119,9 @@ Every worker pool with workers.defaults merged in, plus derived fields:
                (warm: running tasks finish) or softShutdownTimeout (soft: then they are
                handed back)
   remapSigterm REMAP_SIGTERM: "" (SIGTERM is Celery's warm shutdown) or SIGQUIT (soft)
+  queues       the pool's queues, plus Celery's default queue (taskplane.stockQueue) when
+               they hold config.defaultQueue without it: the pool's workers consume it
+               then (taskplane.worker.worker_argv), so its autoscaler counts it too
 Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 */}}
 {{- define "taskplane.pools" -}}
@@ -129,6 +132,10 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{- $shutdownTime := ternary (int $merged.softShutdownTimeout) (int $merged.maxTaskTimeLimit) (eq $merged.shutdown "soft") -}}
 {{- $_ := set $merged "gracePeriod" (add $shutdownTime (int $merged.extraGracePeriodSeconds)) -}}
 {{- $_ := set $merged "remapSigterm" (ternary "SIGQUIT" "" (eq $merged.shutdown "soft")) -}}
+{{- $stock := include "taskplane.stockQueue" $ -}}
+{{- if and (has $.Values.config.defaultQueue $merged.queues) (not (has $stock $merged.queues)) -}}
+{{- $_ := set $merged "queues" (append $merged.queues $stock) -}}
+{{- end -}}
 {{- $pools = append $pools $merged -}}
 {{- end -}}
 {{- toYaml (dict "pools" $pools) -}}
@@ -137,11 +144,15 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{/* Every queue some pool consumes, sorted and unique: the QUEUES setting. */}}
 {{- define "taskplane.allQueues" -}}
 {{- $queues := list -}}
-{{- range $pool := .Values.workers.pools -}}
+{{- range $pool := (include "taskplane.pools" . | fromYaml).pools -}}
 {{- $queues = concat $queues $pool.queues -}}
 {{- end -}}
 {{- $queues | uniq | sortAlpha | join "," -}}
 {{- end -}}
+
+{{/* Celery's default queue, where a stock client sends when it names none
+(taskplane.runtime.STOCK_DEFAULT_QUEUE; tests/chart ties the two). */}}
+{{- define "taskplane.stockQueue" -}}celery{{- end -}}
 
 {{/* Secrets and Redis addresses. */}}
 {{- define "taskplane.tokensSecretName" -}}

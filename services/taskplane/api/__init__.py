@@ -2,16 +2,16 @@
 
 ``create_app(settings)`` builds everything from the frozen settings: nothing runs
 at import, so tests build as many apps as they like, and gunicorn calls
-``taskplane.api:create_app()`` in each worker process.
+``taskplane.api:create_app()`` in each worker process. Each app owns its state (tasks,
+metrics: ``Runtime``); the process's logging is the entry point's (gunicorn's config,
+``logs.configure``), never the factory's.
 """
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, Response
 
-from .. import metrics, redis_conn
+from .. import redis_conn
 from ..celery_app import create_celery
 from ..settings import Settings
 from . import auth, errors, health, limits, observe, routes, schedules, seed
@@ -31,22 +31,19 @@ class TaskplaneFlask(Flask):
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokens = settings.tokens()
-    metrics.configure(settings.metrics_enabled)
+    celery = create_celery(settings, set_as_current=False)
+    redis_conn.warn_if_too_few_replicas(settings, "api")
     app = TaskplaneFlask("taskplane")
     # No redirects: a merged-slash redirect would name whatever Host the client sent.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # DefaultJSONProvider's; typed as its base
     auth.init_app(app, tokens, settings.auth_disabled)
     errors.init_app(app, settings.retry_after)
-    observe.init_app(app, settings.access_log)
+    observe.init_app(app, celery.runtime.metrics, settings.access_log)
     limits.init_app(app)
-    celery = create_celery(settings)
-    redis_conn.warn_if_too_few_replicas(settings, "api")
     app.extensions["taskplane"] = ApiContext(
         settings=settings,
         celery=celery,

@@ -70,12 +70,7 @@ class _Subscription:
     """The task's result channel, subscribed before the first read."""
 
     def __init__(self, task_id: str) -> None:
-        ctx = api_context()
-        if ctx.runtime.lifecycle.results_here:
-            self.pubsub = ctx.runtime.lifecycle.subscribe(task_id)
-        else:
-            self.pubsub = ctx.celery.backend.client.pubsub(ignore_subscribe_messages=True)
-            self.pubsub.subscribe(ctx.celery.backend.get_key_for_task(task_id))
+        self.pubsub = api_context().runtime.lifecycle.subscribe(task_id)
 
     def next_change(self, timeout: float) -> bool:
         """Sleep in Redis until a change is published (True) or ``timeout`` passes."""

@@ -12,10 +12,13 @@ from typing import Any
 
 from gunicorn import util
 
-from taskplane import metrics
+from taskplane import logs, metrics
 from taskplane.settings import Settings, listen_host
 
 _settings = Settings.from_env()
+# The app's own loggers (the access log, errors): set up here, in the master, and
+# inherited by every forked worker; create_app touches no logger.
+logs.configure(_settings.log_level)
 # Every gunicorn worker of this pod writes its metrics under one directory, emptied now,
 # before any worker is forked (and before prometheus_client is imported anywhere).
 metrics.prepare_multiprocess_dir("api")

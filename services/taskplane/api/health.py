@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
-from .. import metrics, redis_conn
+from .. import redis_conn
 from .context import api_context
 from .errors import error_response
 from .openapi import openapi_document
 
 bp = Blueprint("health", __name__)
+#: Where an app keeps its serialised description (``app.extensions``).
+_OPENAPI = "taskplane.openapi"
 
 
 @bp.get("/healthz")
@@ -25,7 +27,7 @@ def readyz() -> Response:
     sentinel password or silent sentinels each have their own ``sentinel`` code."""
     ctx = api_context()
     try:
-        ctx.runtime.broker.ping()
+        ctx.runtime.lifecycle.ping()
     except Exception as exc:
         details: dict[str, str] = {"reason": type(exc).__name__}
         if redis_conn.is_sentinel(ctx.settings.redis_url):
@@ -39,10 +41,17 @@ def readyz() -> Response:
 @bp.get("/metrics")
 def metrics_endpoint() -> Response:
     """Prometheus exposition of every gunicorn worker of this pod."""
-    body, content_type = metrics.scrape()
+    body, content_type = api_context().runtime.metrics.scrape()
     return Response(body, content_type=content_type)
 
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(openapi_document(api_context().settings))
+    """Built once per app, on first request: it depends only on the app's settings and
+    registry, and this route needs no token, so it must stay cheap (~10 ms to build)."""
+    body = current_app.extensions.get(_OPENAPI)
+    if body is None:
+        ctx = api_context()
+        body = current_app.extensions[_OPENAPI] = current_app.json.dumps(
+            openapi_document(ctx.settings, ctx.runtime))
+    return Response(body, mimetype="application/json")

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from .. import metrics
+from ..metrics import Metrics
 
 #: One line per request: method, route template, status, time. Never the raw path, the
 #: query string or a header, so task data and tokens stay out of the logs.
@@ -26,9 +26,10 @@ def accepted(task_name: str) -> None:
     g.accepted_task = task_name
 
 
-def init_app(app: Flask, access_log: bool = True) -> None:
-    """Count and time every request; ``access_log``: also log a line for each (ACCESS_LOG)."""
-    m = metrics.instruments()
+def init_app(app: Flask, metrics: Metrics, access_log: bool = True) -> None:
+    """Count and time every request on the app's ``metrics``; ``access_log``: also log a
+    line for each (ACCESS_LOG)."""
+    m = metrics.instruments
     # The labelled series of each (route, method, status), looked up once: routes are
     # templates and methods a fixed set, so these stay small.
     counted: dict[tuple[str, str, int], tuple[Any, Any]] = {}

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..runtime import Runtime
 from ..settings import Settings
-from . import schemas
+from . import body, schemas
+from .task_specs import task_spec_schemas
 
 _ERRORS = {
     400: "Malformed JSON, or a malformed header.",
@@ -22,7 +24,8 @@ _ERRORS = {
     414: "Request line (path and query) longer than the server reads (8190 bytes).",
     415: "Body is not JSON.",
     422: "Valid JSON that breaks the schema; details name each field.",
-    429: "Tenant over its request rate or its cap of unfinished tasks; retry after Retry-After.",
+    429: "Tenant over its request rate, its cap of unfinished tasks or its cap of schedules; "
+         "retry after Retry-After.",
     503: "Redis is unreachable (`broker_unavailable`: nothing was accepted), or it did not "
          "confirm a change in time (`outcome_unknown`: it may have taken effect; `details.id` "
          "names the task). Retry after Retry-After seconds, with the same Idempotency-Key.",
@@ -72,7 +75,15 @@ _TASK_ID = {"name": "task_id", "in": "path", "required": True,
             "schema": {"type": "string", "maxLength": 128}}
 
 
-def openapi_document(settings: Settings) -> dict[str, Any]:
+def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
+    """The description of this app: its settings' bounds, its registry's task types and
+    its known queues (a deployment with its own ``TASK_MODULES`` describes its tasks)."""
+    queues = runtime.known_queues()
+    submit_components, submit_union = task_spec_schemas(
+        runtime.registry, "SubmitTask", schemas.submit_options(settings.max_countdown, queues))
+    schedule_components, schedule_union = task_spec_schemas(
+        runtime.registry, "NewSchedule", schemas.schedule_options(queues), required=["name"],
+        constraints=schemas.CRON_OR_EVERY)
     items = lambda ref: {"type": "object", "required": ["items"],  # noqa: E731
                          "properties": {"items": {"type": "array", "items": _ref(ref)}}}
     paths: dict[str, Any] = {
@@ -91,23 +102,23 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 {"name": "queue", "in": "query", "required": False,
                  "schema": {"type": "string", "minLength": 1, "maxLength": 200}},
                 {"name": "submitted_after", "in": "query", "required": False,
-                 "schema": {"type": "string", "maxLength": schemas.MAX_TIMESTAMP},
-                 "description": "ISO 8601 or epoch seconds"},
+                 "schema": schemas.TIME_PARAMETER, "description": "ISO 8601 or epoch seconds"},
                 {"name": "submitted_before", "in": "query", "required": False,
-                 "schema": {"type": "string", "maxLength": schemas.MAX_TIMESTAMP},
-                 "description": "ISO 8601 or epoch seconds"},
+                 "schema": schemas.TIME_PARAMETER, "description": "ISO 8601 or epoch seconds"},
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE}},
                 {"name": "cursor", "in": "query", "required": False,
-                 "schema": {"type": "string", "maxLength": schemas.MAX_CURSOR,
-                            "pattern": "^[A-Za-z0-9_-]*$"}},
+                 "schema": {"type": "string", "minLength": 1, "maxLength": schemas.MAX_CURSOR,
+                            "pattern": "^[A-Za-z0-9_-]+$"},
+                 "description": "The `next` of the previous page (opaque: no other value "
+                                "is accepted)."},
             ]), "post": _op(
             "Submit a task", 202, _ref("Task"), (400, 404, 409, 413, 415, 422),
-            requestBody={"required": True, "content": {
-                "application/json": {"schema": _ref("SubmitTask")}}},
+            requestBody=_body(settings, "SubmitTask"),
             parameters=[{"name": "Idempotency-Key", "in": "header", "required": False,
-                         "schema": {"type": "string",
-                                    "maxLength": schemas.MAX_IDEMPOTENCY_KEY}}],
+                         "schema": {"type": "string", "minLength": 1,
+                                    "maxLength": schemas.MAX_IDEMPOTENCY_KEY,
+                                    "pattern": schemas.IDEMPOTENCY_KEY_PATTERN}}],
         )},
         "/v1/tasks/{task_id}": {
             "get": _op("A task's state, result or error", 200, _ref("Task"), (404, 422),
@@ -138,14 +149,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "offset": {"type": "integer"}}},
             (422,), parameters=[
                 {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                 "schema": {"type": "integer", "minimum": 1,
+                            "maximum": schemas.MAX_DEAD_LETTER_PAGE}},
                 {"name": "offset", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 1_000_000}},
+                 "schema": {"type": "integer", "minimum": 0,
+                            "maximum": schemas.MAX_DEAD_LETTER_OFFSET}},
             ])},
         "/v1/dead-letters/{task_id}/retry": {"post": _op(
             "Enqueue a dead letter again under its id", 202, _ref("Task"), (404, 409),
             parameters=[_TASK_ID])},
-        **_schedule_paths(),
+        **_schedule_paths(settings),
         "/start_task/{data}": {"get": _op(
             "The blog post's enqueue route (long_running_task)", 200,
             {"type": "object", "required": ["task_id", "message"],
@@ -169,6 +182,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document", 200, {"type": "object"}, (),
                                      auth=False)},
     }
+    _name_operations(paths)
+    _link(paths["/v1/tasks"]["post"], "202", "id", "task_id",
+          ("getTask", "revokeTask", "taskEvents", "retryDeadLetter"))
+    _link(paths["/v1/dead-letters/{task_id}/retry"]["post"], "202", "id", "task_id",
+          ("getTask", "revokeTask"))
+    _link(paths["/v1/schedules"]["post"], "201", "name", "name",
+          ("getSchedule", "changeSchedule", "deleteSchedule"))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Taskplane API", "version": __version__,
@@ -179,34 +199,80 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "SubmitTask": schemas.submit_schema(settings.max_countdown),
+                "SubmitTask": submit_union,
+                **submit_components,
                 "Task": schemas.TASK,
                 "TaskType": schemas.TASK_TYPE,
                 "Queue": schemas.QUEUE,
                 "DeadLetter": schemas.DEAD_LETTER,
                 "Error": schemas.ERROR,
-                "NewSchedule": schemas.schedule_schema(create=True),
-                "ScheduleChange": schemas.schedule_schema(create=False),
+                "NewSchedule": schedule_union,
+                **schedule_components,
+                "ScheduleChange": schemas.schedule_change_schema(
+                    queues, [spec.name for spec in runtime.registry]),
+                "TimeZone": schemas.time_zone_schema(),
                 "Schedule": schemas.SCHEDULE,
             },
         },
     }
 
 
+#: ``operationId`` of each operation: the names links use, and generated clients' names.
+OPERATION_IDS = {
+    ("/v1/tasks", "get"): "listTasks", ("/v1/tasks", "post"): "submitTask",
+    ("/v1/tasks/{task_id}", "get"): "getTask", ("/v1/tasks/{task_id}", "delete"): "revokeTask",
+    ("/v1/tasks/{task_id}/events", "get"): "taskEvents",
+    ("/v1/task-types", "get"): "listTaskTypes", ("/v1/queues", "get"): "listQueues",
+    ("/v1/dead-letters", "get"): "listDeadLetters",
+    ("/v1/dead-letters/{task_id}/retry", "post"): "retryDeadLetter",
+    ("/v1/schedules", "get"): "listSchedules", ("/v1/schedules", "post"): "createSchedule",
+    ("/v1/schedules/{name}", "get"): "getSchedule",
+    ("/v1/schedules/{name}", "patch"): "changeSchedule",
+    ("/v1/schedules/{name}", "delete"): "deleteSchedule",
+    ("/start_task/{data}", "get"): "startTaskLegacy",
+    ("/task_status/{task_id}", "get"): "taskStatusLegacy",
+    ("/healthz", "get"): "healthz", ("/readyz", "get"): "readyz", ("/metrics", "get"): "metrics",
+    ("/openapi.json", "get"): "openapi",
+}
+
+
+def _name_operations(paths: dict[str, Any]) -> None:
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation["operationId"] = OPERATION_IDS[(path, method)]
+
+
+def _link(operation: dict[str, Any], status: str, field: str, parameter: str,
+          targets: tuple[str, ...]) -> None:
+    """OpenAPI links: the ``field`` of the response names ``parameter`` of each target, so
+    clients and stateful fuzzers follow a created resource to its routes."""
+    operation["responses"][status]["links"] = {
+        target[0].upper() + target[1:]: {
+            "operationId": target, "parameters": {parameter: f"$response.body#/{field}"}}
+        for target in targets}
+
+
 _SCHEDULE_TENANT = {"name": "tenant", "in": "query", "required": False,
-                    "schema": {"type": "string", "maxLength": 64},
-                    "description": "Operators only: the tenant whose schedule this is "
-                                   "(default: the schedules declared in code)."}
+                    "schema": {"type": "string"},
+                    "description": "Operators only (ignored for a tenant's token): the tenant "
+                                   "whose schedule this is (default: the schedules declared "
+                                   "in code)."}
 _SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
                   "schema": {"type": "string", "maxLength": 64}}
 
 
-def _schedule_paths() -> dict[str, Any]:
+def _body(settings: Settings, ref: str) -> dict[str, Any]:
+    """A required JSON body, with the limits ``api/body.py`` enforces before any schema:
+    its size (413) and its nesting (400), as extensions a schema cannot express."""
+    return {"required": True, "content": {"application/json": {"schema": _ref(ref)}},
+            "x-max-body-bytes": settings.max_body_bytes, "x-max-json-depth": body.MAX_DEPTH}
+
+
+def _schedule_paths(settings: Settings) -> dict[str, Any]:
     """``/v1/schedules``: a tenant's periodic schedules (``api/schedules.py``)."""
-    body = lambda ref: {"required": True, "content": {  # noqa: E731
-        "application/json": {"schema": _ref(ref)}}}
     created = _op("Create a periodic schedule (checked in full: 422 names the field)", 201,
-                  _ref("Schedule"), (400, 409, 413, 415, 422), requestBody=body("NewSchedule"))
+                  _ref("Schedule"), (400, 409, 413, 415, 422),
+                  requestBody=_body(settings, "NewSchedule"))
     created["responses"]["201"]["headers"] = {"Location": {"schema": {"type": "string"}}}
     deleted = _op("Delete a schedule", 204, {}, (404, 409), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT])
     deleted["responses"]["204"] = {"description": "Deleted."}
@@ -222,7 +288,7 @@ def _schedule_paths() -> dict[str, Any]:
                        _ref("Schedule"), (404,), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT]),
             "patch": _op("Change a schedule (checked in full)", 200, _ref("Schedule"),
                          (400, 404, 409, 413, 415, 422), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT],
-                         requestBody=body("ScheduleChange")),
+                         requestBody=_body(settings, "ScheduleChange")),
             "delete": deleted,
         },
     }

@@ -28,7 +28,7 @@ bp.before_request(authenticate)
 bp.before_request(enforce_rate)
 
 _TASK_ID = re.compile(schemas.TASK_ID_PATTERN)
-_IDEMPOTENCY_KEY = re.compile(rf"^[\x21-\x7e]{{1,{schemas.MAX_IDEMPOTENCY_KEY}}}$")
+_IDEMPOTENCY_KEY = re.compile(schemas.IDEMPOTENCY_KEY_PATTERN)
 
 
 def _not_found(task_id: str) -> ApiError:
@@ -285,6 +285,7 @@ def _flag(name: str) -> bool:
 
 
 def _page() -> tuple[int, int]:
+    most, furthest = schemas.MAX_DEAD_LETTER_PAGE, schemas.MAX_DEAD_LETTER_OFFSET
     try:
         raw_limit, raw_offset = request.args.get("limit", "50"), request.args.get("offset", "0")
         if not (raw_limit.isascii() and raw_offset.isascii()):
@@ -292,11 +293,12 @@ def _page() -> tuple[int, int]:
         limit, offset = int(raw_limit), int(raw_offset)
     except ValueError:
         raise ApiError(422, "validation_failed", "limit and offset must be integers",
-                       {"fields": [{"field": "limit", "message": "integer 1-500"},
+                       {"fields": [{"field": "limit", "message": f"integer 1-{most}"},
                                    {"field": "offset", "message": "integer >= 0"}]}) from None
-    if not 1 <= limit <= 500 or not 0 <= offset <= 1_000_000:
-        raise ApiError(422, "validation_failed", "limit must be 1-500 and offset 0-1000000",
-                       {"fields": [{"field": "limit", "message": "integer 1-500"}]})
+    if not 1 <= limit <= most or not 0 <= offset <= furthest:
+        raise ApiError(422, "validation_failed",
+                       f"limit must be 1-{most} and offset 0-{furthest}",
+                       {"fields": [{"field": "limit", "message": f"integer 1-{most}"}]})
     return limit, offset
 
 

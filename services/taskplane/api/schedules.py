@@ -61,7 +61,7 @@ def _declared(tenant: str | None) -> list[Schedule]:
     """Schedules declared in code: the ``system`` tenant's, read-only here."""
     if tenant not in (None, lifecycle.SYSTEM_TENANT):
         return []
-    return sorted(schedules.DECLARED.values(), key=lambda s: s.name)
+    return schedules.declared_in(api_context().runtime.registry)
 
 
 def _owned(name: str, writing: bool = False) -> Schedule:
@@ -118,6 +118,9 @@ def _from_body(body: dict[str, Any], tenant: str, base: dict[str, Any]) -> Sched
     if "every" in body and body["every"] is not None and "cron" not in body:
         fields["cron"] = None  # switching to an interval
     fields["args"] = tuple(fields.get("args") or ())
+    for name in ("every", "priority"):  # JSON Schema's integer includes 5.0: so does ours
+        if isinstance(fields.get(name), float) and fields[name].is_integer():
+            fields[name] = int(fields[name])
     fields.pop("source", None)
     return Schedule(tenant=tenant, source="api", **fields)
 
@@ -128,9 +131,17 @@ def create_schedule() -> Response:
     validate(body, _CREATE, "request body")
     schedule = _checked(_from_body(body, current_tenant(), {"created_at": time.time()}))
     declared = _declared(schedule.tenant)
-    if any(s.name == schedule.name for s in declared) or not _store().create(schedule):
+    settings = api_context().settings
+    cap = settings.max_schedules_per_tenant
+    outcome = "exists" if any(s.name == schedule.name for s in declared) else \
+        _store().create(schedule, cap)
+    if outcome == "exists":
         raise ApiError(409, "schedule_exists", f"a schedule named {schedule.name!r} exists; "
                        "PATCH it or DELETE it first", {"name": schedule.name})
+    if outcome == "cap_reached":  # as the cap of unfinished tasks answers (api/limits.py)
+        raise ApiError(429, "too_many_schedules",
+                       f"tenant has {cap} schedules; DELETE one first", {"limit": cap},
+                       {"Retry-After": str(settings.retry_after)})
     response = jsonify(represent(schedule))
     response.status_code = 201
     response.headers["Location"] = _url(schedule.name)
@@ -163,7 +174,8 @@ def update_schedule(name: str) -> Response:
     validate(body, _PATCH, "request body")
     base = {k: v for k, v in current.__dict__.items() if k not in ("tenant",)}
     schedule = _checked(_from_body(body, current.tenant, base))
-    _store().replace(schedule)
+    if not _store().replace(schedule):  # deleted since it was read: not brought back
+        raise _not_found(name)
     return jsonify(represent(schedule))
 
 

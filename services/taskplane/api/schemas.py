@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .. import broker, lifecycle, schedules
@@ -11,16 +12,39 @@ from ..settings import QUEUE_NAME_RE
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_ARGS = 1000
 MAX_IDEMPOTENCY_KEY = 255
+#: Printable ASCII without spaces (a schedule's own keys hold spaces: no client can claim one).
+IDEMPOTENCY_KEY_PATTERN = rf"^[!-~]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
 #: The largest page ``GET /v1/tasks`` returns, and the longest cursor and time it reads.
 MAX_PAGE = 200
+#: ``GET /v1/dead-letters``: the largest page and the furthest offset.
+MAX_DEAD_LETTER_PAGE = 500
+MAX_DEAD_LETTER_OFFSET = 1_000_000
 MAX_CURSOR = 256  # a cursor this API makes is 80 characters for a UUID task id
 MAX_TIMESTAMP = 40  # 2026-11-30T10:25:15.123456+00:00 is 32
+
+#: ``submitted_after``/``submitted_before`` as ``routes._timestamp`` reads them: an
+#: RFC 3339 time (Python's ``fromisoformat`` reads them all, and more) or epoch seconds.
+EPOCH_PATTERN = r"^([0-9]+\.?[0-9]*|\.[0-9]+)$"
+TIME_PARAMETER = {"anyOf": [
+    {"type": "string", "format": "date-time", "maxLength": MAX_TIMESTAMP},
+    {"type": "string", "pattern": EPOCH_PATTERN, "maxLength": MAX_TIMESTAMP}]}
 
 TERMINAL_STATES = lifecycle.FINAL_STATES
 STATES = lifecycle.STATES
 
 
+def submit_options(max_countdown: int, queues: list[str]) -> dict[str, Any]:
+    """The fields of a submission besides the task and its arguments, as the description
+    shows them: only the queues this app knows (any other is a 422)."""
+    options = dict(submit_schema(max_countdown)["properties"])
+    del options["task"], options["args"], options["kwargs"]
+    options["queue"] = {**options["queue"], "enum": queues}
+    return options
+
+
 def submit_schema(max_countdown: int) -> dict[str, Any]:
+    """The shape the server checks first (the task and its arguments are checked next,
+    against the registry); the description's per-task schemas narrow it to each task."""
     return {
         "type": "object",
         "additionalProperties": False,
@@ -28,7 +52,7 @@ def submit_schema(max_countdown: int) -> dict[str, Any]:
         "properties": {
             "task": {"type": "string", "minLength": 1, "maxLength": 200,
                      "description": "Registered task name (see GET /v1/task-types)."},
-            "args": {"type": "array", "maxItems": MAX_ARGS,
+            "args": {"type": "array", "items": {}, "maxItems": MAX_ARGS,
                      "description": "Positional arguments."},
             "kwargs": {"type": "object", "maxProperties": MAX_ARGS,
                        "description": "Keyword arguments."},
@@ -125,7 +149,7 @@ DEAD_LETTER = {
         "task": {"type": "string"},
         "queue": {"type": "string"},
         "priority": {"type": "integer"},
-        "args": {"type": "array"},
+        "args": {"type": "array", "items": {}},
         "kwargs": {"type": "object"},
         "error": TASK["properties"]["error"],
         "reason": {"type": "string"},
@@ -145,7 +169,7 @@ def schedule_schema(*, create: bool) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "task": {"type": "string", "minLength": 1, "maxLength": 200,
                  "description": "Registered task name (see GET /v1/task-types)."},
-        "args": {"type": "array", "maxItems": MAX_ARGS},
+        "args": {"type": "array", "items": {}, "maxItems": MAX_ARGS},
         "kwargs": {"type": "object", "maxProperties": MAX_ARGS},
         "cron": {"type": ["string", "null"], "minLength": 1, "maxLength": 200,
                  "description": "Five-field cron expression, in `timezone`; or give `every`."},
@@ -169,6 +193,56 @@ def schedule_schema(*, create: bool) -> dict[str, Any]:
                       **properties}
     return {"type": "object", "additionalProperties": False,
             "required": ["name", "task"] if create else [], "properties": properties}
+
+
+#: Non-null ``cron`` and ``every`` together, which no schedule may have.
+_BOTH = {"required": ["cron", "every"], "properties": {
+    "cron": {"type": "string"}, "every": {"type": "integer"}}}
+#: A schedule fires on ``cron`` or ``every``: exactly one of them is given (not null).
+#: Written with ``not`` (neither both nor none), which client generators skip, rather
+#: than a ``oneOf`` they would turn into two body types.
+CRON_OR_EVERY = {"not": {"anyOf": [_BOTH, {"not": {"anyOf": [
+    {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+    {"required": ["every"], "properties": {"every": {"type": "integer"}}}]}}]}}
+
+
+def time_zone_schema() -> dict[str, Any]:
+    """The zones this server's tz database knows (``schedules.time_zones``), each with a
+    unique ``x-enum-varnames`` name: ``GMT+0``, ``GMT-0`` and ``GMT0`` would otherwise all
+    become one generated constant, and a generator refuse the enum."""
+    zones = sorted(schedules.time_zones())
+    names = [zone.upper().replace("/", "_").replace("+", "_PLUS_").replace("-", "_MINUS_")
+             for zone in zones]
+    names = [re.sub(r"[^A-Z0-9_]", "_", name) for name in names]
+    assert len(set(names)) == len(names), "two time zones share a constant name"
+    return {"type": "string", "enum": zones, "x-enum-varnames": names,
+            "description": "An IANA time zone this server knows."}
+
+
+def schedule_options(queues: list[str]) -> dict[str, Any]:
+    """The fields of a new schedule besides the task and its arguments, as the description
+    shows them: known queues and time zones, cron's syntax as ``format: cron``."""
+    options = dict(schedule_schema(create=True)["properties"])
+    del options["task"], options["args"], options["kwargs"]
+    options["queue"] = {"enum": [*queues, None],
+                        "description": "Queue to use instead of the task's default."}
+    options["timezone"] = {"$ref": "#/components/schemas/TimeZone",
+                           "description": options["timezone"]["description"]}
+    options["cron"] = {**options["cron"], "format": "cron"}
+    return options
+
+
+def schedule_change_schema(queues: list[str], tasks: list[str]) -> dict[str, Any]:
+    """``PATCH /v1/schedules/<name>`` as described: each field as in a new schedule, never
+    both ``cron`` and ``every``. The change is then checked merged into the schedule it
+    changes (its arguments against its task), which no schema of the body alone can say."""
+    schema = schedule_schema(create=False)
+    options = schedule_options(queues)
+    schema["properties"] = {**schema["properties"],
+                            **{k: v for k, v in options.items() if k in schema["properties"]}}
+    schema["properties"]["task"] = {**schema["properties"]["task"], "enum": tasks}
+    schema["not"] = _BOTH
+    return schema
 
 
 SCHEDULE = {

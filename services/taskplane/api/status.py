@@ -27,14 +27,11 @@ class TaskStatus:
 
 
 def load(app: TaskplaneCelery, task_id: str) -> TaskStatus | None:
-    """The task's record and result, read through ``lifecycle.read`` (one round trip when
-    results live in the records' Redis)."""
-    life, backend = app.runtime.lifecycle, app.backend
-    record, raw_meta = life.read(task_id, with_result=life.results_here)
+    """The task's record and result, read through ``lifecycle.read`` in one round trip."""
+    backend = app.backend
+    record, raw_meta = app.runtime.lifecycle.read(task_id, with_result=True)
     if record is None:
         return None
-    if not life.results_here:
-        raw_meta = backend.get(backend.get_key_for_task(task_id))
     meta = backend.decode_result(raw_meta) if raw_meta else None
     if meta and record.state not in FINAL_STATES and meta.get("status") in FINAL_STATES \
             and meta.get("date_done") and record.started_at is None:

@@ -20,14 +20,13 @@ class Lifecycle(Transitions, Listing, RateLimit, ScheduleState):
 
     Each part lives in its own module (``transitions``, ``listing``, ``ratelimit``,
     ``schedule_state``); their scripts all run through one :class:`Store`.
-    ``result_key(id)`` names Celery's result key; ``results_here`` says whether results
-    live in this Redis, so transitions write them in the same step (else the result
-    backend writes them on its own, and only the record moves here).
+    ``result_key(id)`` names Celery's result key: results live in this Redis, beside the
+    records, and every transition writes the result in the same step as the record.
     """
 
     def __init__(self, client: redis.Redis, *, record_ttl: int, result_ttl: int,
                  idempotency_ttl: int, dead_letter_ttl: int,
-                 result_key: Callable[[str], str], results_here: bool,
+                 result_key: Callable[[str], str],
                  max_countdown: int = 0, acks: int = 0, ack_timeout: float = 1.0,
                  strict_acks: bool = True,
                  on_ack: Callable[[bool], None] | None = None) -> None:
@@ -42,7 +41,6 @@ class Lifecycle(Transitions, Listing, RateLimit, ScheduleState):
         self.idempotency_ttl = idempotency_ttl
         self.dead_letter_ttl = dead_letter_ttl
         self.result_key = result_key
-        self.results_here = results_here
 
     def ping(self) -> bool:
         """Whether Redis answers (readiness probes)."""

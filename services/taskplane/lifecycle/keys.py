@@ -103,6 +103,15 @@ def listing_keys(tenant: str, task: str, queue: str) -> list[str]:
             for t in (tenant, None)]
 
 
+def adopted_listing_keys(tenant: str, task: str, queue: str) -> list[str]:
+    """The listing indexes of a record adopted with what is known of it: the by-type and
+    by-queue ones only when the task's name and queue are known (a revoke of a task no
+    worker saw knows neither)."""
+    if task and queue:
+        return listing_keys(tenant, task, queue)
+    return [tasks_index_key(tenant), tasks_index_key(None)]
+
+
 def ended_index_key(tenant: str | None, state: str) -> str:
     """The tasks of a tenant (``None``: of every tenant) that ended in ``state``, by
     submission time."""

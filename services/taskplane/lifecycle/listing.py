@@ -67,14 +67,10 @@ class Listing:
     """The reading part of :class:`~taskplane.lifecycle.Lifecycle`."""
 
     _store: Store
-    results_here: bool
     result_key: Callable[[str], str]
 
-    # --- reads --------------------------------------------------------------------------
-
     def read(self, task_id: str, with_result: bool) -> tuple[TaskRecord | None, bytes | None]:
-        """The record and, when ``with_result`` (results live here), the raw result: one
-        round trip."""
+        """The record and, when ``with_result``, the raw Celery result: one round trip."""
         if not with_result:
             raw = self._store.redis.hgetall(record_key(task_id))
             return (TaskRecord.from_hash(task_id, raw) if raw else None), None
@@ -88,7 +84,7 @@ class Listing:
                    max_examined: int = 1000
                    ) -> tuple[list[tuple[TaskRecord, bytes | None]], Cursor | None]:
         """A page of tasks matching ``query``, newest submission first, with their raw
-        results (when results live here), and the cursor of the next page (None: the end).
+        results, and the cursor of the next page (None: the end).
 
         Walks the one index that holds every possible match (:meth:`_index_for`: the tasks
         that ended in a final state, the tenant's unfinished tasks, one task type's, one
@@ -110,8 +106,8 @@ class Listing:
         examined, last = 0, cursor
         batch = max(limit, 50)
         while len(found) < limit and examined < max_examined:
-            entries = self._store.redis.zrevrangebyscore(index, high, low, start=0, num=batch,
-                                                   withscores=True)
+            entries = self._store.redis.zrevrangebyscore(index, high, low, start=0,
+                                                         num=batch, withscores=True)
             if skip_ties is not None:  # entries at the cursor's score not yet passed
                 tie = skip_ties
                 entries = [(m, sc) for m, sc in entries
@@ -121,14 +117,12 @@ class Listing:
             with self._store.redis.pipeline(transaction=False) as pipe:
                 for member, _ in entries:
                     pipe.hgetall(record_key(member.decode()))
-                    if self.results_here:
-                        pipe.get(self.result_key(member.decode()))
+                    pipe.get(self.result_key(member.decode()))
                 replies = pipe.execute()
-            step = 2 if self.results_here else 1
             gone = []
             for n, (member, score) in enumerate(entries):
                 task_id = member.decode()
-                raw, meta = replies[n * step], replies[n * step + 1] if self.results_here else None
+                raw, meta = replies[2 * n], replies[2 * n + 1]
                 examined += 1
                 last = Cursor(score, task_id)
                 if not raw:

@@ -36,9 +36,10 @@ class ScheduleState:
                                 [ident, definition, tenant, cap])
         return str(reply.decode() if isinstance(reply, bytes) else reply)
 
-    def schedule_replace(self, ident: str, definition: str) -> None:
-        """Store a changed definition of a schedule."""
-        self._store.redis.hset(schedules_key(), ident, definition)
+    def schedule_replace(self, ident: str, definition: str) -> bool:
+        """Store a changed definition of a stored schedule; False (nothing written) if it
+        was deleted meanwhile."""
+        return bool(self._store.run("schedule_replace", [schedules_key()], [ident, definition]))
 
     def schedule_definition(self, ident: str) -> bytes | None:
         """A stored schedule's JSON, or None."""

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .keys import (
+    adopted_listing_keys,
     dead_index_keys,
     dead_key,
     ended_index_keys,
@@ -58,7 +59,6 @@ class Transitions:
     idempotency_ttl: int
     dead_letter_ttl: int
     keep: int
-    results_here: bool
     result_key: Callable[[str], str]
 
     def submit(self, record: TaskRecord, push: tuple[str, str], *, cap: int = 0,
@@ -96,7 +96,7 @@ class Transitions:
     def start(self, task_id: str, retries: int, started: ResultWrite | None = None,
               adopt: TaskRecord | None = None) -> RunStart:
         """A worker is about to run the task: refuse if it is revoked or finished, else
-        mark it STARTED (and store ``started`` when results live here) and count the run.
+        mark it STARTED (storing the ``started`` result with it) and count the run.
 
         ``adopt``: the record to create if there is none, for a task sent around the API
         (a stock Celery client, ``celery call``): it then shows up for the operator, its
@@ -108,7 +108,7 @@ class Transitions:
             keys += listing_keys(adopt.tenant, adopt.task, adopt.queue)
             args[4] = self.record_ttl
             args += adopt.fields()
-        if started is not None and self.results_here:
+        if started is not None:
             keys.append(started[0])
             args[2:4] = [started[1], started[2]]
         verdict, died = self._store.run("start", keys, args)
@@ -122,23 +122,28 @@ class Transitions:
                                     [result[1], result[2], *record_fields]))
 
     def finish(self, task_id: str, state: str, *, tenant: str = "", run_ended: bool = False,
-               result: ResultWrite | None = None) -> Transition:
+               result: ResultWrite | None = None, adopt: TaskRecord | None = None
+               ) -> Transition:
         """End the task in ``state`` (SUCCESS, REVOKED…) unless it already ended: record,
-        result (when it lives here) and tenant slot together. ``state`` '' only counts the
-        run as ended. ``tenant`` is a hint that saves a round trip when right."""
+        result and tenant slot together. ``state`` '' only counts the
+        run as ended. ``tenant`` is a hint that saves a round trip when right.
+
+        ``adopt``: the record to create, ended, if there is none (a task sent around the
+        API that a worker revoked before any worker started it; outcome ``adopted``)."""
         def call(tenant: str) -> list[Any]:
             keys = [record_key(task_id)]
             if state:
                 keys += [open_key(tenant), *ended_index_keys(tenant, state)]
-            keys, value, ttl = self._with_result(keys, result)
+            listed, fields = self._adoption(adopt if state else None)
+            keys, value, ttl = self._with_result([*keys, *listed], result)
             return self._store.run("finish", keys, [
                 task_id, time.time(), self.result_ttl, state, tenant,
-                "1" if run_ended else "0", value, ttl, self.keep])
+                "1" if run_ended else "0", value, ttl, self.keep, len(listed), *fields])
         return self._with_tenant(call, tenant)
 
     def fail(self, task_id: str, letter: dict[str, Any], *, tenant: str = "",
              run_ended: bool = False, result: ResultWrite | None = None) -> Transition:
-        """End the task as FAILURE (storing ``result`` when results live here) and file
+        """End the task as FAILURE (storing ``result`` with it) and file
         ``letter`` (:func:`dead_letter`) with the record's queue, priority and retries, in
         one step. A task without a record (sent around the API) gets its result only."""
         letter = {**letter, "id": task_id}
@@ -177,18 +182,24 @@ class Transitions:
         keys = [record_key(record.id), open_key(record.tenant), push[0], dead_key(record.id),
                 *dead_index_keys(record.tenant), *ended_index_keys(record.tenant, FAILURE),
                 *listing_keys(record.tenant, record.task, record.queue)]
-        if self.results_here:
-            keys.append(self.result_key(record.id))
+        keys.append(self.result_key(record.id))
         (outcome,) = self._store.run("retry_dead", keys, [
             record.id, self.record_ttl, time.time(), cap, read, push[1], self.keep,
-            "1" if self.results_here else "0", *record.fields()])
+            *record.fields()])
         return Transition(outcome.decode())
+
+    @staticmethod
+    def _adoption(adopt: TaskRecord | None) -> tuple[list[str], list[str]]:
+        """The listing keys and the fields of a record to adopt (none: two empty lists)."""
+        if adopt is None:
+            return [], []
+        return adopted_listing_keys(adopt.tenant, adopt.task, adopt.queue), adopt.fields()
 
     def _with_result(self, keys: list[str], result: ResultWrite | None
                      ) -> tuple[list[str], str, int]:
         """``keys`` with the result's key appended, and the result's value and ttl, when
-        there is a result to write in this Redis; else ``keys`` and no value."""
-        if result is None or not self.results_here:
+        there is a result to write; else ``keys`` and no value."""
+        if result is None:
             return keys, "", 0
         return [*keys, result[0]], result[1], result[2]
 

@@ -15,19 +15,18 @@ record in the same round trip that stamps ``started_at`` and stores the STARTED 
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
-from celery import Task, current_task, states
-from celery.app.task import get_actual_ignore_result
+from celery import Task, current_task
+from celery.app.task import get_actual_ignore_result  # type: ignore[attr-defined]  # Celery's own helper, absent from celery-types
 from celery.exceptions import Ignore
 
-from .. import broker
-from ..lifecycle import SYSTEM_TENANT, TENANT_HEADER, PoisonedTask, TaskRecord
-from ..results import ResultBackend
+from ..lifecycle import PoisonedTask, TaskRecord
+from ..results import ResultBackend, stock_record
+from ..runtime import runtime_of
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from datetime import datetime
 
 #: Custom state a running task reports through :func:`progress`.
 PROGRESS = "PROGRESS"
@@ -39,35 +38,34 @@ PROGRESS = "PROGRESS"
 MIN_RETRY_DELAY = 1.0
 
 
-class TaskplaneTask(Task):
+class TaskplaneTask(Task[Any, Any]):
     """Stamps the task record on start; skips revoked tasks, quarantines poisoned ones."""
 
     abstract = True
 
-    def retry(self, *args: Any, countdown: float | None = None, eta: Any = None,
-              **kwargs: Any) -> Any:
+    def retry(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None,
+              exc: Exception | None = None, throw: bool = True, eta: datetime | None = None,
+              countdown: float | None = None, max_retries: int | None = None,
+              **options: Any) -> Any:
         if eta is None:
             countdown = max(MIN_RETRY_DELAY, countdown or 0.0)
-        return super().retry(*args, countdown=countdown, eta=eta, **kwargs)
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         if request.id and not request.called_directly:
-            runtime: Runtime = self.app.runtime
+            runtime = runtime_of(self.app)
             backend = self.backend
-            track = isinstance(backend, ResultBackend) and not get_actual_ignore_result(
-                self, request)
-            started = backend.started_state(request, os.getpid()) if track else None
+            tracked = backend if isinstance(backend, ResultBackend) and not (
+                get_actual_ignore_result(self, request)) else None
+            started = tracked.started_state(request, os.getpid()) if tracked else None
             run = runtime.lifecycle.start(request.id, retries=request.retries or 0,
                                           started=started, adopt=self._adopted(request))
             if not run.runs:
                 # Revoked while queued (the revoke stored REVOKED), or a redelivery of a
                 # task that already ended: it does not run again.
-                request.taskplane_skipped = True
+                request.taskplane_skipped = True  # type: ignore[attr-defined]  # our flag on Celery's request, read by worker.py
                 raise Ignore()
-            if track and not runtime.lifecycle.results_here:
-                backend.store_result(request.id, backend.started_result(request, os.getpid()),
-                                     states.STARTED, request=request)
             limit = runtime.settings.max_deliveries
             if run.died >= limit:
                 raise PoisonedTask(
@@ -78,22 +76,15 @@ class TaskplaneTask(Task):
 
     def _adopted(self, request: Any) -> TaskRecord | None:
         """The record of a task sent around the API (no tenant header), should it have
-        none: under SYSTEM_TENANT, with the queue and priority it was delivered with."""
-        headers = getattr(request, "headers", None) or {}
-        if getattr(request, TENANT_HEADER, None) or headers.get(TENANT_HEADER):
-            return None
-        info = getattr(request, "delivery_info", None) or {}
-        settings = self.app.runtime.settings
-        return TaskRecord(id=request.id, tenant=SYSTEM_TENANT, task=self.name,
-                          queue=str(info.get("routing_key") or settings.default_queue),
-                          priority=broker.api_priority(info.get("priority")),
-                          submitted_at=time.time())
+        none (:func:`~taskplane.results.stock_record`)."""
+        return stock_record(request.id, request, self.name,
+                            runtime_of(self.app).settings.default_queue)
 
 
 def progress(percent: float, message: str = "") -> None:
     """Report progress of the running task (``state=PROGRESS``); a no-op outside a worker."""
-    task = current_task
-    if task is None or task.request.called_directly or not task.request.id:
+    task = current_task  # a proxy: false when no task runs (a plain call of the function)
+    if not task or task.request.called_directly or not task.request.id:
         return
     task.update_state(
         state=PROGRESS,

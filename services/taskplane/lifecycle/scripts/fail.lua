@@ -20,16 +20,10 @@
 local record, open, dead = KEYS[1], KEYS[2], KEYS[3]
 local dead_indexes = keys_from(4, 2)
 local failed = keys_from(6, 2)
-local id = ARGV[1]
-local now = ARGV[2]
-local ttl = ARGV[3]
-local tenant = ARGV[4]
-local run_ended = ARGV[5]
-local letter = ARGV[6]
-local letter_ttl = tonumber(ARGV[7])
-local value = ARGV[8]
-local value_ttl = ARGV[9]
-local keep = ARGV[10]
+local id, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local tenant, run_ended = ARGV[4], ARGV[5]
+local letter, letter_ttl = ARGV[6], tonumber(ARGV[7])
+local value, value_ttl, keep = ARGV[8], ARGV[9], ARGV[10]
 local result
 if value ~= '' then result = KEYS[8] end
 

@@ -8,10 +8,9 @@
 --       dead_index x2 the tenant's and every tenant's dead-letter index
 --       failed x2     the tenant's and every tenant's index of tasks ended in FAILURE
 --       listed x6     the listing indexes (keys.listing_keys)
---       result        Celery's result key: the old FAILURE goes (only when forget = '1')
+--       result        Celery's result key: the old FAILURE goes
 -- ARGV  id, record ttl, now, cap (0: none), read (the dead letter as the caller read
---       it), message, keep (index lifetime), forget ('1': delete the result), the new
---       record's field/value pairs...
+--       it), message, keep (index lifetime), the new record's field/value pairs...
 -- Precondition  the dead letter is there and is the one read; the tenant is under its
 --       cap.
 -- Writes  deletes the dead letter, its index entries, its FAILURE index entries and the
@@ -23,17 +22,9 @@ local record, open, queue, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_indexes = keys_from(5, 2)
 local failed = keys_from(7, 2)
 local listed = keys_from(9, 6)
-local id = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local cap = tonumber(ARGV[4])
-local read = ARGV[5]
-local message = ARGV[6]
-local keep = ARGV[7]
-local forget = ARGV[8]
-local fields = args_from(9)
-local result
-if forget == '1' then result = KEYS[15] end
+local result = KEYS[15]
+local id, ttl, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local read, message, keep, fields = ARGV[5], ARGV[6], ARGV[7], args_from(8)
 
 local entry = redis.call('GET', dead)
 if not entry then return {'gone'} end
@@ -44,6 +35,6 @@ for _, key in ipairs(dead_indexes) do redis.call('ZREM', key, id) end
 redis.call('DEL', record)
 open_record(record, open, listed, id, now, ttl, keep, fields)
 for _, key in ipairs(failed) do redis.call('ZREM', key, id) end
-if result then redis.call('DEL', result) end
+redis.call('DEL', result)
 redis.call('LPUSH', queue, message)
 return {'queued'}

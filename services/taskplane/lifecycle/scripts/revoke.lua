@@ -16,14 +16,9 @@
 
 local record, open = KEYS[1], KEYS[2]
 local revoked = keys_from(3, 2)
-local id = ARGV[1]
-local now = ARGV[2]
-local ttl = ARGV[3]
-local tenant = ARGV[4]
-local terminate = ARGV[5]
-local value = ARGV[6]
-local value_ttl = ARGV[7]
-local keep = ARGV[8]
+local id, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local tenant, terminate = ARGV[4], ARGV[5]
+local value, value_ttl, keep = ARGV[6], ARGV[7], ARGV[8]
 local result
 if value ~= '' then result = KEYS[5] end
 

@@ -17,13 +17,9 @@
 -- Returns 1 if moved, else 0.
 
 local state = KEYS[1]
-local read = ARGV[1]
-local tick = ARGV[2]
-local task_id = ARGV[3]
-local fired_at = ARGV[4]
-local fires = tonumber(ARGV[5])
-local skipped = ARGV[6]
-local missed = ARGV[7]
+local read, tick = ARGV[1], ARGV[2]
+local task_id, fired_at = ARGV[3], ARGV[4]
+local fires, skipped, missed = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local ident = ARGV[8]
 local schedules
 if ident ~= '' then schedules = KEYS[2] end

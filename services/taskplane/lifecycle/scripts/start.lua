@@ -17,14 +17,9 @@
 --       SUCCESS | FAILURE (do not run); died: earlier runs that never ended.
 
 local record = KEYS[1]
-local now = ARGV[1]
-local retries = ARGV[2]
-local started = ARGV[3]
-local started_ttl = ARGV[4]
-local adopt_ttl = tonumber(ARGV[5])
-local keep = ARGV[6]
-local id = ARGV[7]
-local adopted = args_from(8)
+local now, retries = ARGV[1], ARGV[2]
+local started, started_ttl = ARGV[3], ARGV[4]
+local adopt_ttl, keep, id, adopted = tonumber(ARGV[5]), ARGV[6], ARGV[7], args_from(8)
 local listed, result
 if adopt_ttl > 0 then listed = keys_from(2, 6) end
 if started ~= '' then result = KEYS[listed and 8 or 2] end

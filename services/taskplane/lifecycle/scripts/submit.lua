@@ -24,18 +24,10 @@
 
 local record, open, queue = KEYS[1], KEYS[2], KEYS[3]
 local listed = keys_from(4, 6)
-local id = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local cap = tonumber(ARGV[4])
-local rate = tonumber(ARGV[5])
-local burst = tonumber(ARGV[6])
-local fp = ARGV[7]
-local idem_ttl = ARGV[8]
-local held_read = ARGV[9]
-local message = ARGV[10]
-local keep = ARGV[11]
-local fields = args_from(12)
+local id, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local cap, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local fp, idem_ttl, held_read = ARGV[7], ARGV[8], ARGV[9]
+local message, keep, fields = ARGV[10], ARGV[11], args_from(12)
 local optional = 9
 local bucket, idem, held
 if rate > 0 then optional = optional + 1; bucket = KEYS[optional] end

@@ -42,11 +42,12 @@ def thumbnail(image_b64: str, max_size: int = 128, format: str = "PNG") -> dict[
     progress(10, "decoding")
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            img.load()
-            original = img.size
+        with Image.open(io.BytesIO(raw)) as opened:
+            opened.load()
+            original = opened.size
             progress(50, "resizing")
-            img.thumbnail((max_size, max_size))
+            opened.thumbnail((max_size, max_size))
+            img: Image.Image = opened
             if format == "JPEG" and img.mode not in ("RGB", "L"):
                 img = img.convert("RGB")
             out = io.BytesIO()
