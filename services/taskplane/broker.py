@@ -579,7 +579,8 @@ class RideThroughSentinelChannel(RideThroughChannelMixin, kombu_redis.SentinelCh
         alternates = self.connection.client.alt or [self.connection.client.as_uri(True)]
         self._detached_sentinels: list[tuple[str, int]] = [
             (u.hostname or "127.0.0.1", u.port or self.connection.default_port)
-            for u in map(kombu_redis._parse_url, alternates) if u.scheme == "sentinel"]
+            for u in map(kombu_redis._parse_url, alternates)  # type: ignore[attr-defined]
+            if u.scheme == "sentinel"]
 
     def _fresh_pool(self) -> redis.ConnectionPool:
         params = {k: v for k, v in self._detached_params.items() if k not in ("host", "port")}

@@ -261,7 +261,9 @@ def client(url: str, settings: Settings, patient: bool = False,
                               "connection_class": MasterConnection}
     if settings.redis_master_tls:
         master.update(connection_class=MasterSSLConnection, **tls_options(settings))
-    return sentinel.master_for(settings.redis_sentinel_master, redis_class=redis.Redis, **master)
+    found: redis.Redis = sentinel.master_for(settings.redis_sentinel_master,
+                                             redis_class=redis.Redis, **master)
+    return found
 
 
 def sentinels_of(url: str, settings: Settings, timeout: float | None = None) -> Sentinel:
@@ -288,7 +290,9 @@ def diagnose(url: str, settings: Settings, timeout: float = 1.0) -> Problem | No
     master_name = settings.redis_sentinel_master
     target = parse_sentinel_url(url)
     kwargs = sentinel_kwargs(settings, timeout)
-    refused, silent, unknown = [], [], []
+    refused: list[str] = []
+    silent: list[str] = []
+    unknown: list[str] = []
     address: tuple[str, int] | None = None
     for host, port in target.sentinels:
         conn = redis.Redis(host=host, port=port, **kwargs)
@@ -305,10 +309,10 @@ def diagnose(url: str, settings: Settings, timeout: float = 1.0) -> Problem | No
             continue
         finally:
             conn.close()
-        if not found:
+        if not isinstance(found, tuple | list) or not found:
             unknown.append(_hostport(host, port))
         elif address is None:
-            address = (found[0].decode() if isinstance(found[0], bytes) else found[0],
+            address = (found[0].decode() if isinstance(found[0], bytes) else str(found[0]),
                        int(found[1]))
     if address is None:
         if refused:
@@ -320,7 +324,8 @@ def diagnose(url: str, settings: Settings, timeout: float = 1.0) -> Problem | No
         return Problem("no_sentinel", f"no sentinel answered at {', '.join(silent)} "
                        "(REDIS_URL)")
     master = redis.Redis(host=address[0], port=address[1], db=target.db,
-                         username=target.username, password=target.password, retry=None,
+                         username=target.username, password=target.password,
+                         retry=None,  # type: ignore[arg-type]  # None: no retries (redis-py)
                          **socket_options(timeout),
                          **({"ssl": True, **tls_options(settings)}
                             if settings.redis_master_tls else {}))
@@ -345,15 +350,15 @@ def await_master(settings: Settings, who: str) -> None:
     master behind the sentinels, then exit non-zero with the reason (so Kubernetes shows
     it and restarts the pod) rather than run without one. A no-op for a single node: its
     clients ride through an outage as before."""
-    urls = {u for u in (settings.redis_url, settings.results_url) if is_sentinel(u)}
+    if not is_sentinel(settings.redis_url):
+        return
     deadline = time.monotonic() + settings.redis_startup_timeout
-    for url in urls:
-        while (problem := diagnose(url, settings)) is not None:
-            if time.monotonic() >= deadline:
-                raise SystemExit(f"taskplane {who}: no Redis master after "
-                                 f"{settings.redis_startup_timeout:g}s: {problem.message}")
-            log.warning("waiting for a Redis master: %s", problem.message)
-            time.sleep(1)
+    while (problem := diagnose(settings.redis_url, settings)) is not None:
+        if time.monotonic() >= deadline:
+            raise SystemExit(f"taskplane {who}: no Redis master after "
+                             f"{settings.redis_startup_timeout:g}s: {problem.message}")
+        log.warning("waiting for a Redis master: %s", problem.message)
+        time.sleep(1)  # polling the sentinels at start
 
 
 def warn_if_too_few_replicas(settings: Settings, who: str) -> int | None:
@@ -385,9 +390,9 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 
 def backend_options(settings: Settings) -> dict[str, Any]:
-    """The same for ``result_backend_transport_options`` when results go through Sentinel
-    (Celery's Sentinel backend reads ``master_name`` from here, not from the broker's)."""
-    if not is_sentinel(settings.results_url):
+    """The same for ``result_backend_transport_options`` (Celery's Sentinel backend reads
+    ``master_name`` from here, not from the broker's)."""
+    if not is_sentinel(settings.redis_url):
         return {}
     return _transport_sentinel_options(settings)
 

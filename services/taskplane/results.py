@@ -171,11 +171,12 @@ class SentinelResultBackend(ResultBackend, SentinelBackend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.connparams.setdefault("connection_class", MasterConnection)
+        self.connparams.setdefault(  # type: ignore[attr-defined]  # RedisBackend's, untyped
+            "connection_class", MasterConnection)
 
 
 def backend_url(redis_url: str) -> str:
-    """``result_backend`` naming this module's backend for ``results_url`` (Celery's
+    """``result_backend`` naming this module's backend for ``redis_url`` (Celery's
     ``class+url`` form): the Sentinel one for a ``sentinel://`` URL."""
     cls = SentinelResultBackend if is_sentinel(redis_url) else ResultBackend
     return f"{__name__}:{cls.__name__}+{redis_url}"

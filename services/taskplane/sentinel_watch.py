@@ -42,14 +42,15 @@ class SentinelCollector(Collector):
     def _ask_sentinels(self) -> tuple[int, tuple[str, int] | None, bool]:
         """(sentinels that answered, the master most of them name, quorum reachable)."""
         name = self.settings.redis_sentinel_master
-        up, votes, quorum = 0, {}, False
+        up, quorum = 0, False
+        votes: dict[tuple[str, int], int] = {}
         for sentinel in self.sentinels:
             try:
                 found = sentinel.sentinel_get_master_addr_by_name(name)
             except redis.RedisError:
                 continue
             up += 1
-            if found:
+            if isinstance(found, tuple | list) and found:
                 host = found[0].decode() if isinstance(found[0], bytes) else str(found[0])
                 address = (host, int(found[1]))
                 votes[address] = votes.get(address, 0) + 1
@@ -67,7 +68,8 @@ class SentinelCollector(Collector):
                 self._master.close()
             self._master = redis.Redis(
                 host=address[0], port=address[1], db=self.target.db,
-                username=self.target.username, password=self.target.password, retry=None,
+                username=self.target.username, password=self.target.password,
+                retry=None,  # type: ignore[arg-type]  # None: no retries (redis-py)
                 **redis_conn.socket_options(ASK_TIMEOUT),
                 **({"ssl": True, **redis_conn.tls_options(self.settings)}
                    if self.settings.redis_master_tls else {}))
