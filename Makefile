@@ -39,7 +39,7 @@ integration: install  ## integration tests: real redis-server, Celery workers, g
 chaos: install  ## the fault suite and the API fuzzing at full size; prints the summary table
 	CHAOS_SCALE=10 FUZZ_EXAMPLES=3000 CHAOS_RESULTS=bench/results/chaos-latest.json $(BIN)/pytest tests/chaos tests/security -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: install  ## every benchmark and the autoscaling experiment (~13 min): bench/results/, BENCHMARKS.md
+bench: install  ## every benchmark and the autoscaling experiment (~15 min): bench/results/, BENCHMARKS.md
 	@bench/install-tools.sh
 	$(BIN)/python -m bench
 

@@ -70,6 +70,11 @@ class Sizes:
     profile_rate: int  # py-spy samples per second per process (cpu_profile.py)
     profile_enqueue_seconds: float  # the profiled wrk run of figure 1
     profile_exec_tasks: int  # the backlog of figure 2's profiled drain
+    # figure 7 (bench/followers.py): the issue's targets at full size
+    follower_streams: int = 2000
+    follower_waits: int = 2000
+    follower_submit_rate: float = 100.0  # paced submits/s for the latency samples
+    follower_submit_samples: int = 500
 
 
 # Chart values the autoscaling experiment overrides so the whole run fits the bench's
@@ -114,6 +119,8 @@ SMOKE = Sizes(
         ("workers.defaults.softShutdownTimeout", 2),
     ),
     profile_rate=100, profile_enqueue_seconds=1, profile_exec_tasks=300,
+    follower_streams=40, follower_waits=40, follower_submit_rate=50,
+    follower_submit_samples=50,
 )
 
 

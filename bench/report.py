@@ -235,7 +235,67 @@ def render(results: dict[str, Any]) -> str:
                   + "; ".join(f"{e['t']:.0f} s: {e['from']} → {e['to']}"
                               for e in a["scale_ups"] + a["scale_downs"])
                   + ".", ""]
+    lines += _followers_section(results.get("followers"))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _followers_section(fol: dict[str, Any] | None) -> list[str]:
+    """Figure 7 (``bench/followers.py``): thousands of ``?wait`` and event-stream followers."""
+    lines = ["## 7. Followers", ""]
+    failed = _failed("Followers", fol)
+    if failed:
+        return lines + failed
+    assert fol is not None
+    where = (f" Measured in its own run (`python -m bench --only followers`, finished "
+             f"{fol['finished_at']}, load average {fol['load_average']} at its end)."
+             if fol.get("finished_at") else "")
+    lines += [f"{fol['streams']:,} event streams and {fol['waits']:,} `?wait=30` requests held "
+              f"open at once on one API pod of {fol['api_workers']} gunicorn `gevent` processes "
+              f"(all {fol['streams'] + fol['waits']:,} open within "
+              f"{_fmt(fol['open_seconds'], '{:.1f}')} s), each on a task due at one common "
+              f"moment; then every follower's final answer timed against its task's "
+              f"`finished_at`.{where}", "",
+              "| Followers | Answered | Missing | After the task ended: p50 | p99 | max |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for kind, label in (("events", "Event streams"), ("wait", "`?wait=30`")):
+        d = fol["delivery"][kind]
+        lines.append(f"| {label} | {d['answered']:,} | {d['missing']:,} | "
+                     f"{_fmt(d['p50_s'], '{:.3f}')} s | {_fmt(d['p99_s'], '{:.3f}')} s | "
+                     f"{_fmt(d['max_s'], '{:.3f}')} s |")
+    idle, loaded = fol["submit_idle"], fol["submit_loaded"]
+    rss, clients, ceiling = fol["api_rss_mib"], fol["redis_clients"], fol["ceiling"]
+    lines += ["", "| | Idle | With every follower open |", "|---|---:|---:|",
+              f"| Submit latency p50 (paced, {idle['samples']:,} samples) | "
+              f"{_fmt(idle['p50_ms'], '{:.2f}')} ms | {_fmt(loaded['p50_ms'], '{:.2f}')} ms |",
+              f"| Submit latency p99 | {_fmt(idle['p99_ms'], '{:.2f}')} ms | "
+              f"{_fmt(loaded['p99_ms'], '{:.2f}')} ms |",
+              f"| API pod memory (RSS, master + workers) | {_fmt(rss['idle'])} MiB | "
+              f"{_fmt(rss['loaded'])} MiB |",
+              f"| Redis clients (all) | {clients['idle']:,} | {clients['loaded']:,} |", "",
+              f"Per 1,000 followers: **{_fmt(rss['per_1000_followers'])} MiB** of API memory and "
+              f"**{_fmt(clients['per_1000_followers'], '{:.2f}')}** Redis clients "
+              f"({clients['pubsub']} pub/sub connections in all: one per API process, plus the "
+              f"worker's own). Submit p99 loaded / idle: "
+              f"**{_fmt(fol['submit_p99_ratio'], '{:.2f}')}x** (target at most 2x: "
+              f"{_met(fol['met']['submit_p99_within_2x'])}); every final state within 1 s of "
+              f"the task's end: {_met(fol['met']['delivery_within_1s'])}. The pod's follower "
+              f"ceiling: `API_WORKERS` x `MAX_FOLLOWERS` = {ceiling['pod']:,} "
+              f"({ceiling['max_followers_per_process']:,} per process).", ""]
+    classes = fol.get("worker_classes")
+    if classes:
+        lines += ["The API's worker class, measured on submissions (wrk, interleaved rounds): "
+                  "requests/s depend on how much CPU a busy machine grants each side; CPU per "
+                  "request is what a submission costs.", "",
+                  "| Worker class | Submits/s (rounds) | API CPU per submit (rounds) |",
+                  "|---|---:|---:|"]
+        for name, c in classes.items():
+            cpu = c.get("cpu_us_per_request")
+            lines.append(f"| `{name}` | {_fmt(c['requests_per_s'], '{:,.0f}')} "
+                         f"({', '.join(_fmt(r, '{:,.0f}') for r in c['rounds'])}) | "
+                         f"{_fmt(cpu, '{:,.0f}')} µs "
+                         f"({', '.join(_fmt(r, '{:,.0f}') for r in c.get('cpu_rounds', []))}) |")
+        lines.append("")
+    return lines
 
 
 # -- ratios and targets -------------------------------------------------------------------

@@ -31,12 +31,12 @@ if __package__ in (None, ""):  # run as a script: bench/run.py
 
 from tests.support.procs import MissingBinary, find_binary
 
-from . import autoscale, figures, machine, plot, report
+from . import autoscale, figures, followers, machine, plot, report
 from .stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-BENCHMARKS = ("enqueue", "redis", "execution", "latency", "memory", "autoscaling")
+BENCHMARKS = ("enqueue", "redis", "execution", "latency", "memory", "autoscaling", "followers")
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "enqueue": figures.enqueue,
     "redis": figures.redis_limits,
@@ -44,6 +44,7 @@ STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "latency": figures.latency,
     "memory": figures.memory,
     "autoscaling": autoscale.autoscaling,
+    "followers": followers.followers,
 }
 
 

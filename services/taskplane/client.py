@@ -112,8 +112,9 @@ class Client:
         """The task once it has ended, or as it is when ``timeout`` seconds have passed.
 
         Each request asks the server to hold it until the task ends (``?wait=``), so this
-        returns within moments of the ending without polling.
-        """
+        returns within moments of the ending without polling. Through an outage (Redis or
+        the API away: 503, 429 or no answer) it keeps asking, after each ``Retry-After``,
+        until the task ends or ``timeout`` passes: it comes back on its own."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             chunk = self._wait_chunk
@@ -126,24 +127,62 @@ class Client:
                 if err.status == 422 and chunk > 1:  # the API's MAX_WAIT is shorter
                     self._wait_chunk = max(1.0, chunk / 2)
                     continue
+                if err.status in (0, *RETRYABLE) and self._pause(err.retry_after, deadline):
+                    continue
                 raise
             task = Task.from_json(body)
             if task.done or (deadline is not None and time.monotonic() >= deadline):
                 return task
 
-    def events(self, task_id: str) -> Iterator[Task]:
-        """Each state and progress change of the task, as it happens, until it ends."""
+    def events(self, task_id: str, timeout: float | None = None) -> Iterator[Task]:
+        """Each state and progress change of the task, as it happens, until it ends.
+
+        A stream the server ends early (its ``MAX_EVENT_STREAM``, or an ``error`` event when
+        Redis went away) or that breaks is opened again, after the server's ``retry`` hint,
+        with ``Last-Event-ID``: it goes on by itself until the task ends (or ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_id, retry = "", 1.0
         while True:
             last: Task | None = None
-            with self.session.get(f"{self.url}/v1/tasks/{task_id}/events", stream=True,
-                                  timeout=(self.timeout, self.timeout + 30)) as r:
-                if r.status_code != 200:
-                    raise _error(r)
-                for data in _sse_data(r.iter_lines(decode_unicode=True)):
-                    last = Task.from_json(json.loads(data))
-                    yield last
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            failure: TaskplaneError | None = None
+            try:
+                with self.session.get(f"{self.url}/v1/tasks/{task_id}/events", stream=True,
+                                      headers=headers,
+                                      timeout=(self.timeout, self.timeout + 30)) as r:
+                    if r.status_code != 200:
+                        raise _error(r)
+                    for event in _sse_events(r.iter_lines(decode_unicode=True)):
+                        if event.retry is not None:
+                            retry = event.retry
+                        if event.id:
+                            last_id = event.id
+                        if event.kind == "error":
+                            failure = TaskplaneError(503, "stream_error", event.data, None,
+                                                     retry)
+                        elif event.kind == "state":
+                            last = Task.from_json(json.loads(event.data))
+                            yield last
+            except requests.RequestException as exc:
+                failure = TaskplaneError(0, "unreachable", str(exc))
+            except TaskplaneError as err:
+                if err.status != 503:  # a 429 (no follower slot) is the caller's to handle
+                    raise
+                failure = err
             if last is not None and last.done:
-                return  # else the server closed a long stream: follow on
+                return
+            if failure is not None and not self._pause(failure.retry_after or retry, deadline):
+                raise failure
+            # else the server closed a long stream: follow on
+
+    def _pause(self, seconds: float | None, deadline: float | None) -> bool:
+        """Sleep before asking again (``seconds`` or 1, at most ``max_retry_wait``); False
+        when that would pass ``deadline``."""
+        pause = min(self.max_retry_wait, seconds or 1.0)
+        if deadline is not None and time.monotonic() + pause >= deadline:
+            return False
+        time.sleep(pause)
+        return True
 
     def cancel(self, task_id: str, terminate: bool = False) -> Task:
         """Revoke the task: one not yet started never runs; ``terminate`` stops a running
@@ -225,15 +264,28 @@ def _error(r: requests.Response) -> TaskplaneError:
                               retry_after)
 
 
-def _sse_data(raw_lines: Iterator[str | bytes]) -> Iterator[str]:
-    """The ``data`` of each ``state`` event in a Server-Sent Events stream (UTF-8, the only
-    encoding SSE has, should requests hand over bytes)."""
+@dataclass(frozen=True)
+class _Event:
+    kind: str
+    data: str
+    id: str
+    retry: float | None  # seconds, from the stream's ``retry:`` field
+
+
+def _sse_events(raw_lines: Iterator[str | bytes]) -> Iterator[_Event]:
+    """The events of a Server-Sent Events stream (comments skipped; UTF-8, the only encoding
+    SSE has, should requests hand over bytes). A ``retry:`` with no event after it still
+    reaches the caller, as an event of kind ``""``."""
     event: dict[str, str] = {}
     for raw in raw_lines:
         line = raw.decode() if isinstance(raw, bytes) else raw
         if line == "":
-            if event.get("event", "message") == "state" and "data" in event:
-                yield event["data"]
+            retry = event.get("retry", "")
+            if "data" in event or retry:
+                yield _Event(event.get("event", "message" if "data" in event else ""),
+                             event.get("data", ""),
+                             event.get("id", ""),
+                             int(retry) / 1000 if retry.isdigit() else None)
             event = {}
         elif not line.startswith(":"):
             name, _, value = line.partition(":")

@@ -51,6 +51,11 @@ TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 #: The API answers from one or two Redis round trips: a millisecond to a few hundred;
 #: anything near the top buckets is an outage (REDIS_TIMEOUT is 2 s by default).
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: A gone client is looked for every 0.25 s (``api/gone.py``): detection takes up to that,
+#: plus the scheduling delay of a busy process; beyond a second is the target missed.
+GONE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+#: Why a follow request was refused, as counted in ``taskplane_api_followers_refused_total``.
+FOLLOWER_REFUSALS = ("tenant", "process", "unavailable")
 
 #: How a task ended, as counted in ``taskplane_tasks_total``.
 #: ``redelivered`` counts runs of a message that came back (its worker or process died);
@@ -156,6 +161,23 @@ TASKS_REJECTED = _m(
     "Submissions refused, by error code (validation_failed, unknown_task, ...).",
     "Client errors and broker outages at the door.", "api")
 
+# Followers (``?wait`` and event streams, ``api/followers.py``). ``kind`` is ``wait`` or
+# ``events``; ``reason`` one of ``FOLLOWER_REFUSALS``: both fixed sets.
+FOLLOWERS_OPEN = _m(
+    "taskplane_api_followers_open", "gauge", ("kind",),
+    "Followers open now: `?wait` requests held and event streams, summed over API processes.",
+    "Follower load against MAX_FOLLOWERS x API_WORKERS per pod.", "api", "livesum")
+FOLLOWERS_REFUSED = _m(
+    "taskplane_api_followers_refused_total", "counter", ("reason",),
+    "Follow requests refused: `tenant` (over MAX_FOLLOWERS_PER_TENANT), `process` (the "
+    "process holds MAX_FOLLOWERS), `unavailable` (Redis away).",
+    "A tenant at its share, a pod at its ceiling, or an outage.", "api")
+FOLLOWER_GONE_SECONDS = _m(
+    "taskplane_api_follower_gone_detect_seconds", "histogram", (),
+    "Seconds from a follower's socket last seen open to noticing its client had left (an "
+    "upper bound of the detection delay).",
+    "Slots of departed clients are freed within about a second.", "api")
+
 # The scheduler (``taskplane scheduler``, one process per pod, no multiprocess files).
 # ``schedule`` is ``tenant/name``: bounded by the schedules that exist (declared in code or
 # created over the API), and its series go when a replica loses the scan lease.
@@ -229,7 +251,8 @@ CATALOGUE_SPECS: tuple[MetricSpec, ...] = (
     QUEUE_WAITING, QUEUE_RESERVED, QUEUE_SCHEDULED, QUEUE_OLDEST_AGE, REDIS_UP,
     EXPORTER_SCRAPE_SECONDS, LEASE_OLDEST_AGE, TASK_QUEUE_WAIT, TASK_RUNTIME, TASK_END_TO_END,
     TASKS, WORKER_RUNNING, WORKER_UP, LEASE_RENEWALS, HTTP_REQUESTS, HTTP_DURATION,
-    TASKS_ACCEPTED, TASKS_REJECTED, SCHEDULE_FIRES, SCHEDULE_SKIPPED, SCHEDULE_MISSED,
+    TASKS_ACCEPTED, TASKS_REJECTED, FOLLOWERS_OPEN, FOLLOWERS_REFUSED, FOLLOWER_GONE_SECONDS,
+    SCHEDULE_FIRES, SCHEDULE_SKIPPED, SCHEDULE_MISSED,
     SCHEDULE_FIRE_LAG, SCHEDULE_NEXT_FIRE, SCHEDULER_LEADING, REPLICA_ACKS, REDIS_MASTER,
     REDIS_FAILOVERS, REDIS_REPLICAS, REDIS_REPLICA_LAG, REDIS_SENTINELS_UP,
     REDIS_SENTINEL_QUORUM, REDIS_MASTER_UNREACHABLE,
@@ -318,6 +341,9 @@ class Instruments:
     http_duration: Any
     tasks_accepted: Any
     tasks_rejected: Any
+    followers_open: Any
+    followers_refused: Any
+    follower_gone: Any
     schedule_fires: Any
     schedule_skipped: Any
     schedule_missed: Any
@@ -430,6 +456,9 @@ def _instruments(enabled: bool) -> tuple[CollectorRegistry, Instruments]:
         http_duration=histogram(HTTP_DURATION, HTTP_BUCKETS),
         tasks_accepted=counter(TASKS_ACCEPTED),
         tasks_rejected=counter(TASKS_REJECTED),
+        followers_open=gauge(FOLLOWERS_OPEN),
+        followers_refused=counter(FOLLOWERS_REFUSED),
+        follower_gone=histogram(FOLLOWER_GONE_SECONDS, GONE_BUCKETS),
         schedule_fires=counter(SCHEDULE_FIRES),
         schedule_skipped=counter(SCHEDULE_SKIPPED),
         schedule_missed=counter(SCHEDULE_MISSED),

@@ -251,8 +251,15 @@ def client(url: str, settings: Settings, patient: bool = False,
         "retry_on_timeout": patient,
     }
     if not is_sentinel(url):
-        return redis.Redis.from_url(
-            url, **common, **(tls_options(settings) if url.startswith("rediss:") else {}))
+        options = {**common, **(tls_options(settings) if url.startswith("rediss:") else {})}
+        if patient:
+            return redis.Redis.from_url(url, **options)
+        # Under gevent thousands of requests run at once (followers waking together when a
+        # burst of tasks ends): an unbounded pool would open a connection for each. A
+        # bounded, blocking pool makes the excess wait for a free one (at most the timeout).
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=settings.api_redis_connections, timeout=seconds, **options)
+        return redis.Redis(connection_pool=pool)
     target = parse_sentinel_url(url)
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs(settings, seconds),
                         **common)
@@ -261,6 +268,8 @@ def client(url: str, settings: Settings, patient: bool = False,
                               "connection_class": MasterConnection}
     if settings.redis_master_tls:
         master.update(connection_class=MasterSSLConnection, **tls_options(settings))
+    if not patient:  # bounded as above (redis-py's Sentinel pool refuses the excess instead)
+        master["max_connections"] = settings.api_redis_connections
     found: redis.Redis = sentinel.master_for(settings.redis_sentinel_master,
                                              redis_class=redis.Redis, **master)
     return found

@@ -28,7 +28,7 @@ available.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from celery import states
 from celery.backends.redis import RedisBackend, SentinelBackend
@@ -38,6 +38,11 @@ from kombu.utils.encoding import bytes_to_str
 from . import broker, lifecycle
 from .lifecycle import ResultWrite, TaskRecord
 from .redis_conn import MasterConnection, MasterSSLConnection, is_sentinel
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .runtime import Runtime
 
 
 class ResultBackend(RedisBackend):
@@ -49,7 +54,7 @@ class ResultBackend(RedisBackend):
     plain behaviour.
     """
 
-    def mark_as_failure(self, task_id: str, exc: BaseException, traceback: Any = None,
+    def mark_as_failure(self, task_id: str, exc: Exception, traceback: Any = None,
                         request: Any = None, store_result: bool = True,
                         call_errbacks: bool = True, state: str = states.FAILURE) -> None:
         """FAILURE ends the task with its dead letter in one lifecycle step (``fail``).
@@ -58,7 +63,8 @@ class ResultBackend(RedisBackend):
         exception), and in the worker's main process (a hard time limit, a lost process
         that is not handed back). Chords, chains and errbacks then go on as Celery's.
         """
-        runtime = getattr(self.app, "runtime", None)
+        celery = _celery(self)
+        runtime: Runtime | None = getattr(celery.app, "runtime", None)
         if not store_result or runtime is None or request is None or state != states.FAILURE:
             super().mark_as_failure(task_id, exc, traceback, request, store_result,
                                     call_errbacks, state)
@@ -66,7 +72,7 @@ class ResultBackend(RedisBackend):
         life = runtime.lifecycle
         write = self.encode_state(task_id, self.encode_result(exc, state), state, traceback,
                                   request)
-        task = self.app.tasks.get(getattr(request, "task", None) or "")
+        task = celery.app.tasks.get(getattr(request, "task", None) or "")
         letter = lifecycle.dead_letter(task_id, getattr(task, "name", "") or "", exc,
                                        getattr(request, "args", None),
                                        getattr(request, "kwargs", None),
@@ -80,9 +86,10 @@ class ResultBackend(RedisBackend):
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
-        runtime = getattr(self.app, "runtime", None)
-        if runtime is None:
-            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        runtime: Runtime | None = getattr(_celery(self).app, "runtime", None)
+        if runtime is None:  # Celery's own (KeyValueStoreBackend's): a GET, then a SETEX
+            return super()._store_result(  # type: ignore[misc]  # absent from celery-types
+                task_id, result, state, traceback, request, **kwargs)
         life = runtime.lifecycle
         write = self.encode_state(task_id, result, state, traceback, request)
         if state == states.SUCCESS:
@@ -104,14 +111,15 @@ class ResultBackend(RedisBackend):
     def encode_state(self, task_id: str, result: Any, state: str, traceback: Any = None,
                      request: Any = None) -> ResultWrite:
         """The key, stored value and TTL (0: none) of a task's state, as Celery lays them out."""
-        meta = self._get_result_meta(result=result, state=state, traceback=traceback,
-                                     request=request)
+        celery = _celery(self)
+        meta = celery._get_result_meta(result=result, state=state, traceback=traceback,
+                                       request=request)
         meta["task_id"] = bytes_to_str(task_id)
         value = self.encode(meta)
-        if len(value) > self._MAX_STR_VALUE_SIZE:
-            raise BackendStoreError("value too large for Redis backend", state=state,
-                                    task_id=task_id)
-        ttl = self.failure_expires if state == states.FAILURE else self.expires
+        if len(value) > celery._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(  # type: ignore[call-arg]  # its stub lacks Celery's kwargs
+                "value too large for Redis backend", state=state, task_id=task_id)
+        ttl = celery.failure_expires if state == states.FAILURE else celery.expires
         return bytes_to_str(self.get_key_for_task(task_id)), value, int(ttl or 0)
 
     @staticmethod
@@ -123,6 +131,30 @@ class ResultBackend(RedisBackend):
         """``encode_state`` of the STARTED state of the run ``request`` begins."""
         return self.encode_state(request.id, self.started_result(request, pid),
                                  states.STARTED, request=request)
+
+
+class _CeleryParts(Protocol):
+    """What Celery's ``RedisBackend`` has that celery-types (0.26) does not declare, as
+    Celery 5.7 defines it: the app it serves (``Backend.__init__``), how long a result
+    lives (``expires``; ``failure_expires`` for FAILURE: ``RedisBackend.__init__``), the
+    largest string Redis stores (a class attribute), and the meta a result is stored as
+    (``Backend._get_result_meta``)."""
+
+    app: Celery
+    expires: float | None
+    failure_expires: float | None
+    _MAX_STR_VALUE_SIZE: int
+
+    def _get_result_meta(self, result: Any, state: str, traceback: Any, request: Any,
+                         format_date: bool = ..., encode: bool = ...) -> dict[str, Any]: ...
+
+
+def _celery(backend: RedisBackend) -> _CeleryParts:
+    """``backend`` with the parts of :class:`_CeleryParts` visible to the type checker
+    (nothing happens at run time). Every attribute this module reads past Celery's stubs
+    goes through here; the two calls the stubs do not know (``super()._store_result``,
+    ``BackendStoreError``'s keywords) carry their own ``type: ignore``."""
+    return cast(_CeleryParts, backend)
 
 
 def stock_record(task_id: str, request: Any, task: str | None, default_queue: str

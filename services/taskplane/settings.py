@@ -24,6 +24,10 @@ from .redis_conn import SentinelUrlError, describe, is_sentinel, parse_sentinel_
 QUEUE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
+#: gunicorn worker classes the API runs under (``api/gunicorn_conf.py``).
+API_WORKER_CLASSES = ("gevent", "gthread")
+
+
 class SettingsError(ValueError):
     """A setting is missing, malformed or inconsistent; the message names it."""
 
@@ -116,9 +120,40 @@ class Settings:
     )
     api_port: int = _setting("API_PORT", 8000, "Port gunicorn binds.")
     api_workers: int = _setting("API_WORKERS", 2, "gunicorn worker processes.")
+    api_worker_class: str = _setting(
+        "API_WORKER_CLASS", "gevent",
+        "gunicorn worker class of the API: `gevent` (each request a greenlet, so thousands of "
+        "`?wait`/event-stream followers per process) or `gthread` (a thread per request; "
+        "followers then capped at `API_THREADS - 1` per process).",
+    )
+    api_worker_connections: int = _setting(
+        "API_WORKER_CONNECTIONS", 4000,
+        "Open connections one `gevent` API process serves at once (gunicorn "
+        "`worker_connections`): followers plus everything else. Needs as many file "
+        "descriptors (`ulimit -n`).",
+    )
     api_threads: int = _setting(
         "API_THREADS", 8,
-        "Threads per gunicorn worker (`gthread`): the enqueue path waits on Redis, not CPU.",
+        "Threads per gunicorn worker under `gthread` (unused under `gevent`).",
+    )
+    api_redis_connections: int = _setting(
+        "API_REDIS_CONNECTIONS", 50,
+        "Redis connections one API process opens at most (a blocking pool: a request waits "
+        "up to `REDIS_TIMEOUT` for a free one). Under `gevent` many requests run at once; "
+        "this keeps Redis's client count per pod fixed, however many follow.",
+    )
+    max_followers: int = _setting(
+        "MAX_FOLLOWERS", 3000,
+        "Followers (`?wait` requests and event streams) one API process holds at once; a pod "
+        "holds `API_WORKERS` times this. Beyond it an event stream is a 429 and a `?wait` "
+        "answers at once with `Taskplane-Wait: refused`. Keep it below "
+        "`API_WORKER_CONNECTIONS`, so submissions always find a connection.",
+    )
+    max_followers_per_tenant: int = _setting(
+        "MAX_FOLLOWERS_PER_TENANT", 1000,
+        "Followers one tenant holds at once in one API process (so `API_WORKERS` times this "
+        "per pod); beyond it that tenant's follow requests are 429 with `Retry-After`, and "
+        "other tenants are unaffected.",
     )
     api_timeout: int = _setting("API_TIMEOUT", 30, "gunicorn worker timeout, seconds.")
     metrics_enabled: bool = _setting(
@@ -325,7 +360,14 @@ class Settings:
                 raise SettingsError(f"queue name {q!r} must match {QUEUE_NAME_RE.pattern}")
         if self.default_soft_time_limit >= self.default_time_limit:
             raise SettingsError("DEFAULT_SOFT_TIME_LIMIT must be below DEFAULT_TIME_LIMIT")
-        for name in ("api_workers", "api_threads", "worker_concurrency",
+        if self.api_worker_class not in API_WORKER_CLASSES:
+            raise SettingsError(f"API_WORKER_CLASS must be one of {', '.join(API_WORKER_CLASSES)}")
+        if not 1 <= self.max_followers_per_tenant <= self.max_followers \
+                < self.api_worker_connections:
+            raise SettingsError(
+                "MAX_FOLLOWERS_PER_TENANT must be 1 to MAX_FOLLOWERS, and MAX_FOLLOWERS below "
+                "API_WORKER_CONNECTIONS, or followers could take every connection from submits")
+        for name in ("api_workers", "api_threads", "api_redis_connections", "worker_concurrency",
                      "worker_prefetch_multiplier", "visibility_timeout", "result_expires",
                      "idempotency_ttl", "max_body_bytes"):
             if getattr(self, name) < 1:

@@ -359,7 +359,7 @@ def create_worker_app(settings: Settings) -> TaskplaneCelery:
         task.Request = f"{__name__}:{RedactedResultRequest.__name__}"
     app.steps["consumer"].add(LeaseStep)
     # Celery's ``Worker`` is a writable cached_property; celery-types declares it read-only.
-    app.Worker = app.subclass_with_self(TaskplaneWorker)  # type: ignore[misc]
+    app.Worker = app.subclass_with_self(TaskplaneWorker)  # type: ignore[misc]  # see above
     connect_signals()
     return app
 

@@ -4,7 +4,6 @@ real API, workers and Redis."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,7 @@ import requests
 
 from taskplane import lifecycle
 from tests.conftest import PARKED
-from tests.support.services import TEST_TOKENS, Api, RedisServer, start_worker, wait_for
+from tests.support.services import TEST_TOKENS, Api, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -145,44 +144,6 @@ def test_events_stream_each_progress_step_in_order_until_the_end(api: Api) -> No
     order = [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
     ranks = {"PENDING": 0, "STARTED": 1, "PROGRESS": 2, "SUCCESS": 3}
     assert [ranks[s] for s in order] == sorted(ranks[s] for s in order)
-
-
-def test_a_submit_answers_while_every_follower_slot_is_taken(isolated_redis: RedisServer) -> None:
-    """One process of 3 threads holds 2 followers (API_THREADS - 1): with both open, a
-    submit still answers at once, and a third wait answers at once with the state then."""
-    api = Api(isolated_redis.url, workers=1, threads=3, QUEUES=PARKED)
-    worker = start_worker(isolated_redis.url, name="follow", concurrency=1)
-    try:
-        parked = api.submit("test.echo", kwargs={"value": 1}, queue=PARKED)
-        answers: list[float] = []
-
-        def follow() -> None:
-            started = time.monotonic()
-            r = requests.get(f"{api.base}/v1/tasks/{parked['id']}", params={"wait": 8},
-                             headers={"Authorization": f"Bearer {TEST_TOKENS['acme']}"},
-                             timeout=30)
-            assert r.status_code == 200
-            answers.append(time.monotonic() - started)
-
-        followers = [threading.Thread(target=follow) for _ in range(2)]
-        for t in followers:
-            t.start()
-        client = isolated_redis.client()
-        channel = f"celery-task-meta-{parked['id']}"
-        wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 2, 10, "two followers")
-        started = time.monotonic()
-        task = api.submit("test.echo", kwargs={"value": "meanwhile"})
-        assert time.monotonic() - started < 2
-        started = time.monotonic()
-        third = api.get(f"/v1/tasks/{parked['id']}", params={"wait": 8}).json()
-        assert third["state"] == "PENDING" and time.monotonic() - started < 2
-        api.wait_state(task["id"], "SUCCESS")
-        for t in followers:
-            t.join(30)
-        assert len(answers) == 2 and all(a >= 7 for a in answers), answers
-    finally:
-        worker.stop()
-        api.close()
 
 
 def test_an_operator_lists_every_tenants_tasks(api: Api) -> None:

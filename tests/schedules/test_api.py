@@ -141,9 +141,9 @@ def test_an_operator_sees_every_tenants_schedules(sched_api: Api, r: redis.Redis
     assert ("globex", "operator-view") in listed
     one = sched_api.get("/v1/schedules/operator-view", params={"tenant": "globex"}, tenant="ops")
     assert one.status_code == 200 and one.json()["name"] == "operator-view"
-    # a tenant's ?tenant= names nothing: it still sees only its own
+    # a tenant's token may not name a tenant: refused, never silently ignored
     assert sched_api.get("/v1/schedules/operator-view", params={"tenant": "globex"},
-                         tenant="acme").status_code == 404
+                         tenant="acme").status_code == 403
     assert sched_api.delete("/v1/schedules/operator-view", params={"tenant": "globex"},
                             tenant="ops").status_code == 204
     assert sched_api.get("/v1/schedules/operator-view", tenant="globex").status_code == 404

@@ -299,6 +299,14 @@ WORKER_METRICS_PORT: {{ .Values.workers.metricsPort | int | quote }}
   value: {{ .Values.api.workers | quote }}
 - name: API_THREADS
   value: {{ .Values.api.threads | quote }}
+- name: API_WORKER_CLASS
+  value: {{ .Values.api.workerClass | quote }}
+- name: API_WORKER_CONNECTIONS
+  value: {{ .Values.api.workerConnections | quote }}
+- name: MAX_FOLLOWERS
+  value: {{ .Values.api.maxFollowers | quote }}
+- name: MAX_FOLLOWERS_PER_TENANT
+  value: {{ .Values.api.maxFollowersPerTenant | quote }}
 - name: API_TIMEOUT
   value: {{ .Values.api.timeout | quote }}
 {{- end -}}

@@ -14,7 +14,7 @@ from flask import Flask, Response
 from .. import redis_conn
 from ..celery_app import create_celery
 from ..settings import Settings
-from . import auth, errors, health, limits, observe, routes, schedules, seed
+from . import auth, errors, followers, health, limits, observe, routes, schedules, seed
 from .context import ApiContext
 
 
@@ -53,6 +53,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         auth_disabled=settings.auth_disabled,
         submit_validator=routes.submit_validator(settings.max_countdown),
     )
+    # Followers share one pub/sub connection per process, to the Redis results live in.
+    followers.init_app(app, settings, celery.runtime.lifecycle.pubsub_connection,
+                       celery.runtime.metrics.instruments)
     app.register_blueprint(health.bp)
     app.register_blueprint(routes.bp)
     app.register_blueprint(seed.bp)

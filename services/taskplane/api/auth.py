@@ -20,6 +20,8 @@ from .errors import ApiError
 
 #: Tenant of every caller when ``AUTH_DISABLED`` is set for local development.
 LOCAL_TENANT = "local"
+#: Longest tenant name an operator may give as ``?tenant=``.
+MAX_TENANT_NAME = 64
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -32,6 +34,7 @@ def authenticate() -> None:
     config = current_app.extensions["taskplane"]
     if config.auth_disabled:
         g.tenant, g.operator = LOCAL_TENANT, False
+        _named_tenant()
         return
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -48,6 +51,24 @@ def authenticate() -> None:
         g.tenant, g.operator = tenant, False
     else:
         raise _unauthorized("invalid token")
+    _named_tenant()
+
+
+def _named_tenant() -> None:
+    """``?tenant=``: an operator names the one tenant a request is about (listing, creating
+    a schedule); from a tenant's token it is refused, never silently ignored."""
+    raw = request.args.get("tenant")
+    g.named_tenant = None
+    if raw is None:
+        return
+    if not is_operator():
+        raise ApiError(403, "forbidden", "only an operator token may name a tenant (?tenant=)",
+                       {"fields": [{"field": "tenant", "message": "operator tokens only"}]})
+    if not (0 < len(raw) <= MAX_TENANT_NAME and raw.isprintable() and ":" not in raw
+            and "," not in raw):
+        raise ApiError(422, "validation_failed", "query parameters are invalid",
+                       {"fields": [{"field": "tenant", "message": "a tenant name"}]})
+    g.named_tenant = raw
 
 
 def match_token(tokens: dict[str, str], presented: str) -> str | None:
@@ -62,7 +83,8 @@ def match_token(tokens: dict[str, str], presented: str) -> str | None:
 
 def current_tenant() -> str:
     """The tenant the caller's new tasks belong to (an operator's: its own name)."""
-    return g.tenant  # type: ignore[no-any-return]
+    tenant: str = g.tenant  # set by authenticate, before every view
+    return tenant
 
 
 def is_operator() -> bool:
@@ -70,8 +92,14 @@ def is_operator() -> bool:
 
 
 def scope() -> str | None:
-    """Whose tasks the caller may see: its tenant, or None (every tenant) for an operator."""
-    return None if is_operator() else current_tenant()
+    """Whose tasks the caller lists: its tenant; for an operator the tenant it names with
+    ``?tenant=``, or None (every tenant)."""
+    return g.get("named_tenant") if is_operator() else current_tenant()
+
+
+def acting_tenant() -> str:
+    """The tenant a new object belongs to: the caller's, or the one an operator names."""
+    return g.get("named_tenant") or current_tenant()
 
 
 def may_see(tenant: str) -> bool:

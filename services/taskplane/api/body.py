@@ -31,6 +31,17 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: Digits an integer may have: far beyond any field's range, far below the point where
+#: Python refuses to convert one (``sys.set_int_max_str_digits``, 4300).
+MAX_INT_DIGITS = 400
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError(f"number {text[:40]}... is out of range")
+    return int(text)
+
+
 def json_body() -> Any:
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
@@ -54,7 +65,8 @@ def json_body() -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(text):
         raise ApiError(400, "malformed_json", f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                          parse_int=_bounded_int)
     except (ValueError, RecursionError) as exc:
         details = {"line": exc.lineno, "column": exc.colno} if isinstance(
             exc, json.JSONDecodeError) else None

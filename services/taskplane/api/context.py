@@ -23,4 +23,5 @@ class ApiContext:
 
 
 def api_context() -> ApiContext:
-    return current_app.extensions["taskplane"]  # type: ignore[no-any-return]
+    context: ApiContext = current_app.extensions["taskplane"]  # set by create_app
+    return context

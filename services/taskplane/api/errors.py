@@ -15,7 +15,7 @@ from typing import Any
 import kombu.exceptions
 import redis
 from flask import Flask, Response, g, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..lifecycle import OutcomeUnknown
 
@@ -89,8 +89,8 @@ def init_app(app: Flask, retry_after: int) -> None:
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         headers = {}
-        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
-            headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
         message = exc.description or exc.name
         if status == 413:
             message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"

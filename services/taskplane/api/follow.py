@@ -2,152 +2,223 @@
 
 Every state write publishes the stored result on the channel named like its key (the
 lifecycle's ``write_result`` runs ``PUBLISH`` in the same script, as Celery's backend
-does). A follower subscribes to that channel first and reads the task second, so no
-change can fall between the two; then it sleeps in Redis until a change is published or
-its deadline passes, and reads the task again. Nothing here polls on a timer.
+does). A follower joins that channel first (``dispatch.py``: one subscription per process,
+shared by all its followers) and reads the task second, so no change can fall between the
+two; then it sleeps until a change is published or its deadline passes, and reads the task
+again. Nothing here polls on a timer.
 
-Capacity: a follower holds a gunicorn thread and one Redis connection for as long as it
-follows. So that following can never starve submissions, a process lets at most
-``API_THREADS - 1`` requests follow at once and keeps a thread for everything else: an API
-pod holds ``API_WORKERS x (API_THREADS - 1)`` followers (14 with the defaults). A wait
-beyond that answers at once with the current state (the client simply asks again); an
-event stream beyond it is a 429 with ``Retry-After``.
+Capacity and fairness are the process's (``followers.py``): a tenant over
+``MAX_FOLLOWERS_PER_TENANT`` gets 429 with ``Retry-After``; when the process holds
+``MAX_FOLLOWERS``, an event stream is a 429 too and a ``?wait`` answers at once with the
+state then and ``Taskplane-Wait: refused`` (it says it did not wait). A client that leaves
+frees its follower within about a second (``gone.py``). When Redis goes away, a ``?wait``
+is a 503 naming the task, and a stream sends an ``error`` event with a retry hint and
+ends; its ``retry:`` field and ``Last-Event-ID`` let an SSE client come back by itself.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import redis
+from flask import request
 
 from .. import lifecycle
+from .auth import current_tenant
 from .context import api_context
-from .errors import ApiError
+from .dispatch import ClientGone, Follower, ServerClosing
+from .errors import UNAVAILABLE, ApiError
+from .followers import Followers, Refused, followers
 from .status import TaskStatus, load
 
 #: A comment line this often keeps proxies from closing an idle stream.
 KEEPALIVE = 15.0
-
-_slots: threading.BoundedSemaphore | None = None
-_slots_lock = threading.Lock()
-
-
-def capacity(api_threads: int) -> int:
-    """Followers one API process holds at once: all its threads but one."""
-    return max(1, api_threads - 1)
-
-
-def _followers() -> threading.BoundedSemaphore:
-    global _slots
-    with _slots_lock:
-        if _slots is None:
-            _slots = threading.BoundedSemaphore(capacity(api_context().settings.api_threads))
-        return _slots
-
-
-@contextmanager
-def _slot() -> Iterator[bool]:
-    """A follower slot if one is free (True), without waiting for one."""
-    slots = _followers()
-    taken = slots.acquire(blocking=False)
-    try:
-        yield taken
-    finally:
-        if taken:
-            slots.release()
+#: The ``Taskplane-Wait`` header of a ``?wait`` answer: it held the request until the task
+#: ended or the wait ran out (``waited``), had no room to (``refused``), or was cut short
+#: because the process is shutting down (``interrupted``).
+WAIT_HEADER, WAITED, REFUSED, INTERRUPTED = "Taskplane-Wait", "waited", "refused", "interrupted"
+#: Highest ``Last-Event-ID`` taken from a reconnecting client; larger ones start afresh.
+MAX_EVENT_ID = 10**9
 
 
 def _final(status: TaskStatus) -> bool:
     return status.state in lifecycle.FINAL_STATES
 
 
-class _Subscription:
-    """The task's result channel, subscribed before the first read."""
+def unavailable(task_id: str) -> ApiError:
+    retry_after = api_context().settings.retry_after
+    return ApiError(503, "broker_unavailable",
+                    "Redis is unreachable, so the task cannot be followed now; ask again",
+                    {"id": task_id}, {"Retry-After": str(retry_after)})
 
-    def __init__(self, task_id: str) -> None:
-        self.pubsub = api_context().runtime.lifecycle.subscribe(task_id)
+
+def _refused(refused: Refused) -> ApiError:
+    settings = api_context().settings
+    if refused.reason == "tenant":
+        message = (f"this tenant already follows {refused.limit} tasks in this API process; "
+                   "close some or try again shortly")
+        code = "too_many_tenant_followers"
+    else:
+        message = f"this API process already follows {refused.limit} tasks; try again shortly"
+        code = "too_many_followers"
+    return ApiError(429, code, message, {"limit": refused.limit, "scope": refused.reason},
+                    {"Retry-After": str(settings.retry_after)})
+
+
+def _socket() -> Any:
+    """The client's connection (gunicorn puts it in the WSGI environ), or None."""
+    return request.environ.get("gunicorn.socket")
+
+
+class _Following:
+    """One admitted follower: its slot, its channel subscription and its socket watch,
+    all given back by :meth:`close` (idempotent)."""
+
+    def __init__(self, hub: Followers, tenant: str, kind: str, task_id: str,
+                 sock: Any) -> None:
+        hub.admit(tenant, kind)
+        self.hub, self.tenant, self.kind = hub, tenant, kind
+        self.follower: Follower | None = None
+        self.fd: int | None = None
+        self.closed = False
+        try:
+            channel = api_context().runtime.lifecycle.result_key(task_id)
+            self.follower = hub.dispatcher.join(channel)
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, UNAVAILABLE):
+                hub.refused("unavailable")
+            raise
+        if sock is not None:
+            self.fd = hub.gone.watch(sock, self._gone)
+
+    def _gone(self, seconds: float) -> None:
+        follower = self.follower
+        if follower is not None:
+            follower.gone = True
+            follower.wake()
+        self.hub.gone_after(seconds)
 
     def next_change(self, timeout: float) -> bool:
-        """Sleep in Redis until a change is published (True) or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            message = self.pubsub.get_message(timeout=left)
-            if message is not None and message.get("type") == "message":
-                return True
-        return False
+        assert self.follower is not None
+        return self.follower.next_change(timeout)
 
     def close(self) -> None:
-        try:
-            self.pubsub.close()
-        except redis.RedisError:
-            pass  # the connection is going away either way
+        if self.closed:
+            return
+        self.closed = True
+        self.hub.gone.forget(self.fd)
+        if self.follower is not None:
+            self.hub.dispatcher.leave(self.follower)
+        self.hub.release(self.tenant, self.kind)
 
 
-def wait(status: TaskStatus, seconds: float) -> TaskStatus:
-    """``status`` once final, or after ``seconds`` the task's state then."""
+def wait(status: TaskStatus, seconds: float) -> tuple[TaskStatus, str]:
+    """``status`` once final, or after ``seconds`` the task's state then; with whether it
+    waited (``WAITED``) or found no room to (``REFUSED``)."""
     if _final(status) or seconds <= 0:
-        return status
+        return status, WAITED
     task_id = status.record.id
-    with _slot() as following:
-        if not following:
-            return status
-        subscription = _Subscription(task_id)
-        try:
-            deadline = time.monotonic() + seconds
-            current = load(api_context().celery, task_id) or status
-            while not _final(current) and (left := deadline - time.monotonic()) > 0:
-                if subscription.next_change(left):
-                    current = load(api_context().celery, task_id) or current
-            return current
-        finally:
-            subscription.close()
+    celery = api_context().celery
+    try:
+        following = _Following(followers(), current_tenant(), "wait", task_id, _socket())
+    except Refused as refused:
+        if refused.reason == "tenant":
+            raise _refused(refused) from None
+        return status, REFUSED
+    except UNAVAILABLE:
+        raise unavailable(task_id) from None
+    try:
+        deadline = time.monotonic() + seconds
+        current = load(celery, task_id) or status
+        while not _final(current) and (left := deadline - time.monotonic()) > 0:
+            if following.next_change(left):
+                current = load(celery, task_id) or current
+        return current, WAITED
+    except ClientGone:
+        return status, WAITED  # nobody is left to read it
+    except ServerClosing:
+        return current, INTERRUPTED
+    except UNAVAILABLE:
+        raise unavailable(task_id) from None
+    finally:
+        following.close()
 
 
-def events(status: TaskStatus, represent: Any) -> Iterator[str]:
+def events(status: TaskStatus, represent: Callable[[TaskStatus], Any]) -> Iterable[str]:
     """Server-Sent Events of the task's state and progress, until it ends (or after
-    ``MAX_EVENT_STREAM`` seconds). ``represent(status)`` is the body of each ``state`` event."""
-    slots = _followers()
-    if not slots.acquire(blocking=False):
-        settings = api_context().settings
-        raise ApiError(429, "too_many_followers",
-                       f"this API process already follows {capacity(settings.api_threads)} "
-                       "tasks; try again shortly", None,
-                       {"Retry-After": str(settings.retry_after)})
-    celery = api_context().celery  # the generator runs after the request context is gone
+    ``MAX_EVENT_STREAM`` seconds). ``represent(status)`` is the body of each ``state`` event.
+
+    Admission and the subscription happen now, so a refusal or an outage is an ordinary
+    error answer; the stream itself runs after the request context is gone."""
+    ctx = api_context()
     task_id = status.record.id
     try:
-        subscription = _Subscription(task_id)
-    except BaseException:
-        slots.release()
-        raise
+        following = _Following(followers(), current_tenant(), "events", task_id, _socket())
+    except Refused as refused:
+        raise _refused(refused) from None
+    except UNAVAILABLE:
+        raise unavailable(task_id) from None
+    return _Stream(following, _stream(following, ctx.celery, status, represent,
+                                      ctx.settings.max_event_stream, ctx.settings.retry_after,
+                                      _last_event_id()))
 
-    lasts = api_context().settings.max_event_stream
 
-    def stream() -> Iterator[str]:
-        try:
-            deadline = time.monotonic() + lasts
-            current = load(celery, task_id) or status
-            sent, n = None, 0
-            while True:
-                body = json.dumps(represent(current), separators=(",", ":"))
-                if body != sent:
-                    n += 1
-                    yield f"id: {n}\nevent: state\ndata: {body}\n\n"
-                    sent = body
-                left = deadline - time.monotonic()
-                if _final(current) or left <= 0:
-                    return
-                if subscription.next_change(min(KEEPALIVE, left)):
-                    current = load(celery, task_id) or current
-                else:
-                    yield ": keep-alive\n\n"
-        finally:
-            subscription.close()
-            slots.release()
+def _last_event_id() -> int:
+    """Where a reconnecting client's event ids left off (its ``Last-Event-ID``), so ids keep
+    growing across reconnections; anything unparsable starts at 0."""
+    raw = request.headers.get("Last-Event-ID", "")
+    if raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= MAX_EVENT_ID:
+        return int(raw)
+    return 0
 
-    return stream()
+
+def _stream(following: _Following, celery: Any, status: TaskStatus,
+            represent: Callable[[TaskStatus], Any], lasts: float, retry_after: int,
+            last_id: int) -> Iterator[str]:
+    task_id = status.record.id
+    try:
+        yield f"retry: {retry_after * 1000}\n\n"  # how long an SSE client waits to reconnect
+        deadline = time.monotonic() + lasts
+        current = load(celery, task_id) or status
+        sent, n = None, last_id
+        while True:
+            body = json.dumps(represent(current), separators=(",", ":"))
+            if body != sent:
+                n += 1
+                yield f"id: {n}\nevent: state\ndata: {body}\n\n"
+                sent = body
+            left = deadline - time.monotonic()
+            if _final(current) or left <= 0:
+                return
+            if following.next_change(min(KEEPALIVE, left)):
+                current = load(celery, task_id) or current
+            else:
+                yield ": keep-alive\n\n"
+    except (ClientGone, ServerClosing):  # gone; or closing: the client reconnects elsewhere
+        return
+    except UNAVAILABLE:
+        error = {"code": "broker_unavailable", "message": "Redis is unreachable; reconnect "
+                 "after retry_after seconds", "id": task_id, "retry_after": retry_after}
+        yield (f"retry: {retry_after * 1000}\nevent: error\n"
+               f"data: {json.dumps(error, separators=(',', ':'))}\n\n")
+    finally:
+        following.close()
+
+
+class _Stream:
+    """The event stream as gunicorn iterates it. ``close()`` gives the follower back even
+    if the stream never started (a generator not yet started skips its ``finally``)."""
+
+    def __init__(self, following: _Following, body: Iterator[str]) -> None:
+        self._following = following
+        self._body = body
+
+    def __iter__(self) -> Iterator[str]:
+        return self._body
+
+    def close(self) -> None:
+        self._body.close()  # type: ignore[attr-defined]
+        self._following.close()

@@ -1,13 +1,20 @@
 """gunicorn settings for the API, from Taskplane's settings.
 
-``gthread`` workers: the enqueue path spends its time waiting on Redis, so a few
-processes with several threads each serve more requests than many sync workers,
-without an async rewrite. Use it with ``gunicorn -c python:taskplane.api.gunicorn_conf``.
+``gevent`` workers (``API_WORKER_CLASS``): every request is a greenlet, so a request that
+waits (``?wait``, an event stream) costs a few kilobytes instead of a thread, and one
+process holds thousands of followers (``api/followers.py``) while it keeps answering
+submissions. The enqueue path spends its time waiting on Redis, which gevent's patched
+sockets turn into switches to other requests; Flask, redis-py (with hiredis) and
+prometheus-client's multiprocess files run unchanged. Why gevent and not a separate
+follower process: measured in BENCHMARKS.md (followers section) and README. ``gthread``
+stays available (a thread per request; followers capped at ``API_THREADS - 1``).
+Use it with ``gunicorn -c python:taskplane.api.gunicorn_conf``.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 from gunicorn import util
@@ -26,8 +33,15 @@ metrics.prepare_multiprocess_dir("api")
 _host = listen_host(_settings.api_host)
 bind = [f"[{_host}]:{_settings.api_port}" if ":" in _host else f"{_host}:{_settings.api_port}"]
 workers = _settings.api_workers
-threads = _settings.api_threads
-worker_class = "gthread"
+worker_class = _settings.api_worker_class
+if worker_class == "gevent":
+    # gunicorn's master imports ssl before its gevent workers patch it after the fork: gevent
+    # warns about modules holding names imported from ssl before then. None of those is used
+    # here (redis-py looks ``ssl.create_default_context`` up when it connects, so a rediss://
+    # connection gets gevent's SSL); the warning would only be noise in every worker's log.
+    warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already")
+threads = _settings.api_threads  # gthread only
+worker_connections = _settings.api_worker_connections  # gevent only
 timeout = _settings.api_timeout
 graceful_timeout = 20
 keepalive = 5
@@ -42,6 +56,14 @@ accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 wsgi_app = "taskplane.api:create_app()"
+
+
+def post_worker_init(worker: Any) -> None:
+    """Followers end as soon as this worker is told to stop (SIGTERM), not after
+    ``graceful_timeout``: their clients reconnect to a pod that stays."""
+    from taskplane.api import followers  # after the fork, like the app itself
+
+    followers.end_on_shutdown(worker.wsgi, lambda: bool(worker.alive))
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -12,11 +12,13 @@ from .. import __version__
 from ..runtime import Runtime
 from ..settings import Settings
 from . import body, schemas
+from .auth import MAX_TENANT_NAME
 from .task_specs import task_spec_schemas
 
 _ERRORS = {
     400: "Malformed JSON, or a malformed header.",
     401: "Missing, malformed or unknown bearer token.",
+    403: "A tenant's token named a tenant (`?tenant=` is for operator tokens only).",
     404: "No such task, task type, dead letter or schedule (or it belongs to another tenant).",
     405: "Method not allowed on this path.",
     409: "Conflicts with the resource's state.",
@@ -24,8 +26,9 @@ _ERRORS = {
     414: "Request line (path and query) longer than the server reads (8190 bytes).",
     415: "Body is not JSON.",
     422: "Valid JSON that breaks the schema; details name each field.",
-    429: "Tenant over its request rate, its cap of unfinished tasks or its cap of schedules; "
-         "retry after Retry-After.",
+    429: "Tenant over its request rate, its cap of unfinished tasks, its cap of schedules or "
+         "its share of followers (`?wait`, event streams), or the API process holds "
+         "MAX_FOLLOWERS; retry after Retry-After.",
     503: "Redis is unreachable (`broker_unavailable`: nothing was accepted), or it did not "
          "confirm a change in time (`outcome_unknown`: it may have taken effect; `details.id` "
          "names the task). Retry after Retry-After seconds, with the same Idempotency-Key.",
@@ -60,16 +63,24 @@ def _op(summary: str, ok: int, ok_schema: dict[str, Any], errors: tuple[int, ...
 def _event_stream(op: dict[str, Any]) -> dict[str, Any]:
     """Each event of the stream: ``event: state`` with a Task, as JSON, in ``data``."""
     event = {"type": "object", "required": ["data"], "properties": {
-        "event": {"const": "state"},
+        "event": {"enum": ["state", "error"]},
         "id": {"type": "string"},
         "data": {"type": "string", "contentMediaType": "application/json",
                  "contentSchema": _ref("Task")}}}
     op["responses"]["200"] = {
         "description": "`event: state` with the Task as JSON `data`, each time it changes; "
-                       "the stream ends when the task has ended (or after MAX_EVENT_STREAM s).",
+                       "the stream ends when the task has ended (or after MAX_EVENT_STREAM s). "
+                       "If Redis goes away it sends `event: error` (its `data` names the task "
+                       "and `retry_after`) and ends; `retry:` and `id:` let a client reconnect "
+                       "with Last-Event-ID.",
         "content": {"text/event-stream": {"schema": event}}}
     return op
 
+
+#: ``?tenant=`` where an operator names one tenant (``auth.py``); a tenant's token gets 403.
+_TENANT = {"name": "tenant", "in": "query", "required": False,
+           "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TENANT_NAME},
+           "description": "Operators only: just this tenant's."}
 
 _TASK_ID = {"name": "task_id", "in": "path", "required": True,
             "schema": {"type": "string", "maxLength": 128}}
@@ -94,7 +105,8 @@ def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
                 "next": {"type": ["string", "null"],
                          "description": "Pass as `cursor` for the next page; null at the end. "
                                         "A page may hold fewer than `limit` tasks."}}},
-            (414, 422), parameters=[
+            (403, 414, 422), parameters=[
+                _TENANT,
                 {"name": "state", "in": "query", "required": False,
                  "schema": {"type": "string", "enum": list(schemas.STATES)}},
                 {"name": "task", "in": "query", "required": False,
@@ -127,7 +139,10 @@ def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
                            "schema": {"type": "number", "minimum": 0,
                                       "maximum": settings.max_wait},
                            "description": "Answer as soon as the task has ended, or after "
-                                          "this many seconds with its state then."}]),
+                                          "this many seconds with its state then. The "
+                                          "answer's Taskplane-Wait header says whether it "
+                                          "waited (`waited`), found no room to (`refused`) "
+                                          "or was cut short by a shutdown (`interrupted`)."}]),
             "delete": _op("Revoke a task", 202, _ref("Task"), (404, 409, 422), parameters=[
                 _TASK_ID,
                 {"name": "terminate", "in": "query", "required": False,
@@ -147,7 +162,8 @@ def openapi_document(settings: Settings, runtime: Runtime) -> dict[str, Any]:
                 "items": {"type": "array", "items": _ref("DeadLetter")},
                 "total": {"type": "integer"}, "limit": {"type": "integer"},
                 "offset": {"type": "integer"}}},
-            (422,), parameters=[
+            (403, 422), parameters=[
+                _TENANT,
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1,
                             "maximum": schemas.MAX_DEAD_LETTER_PAGE}},
@@ -253,10 +269,10 @@ def _link(operation: dict[str, Any], status: str, field: str, parameter: str,
 
 
 _SCHEDULE_TENANT = {"name": "tenant", "in": "query", "required": False,
-                    "schema": {"type": "string"},
-                    "description": "Operators only (ignored for a tenant's token): the tenant "
-                                   "whose schedule this is (default: the schedules declared "
-                                   "in code)."}
+                    "schema": {"type": "string", "maxLength": MAX_TENANT_NAME},
+                    "description": "Operators only (a tenant's token naming a tenant is 403): "
+                                   "the tenant whose schedule this is (default: the schedules "
+                                   "declared in code; when creating, the operator's own name)."}
 _SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
                   "schema": {"type": "string", "maxLength": 64}}
 
@@ -271,23 +287,27 @@ def _body(settings: Settings, ref: str) -> dict[str, Any]:
 def _schedule_paths(settings: Settings) -> dict[str, Any]:
     """``/v1/schedules``: a tenant's periodic schedules (``api/schedules.py``)."""
     created = _op("Create a periodic schedule (checked in full: 422 names the field)", 201,
-                  _ref("Schedule"), (400, 409, 413, 415, 422),
-                  requestBody=_body(settings, "NewSchedule"))
+                  _ref("Schedule"), (400, 403, 409, 413, 415, 422),
+                  requestBody=_body(settings, "NewSchedule"), parameters=[_SCHEDULE_TENANT])
     created["responses"]["201"]["headers"] = {"Location": {"schema": {"type": "string"}}}
-    deleted = _op("Delete a schedule", 204, {}, (404, 409), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT])
+    deleted = _op("Delete a schedule", 204, {}, (403, 404, 409, 422),
+                  parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT])
     deleted["responses"]["204"] = {"description": "Deleted."}
     return {
         "/v1/schedules": {
             "get": _op("The caller's schedules", 200,
                        {"type": "object", "required": ["items"], "properties": {
-                           "items": {"type": "array", "items": _ref("Schedule")}}}, ()),
+                           "items": {"type": "array", "items": _ref("Schedule")}}}, (403, 422),
+                       parameters=[_TENANT]),
             "post": created,
         },
         "/v1/schedules/{name}": {
             "get": _op("A schedule with its last and next fire and its last task", 200,
-                       _ref("Schedule"), (404,), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT]),
+                       _ref("Schedule"), (403, 404, 422),
+                       parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT]),
             "patch": _op("Change a schedule (checked in full)", 200, _ref("Schedule"),
-                         (400, 404, 409, 413, 415, 422), parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT],
+                         (400, 403, 404, 409, 413, 415, 422),
+                         parameters=[_SCHEDULE_NAME, _SCHEDULE_TENANT],
                          requestBody=_body(settings, "ScheduleChange")),
             "delete": deleted,
         },

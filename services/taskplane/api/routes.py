@@ -16,7 +16,7 @@ from ..celery_app import TenantCapReached, retry_dead_letter_task, revoke, submi
 from ..lifecycle import TaskRecord, fingerprint
 from ..schema import CompiledSchema
 from . import follow, observe, schemas
-from .auth import authenticate, current_tenant, may_see, scope
+from .auth import authenticate, current_tenant, is_operator, may_see, scope
 from .body import json_body, validate
 from .context import api_context
 from .errors import UNAVAILABLE, ApiError
@@ -45,6 +45,14 @@ def _owned(task_id: str) -> TaskStatus:
     if status is None or not may_see(status.record.tenant):
         raise _not_found(task_id)
     return status
+
+
+def _owned_or_unavailable(task_id: str) -> TaskStatus:
+    """:func:`_owned` for a follower: Redis being away is a 503 that names the task."""
+    try:
+        return _owned(task_id)
+    except UNAVAILABLE:
+        raise follow.unavailable(task_id) from None
 
 
 def task_url(task_id: str) -> str:
@@ -126,7 +134,7 @@ def list_tasks() -> Response:
     for record, raw_meta in rows:
         meta = backend.decode_result(raw_meta) if raw_meta else None
         item = represent(TaskStatus(record, meta), task_url(record.id))
-        if owner is None:
+        if is_operator():
             item["tenant"] = record.tenant
         items.append(item)
     return jsonify({"items": items, "next": last.encode() if last is not None else None})
@@ -145,7 +153,8 @@ def _task_query(tenant: str | None) -> tuple[lifecycle.TaskQuery, int, lifecycle
                                                                       problems)
     limit = 50
     raw_limit = args.get("limit", "50")
-    if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= schemas.MAX_PAGE):
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6
+            and 1 <= int(raw_limit) <= schemas.MAX_PAGE):
         problems.append({"field": "limit", "message": f"integer 1-{schemas.MAX_PAGE}"})
     else:
         limit = int(raw_limit)
@@ -191,18 +200,24 @@ def _timestamp(name: str, problems: list[dict[str, str]]) -> float | None:
 def get_task(task_id: str) -> Response:
     """The task; with ``?wait=N`` (seconds, at most ``MAX_WAIT``) as soon as it has ended,
     or after N seconds as it is then."""
-    status = _owned(task_id)
     seconds = _wait_seconds()
+    status = _owned_or_unavailable(task_id) if seconds else _owned(task_id)
+    waited = None
     if seconds:
-        status = follow.wait(status, seconds)
-    return jsonify(represent(status, task_url(task_id)))
+        status, waited = follow.wait(status, seconds)
+    response = jsonify(represent(status, task_url(task_id)))
+    if waited is not None:
+        response.headers[follow.WAIT_HEADER] = waited
+        if waited in (follow.REFUSED, follow.INTERRUPTED):
+            response.headers["Retry-After"] = str(api_context().settings.retry_after)
+    return response
 
 
 @bp.get("/tasks/<task_id>/events")
 def task_events(task_id: str) -> Response:
     """Server-Sent Events: the task's state (and progress) each time it changes, until it
     ends."""
-    status = _owned(task_id)
+    status = _owned_or_unavailable(task_id)
     url = task_url(task_id)
     stream = follow.events(status, lambda current: represent(current, url))
     return Response(stream, mimetype="text/event-stream",
@@ -284,22 +299,26 @@ def _flag(name: str) -> bool:
     return value in ("true", "1")
 
 
+#: ``limit`` and ``offset`` of a dead-letter page: (default, lowest, highest).
+_PAGE = {"limit": (50, 1, schemas.MAX_DEAD_LETTER_PAGE),
+         "offset": (0, 0, schemas.MAX_DEAD_LETTER_OFFSET)}
+
+
 def _page() -> tuple[int, int]:
-    most, furthest = schemas.MAX_DEAD_LETTER_PAGE, schemas.MAX_DEAD_LETTER_OFFSET
-    try:
-        raw_limit, raw_offset = request.args.get("limit", "50"), request.args.get("offset", "0")
-        if not (raw_limit.isascii() and raw_offset.isascii()):
-            raise ValueError("not ASCII digits")
-        limit, offset = int(raw_limit), int(raw_offset)
-    except ValueError:
-        raise ApiError(422, "validation_failed", "limit and offset must be integers",
-                       {"fields": [{"field": "limit", "message": f"integer 1-{most}"},
-                                   {"field": "offset", "message": "integer >= 0"}]}) from None
-    if not 1 <= limit <= most or not 0 <= offset <= furthest:
-        raise ApiError(422, "validation_failed",
-                       f"limit must be 1-{most} and offset 0-{furthest}",
-                       {"fields": [{"field": "limit", "message": f"integer 1-{most}"}]})
-    return limit, offset
+    """``limit`` and ``offset``; each refused one is named in ``details``."""
+    values, problems = {}, []
+    for name, (default, low, high) in _PAGE.items():
+        raw = request.args.get(name, str(default))
+        # no more digits than the bound has: never a number too long to parse
+        if raw.isascii() and raw.isdigit() and len(raw) <= len(str(high)) \
+                and low <= int(raw) <= high:
+            values[name] = int(raw)
+        else:
+            problems.append({"field": name, "message": f"integer {low}-{high}"})
+    if problems:
+        raise ApiError(422, "validation_failed", "query parameters are invalid",
+                       {"fields": problems})
+    return values["limit"], values["offset"]
 
 
 def _dead_letter(entry: dict[str, Any], with_tenant: bool) -> dict[str, Any]:
@@ -315,7 +334,7 @@ def dead_letters() -> Response:
     limit, offset = _page()
     tenant = scope()
     total, entries = api_context().runtime.lifecycle.dead_letters(tenant, limit, offset)
-    return jsonify({"items": [_dead_letter(e, tenant is None) for e in entries], "total": total,
+    return jsonify({"items": [_dead_letter(e, is_operator()) for e in entries], "total": total,
                     "limit": limit, "offset": offset})
 
 

@@ -20,7 +20,7 @@ from .. import lifecycle, schedules
 from ..schedules import Schedule, ScheduleError, ScheduleStore
 from ..schema import CompiledSchema
 from . import schemas
-from .auth import authenticate, current_tenant, scope
+from .auth import acting_tenant, authenticate, is_operator, scope
 from .body import json_body, validate
 from .context import api_context
 from .errors import ApiError
@@ -52,9 +52,9 @@ def _not_found(name: str) -> ApiError:
 def _tenant() -> str:
     """Whose schedule a route names: the caller's tenant; an operator names any tenant with
     ``?tenant=`` (the code-declared ``system`` schedules without it)."""
-    if scope() is None:
-        return request.args.get("tenant") or lifecycle.SYSTEM_TENANT
-    return current_tenant()
+    if is_operator():
+        return scope() or lifecycle.SYSTEM_TENANT
+    return acting_tenant()
 
 
 def _declared(tenant: str | None) -> list[Schedule]:
@@ -129,7 +129,7 @@ def _from_body(body: dict[str, Any], tenant: str, base: dict[str, Any]) -> Sched
 def create_schedule() -> Response:
     body = json_body()
     validate(body, _CREATE, "request body")
-    schedule = _checked(_from_body(body, current_tenant(), {"created_at": time.time()}))
+    schedule = _checked(_from_body(body, acting_tenant(), {"created_at": time.time()}))
     declared = _declared(schedule.tenant)
     settings = api_context().settings
     cap = settings.max_schedules_per_tenant
@@ -150,13 +150,14 @@ def create_schedule() -> Response:
 
 @bp.get("/schedules")
 def list_schedules() -> Response:
-    """The caller's schedules; an operator's: every tenant's, each with its ``tenant``."""
+    """The caller's schedules; an operator's: every tenant's (or the one ``?tenant=``
+    names), each with its ``tenant``."""
     owner = scope()
     stored = _store().all() if owner is None else _store().of_tenant(owner)
     items = []
     for schedule in (*_declared(owner), *stored):
         item = represent(schedule)
-        if owner is None:
+        if is_operator():
             item["tenant"] = schedule.tenant
         items.append(item)
     return jsonify({"items": items})

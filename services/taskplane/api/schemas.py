@@ -85,7 +85,7 @@ ERROR = {
 
 TIMESTAMP = {"type": "string", "format": "date-time"}
 
-TASK = {
+TASK: dict[str, Any] = {  # declared so: DEAD_LETTER indexes into it
     "type": "object",
     "required": ["id", "task", "state", "retries", "submitted_at", "links"],
     "properties": {

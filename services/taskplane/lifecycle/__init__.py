@@ -10,6 +10,7 @@ A reader can walk it in this order:
 * ``transitions``: the Python face, one method per transition, with the guarantees table.
 * ``listing``, ``ratelimit``, ``schedule_state``: reads, the request rate, the scheduler.
 * ``records``, ``errors``: what goes in and comes out.
+* ``replies``: redis-py's replies narrowed to the bytes the lifecycle's client answers.
 * ``facade``: :class:`Lifecycle`, all of the above under one name.
 
 Everything other modules use is importable from ``taskplane.lifecycle``.

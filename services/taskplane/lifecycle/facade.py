@@ -4,6 +4,7 @@ against one Redis, under one name (what the API, the worker and the scheduler ho
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from redis.client import PubSub
@@ -51,3 +52,9 @@ class Lifecycle(Transitions, Listing, RateLimit, ScheduleState):
         server-sent events): subscribed before the caller's first read, so no write is
         missed between the read and the wait."""
         return self._store.subscribe(self.result_key(task_id))
+
+    def pubsub_connection(self) -> Any:
+        """A fresh connection to this Redis, for one process's shared subscription to
+        result channels (the API's follower dispatcher, ``api/dispatch.py``, which
+        subscribes ``result_key(id)`` as followers come and goes)."""
+        return self._store.connection()

@@ -14,6 +14,7 @@ from typing import Any
 
 from .keys import dead_index_key, dead_key, ended_index_key, open_key, record_key, tasks_index_key
 from .records import TaskRecord
+from .replies import fields, optional, scored
 from .states import FINAL_STATES, PROGRESS, STARTED
 from .store import Store
 
@@ -72,7 +73,7 @@ class Listing:
     def read(self, task_id: str, with_result: bool) -> tuple[TaskRecord | None, bytes | None]:
         """The record and, when ``with_result``, the raw Celery result: one round trip."""
         if not with_result:
-            raw = self._store.redis.hgetall(record_key(task_id))
+            raw = fields(self._store.redis.hgetall(record_key(task_id)))
             return (TaskRecord.from_hash(task_id, raw) if raw else None), None
         with self._store.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(record_key(task_id))
@@ -106,8 +107,8 @@ class Listing:
         examined, last = 0, cursor
         batch = max(limit, 50)
         while len(found) < limit and examined < max_examined:
-            entries = self._store.redis.zrevrangebyscore(index, high, low, start=0,
-                                                         num=batch, withscores=True)
+            entries = scored(self._store.redis.zrevrangebyscore(index, high, low, start=0,
+                                                                num=batch, withscores=True))
             if skip_ties is not None:  # entries at the cursor's score not yet passed
                 tie = skip_ties
                 entries = [(m, sc) for m, sc in entries
@@ -174,7 +175,7 @@ class Listing:
                         ) -> tuple[str, dict[str, Any]] | None:
         """The dead letter as stored (for ``retry_dead``) and decoded, if it is ``tenant``'s
         (``None``: whoever's, for operators)."""
-        raw = self._store.redis.get(dead_key(task_id))
+        raw = optional(self._store.redis.get(dead_key(task_id)))
         if raw is None:
             return None
         entry: dict[str, Any] = json.loads(raw)

@@ -93,8 +93,9 @@ class Transition:
     previous: str = ""  # the state the task had (or, for ``final``, still has)
 
 
-#: A Celery result write as (key, encoded value, ttl seconds; 0 keeps it forever).
-ResultWrite = tuple[str, str, int]
+#: A Celery result write as (key, encoded value, ttl seconds; 0 keeps it forever). The
+#: value is what the backend's serializer made: str for JSON, bytes for pickle or msgpack.
+ResultWrite = tuple[str, str | bytes, int]
 
 
 def dead_letter(task_id: str, task: str, exc: BaseException, args: Any, kwargs: Any,

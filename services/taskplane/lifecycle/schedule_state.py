@@ -14,11 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .keys import schedule_state_key, scheduler_lease_key, schedules_key
+from .replies import data, optional, text_fields
 from .store import Store
-
-
-def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 class ScheduleState:
@@ -43,12 +40,11 @@ class ScheduleState:
 
     def schedule_definition(self, ident: str) -> bytes | None:
         """A stored schedule's JSON, or None."""
-        raw: bytes | None = self._store.redis.hget(schedules_key(), ident)
-        return raw
+        return optional(self._store.redis.hget(schedules_key(), ident))
 
     def schedule_definitions(self) -> list[bytes]:
         """Every stored schedule's JSON (the scheduler reads them all each loop)."""
-        return list(self._store.redis.hgetall(schedules_key()).values())
+        return [data(raw) for raw in self._store.redis.hgetall(schedules_key()).values()]
 
     def schedule_delete(self, ident: str) -> bool:
         """Remove a stored schedule and its fire state in one step; False if there was none."""
@@ -59,7 +55,7 @@ class ScheduleState:
 
     def schedule_state(self, ident: str) -> dict[str, str]:
         """A schedule's fire state (``schedule_state_key``), decoded; {} before its first."""
-        return _decoded(self._store.redis.hgetall(schedule_state_key(ident)))
+        return text_fields(self._store.redis.hgetall(schedule_state_key(ident)))
 
     def schedule_states(self, idents: Sequence[str]) -> list[dict[str, str]]:
         """The fire states of several schedules: one round trip."""
@@ -67,7 +63,7 @@ class ScheduleState:
             for ident in idents:
                 pipe.hgetall(schedule_state_key(ident))
             replies = pipe.execute()
-        return [_decoded(raw) for raw in replies]
+        return [text_fields(raw) for raw in replies]
 
     def schedule_advance(self, ident: str, read: str, tick: float, *, task_id: str = "",
                          fired_at: float | None = None, fires: int = 0, skipped: int = 0,

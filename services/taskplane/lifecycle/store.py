@@ -150,10 +150,15 @@ class Store:
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
+    def connection(self) -> Any:
+        """A new connection of its own (not from the pool), for a process's one shared
+        subscription: the API's follower dispatcher (``api/dispatch.py``)."""
+        return self.redis.connection_pool.make_connection()
+
     def subscribe(self, *channels: str) -> PubSub:
         """A pub/sub connection subscribed to ``channels`` (a result key is the channel its
         writes are published on: ``lib.lua`` ``write_result``)."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub: PubSub = self.redis.pubsub(ignore_subscribe_messages=True)
         if channels:
             pubsub.subscribe(*channels)
         return pubsub

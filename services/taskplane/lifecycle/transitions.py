@@ -130,7 +130,7 @@ class Transitions:
 
         ``adopt``: the record to create, ended, if there is none (a task sent around the
         API that a worker revoked before any worker started it; outcome ``adopted``)."""
-        def call(tenant: str) -> list[Any]:
+        def call(tenant: str) -> Any:
             keys = [record_key(task_id)]
             if state:
                 keys += [open_key(tenant), *ended_index_keys(tenant, state)]
@@ -155,7 +155,7 @@ class Transitions:
                                                             "not kept)"}
             payload = json.dumps(letter)
 
-        def call(tenant: str) -> list[Any]:
+        def call(tenant: str) -> Any:
             keys, value, ttl = self._with_result(
                 [record_key(task_id), open_key(tenant), dead_key(task_id),
                  *dead_index_keys(tenant), *ended_index_keys(tenant, FAILURE)], result)
@@ -196,7 +196,7 @@ class Transitions:
         return adopted_listing_keys(adopt.tenant, adopt.task, adopt.queue), adopt.fields()
 
     def _with_result(self, keys: list[str], result: ResultWrite | None
-                     ) -> tuple[list[str], str, int]:
+                     ) -> tuple[list[str], str | bytes, int]:
         """``keys`` with the result's key appended, and the result's value and ttl, when
         there is a result to write; else ``keys`` and no value."""
         if result is None:
@@ -204,7 +204,7 @@ class Transitions:
         return [*keys, result[0]], result[1], result[2]
 
     @staticmethod
-    def _with_tenant(call: Callable[[str], list[Any]], tenant: str) -> Transition:
+    def _with_tenant(call: Callable[[str], Any], tenant: str) -> Transition:
         """Run ``call`` with the tenant hint, and once more with the record's real tenant
         if the hint was wrong (the script names it)."""
         for _ in range(2):
