@@ -7,6 +7,8 @@
 #   k8s/taskplane.yaml                            `helm template` of the chart with its defaults
 #                                                 (release and namespace "taskplane", no test
 #                                                 pod, no Secrets)
+#   k8s/taskplane-ha.yaml                         the same with redis.sentinel.enabled (Redis
+#                                                 master, two replicas, three sentinels)
 #
 # Usage: scripts/render-manifests.sh           rewrite the files above
 #        scripts/render-manifests.sh --check   change nothing; exit 1 naming every stale file
@@ -40,12 +42,15 @@ cp "$out/rules" "$out/chart/files/taskplane.rules.yaml"
 cp "$out/dashboard" "$out/chart/files/taskplane.json"
 "$HELM" template taskplane "$out/chart" --namespace taskplane --skip-tests \
     | "$PY" "$GEN" plain-manifests > "$out/k8s"
+"$HELM" template taskplane "$out/chart" --namespace taskplane --skip-tests \
+    --set redis.sentinel.enabled=true | "$PY" "$GEN" plain-manifests > "$out/k8s-ha"
 
 pairs=(
     "rules:charts/taskplane/files/taskplane.rules.yaml"
     "dashboard:charts/taskplane/files/taskplane.json"
     "readme:charts/taskplane/README.md"
     "k8s:k8s/taskplane.yaml"
+    "k8s-ha:k8s/taskplane-ha.yaml"
 )
 stale=()
 for pair in "${pairs[@]}"; do

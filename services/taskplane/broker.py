@@ -70,10 +70,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import kombu.transport as kombu_transport
 import redis
+import redis.sentinel
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps as json_dumps
+
+from . import redis_conn
 
 log = logging.getLogger("taskplane.broker")
 
@@ -560,8 +564,57 @@ class RideThroughTransport(RideThroughTransportMixin, kombu_redis.Transport):
     Channel = RideThroughChannel
 
 
+class RideThroughSentinelChannel(RideThroughChannelMixin, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel, detachable from a lost connection: a detached channel
+    reconnects by asking the sentinels it was opened with for the current master, so a
+    late ack after a failover reaches the new master, never the demoted one."""
+
+    #: A demoted master's READONLY and a replica-less master's NOREPLICAS drop the
+    #: connection: the consumer reconnects to the master the sentinels name now.
+    connection_class = redis_conn.MasterConnection
+    connection_class_ssl = redis_conn.MasterSSLConnection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        alternates = self.connection.client.alt or [self.connection.client.as_uri(True)]
+        self._detached_sentinels: list[tuple[str, int]] = [
+            (u.hostname or "127.0.0.1", u.port or self.connection.default_port)
+            for u in map(kombu_redis._parse_url, alternates)  # type: ignore[attr-defined]
+            if u.scheme == "sentinel"]
+
+    def _fresh_pool(self) -> redis.ConnectionPool:
+        params = {k: v for k, v in self._detached_params.items() if k not in ("host", "port")}
+        credentials = {k: params[k] for k in ("username", "password") if k in params}
+        sentinel = redis.sentinel.Sentinel(
+            self._detached_sentinels, min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **params)
+        master = sentinel.master_for(getattr(self, "master_name", None), redis.Redis, **credentials)
+        return master.connection_pool  # type: ignore[no-any-return]
+
+
+class RideThroughSentinelTransport(RideThroughTransportMixin, kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport (``sentinel://``), riding through lost connections and
+    failovers alike."""
+
+    Channel = RideThroughSentinelChannel
+
+
 #: ``broker_transport`` (Celery) / ``transport=`` (kombu) value selecting the transport above.
 TRANSPORT = f"{__name__}:RideThroughTransport"
+#: The same for a Sentinel ``REDIS_URL`` (``redis_conn``).
+SENTINEL_TRANSPORT = f"{__name__}:RideThroughSentinelTransport"
+
+
+def claim_sentinel_scheme() -> None:
+    """Make ``sentinel://`` mean :class:`RideThroughSentinelTransport` in this process.
+
+    A Sentinel URL lists several sentinels, which kombu also takes as failover
+    alternates: on a lost connection it ``switch``es to the next one and re-reads the
+    transport from that URL's scheme, dropping ``broker_transport``. The consumer would
+    then carry on with kombu's stock Sentinel transport: no ride-through, and a
+    ``NOREPLICAS`` from a replica-less old master ends the worker ("Unrecoverable error").
+    Found by ``tests/ha/test_faults.py``; called by ``create_celery`` for Sentinel URLs."""
+    kombu_transport.TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT
 
 _DETACHED: list[RideThroughQoS] = []
 _DETACHED_LOCK = threading.Lock()

@@ -21,10 +21,8 @@ import redis
 from celery import Celery, states
 from celery.exceptions import TaskRevokedError
 from kombu.utils.encoding import bytes_to_str
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from . import broker, lifecycle, results, webhook_delivery
+from . import broker, lifecycle, redis_conn, results, webhook_delivery
 from .lifecycle import Lifecycle, OutcomeUnknown, Submission, TaskRecord, Transition
 from .metrics import Metrics
 from .runtime import Runtime, TaskplaneCelery
@@ -37,46 +35,9 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 
                         "interval_max": 0.5}
 
 
-#: How long a worker keeps retrying Redis before a write gives up: a task that finished
-#: during a short Redis outage must still end SUCCESS, not FAILURE(ConnectionError).
-WORKER_REDIS_RETRIES = 25  # 0.1 s doubling to 2 s apart: about 45 s in all
-WORKER_REDIS_BACKOFF = {"base": 0.1, "cap": 2.0}
-
-
-def redis_tls_options(settings: Settings) -> dict[str, Any]:
-    """TLS options of a ``rediss://`` connection: the server's certificate is checked,
-    against ``REDIS_TLS_CA_FILE`` when set (else the system's CAs). Celery's broker and
-    result backend take the same dict (``broker_use_ssl``, ``redis_backend_use_ssl``)."""
-    options: dict[str, Any] = {"ssl_cert_reqs": "required"}  # redis-py, kombu and Celery all read it
-    if settings.redis_tls_ca_file:
-        options["ssl_ca_certs"] = settings.redis_tls_ca_file
-    return options
-
-
 def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.Redis:
-    """A client that fails fast (the API: a quick 503 beats a hung request), or, when
-    ``patient`` (workers), retries connection errors with back-off through an outage."""
-    retry = None
-    if patient:
-        retry = Retry(ExponentialBackoff(**WORKER_REDIS_BACKOFF), WORKER_REDIS_RETRIES,
-                      supported_errors=(redis.ConnectionError, redis.TimeoutError))
-    options: dict[str, Any] = dict(
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        health_check_interval=30,
-        retry=retry,
-        retry_on_timeout=patient,
-        **(redis_tls_options(settings) if url.startswith("rediss:") else {}),
-    )
-    if patient:
-        return redis.Redis.from_url(url, **options)
-    # Under gevent thousands of requests run at once (followers waking together when a
-    # burst of tasks ends): an unbounded pool would open a connection for each. A bounded,
-    # blocking pool makes the excess wait for a free connection (at most REDIS_TIMEOUT).
-    pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=settings.api_redis_connections, timeout=settings.redis_timeout,
-        **options)
-    return redis.Redis(connection_pool=pool)
+    """A client of ``url`` (a node or a Sentinel master set): ``redis_conn.client``."""
+    return redis_conn.client(url, settings, patient=patient)
 
 
 def create_celery(settings: Settings, patient: bool = False,
@@ -94,6 +55,8 @@ def create_celery(settings: Settings, patient: bool = False,
     (``Runtime.on_dead_letter``).
     """
     registry = Registry.from_modules(settings.task_modules, builtin=settings.builtin_tasks)
+    if redis_conn.is_sentinel(settings.redis_url):
+        broker.claim_sentinel_scheme()  # kombu's failover between sentinels keeps our transport
     app = TaskplaneCelery("taskplane", broker=settings.redis_url,
                  backend=results.backend_url(settings.redis_url),
                  set_as_current=set_as_current)
@@ -127,30 +90,39 @@ def create_celery(settings: Settings, patient: bool = False,
         worker_send_task_events=False,
         # Rides through a lost broker connection instead of crashing (a kombu 5.7
         # workaround, broker.py), with every broker command bounded by REDIS_TIMEOUT.
-        broker_transport=broker.TRANSPORT,
+        # Through Sentinel: the same, finding the master by asking the sentinels.
+        broker_transport=(broker.SENTINEL_TRANSPORT if redis_conn.is_sentinel(settings.redis_url)
+                          else broker.TRANSPORT),
         broker_transport_options={
             **broker.transport_options(settings.visibility_timeout,
                                        settings.unacked_restore_interval),
-            **broker.client_timeouts(settings.redis_timeout)},
+            **broker.client_timeouts(settings.redis_timeout),
+            **redis_conn.broker_options(settings)},
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.redis_timeout,
         broker_pool_limit=settings.api_threads + 2,
         redis_socket_timeout=settings.redis_timeout,
         redis_socket_connect_timeout=settings.redis_timeout,
         redis_retry_on_timeout=False,
-        result_backend_transport_options={"retry_policy": {"timeout": settings.redis_timeout}},
+        redis_socket_keepalive=True,
+        result_backend_transport_options={"retry_policy": {"timeout": settings.redis_timeout},
+                                          **redis_conn.backend_options(settings)},
     )
-    if settings.redis_url.startswith("rediss:"):
-        app.conf.broker_use_ssl = redis_tls_options(settings)
-        app.conf.redis_backend_use_ssl = redis_tls_options(settings)
+    if (broker_ssl := redis_conn.celery_ssl(settings.redis_url, settings)) is not None:
+        app.conf.broker_use_ssl = broker_ssl
+    if (backend_ssl := redis_conn.celery_ssl(settings.redis_url, settings)) is not None:
+        app.conf.redis_backend_use_ssl = backend_ssl
     if patient:
         app.conf.update(
             result_backend_always_retry=True,
-            result_backend_max_retries=WORKER_REDIS_RETRIES,
-            result_backend_base_sleep_between_retries_ms=int(WORKER_REDIS_BACKOFF["base"] * 1000),
-            result_backend_max_sleep_between_retries_ms=int(WORKER_REDIS_BACKOFF["cap"] * 1000),
+            result_backend_max_retries=redis_conn.WORKER_REDIS_RETRIES,
+            result_backend_base_sleep_between_retries_ms=int(
+                redis_conn.WORKER_REDIS_BACKOFF["base"] * 1000),
+            result_backend_max_sleep_between_retries_ms=int(
+                redis_conn.WORKER_REDIS_BACKOFF["cap"] * 1000),
         )
     client = redis_client(settings.redis_url, settings, patient=patient)
+    app_metrics = Metrics(settings.metrics_enabled)
     app.runtime = Runtime(
         settings=settings,
         registry=registry,
@@ -161,9 +133,12 @@ def create_celery(settings: Settings, patient: bool = False,
                             # bytes, whatever celery-types says: kombu's helper takes both
                             result_key=lambda task_id: bytes_to_str(
                                 result_backend(app).get_key_for_task(task_id)),
-                            max_countdown=settings.max_countdown),
+                            max_countdown=settings.max_countdown,
+                            acks=settings.replicas_ack, ack_timeout=settings.redis_ack_timeout,
+                            # a worker ending a run it finished logs a shortfall, and acks
+                            strict_acks=not patient, on_ack=app_metrics.count_replica_ack),
         broker=broker.RedisBroker(client),
-        metrics=Metrics(settings.metrics_enabled),
+        metrics=app_metrics,
         on_dead_letter=on_dead_letter,
     )
     webhook_delivery.register(app)

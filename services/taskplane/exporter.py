@@ -19,11 +19,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import httpserver, metrics
+from . import httpserver, metrics, redis_conn
 from .broker import RedisBroker
 from .celery_app import redis_client
 from .lifecycle.workflow_state import read_workflow_totals
 from .runtime import known_queues
+from .sentinel_watch import SentinelCollector
 from .settings import Settings
 from .tasks.registry import Registry
 
@@ -98,6 +99,8 @@ def create_registry(settings: Settings) -> tuple[CollectorRegistry, QueueCollect
                                workflow_totals=lambda: read_workflow_totals(client))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    if redis_conn.is_sentinel(settings.redis_url):  # the master set's health (failovers, lag)
+        registry.register(SentinelCollector(settings))
     return registry, collector
 
 

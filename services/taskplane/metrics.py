@@ -230,6 +230,45 @@ WORKFLOWS = _m(
     "created minus the ended. A callback is pushed in the same Redis step as its last "
     "member's ending, so there is no callback lag to measure.",
     "Workflow throughput and failures.", "exporter")
+# Redis high availability (``redis_conn``, ``sentinel_watch``). The acknowledgement counter
+# is recorded by every process that accepts or ends work (API, worker, scheduler); the
+# Sentinel view is read by the exporter at scrape time, from the sentinels and the master.
+# ``address`` and ``replica`` are host:port of the master set's own nodes: as many series
+# as nodes (three in the chart), and a failover moves ``address`` to another of them.
+ACK_OUTCOMES = ("confirmed", "timeout")
+REPLICA_ACKS = _m(
+    "taskplane_redis_replica_acks_total", "counter", ("outcome",),
+    "Acknowledged transitions (submit, retry, fire, a run's end) by whether "
+    "REDIS_MIN_REPLICAS_ACK replicas confirmed them (WAIT) in time: confirmed, timeout.",
+    "Timeouts are 503 outcome_unknown at the API: replicas lagging or gone.", "api")
+REDIS_MASTER = _m(
+    "taskplane_redis_master", "gauge", ("address",),
+    "1 for the master the sentinels name now (host:port); absent without Sentinel.",
+    "Which node is the master; a change is a failover.", "exporter")
+REDIS_FAILOVERS = _m(
+    "taskplane_redis_failovers_total", "counter", (),
+    "Master changes the exporter has seen (scrape to scrape) since it started.",
+    "The failover-happened alert.", "exporter")
+REDIS_REPLICAS = _m(
+    "taskplane_redis_replicas_connected", "gauge", (),
+    "Replicas connected to the master (its INFO replication).",
+    "Below REDIS_MIN_REPLICAS_ACK: every accept is outcome_unknown.", "exporter")
+REDIS_REPLICA_LAG = _m(
+    "taskplane_redis_replica_lag_bytes", "gauge", ("replica",),
+    "Bytes of the master's replication stream a replica has not acknowledged yet.",
+    "The replica-lag alert: a lagging replica makes WAIT time out.", "exporter")
+REDIS_SENTINELS_UP = _m(
+    "taskplane_redis_sentinels_up", "gauge", (),
+    "Sentinels that answered the exporter's last scrape.",
+    "Fewer than the quorum: no failover possible.", "exporter")
+REDIS_SENTINEL_QUORUM = _m(
+    "taskplane_redis_sentinel_quorum", "gauge", (),
+    "1 when the sentinels can authorise a failover (SENTINEL CKQUORUM), else 0.",
+    "The no-quorum alert.", "exporter")
+REDIS_MASTER_UNREACHABLE = _m(
+    "taskplane_redis_master_unreachable_seconds", "gauge", (),
+    "Seconds since the exporter last reached a master through the sentinels; 0 while it does.",
+    "Time without a master.", "exporter")
 
 CATALOGUE_SPECS: tuple[MetricSpec, ...] = (
     QUEUE_WAITING, QUEUE_RESERVED, QUEUE_SCHEDULED, QUEUE_OLDEST_AGE, REDIS_UP,
@@ -238,7 +277,9 @@ CATALOGUE_SPECS: tuple[MetricSpec, ...] = (
     TASKS_ACCEPTED, TASKS_REJECTED, FOLLOWERS_OPEN, FOLLOWERS_REFUSED, FOLLOWER_GONE_SECONDS,
     SCHEDULE_FIRES, SCHEDULE_SKIPPED, SCHEDULE_MISSED,
     SCHEDULE_FIRE_LAG, SCHEDULE_NEXT_FIRE, SCHEDULER_LEADING, WEBHOOK_DELIVERIES,
-    WEBHOOK_LATENCY, WORKFLOWS,
+    WEBHOOK_LATENCY, WORKFLOWS, REPLICA_ACKS, REDIS_MASTER,
+    REDIS_FAILOVERS, REDIS_REPLICAS, REDIS_REPLICA_LAG, REDIS_SENTINELS_UP,
+    REDIS_SENTINEL_QUORUM, REDIS_MASTER_UNREACHABLE,
 )
 #: Metric name → type, as the chart, rules and dashboard tests read it.
 CATALOGUE: dict[str, str] = {m.name: m.type for m in CATALOGUE_SPECS}
@@ -335,6 +376,7 @@ class Instruments:
     scheduler_leading: Any
     webhook_deliveries: Any
     webhook_latency: Any
+    replica_acks: Any
 
 
 class _Null:
@@ -389,6 +431,12 @@ class Metrics:
                     self._built = _instruments(self.enabled)
                 built = self._built
         return built
+
+    def count_replica_ack(self, confirmed: bool) -> None:
+        """One acknowledged transition, confirmed by replicas in time or not
+        (``lifecycle.store``)."""
+        self.instruments.replica_acks.labels(
+            ACK_OUTCOMES[0] if confirmed else ACK_OUTCOMES[1]).inc()
 
     def scrape(self) -> tuple[bytes, str]:
         """The exposition of every process of this pod (multiprocess mode), or of this app.
@@ -445,6 +493,7 @@ def _instruments(enabled: bool) -> tuple[CollectorRegistry, Instruments]:
         scheduler_leading=gauge(SCHEDULER_LEADING),
         webhook_deliveries=counter(WEBHOOK_DELIVERIES),
         webhook_latency=histogram(WEBHOOK_LATENCY, WEBHOOK_BUCKETS),
+        replica_acks=counter(REPLICA_ACKS),
     )
 
 

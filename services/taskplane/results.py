@@ -31,12 +31,13 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from celery import states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
 from . import broker, lifecycle
 from .lifecycle import ResultWrite, TaskRecord
+from .redis_conn import MasterConnection, MasterSSLConnection, is_sentinel
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -192,6 +193,22 @@ def _ends_run(task_id: str, state: str, request: Any) -> bool:
     return True
 
 
+class SentinelResultBackend(ResultBackend, SentinelBackend):
+    """The same lifecycle writes, on the master Celery's ``SentinelBackend`` finds through
+    the sentinels (a ``sentinel://`` ``REDIS_URL``): its pool's
+    connections rediscover the master after a failover (also on ``NOREPLICAS``:
+    ``redis_conn.MasterConnection``)."""
+
+    connection_class_ssl = MasterSSLConnection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connparams.setdefault(  # type: ignore[attr-defined]  # RedisBackend's, untyped
+            "connection_class", MasterConnection)
+
+
 def backend_url(redis_url: str) -> str:
-    """``result_backend`` naming this class for ``redis_url`` (Celery's ``class+url`` form)."""
-    return f"{__name__}:{ResultBackend.__name__}+{redis_url}"
+    """``result_backend`` naming this module's backend for ``redis_url`` (Celery's
+    ``class+url`` form): the Sentinel one for a ``sentinel://`` URL."""
+    cls = SentinelResultBackend if is_sentinel(redis_url) else ResultBackend
+    return f"{__name__}:{cls.__name__}+{redis_url}"

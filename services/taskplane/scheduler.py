@@ -35,7 +35,7 @@ from types import FrameType
 
 import redis
 
-from . import httpserver, lifecycle, metrics, schedules
+from . import httpserver, lifecycle, metrics, redis_conn, schedules
 from .celery_app import (
     Accepted,
     IdempotencyConflict,
@@ -289,6 +289,8 @@ def run(settings: Settings) -> None:
     # One process: its own registry, not multiprocess files (the pod's environment may
     # name a directory for them), so a gauge a standby clears is gone from the scrape.
     os.environ.pop(metrics.MULTIPROC_ENV, None)
+    redis_conn.await_master(settings, "scheduler")
+    redis_conn.warn_if_too_few_replicas(settings, "scheduler")
     app = create_celery(settings, patient=False)
     scheduler = Scheduler(app)
     if settings.scheduler_metrics_port:

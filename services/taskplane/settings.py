@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from .redis_conn import SentinelUrlError, describe, is_sentinel, parse_sentinel_url
+
 #: Queue names become Redis keys and label values: keep them short and plain.
 QUEUE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -58,6 +60,42 @@ class Settings:
         "REDIS_TLS_CA_FILE", "",
         "CA bundle (PEM) that signed the Redis server's certificate, for `rediss://` URLs; "
         "empty means the system's CAs. The certificate and host name are always checked.",
+    )
+    redis_sentinel_master: str = _setting(
+        "REDIS_SENTINEL_MASTER", "",
+        "Name of the Sentinel master set, required when `REDIS_URL` is a Sentinel URL "
+        "(`sentinel://[:password@]host:26379;sentinel://host2:26379/0`: every client then "
+        "finds the master through the sentinels and follows a failover).",
+    )
+    redis_sentinel_password: str = _setting(
+        "REDIS_SENTINEL_PASSWORD", "",
+        "The sentinels' own password (`requirepass` of the sentinels), which may differ from "
+        "the data password in the URL or `REDIS_PASSWORD`.",
+    )
+    redis_sentinel_tls: bool = _setting(
+        "REDIS_SENTINEL_TLS", False,
+        "Speak TLS to the sentinels (checked against `REDIS_TLS_CA_FILE`).",
+    )
+    redis_min_replicas_ack: str = _setting(
+        "REDIS_MIN_REPLICAS_ACK", "auto",
+        "Replicas that must confirm (`WAIT`) a transition that accepts work (submit, "
+        "dead-letter retry, a schedule's fire) or ends a run before it is answered; unconfirmed "
+        "in `REDIS_ACK_TIMEOUT`: `503 outcome_unknown`. `auto`: 1 behind Sentinel, 0 for a "
+        "single node. Above the replicas there are, every accept is `outcome_unknown`.",
+    )
+    redis_ack_timeout: float = _setting(
+        "REDIS_ACK_TIMEOUT", 1.0,
+        "Seconds `WAIT` waits for `REDIS_MIN_REPLICAS_ACK` replicas; below `REDIS_TIMEOUT`.",
+    )
+    redis_startup_timeout: float = _setting(
+        "REDIS_STARTUP_TIMEOUT", 60.0,
+        "Seconds a worker or scheduler waits at start for the master behind Sentinel; then it "
+        "exits non-zero with the reason (wrong master name, sentinel password, no sentinel).",
+    )
+    redis_master_tls: bool = _setting(
+        "REDIS_MASTER_TLS", False,
+        "Speak TLS to the master found through Sentinel, set apart from `REDIS_SENTINEL_TLS` "
+        "(a single node says it with `rediss://`).",
     )
     api_tokens: str = _setting(
         "API_TOKENS", "",
@@ -326,11 +364,13 @@ class Settings:
     def __post_init__(self) -> None:
         # REDIS_PASSWORD goes into each URL that has none, escaped: one place, so the
         # broker, the result backend and every Redis client see the same credentials.
-        if self.redis_password:
-            for name in ("redis_url", "result_backend_url"):
-                url = getattr(self, name)
-                if url:
-                    object.__setattr__(self, name, with_password(url, self.redis_password))
+        for name in ("redis_url", "result_backend_url"):
+            url = getattr(self, name)
+            if url and self.redis_password:
+                url = with_password(url, self.redis_password)
+            if is_sentinel(url):
+                url = _normal_sentinel_url(_env(name), url)
+            object.__setattr__(self, name, url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -391,6 +431,14 @@ class Settings:
                           ("RESULT_BACKEND_URL", self.result_backend_url)):
             if url:
                 _check_redis_url(name, url, self.redis_allow_no_password)
+        ack = self.redis_min_replicas_ack.strip().lower()
+        if ack != "auto" and not (ack.isdigit() and int(ack) <= 16):
+            raise SettingsError("REDIS_MIN_REPLICAS_ACK must be auto or a number of replicas "
+                                "(0-16)")
+        if not 0 < self.redis_ack_timeout or (
+                self.replicas_ack and self.redis_ack_timeout >= self.redis_timeout):
+            raise SettingsError("REDIS_ACK_TIMEOUT must be above 0 and below REDIS_TIMEOUT, or "
+                                "the socket times out before WAIT answers")
         if self.result_backend_url and self.result_backend_url != self.redis_url:
             raise SettingsError(
                 "RESULT_BACKEND_URL names another Redis than REDIS_URL; results must live in "
@@ -398,7 +446,21 @@ class Settings:
                 "record and result in one atomic step. Leave RESULT_BACKEND_URL empty (see "
                 "\"One result store\" in README.md)")
 
+        if is_sentinel(self.redis_url) and not self.redis_sentinel_master:
+            raise SettingsError(
+                "REDIS_URL is a Sentinel URL: set REDIS_SENTINEL_MASTER to the name of the "
+                "master set the sentinels watch")
+
     # --- derived values ---------------------------------------------------------------
+
+    @property
+    def replicas_ack(self) -> int:
+        """``REDIS_MIN_REPLICAS_ACK`` as a number: ``auto`` is 1 behind Sentinel (a failover
+        must not erase what was answered), 0 for a single node (no replica to wait for)."""
+        value = self.redis_min_replicas_ack.strip().lower()
+        if value == "auto":
+            return 1 if is_sentinel(self.redis_url) else 0
+        return int(value)
 
     def tokens(self) -> dict[str, str]:
         """Map each tenant bearer token to its tenant, reading the token file if one is named."""
@@ -420,7 +482,11 @@ class Settings:
         out["api_tokens"] = "<set>" if self.api_tokens else ""
         out["redis_password"] = "<set>" if self.redis_password else ""
         out["api_admin_tokens"] = "<set>" if self.api_admin_tokens else ""
+        out["redis_sentinel_password"] = "<set>" if self.redis_sentinel_password else ""
         for key in ("redis_url", "result_backend_url"):
+            if is_sentinel(out[key]):
+                out[key] = describe(out[key])
+                continue
             parts = urlsplit(out[key])
             if parts.password:
                 out[key] = out[key].replace(parts.password, "***", 1)
@@ -478,10 +544,26 @@ def _parse(f: dataclasses.Field[Any], name: str, raw: str) -> Any:
     return raw.strip()
 
 
+def _normal_sentinel_url(name: str, url: str) -> str:
+    try:
+        return parse_sentinel_url(url).url()
+    except SentinelUrlError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
 def _check_redis_url(name: str, url: str, allow_no_password: bool) -> None:
+    if is_sentinel(url):
+        target = parse_sentinel_url(url)
+        remote = [h for h, _ in target.sentinels if not is_loopback(h)]
+        if remote and not target.password and not allow_no_password:
+            raise SettingsError(
+                f"{name} names sentinels at {remote[0]}, which is not loopback, and gives the "
+                "master no password; set REDIS_PASSWORD (or sentinel://:PASSWORD@host...) or "
+                "REDIS_ALLOW_NO_PASSWORD=true")
+        return
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(f"{name} must be a redis://, rediss:// or unix:// URL")
+        raise SettingsError(f"{name} must be a redis://, rediss://, unix:// or sentinel:// URL")
     if parts.scheme == "unix":
         return
     if not parts.hostname:
@@ -493,7 +575,16 @@ def _check_redis_url(name: str, url: str, allow_no_password: bool) -> None:
 
 
 def with_password(url: str, password: str) -> str:
-    """``url`` with ``password`` (percent-escaped) as its password, unless it has one."""
+    """``url`` with ``password`` (percent-escaped) as its password, unless it has one
+    (for a Sentinel URL: the master's password, on every sentinel entry)."""
+    if is_sentinel(url):
+        try:
+            target = parse_sentinel_url(url)
+        except SentinelUrlError:
+            return url  # validate() names the problem
+        if target.password:
+            return url
+        return dataclasses.replace(target, password=password).url()
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or parts.password:
         return url

@@ -26,7 +26,7 @@ from celery.exceptions import Retry
 from celery.worker import state as worker_state
 from celery.worker.request import Request as CeleryRequest
 
-from . import broker, lifecycle, metrics
+from . import broker, lifecycle, metrics, redis_conn
 from .celery_app import create_celery
 from .flowerconfig import REDACTED
 from .lifecycle import Lifecycle, PoisonedTask
@@ -424,6 +424,8 @@ def run(settings: Settings, extra: Sequence[str] = ()) -> None:
     SIGTERM is Celery's warm shutdown (:data:`SHUTDOWN_MODEL`) unless the environment
     remaps it (``REMAP_SIGTERM=SIGQUIT``: soft), as the chart does for a ``soft`` pool."""
     metrics.prepare_multiprocess_dir("worker")  # this process owns it; before the probes serve
+    redis_conn.await_master(settings, "worker")  # behind Sentinel: a master, or exit saying why
+    redis_conn.warn_if_too_few_replicas(settings, "worker")
     app = create_worker_app(settings)
     serve_probes(app)  # a taken port stops the worker here, before it takes any task
     # The ``celery`` command itself, handed this app (its ``--app`` takes an app object

@@ -18,7 +18,6 @@ stuck) and ``/readyz`` 503 until it consumes; a worker whose port is taken stops
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
 
-from . import broker, httpserver
+from . import broker, httpserver, redis_conn
 from .broker import RedisBroker
 from .metrics import Metrics
 from .settings import Settings
@@ -220,15 +219,13 @@ def probes_for(app: TaskplaneCelery) -> WorkerProbes:
     app, so two worker apps in a process never share a port or a lease."""
     with _PROBES_LOCK:
         if app.worker_probes is None:
-            from .celery_app import redis_client
-
             runtime = app.runtime
             settings = runtime.settings
             # Probes and renewals must fail fast, not wait out an outage like task writes do.
-            quick = dataclasses.replace(settings, redis_timeout=min(settings.redis_timeout,
-                                                                    PROBE_PING_TIMEOUT))
-            probes = WorkerProbes(RedisBroker(redis_client(settings.redis_url, settings)),
-                                  settings, RedisBroker(redis_client(settings.redis_url, quick)),
+            quick = min(settings.redis_timeout, PROBE_PING_TIMEOUT)
+            probes = WorkerProbes(RedisBroker(redis_conn.client(settings.redis_url, settings)),
+                                  settings, RedisBroker(redis_conn.client(
+                                      settings.redis_url, settings, timeout=quick)),
                                   runtime.metrics)
             probes.serve()
             app.worker_probes = probes

@@ -271,15 +271,51 @@ def test_redis_is_persistent_and_never_evicts(renders: dict[str, Render], case: 
         assert "secretKeyRef" in redis_url["valueFrom"], "external Redis URL must come from a Secret"
         return
     (redis,) = statefulsets
-    config = render.get("ConfigMap", "taskplane-redis")["data"]["redis.conf"]
+    data = render.get("ConfigMap", "taskplane-redis")["data"]
+    config = data["redis.conf"]
     for line in ("appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction"):
         assert line in config.splitlines(), line
     service = render.get("Service", redis["spec"]["serviceName"])
     assert service["spec"]["clusterIP"] == "None", "Redis Service must be headless"
-    (container,) = redis["spec"]["template"]["spec"]["containers"]
-    assert "--requirepass" in " ".join(container["command"])
+    if case == "sentinel":
+        assert_sentinel_mode(render, redis, data)
+    else:
+        (container,) = redis["spec"]["template"]["spec"]["containers"]
+        assert "--requirepass" in " ".join(container["command"])
     values_persistent = case != "monitoring-off"
     assert bool(redis["spec"].get("volumeClaimTemplates")) == values_persistent
+
+
+def assert_sentinel_mode(render: Render, redis: dict[str, Any], data: dict[str, str]) -> None:
+    """redis.sentinel.enabled: three pods, each Redis plus Sentinel from the same image; a
+    master cut off from its replicas refuses writes; the master hands over on preStop; one
+    pod per node; two pods kept through a drain; every app container told the sentinels."""
+    assert redis["spec"]["replicas"] == 3
+    spec = redis["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    assert sorted(containers) == ["redis", "sentinel"]
+    assert containers["redis"]["image"] == containers["sentinel"]["image"]
+    assert "--requirepass" in data["start-redis.sh"]
+    assert "--sentinel" in data["start-sentinel.sh"]
+    assert "min-replicas-to-write 1" in data["redis.conf"].splitlines()
+    assert any(line.startswith("min-replicas-max-lag ") for line in data["redis.conf"].splitlines())
+    assert "sentinel failover" in data["handover.sh"] and "client pause" in data["handover.sh"]
+    assert containers["redis"]["lifecycle"]["preStop"]["exec"]["command"][-1].endswith(
+        "handover.sh")
+    conf_mount = {m["mountPath"]: m["name"] for m in containers["sentinel"]["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[conf_mount["/sentinel"]], "Sentinel rewrites its config"
+    terms = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms[0]["topologyKey"] == "kubernetes.io/hostname"
+    (pdb,) = [p for p in render.of_kind("PodDisruptionBudget")
+              if p["metadata"]["name"] == "taskplane-redis"]
+    assert pdb["spec"]["minAvailable"] == 2
+    api = render.get("Deployment", "taskplane-api")
+    env = env_of(api["spec"]["template"]["spec"]["containers"][0])
+    assert env["REDIS_URL"]["value"].count("sentinel://") == 3
+    assert env["REDIS_SENTINEL_MASTER"]["value"]
+    assert env["REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == (
+        "redis-sentinel-password")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -312,7 +348,14 @@ def test_network_policies_cover_every_pod_and_guard_redis(renders: dict[str, Ren
     ]
     if render.of_kind("StatefulSet"):
         (policy,) = redis_policies
-        (rule,) = policy["spec"]["ingress"]
+        rule, *peers = policy["spec"]["ingress"]
+        if case == "sentinel":  # 26379 too; the Redis pods (and the helm test) among themselves
+            assert [p["port"] for p in rule["ports"]] == ["redis", "sentinel"]
+            (among,) = peers
+            assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                    for p in among["from"]] == ["redis", "test"]
+        else:
+            assert not peers
         (peer,) = rule["from"]
         allowed = peer["podSelector"]["matchExpressions"][0]
         assert allowed["key"] == "app.kubernetes.io/component"
@@ -337,8 +380,11 @@ def test_selectors_match_their_pods(renders: dict[str, Render], case: str) -> No
         selector = pdb["spec"]["selector"]["matchLabels"]
         assert any(
             all(pod_template_labels(w).get(k) == v for k, v in selector.items())
-            for w in render.of_kind("Deployment")
+            for w in render.of_kind("Deployment", "StatefulSet")
         ), f"{name(pdb)} selects no pods"
+        if selector.get("app.kubernetes.io/component") == "redis":  # never scaled to zero
+            assert pdb["spec"].get("minAvailable") == 2, f"{name(pdb)}: keep master and a replica"
+            continue
         assert "maxUnavailable" in pdb["spec"], f"{name(pdb)}: minAvailable would block drains at zero"
 
 

@@ -12,6 +12,8 @@ import time
 
 import redis
 
+from taskplane import redis_conn
+from taskplane.settings import Settings
 from taskplane.tasks import progress, task
 
 
@@ -20,7 +22,11 @@ class Transient(Exception):
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["REDIS_URL"])
+    url = os.environ["REDIS_URL"]
+    if redis_conn.is_sentinel(url):  # the master the sentinels name now (tests/ha)
+        settings = Settings.from_env()
+        return redis_conn.client(settings.redis_url, settings, patient=True)
+    return redis.Redis.from_url(url)
 
 
 def count(key: str) -> int:

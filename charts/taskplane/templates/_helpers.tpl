@@ -187,7 +187,22 @@ into the URL (Kubernetes' $(VAR) expansion does not escape it): the code adds it
 escaped, to a URL that has none. REDIS_TLS_CA_FILE when a CA Secret is given.
 */}}
 {{- define "taskplane.redisEnv" -}}
-{{- if .Values.redis.enabled }}
+{{- if and .Values.redis.enabled .Values.redis.sentinel.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskplane.redisSecretName" . }}
+      key: {{ include "taskplane.redisPasswordKey" . }}
+- name: REDIS_URL
+  value: {{ include "taskplane.sentinelUrl" . | quote }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ .Values.redis.sentinel.masterSet | quote }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "taskplane.redisSecretName" . }}
+      key: {{ include "taskplane.sentinelPasswordKey" . }}
+{{- else if .Values.redis.enabled }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -511,4 +526,21 @@ fails too.
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n  - %s" (join "\n  - " $messages) | fail -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Key of the sentinels' own password in the Redis Secret. */}}
+{{- define "taskplane.sentinelPasswordKey" -}}
+{{- if .Values.redis.auth.existingSecret -}}{{ .Values.redis.sentinel.existingSecretPasswordKey }}{{- else -}}redis-sentinel-password{{- end -}}
+{{- end -}}
+
+{{/* The three sentinels, in kombu's Sentinel URL form (REDIS_URL); each pod by its stable
+name under the headless Service. */}}
+{{- define "taskplane.sentinelUrl" -}}
+{{- $name := include "taskplane.redisName" . -}}
+{{- $ns := include "taskplane.namespace" . -}}
+{{- $hosts := list -}}
+{{- range $i := until 3 -}}
+{{- $hosts = append $hosts (printf "sentinel://%s-%d.%s.%s.svc:26379/0" $name $i $name $ns) -}}
+{{- end -}}
+{{- join ";" $hosts -}}
 {{- end -}}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from flask import Flask, Request, Response
 from flask.sessions import NullSession, SessionInterface
 
+from .. import redis_conn
 from ..celery_app import create_celery
 from ..settings import Settings
 from . import (
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     tokens = settings.tokens()
     celery = create_celery(settings, set_as_current=False)
+    redis_conn.warn_if_too_few_replicas(settings, "api")
     app = TaskplaneFlask("taskplane")
     app.session_interface = NoSessions()
     # No redirects: a merged-slash redirect would name whatever Host the client sent.

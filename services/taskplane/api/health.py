@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from .. import redis_conn
 from .context import api_context
 from .errors import error_response
 from .openapi import openapi_document
@@ -21,13 +22,18 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Redis answers, so a request routed here can be accepted."""
+    """Redis answers, so a request routed here can be accepted. Behind Sentinel, a failed
+    ping also says why (``redis_conn.diagnose``): a wrong master set name, a refused
+    sentinel password or silent sentinels each have their own ``sentinel`` code."""
     ctx = api_context()
     try:
         ctx.runtime.lifecycle.ping()
     except Exception as exc:
-        return error_response(503, "broker_unavailable", "Redis is unreachable",
-                              {"reason": type(exc).__name__},
+        details: dict[str, str] = {"reason": type(exc).__name__}
+        if redis_conn.is_sentinel(ctx.settings.redis_url):
+            problem = redis_conn.diagnose(ctx.settings.redis_url, ctx.settings)
+            details["sentinel"] = problem.code if problem else "ok"
+        return error_response(503, "broker_unavailable", "Redis is unreachable", details,
                               {"Retry-After": str(ctx.settings.retry_after)})
     return jsonify({"status": "ready"})
 

@@ -29,8 +29,13 @@ class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, D
 
     def __init__(self, client: redis.Redis, *, record_ttl: int, result_ttl: int,
                  idempotency_ttl: int, dead_letter_ttl: int,
-                 result_key: Callable[[str], str], max_countdown: int = 0) -> None:
-        self._store = Store(client)
+                 result_key: Callable[[str], str],
+                 max_countdown: int = 0, acks: int = 0, ack_timeout: float = 1.0,
+                 strict_acks: bool = True,
+                 on_ack: Callable[[bool], None] | None = None) -> None:
+        # acks: REDIS_MIN_REPLICAS_ACK; accepting transitions wait for replicas (store.py)
+        self._store = Store(client, acks=acks, ack_timeout=ack_timeout, strict=strict_acks,
+                            on_ack=on_ack)
         #: How long a listing index keeps an entry: no record outlives it (submission,
         #: the longest countdown, then the result's lifetime once it ends).
         self.keep = record_ttl + max_countdown + result_ttl

@@ -14,14 +14,34 @@ holds the client: it asks the lifecycle by name (``ping``, ``subscribe``…).
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 import redis
 from redis.client import PubSub
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
+from ..redis_conn import WriteRefused
 from .errors import OutcomeUnknown, never_sent
+
+log = logging.getLogger("taskplane.lifecycle")
+
+#: Transitions answered only once ``REDIS_MIN_REPLICAS_ACK`` replicas have the write: the
+#: ones that accept work (a submission, a dead letter's retry, a schedule's fire moving its
+#: tick) and the ends of a run, whose loss in a failover would run the task again.
+ACKNOWLEDGED = frozenset({"submit", "retry_dead", "schedule_advance", "finish", "fail"})
+
+
+class NotReplicated(Exception):
+    """``WAIT``: fewer replicas than asked confirmed the write within the timeout. The
+    write is on the master, but a failover now could erase it: its outcome is unknown."""
+
+    def __init__(self, wanted: int, confirmed: int, timeout_ms: int) -> None:
+        super().__init__(f"{confirmed} of {wanted} replica(s) confirmed within {timeout_ms} ms")
+        self.wanted, self.confirmed = wanted, confirmed
 
 #: The files of Lua every script starts with, in order (``workflow_lib`` uses ``lib``).
 LIBS = ("lib", "workflow_lib")
@@ -37,24 +57,95 @@ def source(name: str) -> str:
 
 
 class Store:
-    """One Redis client and the scripts registered on it."""
+    """One Redis client and the scripts registered on it.
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``acks`` (``REDIS_MIN_REPLICAS_ACK``): the transitions in :data:`ACKNOWLEDGED` send
+    ``WAIT acks timeout`` right after their script, on the same connection, and answer only
+    once that many replicas have the write. ``WAIT`` inside Lua does not block, so it cannot
+    be part of the script. ``strict``: a shortfall raises :class:`OutcomeUnknown` (the API:
+    ``503 outcome_unknown``, never a 202 a failover can erase); otherwise (a worker ending a
+    run it has finished) it is logged and counted, and the run goes on to its ack.
+    ``on_ack(confirmed)`` is told every outcome (metrics).
+    """
+
+    def __init__(self, client: redis.Redis, *, acks: int = 0, ack_timeout: float = 1.0,
+                 strict: bool = True, on_ack: Callable[[bool], None] | None = None) -> None:
         self.redis = client
         self._scripts: dict[str, Script] = {}
+        self.acks = acks
+        self.ack_timeout_ms = max(1, int(ack_timeout * 1000))
+        self.strict = strict
+        self.on_ack = on_ack
 
     def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run the script ``name`` (``scripts/{name}.lua``): its reply, or
-        :class:`OutcomeUnknown` when the call may have reached Redis but no reply came."""
+        :class:`OutcomeUnknown` when the call may have reached Redis but no reply came (or,
+        for an acknowledged transition, no replica confirmed it in time).
+
+        A write refused by a demoted or replica-less master (``WriteRefused``: nothing was
+        applied) is tried once more: its connection was dropped, so the second attempt goes
+        to the master the sentinels name now. Refused again, it propagates as the connection
+        error it is: nothing was accepted."""
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = self.redis.register_script(source(name))
+        acknowledged = self.acks > 0 and name in ACKNOWLEDGED
+        for attempt in (1, 2):
+            try:
+                if acknowledged:
+                    return self._run_acknowledged(script, keys, args)
+                return script(keys=keys, args=args)
+            except WriteRefused:
+                if attempt == 2:
+                    raise
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if never_sent(exc):
+                    raise
+                raise OutcomeUnknown(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_acknowledged(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """``EVALSHA`` then ``WAIT`` in one round trip on one connection (the offset
+        ``WAIT`` waits for is its connection's last write)."""
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
         try:
-            return script(keys=keys, args=args)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if never_sent(exc):
+            reply, confirmed = conn.retry.call_with_retry(
+                lambda: self._evalsha_wait(conn, script, keys, args),
+                lambda error: conn.disconnect())
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        ok = confirmed >= self.acks
+        if self.on_ack is not None:
+            self.on_ack(ok)
+        if not ok:
+            shortfall = NotReplicated(self.acks, confirmed, self.ack_timeout_ms)
+            if self.strict:
+                raise OutcomeUnknown(shortfall)
+            log.warning("write not confirmed by replicas: %s", shortfall)
+        return reply
+
+    def _evalsha_wait(self, conn: Any, script: Script, keys: list[str],
+                      args: list[Any]) -> tuple[Any, int]:
+        wait = ("WAIT", self.acks, self.ack_timeout_ms)
+        for attempt in (1, 2):
+            conn.send_packed_command(conn.pack_commands(
+                [("EVALSHA", script.sha, len(keys), *keys, *args), wait]))
+            try:
+                reply = conn.read_response()
+            except redis.ResponseError as exc:
+                conn.read_response()  # WAIT's reply: the connection stays in step
+                if isinstance(exc, NoScriptError) and attempt == 1:
+                    # a promoted replica's empty script cache: load it, send both again
+                    conn.send_command("SCRIPT", "LOAD", script.script)
+                    conn.read_response()
+                    continue
                 raise
-            raise OutcomeUnknown(exc) from exc
+            return reply, int(conn.read_response())
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
