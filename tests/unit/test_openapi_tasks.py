@@ -292,3 +292,16 @@ def test_unusual_signatures_are_described_as_bound(task: str, args: list[Any],
     body = {"task": task, "args": args, "kwargs": kwargs}
     accepted = not specs[task].argument_errors(args, kwargs)
     assert validator.is_valid(body) is accepted, (body, accepted)
+
+
+def test_a_workflow_body_with_its_own_webhook_is_valid_by_the_description() -> None:
+    """The server takes ``notify`` on a chain or a group (``workflows._TOP_KEYS``): so does
+    the description, and a member's spec is the per-task union."""
+    body = "/paths/~1v1~1workflows/post/requestBody/content/application~1json/schema"
+    validator = jsonschema.Draft202012Validator({"$ref": f"urn:doc#{body}"}, registry=_REFS)
+    notify = {"url": "https://hooks.example.com/in", "secret": "whsec_" + "A" * 32}
+    step = {"task": "test.echo", "kwargs": {"value": 1}}
+    assert validator.is_valid({"chain": [step, step], "notify": notify})
+    assert validator.is_valid({"group": [step], "then": step, "notify": notify})
+    assert not validator.is_valid({"chain": [step], "notify": {"url": "x"}})
+    assert not validator.is_valid({"chain": [{"task": "no.such.task"}]})

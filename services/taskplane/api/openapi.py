@@ -363,12 +363,16 @@ def _workflow_stream(op: dict[str, Any]) -> dict[str, Any]:
 def _workflow_paths() -> dict[str, Any]:
     """``/v1/workflows``: a chain, or a group with a callback (``taskplane.workflows``)."""
     spec = _ref("SubmitTask")
+    # the workflow's own webhook: the same shape as a task's (``workflow.completed``...)
+    notify = schemas.submit_schema(0)["properties"]["notify"]
     body = {"oneOf": [
         {"type": "object", "required": ["chain"], "additionalProperties": False,
-         "properties": {"chain": {"type": "array", "minItems": 1, "items": spec}}},
+         "properties": {"chain": {"type": "array", "minItems": 1, "items": spec},
+                        "notify": notify}},
         {"type": "object", "required": ["group"], "additionalProperties": False,
          "properties": {
              "group": {"type": "array", "minItems": 1, "items": spec},
+             "notify": notify,
              "then": {"oneOf": [spec, {"type": "object", "required": ["chain"], "properties": {
                  "chain": {"type": "array", "minItems": 1, "items": spec}}}]},
              "on": {"type": "string", "enum": ["success", "complete"]}}},
