@@ -399,8 +399,11 @@ SHUTDOWN_MODEL = "warm"
 def worker_argv(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
     """The ``celery worker`` command line the settings describe; ``extra`` wins."""
     queues = settings.worker_queues or tuple(runtime_queues(settings))
-    if settings.default_queue in queues and STOCK_DEFAULT_QUEUE not in queues:
-        queues = (*queues, STOCK_DEFAULT_QUEUE)  # where stock clients send by default
+    if settings.default_queue in queues:
+        # the default queue's workers also take where stock clients send by default and
+        # the webhook deliveries, so no deployment forgets either (the chart does likewise)
+        queues = (*queues, *(q for q in (STOCK_DEFAULT_QUEUE, settings.webhook_queue)
+                             if q not in queues))
     return [
         "worker",
         f"--loglevel={settings.log_level}",

@@ -1,5 +1,6 @@
-"""Celery's default queue (``celery``) in custom pools: a pool of the default queue counts
-it whether or not it lists it, a pool may list it itself, and both render."""
+"""Celery's default queue (``celery``) and the webhook deliveries' queue (``webhooks``) in
+custom pools: a pool of the default queue consumes and counts both whether or not it lists
+them, a pool may list them itself, and both render."""
 
 from __future__ import annotations
 
@@ -25,16 +26,16 @@ def pool_queues(render: Render) -> dict[str, list[str]]:
 def test_a_pool_of_the_default_queue_counts_celerys_default_queue(
         renders: dict[str, Render]) -> None:
     queues = pool_queues(renders[CASE])
-    assert queues == {"main": ["default", "celery"], "stock": ["reports", "celery"]}
+    assert queues == {"main": ["default", "celery", "webhooks"], "stock": ["reports", "celery"]}
     selectors = {}
     for hpa in renders[CASE].of_kind("HorizontalPodAutoscaler"):
         target = hpa["spec"]["scaleTargetRef"]["name"].rsplit("worker-", 1)[-1]
         for metric in hpa["spec"]["metrics"]:
             (expression,) = metric["external"]["metric"]["selector"]["matchExpressions"]
             selectors.setdefault(target, expression["values"])
-    assert selectors["main"] == ["default", "celery"], selectors
+    assert selectors["main"] == ["default", "celery", "webhooks"], selectors
     config = next(c for c in renders[CASE].of_kind("ConfigMap") if "QUEUES" in c.get("data", {}))
-    assert config["data"]["QUEUES"] == "celery,default,reports"
+    assert config["data"]["QUEUES"] == "celery,default,reports,webhooks"
 
 
 def test_the_default_pool_is_unchanged(renders: dict[str, Render]) -> None:
@@ -48,3 +49,11 @@ def test_the_charts_stock_queue_is_celerys_default() -> None:
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     (named,) = re.findall(r'define "taskplane.stockQueue" -\}\}(\w+)\{\{', helpers)
     assert named == STOCK_DEFAULT_QUEUE
+
+
+def test_the_charts_webhook_queue_is_the_settings_default() -> None:
+    from taskplane.settings import Settings
+
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    (named,) = re.findall(r'define "taskplane.webhookQueue" -\}\}(\w+)\{\{', helpers)
+    assert named == Settings.from_env({}).webhook_queue

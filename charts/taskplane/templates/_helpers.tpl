@@ -119,9 +119,10 @@ Every worker pool with workers.defaults merged in, plus derived fields:
                (warm: running tasks finish) or softShutdownTimeout (soft: then they are
                handed back)
   remapSigterm REMAP_SIGTERM: "" (SIGTERM is Celery's warm shutdown) or SIGQUIT (soft)
-  queues       the pool's queues, plus Celery's default queue (taskplane.stockQueue) when
-               they hold config.defaultQueue without it: the pool's workers consume it
-               then (taskplane.worker.worker_argv), so its autoscaler counts it too
+  queues       the pool's queues, plus Celery's default queue (taskplane.stockQueue) and
+               the webhook deliveries' queue (taskplane.webhookQueue) when they hold
+               config.defaultQueue without them: the pool's workers consume them then
+               (taskplane.worker.worker_argv), so its autoscaler counts them too
 Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 */}}
 {{- define "taskplane.pools" -}}
@@ -132,9 +133,12 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{- $shutdownTime := ternary (int $merged.softShutdownTimeout) (int $merged.maxTaskTimeLimit) (eq $merged.shutdown "soft") -}}
 {{- $_ := set $merged "gracePeriod" (add $shutdownTime (int $merged.extraGracePeriodSeconds)) -}}
 {{- $_ := set $merged "remapSigterm" (ternary "SIGQUIT" "" (eq $merged.shutdown "soft")) -}}
-{{- $stock := include "taskplane.stockQueue" $ -}}
-{{- if and (has $.Values.config.defaultQueue $merged.queues) (not (has $stock $merged.queues)) -}}
-{{- $_ := set $merged "queues" (append $merged.queues $stock) -}}
+{{- if has $.Values.config.defaultQueue $merged.queues -}}
+{{- range $implied := list (include "taskplane.stockQueue" $) (include "taskplane.webhookQueue" $) -}}
+{{- if not (has $implied $merged.queues) -}}
+{{- $_ := set $merged "queues" (append $merged.queues $implied) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- $pools = append $pools $merged -}}
 {{- end -}}
@@ -153,6 +157,9 @@ Returns YAML {pools: [...]}: use (include "taskplane.pools" . | fromYaml).pools.
 {{/* Celery's default queue, where a stock client sends when it names none
 (taskplane.runtime.STOCK_DEFAULT_QUEUE; tests/chart ties the two). */}}
 {{- define "taskplane.stockQueue" -}}celery{{- end -}}
+
+{{/* The webhook deliveries' queue (WEBHOOK_QUEUE's default; tests/chart ties the two). */}}
+{{- define "taskplane.webhookQueue" -}}webhooks{{- end -}}
 
 {{/* Secrets and Redis addresses. */}}
 {{- define "taskplane.tokensSecretName" -}}
