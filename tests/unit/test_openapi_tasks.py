@@ -305,3 +305,12 @@ def test_a_workflow_body_with_its_own_webhook_is_valid_by_the_description() -> N
     assert validator.is_valid({"group": [step], "then": step, "notify": notify})
     assert not validator.is_valid({"chain": [step], "notify": {"url": "x"}})
     assert not validator.is_valid({"chain": [{"task": "no.such.task"}]})
+
+
+def test_an_array_argument_without_items_is_described_with_any_items() -> None:
+    """``{"type": "array"}`` means any items; generators need it said (``"items": {}``),
+    or openapi-python-client drops the task's whole model."""
+    kwargs = DOC["components"]["schemas"]["SubmitTask.test.collect.kwargs"]
+    assert kwargs["properties"]["results"] == {"type": "array", "items": {}}
+    args = DOC["components"]["schemas"]["SubmitTask.test.collect.args"]
+    assert args["prefixItems"][0] == {"type": "array", "items": {}}

@@ -68,8 +68,33 @@ def _keyword_schemas(spec: TaskSpec) -> dict[str, Any]:
 
 
 def _as_object(schema: Any) -> Any:
-    """``true`` as ``{}`` and ``false`` as :data:`NOTHING`, for generators."""
-    return {} if schema is True else NOTHING if schema is False else schema
+    """``true`` as ``{}`` and ``false`` as :data:`NOTHING`, for generators; an array
+    without ``items`` (any item, in JSON Schema) gets ``"items": {}``, which says the same
+    and which client generators need (openapi-python-client drops the whole task's model
+    otherwise)."""
+    if schema is True:
+        return {}
+    if schema is False:
+        return NOTHING
+    return _explicit_items(schema)
+
+
+#: Keywords whose value is data, not a schema: left as written.
+_VALUES = frozenset({"const", "enum", "default", "examples"})
+
+
+def _explicit_items(schema: Any) -> Any:
+    """A copy of ``schema`` where every array schema names its items."""
+    if isinstance(schema, list):
+        return [_explicit_items(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in _VALUES else _explicit_items(v) for k, v in schema.items()}
+    kinds = out.get("type")
+    if (kinds == "array" or (isinstance(kinds, list) and "array" in kinds)) \
+            and "items" not in out:
+        out["items"] = {}
+    return out
 
 
 def _need(names: list[str]) -> dict[str, Any]:
