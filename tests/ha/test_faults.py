@@ -110,7 +110,7 @@ def run_fault(fault: Callable[..., None], acks: str = "auto", settle: float = 60
         load = Load(stack.api.base).start()
         try:
             wait_for(lambda: load.accepted_count() >= BEFORE, 60, "submissions before the fault")
-            at = time.monotonic()
+            at, wall = time.monotonic(), time.time()
             extra = fault(load, stack.servers) if with_load else fault(stack.servers)
             fault_took = time.monotonic() - at
             base = load.accepted_count()
@@ -119,6 +119,7 @@ def run_fault(fault: Callable[..., None], acks: str = "auto", settle: float = 60
         finally:
             load.stop()
         report = stack.settle(load, settle)
+        report.update(stack.settle_ticks(wall, 20))
         extra = dict(extra or {})
         lost_at = extra.pop("lost_at", at)  # the window counts from the node's loss
         report.update(window_seconds=round(load.unavailable_window(lost_at), 2),
@@ -143,6 +144,11 @@ def assert_promises_kept(report: dict[str, Any]) -> None:
     assert stuck == {}, report
     assert report["exited"] == [], report
     assert report["window_seconds"] <= WINDOW_TARGET, report
+    # the schedule beside the load: every tick fired once, none missing, each run once
+    assert report["ticks_after_fault"] >= 2, report
+    assert report["ticks_with_two_tasks"] == [], report
+    assert report["ticks_missing"] == [], report
+    assert report["tick_runs"] == report["tick_tasks"], report
     assert report["longest_without_202_seconds"] <= WINDOW_TARGET, report
 
 
