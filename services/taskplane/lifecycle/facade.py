@@ -12,17 +12,19 @@ from redis.client import PubSub
 from .deliveries import Deliveries
 from .listing import Listing
 from .ratelimit import RateLimit
+from .reconcile import Reconcile
 from .schedule_state import ScheduleState
 from .store import Store
 from .transitions import Transitions
 from .workflow_state import WorkflowState
 
 
-class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, Deliveries):
+class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, Deliveries,
+                Reconcile):
     """The transitions of every task, against one Redis. Cheap to create; holds one pool.
 
     Each part lives in its own module (``transitions``, ``listing``, ``ratelimit``,
-    ``schedule_state``, ``workflow_state``); their scripts all run through one :class:`Store`.
+    ``schedule_state``, ``workflow_state``, ``reconcile``); their scripts all run through one :class:`Store`.
     ``result_key(id)`` names Celery's result key: results live in this Redis, beside the
     records, and every transition writes the result in the same step as the record.
     """
