@@ -176,7 +176,9 @@ class HaStack:
         self.servers = SentinelSet(**sentinel_options).start()
         self.ledger_server = RedisServer().start()
         self.ledger = Ledger(self.ledger_server)
+        # RECONCILE_INTERVAL: a message a failover lost is enqueued again within ~2 s
         self.env = {**CHAOS_ENV, "CHAOS_LEDGER_URL": self.ledger_server.url,
+                    "RECONCILE_INTERVAL": "1",
                     **self.servers.env(REDIS_MIN_REPLICAS_ACK=acks)}
         self.api: Api | None = None
         self.workers: list[Process] = []
