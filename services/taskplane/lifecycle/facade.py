@@ -34,10 +34,11 @@ class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, D
                  result_key: Callable[[str], str],
                  max_countdown: int = 0, acks: int = 0, ack_timeout: float = 1.0,
                  strict_acks: bool = True,
-                 on_ack: Callable[[bool], None] | None = None) -> None:
+                 on_ack: Callable[[bool], None] | None = None,
+                 ack_patience: float = 0.0) -> None:
         # acks: REDIS_MIN_REPLICAS_ACK; accepting transitions wait for replicas (store.py)
         self._store = Store(client, acks=acks, ack_timeout=ack_timeout, strict=strict_acks,
-                            on_ack=on_ack)
+                            on_ack=on_ack, patience=ack_patience)
         #: How long a listing index keeps an entry: no record outlives it (submission,
         #: the longest countdown, then the result's lifetime once it ends).
         self.keep = record_ttl + max_countdown + result_ttl
