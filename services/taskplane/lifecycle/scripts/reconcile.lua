@@ -19,6 +19,9 @@
 -- Writes  ``lost_seen`` = now at the first sighting; at a second one ``after`` later, the
 --       message back onto ``target`` (LPUSH, as submit) and ``lost_seen`` removed. A
 --       message found again also removes ``lost_seen``.
+-- Cost  one LPOS of the target list from its tail and one pass over the unacked hash;
+--       only a message not found there (lost, or restored after a worker's death) costs a
+--       scan of every list of its queue.
 -- Returns live (not PENDING, or no message kept) | queued | held | suspect (first
 --       sighting, or too recent) | requeued | moved (the record names another list).
 
@@ -35,15 +38,17 @@ local function found(where)
   return where
 end
 
+-- cheapest first. An old task's message sits near the tail of its list (LPUSH, consumed
+-- from the right): LPOS from the tail finds the bytes submit pushed.
+if redis.call('LPOS', target, seen[2], 'RANK', -1) then return found('queued') end
+for _, raw in ipairs(redis.call('HVALS', unacked)) do
+  if string.find(raw, id, 1, true) then return found('held') end
+end
+-- a restored message is serialised anew (other bytes, maybe another list): look for its id
 for _, list in ipairs(lists) do
-  if redis.call('LPOS', list, seen[2]) then return found('queued') end
-  -- a restored message is serialised anew: look for its id
   for _, raw in ipairs(redis.call('LRANGE', list, 0, -1)) do
     if string.find(raw, id, 1, true) then return found('queued') end
   end
-end
-for _, raw in ipairs(redis.call('HVALS', unacked)) do
-  if string.find(raw, id, 1, true) then return found('held') end
 end
 
 local first = tonumber(seen[4] or '')
