@@ -77,7 +77,7 @@ flower: install  ## Flower on 127.0.0.1:5555 (a free port if taken) for the stac
 	@. scripts/stack-env.sh && \
 	port="$${FLOWER_PORT:-$$($(BIN)/python -c 'from taskplane.localproc import port_or_free; print(port_or_free(5555))')}" && \
 	echo "Flower: http://127.0.0.1:$$port" && \
-	$(BIN)/celery --broker="$$REDIS_URL" flower \
+	$(BIN)/celery --broker="$$REDIS_URL" --config=taskplane.flowerconfig flower \
 	  --address=127.0.0.1 --port="$$port" \
 	  --conf="$$($(BIN)/python -c 'import taskplane.flowerconfig as c; print(c.__file__)')"
 

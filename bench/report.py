@@ -245,7 +245,34 @@ def render(results: dict[str, Any]) -> str:
                   + ".", ""]
     lines += _followers_section(results.get("followers"))
     lines += _redis_cost_section(results.get("rediscost"))
+    lines += _acks_section(results.get("acks"))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _acks_section(acks: dict[str, Any] | None) -> list[str]:
+    """Section 9 (``bench/acks.py``): what acknowledged acceptance costs a submit."""
+    lines = ["## 9. Acknowledged acceptance", ""]
+    failed = _failed("Acknowledged acceptance", acks)
+    if failed:
+        return lines + failed
+    assert acks is not None
+    res = acks["results"]
+    lines += ["`POST /v1/tasks` through two APIs on one Redis master with one local replica: "
+              "`REDIS_MIN_REPLICAS_ACK=1` (each submit answered once the replica confirmed it "
+              "with `WAIT`: the default behind Sentinel) against 0, wrk closed loop, "
+              "alternating rounds; medians over the rounds. On loopback the replica's round "
+              "trip is tiny: a replica in another zone adds its network round trip to every "
+              "submit.", "",
+              "| `REDIS_MIN_REPLICAS_ACK` | Submits/s | p50 | p99 | Accepted (queued) | Errors |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for side in ("ack_1", "ack_0"):
+        r = res[side]
+        lines.append(f"| {r['replicas_ack']} | {_fmt(r['requests_per_s'], '{:,.0f}')} | "
+                     f"{_fmt(r['p50_ms'], '{:.2f}')} ms | {_fmt(r['p99_ms'], '{:.2f}')} ms | "
+                     f"{r['queued']:,} | {r['errors']:,} |")
+    lines += ["", f"Acknowledged / not: **{_fmt(acks['ack_1_vs_0'], '{:.2f}')}x** the "
+                  f"submits/s; p99 {_fmt(acks['p99_added_ms'], '{:+.2f}')} ms.", ""]
+    return lines
 
 
 def _followers_section(fol: dict[str, Any] | None) -> list[str]:

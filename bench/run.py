@@ -31,13 +31,13 @@ if __package__ in (None, ""):  # run as a script: bench/run.py
 
 from tests.support.procs import MissingBinary, find_binary
 
-from . import autoscale, figures, followers, machine, plot, rediscost, report
+from . import acks, autoscale, figures, followers, machine, plot, rediscost, report
 from .stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 BENCHMARKS = ("enqueue", "redis", "execution", "rediscost", "latency", "memory", "autoscaling",
-              "followers")
+              "followers", "acks")
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "enqueue": figures.enqueue,
     "redis": figures.redis_limits,
@@ -47,6 +47,7 @@ STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "memory": figures.memory,
     "autoscaling": autoscale.autoscaling,
     "followers": followers.followers,
+    "acks": acks.replica_acks,
 }
 
 
@@ -117,7 +118,7 @@ def check_tools(selected: list[str]) -> list[str]:
     missing = []
     if not _found("redis-server"):
         missing.append("redis-server (Debian's redis-server)")
-    if {"enqueue", "memory"} & set(selected) and not shutil.which("wrk"):
+    if {"enqueue", "memory", "acks"} & set(selected) and not shutil.which("wrk"):
         missing.append("wrk (bench/install-tools.sh)")
     if {"enqueue", "execution"} & set(selected):
         from .cpu_profile import py_spy_binary

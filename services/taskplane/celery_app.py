@@ -135,8 +135,10 @@ def create_celery(settings: Settings, patient: bool = False,
                                 result_backend(app).get_key_for_task(task_id)),
                             max_countdown=settings.max_countdown,
                             acks=settings.replicas_ack, ack_timeout=settings.redis_ack_timeout,
-                            # a worker ending a run it finished logs a shortfall, and acks
-                            strict_acks=not patient, on_ack=app_metrics.count_replica_ack),
+                            # a worker ending a task repeats the ending until a replica
+                            # has it (or half the visibility timeout), then acks
+                            strict_acks=not patient, on_ack=app_metrics.count_replica_ack,
+                            ack_patience=settings.visibility_timeout / 2 if patient else 0.0),
         broker=broker.RedisBroker(client),
         metrics=app_metrics,
         on_dead_letter=on_dead_letter,

@@ -36,6 +36,7 @@ from types import FrameType
 import redis
 
 from . import httpserver, lifecycle, metrics, redis_conn, schedules
+from .broker import UNACKED_KEY, queue_keys
 from .celery_app import (
     Accepted,
     IdempotencyConflict,
@@ -80,6 +81,8 @@ class Scheduler:
         #: Schedules this replica has labelled series for: one that leaves the scan
         #: (deleted, disabled) has them removed, so no stale next-fire time stays behind.
         self.reported: set[str] = set()
+        #: When the last reconcile pass ran (epoch s; ``reconcile``).
+        self.reconciled = 0.0
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -100,6 +103,7 @@ class Scheduler:
                     self.lead(holds)
                 if holds:
                     self.scan(time.time())
+                    self.reconcile(time.time())
                 self.looped = time.monotonic()
             except (redis.RedisError, OutcomeUnknown) as exc:
                 log.warning("scan failed, retrying: %s", exc)
@@ -110,6 +114,23 @@ class Scheduler:
         except (redis.RedisError, OutcomeUnknown):
             pass  # it lapses by itself
         log.info("scheduler %s stopped", self.holder)
+
+    def reconcile(self, now: float) -> int:
+        """Every ``RECONCILE_INTERVAL``: push back the messages a failover lost
+        (``lifecycle/reconcile.py``); how many were."""
+        every = self.settings.reconcile_interval
+        if not every or now - self.reconciled < every:
+            return 0
+        self.reconciled = now
+        requeued = 0
+        for task_id in self.life.reconcile_candidates(now - every,
+                                                      self.settings.reconcile_batch):
+            verdict = self.life.reconcile(task_id, now, every, UNACKED_KEY, queue_keys)
+            if verdict == "requeued":
+                requeued += 1
+                log.warning("requeued task=%s: its message was lost (seen in no queue and "
+                            "no unacked entry twice, %ss apart)", task_id, every)
+        return requeued
 
     def lead(self, holds: bool) -> None:
         """Only the scanning replica reports per-schedule gauges: a standby drops its old

@@ -354,6 +354,18 @@ class Settings:
         "Oldest tick, seconds back, that `catch_up: all` or `latest` still fires; below "
         "`IDEMPOTENCY_TTL`, so every fired tick's claim outlives it.",
     )
+    reconcile_interval: float = _setting(
+        "RECONCILE_INTERVAL", 10.0,
+        "Seconds between the scanning scheduler replica's passes over unfinished tasks "
+        "older than this, looking for an accepted (PENDING) task whose message a Redis "
+        "failover lost: one seen in no queue list and no unacked entry on two passes "
+        "is enqueued again. 0: no pass (a task lost that way stays PENDING).",
+    )
+    reconcile_batch: int = _setting(
+        "RECONCILE_BATCH", 1000,
+        "Most unfinished tasks one reconcile pass checks (each check reads its queue's "
+        "lists: the pass's cost grows with queue length).",
+    )
     scheduler_max_catch_up: int = _setting(
         "SCHEDULER_MAX_CATCH_UP", 100,
         "Most missed ticks of one schedule that `catch_up: all` fires (the newest ones).",
@@ -415,6 +427,9 @@ class Settings:
             raise SettingsError("MAX_SCHEDULES_PER_TENANT must be 0 (no cap) or more")
         if self.unacked_restore_interval < 1 or self.max_deliveries < 1:
             raise SettingsError("UNACKED_RESTORE_INTERVAL and MAX_DELIVERIES must be at least 1")
+        if self.reconcile_interval < 0 or self.reconcile_batch < 1:
+            raise SettingsError("RECONCILE_INTERVAL must be at least 0 and RECONCILE_BATCH "
+                                "at least 1")
         if self.scheduler_interval <= 0 or self.scheduler_lease_ttl < 0 or \
                 self.scheduler_max_catch_up < 1 or self.scheduler_misfire_grace < \
                 self.scheduler_lease_ttl + 2 * self.scheduler_interval:

@@ -156,6 +156,17 @@ def test_autoscaling(smoke):
     assert auto["autoscaled"]["decisions"]
 
 
+def test_acknowledged_acceptance(smoke):
+    acks = smoke["results"]["acks"]
+    assert acks["replica_link"] == "up"  # the acknowledged side had a replica to confirm
+    for side, wanted in (("ack_1", 1), ("ack_0", 0)):
+        row = acks["results"][side]
+        assert row["replicas_ack"] == wanted and row["errors"] == 0, side
+        assert number(row["requests_per_s"]) and number(row["p99_ms"]), side
+        assert row["queued"] > 0, side  # 202s, not 503 outcome_unknown: nothing queued then
+    assert number(acks["ack_1_vs_0"]) and number(acks["p99_added_ms"])
+
+
 def test_pngs_and_markdown(smoke):
     for name in ("figures.png", "autoscaling.png"):
         assert (smoke["out"] / name).read_bytes()[:8] == PNG, name
@@ -163,7 +174,7 @@ def test_pngs_and_markdown(smoke):
     assert "<!-- BEGIN bench" in text and "<!-- END bench -->" in text
     for heading in ("## 1. Enqueue", "## 2. Execution", "## 3. End-to-end latency", "## 4. Cost of metrics",
                     "## 5. Memory", "## 6. Where the time goes", "## 8. Redis per task",
-                    "### Per request", "### Per task",
+                    "## 9. Acknowledged acceptance", "### Per request", "### Per task",
                     "## Autoscaling"):
         assert heading in text
     assert "| Floor: 2 plain loops" in text and "| Component | Share of CPU | µs per request" in text

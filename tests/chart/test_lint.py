@@ -124,7 +124,8 @@ def test_compose_runs_the_same_stack(yaml_module: Any) -> None:
     repository's Dockerfiles, hardened containers."""
     compose = yaml_module.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"api", "worker", "exporter", "redis"}
+    assert {n for n, s in services.items() if not s.get("profiles")} == {
+        "api", "worker", "exporter", "redis"}
     redis_command = " ".join(services["redis"]["command"])
     for flag in (
         "--appendonly yes",
@@ -136,15 +137,47 @@ def test_compose_runs_the_same_stack(yaml_module: Any) -> None:
     assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
     assert services["api"]["build"]["dockerfile"] == "Dockerfile.api"
     assert services["worker"]["build"]["dockerfile"] == "Dockerfile.worker"
-    for name in ("api", "worker", "exporter", "redis"):
-        service = services[name]
+    for name, service in services.items():
         assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"], name
         assert str(service.get("user", "0")).split(":")[0] not in ("0", "root"), name
 
 
+def test_compose_ha_profile_is_the_charts_sentinel_mode(yaml_module: Any) -> None:
+    """The `ha` profile: a master and two replicas refusing writes without a replica, three
+    sentinels watching the chart's master set with its quorum and timings; the app services
+    take the Sentinel settings from the environment (empty: a single node)."""
+    compose = yaml_module.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    values = yaml_module.safe_load((CHART / "values.yaml").read_text())["redis"]["sentinel"]
+    ha = {n for n, s in services.items() if s.get("profiles") == ["ha"]}
+    nodes = {n for n in ha if n.startswith("redis-ha-")}
+    sentinels = {n for n in ha if n.startswith("redis-sentinel-")}
+    assert len(nodes) == 3 and len(sentinels) == 3 and ha == nodes | sentinels
+    for name in nodes:
+        command = " ".join(services[name]["command"])
+        assert services[name]["hostname"] == name
+        assert f"--min-replicas-to-write {values['minReplicasToWrite']}" in command
+        assert f"--min-replicas-max-lag {values['minReplicasMaxLag']}" in command
+        assert "--replicaof redis-ha-0 6379" in command and "--appendonly yes" in command
+        assert any(v.endswith(":/data") for v in services[name]["volumes"]), name
+    for name in sentinels:
+        command = " ".join(services[name]["command"])
+        assert services[name]["hostname"] == name and "--sentinel" in command
+        assert f"sentinel monitor {values['masterSet']} redis-ha-0 6379 {values['quorum']}" \
+            in command
+        for option, value in (("down-after-milliseconds", values["downAfterMilliseconds"]),
+                              ("failover-timeout", values["failoverTimeout"])):
+            assert f"sentinel {option} {values['masterSet']} {value}" in command
+    env = compose["x-taskplane-env"]
+    assert env["REDIS_SENTINEL_MASTER"] == "${TASKPLANE_REDIS_SENTINEL_MASTER:-}"
+    assert env["REDIS_URL"].startswith("${TASKPLANE_REDIS_URL:-redis://redis:6379/0")
+
+
 #: Variables whose value differs between compose and the chart by design: the Redis
 #: host and password source, and the token list inline instead of a mounted file.
-COMPOSE_OWN = {"REDIS_URL", "REDIS_PASSWORD", "API_TOKENS"}
+#: The Sentinel settings are empty unless the `ha` profile's variables are given.
+COMPOSE_OWN = {"REDIS_URL", "REDIS_PASSWORD", "API_TOKENS", "REDIS_SENTINEL_MASTER",
+               "REDIS_SENTINEL_PASSWORD"}
 
 
 def test_compose_settings_match_the_rendered_chart(helm: str, yaml_module: Any) -> None:

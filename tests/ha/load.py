@@ -23,9 +23,22 @@ import requests
 
 from taskplane.broker import UNACKED_KEY
 from tests.chaos.harness import ACME, CHAOS_ENV, Ledger
+from tests.schedules.conftest import fires
 from tests.support.sentinel import SentinelSet
-from tests.support.services import Api, Process, RedisServer, start_scheduler, start_worker
+from tests.support.services import (
+    Api,
+    Process,
+    RedisServer,
+    start_scheduler,
+    start_worker,
+    wait_for,
+)
 
+#: The schedule every fault test runs beside the load: a tick a second (the shortest
+#: ``every``), each tick's task counted in the ledger under ``TICK_KEY``. ``catch_up: all``
+#: so a tick the outage delays still fires: a tick missing is then the fault's doing.
+TICK_SCHEDULE = "ha-tick"
+TICK_KEY = "tick"
 #: (kind, seconds the task sleeps, countdown) cycled through by the submitters.
 MIX = (("short", 0.05, 0), ("long", 2.5, 0), ("delayed", 0.05, 2), ("short", 0.05, 0))
 
@@ -163,7 +176,9 @@ class HaStack:
         self.servers = SentinelSet(**sentinel_options).start()
         self.ledger_server = RedisServer().start()
         self.ledger = Ledger(self.ledger_server)
+        # RECONCILE_INTERVAL: a message a failover lost is enqueued again within ~2 s
         self.env = {**CHAOS_ENV, "CHAOS_LEDGER_URL": self.ledger_server.url,
+                    "RECONCILE_INTERVAL": "1",
                     **self.servers.env(REDIS_MIN_REPLICAS_ACK=acks)}
         self.api: Api | None = None
         self.workers: list[Process] = []
@@ -173,6 +188,10 @@ class HaStack:
                                          **self.env) for i in (1, 2)]
             self.scheduler = start_scheduler(self.servers.url, **self.env)
             self.api = Api(self.servers.url, workers=1, threads=6, **self.env)
+            r = self.api.post("/v1/schedules", json={
+                "name": TICK_SCHEDULE, "task": "chaos.work", "every": 1, "overlap": "allow",
+                "catch_up": "all", "kwargs": {"key": TICK_KEY, "seconds": 0.01}})
+            assert r.status_code == 201, r.text
         except BaseException:
             self.close()
             raise
@@ -207,6 +226,47 @@ class HaStack:
             "erased": erased,  # answered 202, and the platform no longer knows the task
             "ran_twice": sorted(k for k in keys if started.get(k, 0) > 1),
             "finished_twice": sorted(k for k in keys if done.get(k, 0) > 1),
+        }
+
+    def tick_fires(self) -> dict[float, set[str]]:
+        """The schedule's ticks the scheduler fired (or replayed), each with its task ids."""
+        assert self.scheduler is not None
+        by_tick: dict[float, set[str]] = {}
+        for f in fires(self.scheduler, ident=f"acme/{TICK_SCHEDULE}"):
+            by_tick.setdefault(f.tick, set()).add(f.task_id)
+        return by_tick
+
+    def settle_ticks(self, since: float, timeout: float) -> dict[str, Any]:
+        """Stop the schedule, wait until each fired tick's task ran, and say whether a tick
+        fired twice (two tasks, or one task run twice) or went missing (a gap in the
+        seconds from the first tick to the last, or no tick after the fault at ``since``,
+        a ``time.time()``)."""
+        assert self.api is not None
+        r = self.api.delete(f"/v1/schedules/{TICK_SCHEDULE}")
+        assert r.status_code in (200, 204), r.text
+
+        def runs() -> int:
+            return self.ledger.done().get(TICK_KEY, 0)
+
+        def all_ran() -> bool:
+            ids = set().union(*self.tick_fires().values())
+            return bool(ids) and runs() >= len(ids)
+
+        try:
+            wait_for(all_ran, timeout, "every tick's task ran", interval=0.2)
+        except TimeoutError:
+            pass  # reported below: a tick task that never ran
+        by_tick = self.tick_fires()
+        ticks = sorted(by_tick)
+        ids = set().union(*by_tick.values()) if by_tick else set()
+        expected = [ticks[0] + i for i in range(round(ticks[-1] - ticks[0]) + 1)] if ticks else []
+        return {
+            "ticks": len(ticks),
+            "ticks_after_fault": sum(1 for t in ticks if t > since),
+            "ticks_with_two_tasks": sorted(t for t, v in by_tick.items() if len(v) > 1),
+            "ticks_missing": sorted(set(expected) - set(ticks)),
+            "tick_runs": runs(),
+            "tick_tasks": len(ids),
         }
 
     def _message_where(self, task_id: str) -> str:

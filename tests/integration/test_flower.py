@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from taskplane import flowerconfig
+from tests.support.sentinel import SentinelSet
 from tests.support.services import (
     ROOT,
     VENV_BIN,
@@ -42,15 +43,17 @@ SECRET = "flower-must-not-show-this"
 
 
 class Flower:
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, **env: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.auth = (USER, PASSWORD)
         self.process = Process("flower", [
-            str(VENV_BIN / "celery"), f"--broker={redis_url}", "flower",
+            # as `make flower` and the chart: the same file is Celery's configuration
+            str(VENV_BIN / "celery"), f"--broker={redis_url}", "--config=taskplane.flowerconfig",
+            "flower",
             "--address=127.0.0.1", f"--port={self.port}", f"--conf={flowerconfig.__file__}",
             f"--basic-auth={USER}:{PASSWORD}",
-        ], base_env(redis_url))
+        ], base_env(redis_url, **env))
         try:
             wait_for(self._up, 60, "flower answering")
         except BaseException:
@@ -95,6 +98,32 @@ def stack() -> Iterator[Stack]:
     s = Stack()
     yield s
     s.close()
+
+
+def test_flower_finds_the_master_through_sentinel() -> None:
+    """A Sentinel ``REDIS_URL``: Flower's app and its broker page reach the master by the
+    master set's name (``REDIS_SENTINEL_MASTER`` into ``broker_transport_options``)."""
+    servers = SentinelSet().start()
+    try:
+        with ExitStack() as running:
+            worker = start_worker(servers.url, name="flower", concurrency=1, **servers.env())
+            running.callback(worker.stop)
+            api = Api(servers.url, workers=1, QUEUES="default", **servers.env())
+            running.callback(api.close)
+            flower = Flower(servers.url, **servers.env())
+            running.callback(flower.close)
+            wait_for(lambda: any(n.startswith("flower@") and w.get("registered")
+                                 for n, w in flower.api("/api/workers", refresh=1).items()),
+                     60, "flower listing the worker through Sentinel")
+            worker.stop()  # nothing drains the queue: Flower must count what waits
+            for value in range(2):
+                api.submit("test.echo", kwargs={"value": value})
+            lengths = wait_for(lambda: {q["name"]: q["messages"] for q in
+                                        flower.api("/api/queues/length")["active_queues"]},
+                               30, "queue lengths from the master")
+            assert lengths["default"] == 2, lengths
+    finally:
+        servers.close()
 
 
 def test_flower_needs_its_credentials(stack: Stack) -> None:

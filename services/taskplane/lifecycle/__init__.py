@@ -9,6 +9,7 @@ A reader can walk it in this order:
 * ``store``: loads the scripts and runs every one of them through one function.
 * ``transitions``: the Python face, one method per transition, with the guarantees table.
 * ``listing``, ``ratelimit``, ``schedule_state``: reads, the request rate, the scheduler.
+* ``reconcile``: accepted tasks whose message a failover lost, pushed back.
 * ``workflow_state``: chains and groups, submitted in one step, advanced by endings.
 * ``records``, ``errors``: what goes in and comes out.
 * ``replies``: redis-py's replies narrowed to the bytes the lifecycle's client answers.

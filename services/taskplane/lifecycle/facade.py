@@ -12,17 +12,19 @@ from redis.client import PubSub
 from .deliveries import Deliveries
 from .listing import Listing
 from .ratelimit import RateLimit
+from .reconcile import Reconcile
 from .schedule_state import ScheduleState
 from .store import Store
 from .transitions import Transitions
 from .workflow_state import WorkflowState
 
 
-class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, Deliveries):
+class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, Deliveries,
+                Reconcile):
     """The transitions of every task, against one Redis. Cheap to create; holds one pool.
 
     Each part lives in its own module (``transitions``, ``listing``, ``ratelimit``,
-    ``schedule_state``, ``workflow_state``); their scripts all run through one :class:`Store`.
+    ``schedule_state``, ``workflow_state``, ``reconcile``); their scripts all run through one :class:`Store`.
     ``result_key(id)`` names Celery's result key: results live in this Redis, beside the
     records, and every transition writes the result in the same step as the record.
     """
@@ -32,10 +34,11 @@ class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, D
                  result_key: Callable[[str], str],
                  max_countdown: int = 0, acks: int = 0, ack_timeout: float = 1.0,
                  strict_acks: bool = True,
-                 on_ack: Callable[[bool], None] | None = None) -> None:
+                 on_ack: Callable[[bool], None] | None = None,
+                 ack_patience: float = 0.0) -> None:
         # acks: REDIS_MIN_REPLICAS_ACK; accepting transitions wait for replicas (store.py)
         self._store = Store(client, acks=acks, ack_timeout=ack_timeout, strict=strict_acks,
-                            on_ack=on_ack)
+                            on_ack=on_ack, patience=ack_patience)
         #: How long a listing index keeps an entry: no record outlives it (submission,
         #: the longest countdown, then the result's lifetime once it ends).
         self.keep = record_ttl + max_countdown + result_ttl

@@ -16,7 +16,11 @@ key                                           type    holds
                                                       delivery message its ending pushes, JSON);
                                                       a workflow member's also
                                                       workflow (its id), wf_key (its key),
-                                                      stage, position. Its existence makes an id
+                                                      stage, position. Until it starts, a
+                                                      submitted task's also keeps message and
+                                                      list (what submit pushed, where), and
+                                                      lost_seen (``reconcile.lua``). Its
+                                                      existence makes an id
                                                       "submitted" (else 404). TTL
                                                       ``TASK_RECORD_TTL`` (plus any countdown),
                                                       then ``RESULT_EXPIRES`` once final.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -66,18 +67,29 @@ class Store:
     ``503 outcome_unknown``, never a 202 a failover can erase); otherwise (a worker ending a
     run it has finished) it is logged and counted, and the run goes on to its ack.
     ``on_ack(confirmed)`` is told every outcome (metrics).
+
+    ``patience`` (non-strict stores: workers): a ``repeatable`` transition (one that ends
+    a task: a second call finds it ended and changes nothing) that no replica confirmed is
+    run again, with its ``WAIT``, until one does or ``patience`` seconds pass. A worker acks
+    its message right after, so an ending only the master had, lost with it, would leave
+    the promoted replica holding the task as STARTED with its message still unacked: it
+    would run again though no worker died. Run again, the ending reaches the replicas, or
+    (after a failover) the new master.
     """
 
     def __init__(self, client: redis.Redis, *, acks: int = 0, ack_timeout: float = 1.0,
-                 strict: bool = True, on_ack: Callable[[bool], None] | None = None) -> None:
+                 strict: bool = True, on_ack: Callable[[bool], None] | None = None,
+                 patience: float = 0.0) -> None:
         self.redis = client
         self._scripts: dict[str, Script] = {}
         self.acks = acks
         self.ack_timeout_ms = max(1, int(ack_timeout * 1000))
         self.strict = strict
         self.on_ack = on_ack
+        self.patience = patience
 
-    def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def run(self, name: str, keys: list[str], args: list[Any], *,
+            repeatable: bool = False) -> Any:
         """Run the script ``name`` (``scripts/{name}.lua``): its reply, or
         :class:`OutcomeUnknown` when the call may have reached Redis but no reply came (or,
         for an acknowledged transition, no replica confirmed it in time).
@@ -92,6 +104,8 @@ class Store:
         acknowledged = self.acks > 0 and name in ACKNOWLEDGED
         for attempt in (1, 2):
             try:
+                if acknowledged and repeatable and not self.strict and self.patience > 0:
+                    return self._run_until_confirmed(script, keys, args)
                 if acknowledged:
                     return self._run_acknowledged(script, keys, args)
                 return script(keys=keys, args=args)
@@ -105,8 +119,20 @@ class Store:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _run_acknowledged(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """The script and its ``WAIT``; a shortfall raises (``strict``) or is logged."""
+        reply, confirmed = self._acknowledge(script, keys, args)
+        if confirmed < self.acks:
+            shortfall = NotReplicated(self.acks, confirmed, self.ack_timeout_ms)
+            if self.strict:
+                raise OutcomeUnknown(shortfall)
+            log.warning("write not confirmed by replicas: %s", shortfall)
+        return reply
+
+    def _acknowledge(self, script: Script, keys: list[str], args: list[Any]
+                     ) -> tuple[Any, int]:
         """``EVALSHA`` then ``WAIT`` in one round trip on one connection (the offset
-        ``WAIT`` waits for is its connection's last write)."""
+        ``WAIT`` waits for is its connection's last write): the reply, and how many
+        replicas confirmed it (``on_ack`` is told whether enough did)."""
         pool = self.redis.connection_pool
         conn = pool.get_connection()
         try:
@@ -118,15 +144,25 @@ class Store:
             raise
         finally:
             pool.release(conn)
-        ok = confirmed >= self.acks
         if self.on_ack is not None:
-            self.on_ack(ok)
-        if not ok:
-            shortfall = NotReplicated(self.acks, confirmed, self.ack_timeout_ms)
-            if self.strict:
-                raise OutcomeUnknown(shortfall)
-            log.warning("write not confirmed by replicas: %s", shortfall)
-        return reply
+            self.on_ack(confirmed >= self.acks)
+        return reply, confirmed
+
+    def _run_until_confirmed(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """:meth:`_run_acknowledged` again (``patience``) until a replica confirms; the
+        first reply, which did the work (later ones find the task ended)."""
+        deadline = time.monotonic() + self.patience
+        first: Any = None
+        while True:
+            reply, confirmed = self._acknowledge(script, keys, args)
+            first = reply if first is None else first
+            if confirmed >= self.acks:
+                return first
+            if time.monotonic() >= deadline:
+                log.warning("ending not confirmed by replicas after %.1fs: acked anyway",
+                            self.patience)
+                return first
+            time.sleep(0.1)  # pacing: each attempt already waited ack_timeout for a replica
 
     def _evalsha_wait(self, conn: Any, script: Script, keys: list[str],
                       args: list[Any]) -> tuple[Any, int]:

@@ -139,7 +139,8 @@ class Transitions:
             keys, value, ttl = self._with_result([*keys, *listed], result)
             return self._store.run("finish", keys, [
                 task_id, time.time(), self.result_ttl, state, tenant,
-                "1" if run_ended else "0", value, ttl, self.keep, len(listed), *fields])
+                "1" if run_ended else "0", value, ttl, self.keep, len(listed), *fields],
+                repeatable=bool(state))
         return self._with_tenant(call, tenant)
 
     def fail(self, task_id: str, letter: dict[str, Any], *, tenant: str = "",
@@ -162,7 +163,7 @@ class Transitions:
                  *dead_index_keys(tenant), *ended_index_keys(tenant, FAILURE)], result)
             return self._store.run("fail", keys, [
                 task_id, time.time(), self.result_ttl, tenant, "1" if run_ended else "0",
-                payload, self.dead_letter_ttl, value, ttl, self.keep])
+                payload, self.dead_letter_ttl, value, ttl, self.keep], repeatable=True)
         return self._with_tenant(call, tenant)
 
     def revoke(self, task_id: str, tenant: str, *, terminate: bool,

@@ -14,7 +14,8 @@
 -- Precondition  the record exists and has not ended. A task without a record (sent
 --       around the API: a stock Celery client, ``celery call``) runs, and is adopted
 --       under the system tenant when adopt_ttl > 0.
--- Writes  the record: STARTED, started_at, retries, runs_started + 1; the result. An
+-- Writes  the record: STARTED, started_at, retries, runs_started + 1, no longer the
+--       message submit kept (reconcile.lua); the result. An
 --       adopted record also enters its tenant's open set (every unfinished task is
 --       there: the listing of unfinished states reads it) and the listing indexes.
 -- Returns {verdict, died}: run | unknown (there was no record; run it) | REVOKED |
@@ -46,7 +47,7 @@ if not state then
 end
 if is_final(state) then return {state, 0} end
 redis.call('HSET', record, 'state', 'STARTED', 'started_at', now, 'retries', retries)
-redis.call('HDEL', record, 'finished_at')
+redis.call('HDEL', record, 'finished_at', 'message', 'list', 'lost_seen')
 local runs = redis.call('HINCRBY', record, 'runs_started', 1)
 local ended = tonumber(seen[2] or '0')
 if result then write_result(result, started, started_ttl) end

@@ -17,7 +17,8 @@
 --       the record's field/value pairs...
 -- Precondition  the key still holds what the caller read; a token is free; the key is
 --       unused or its task's record expired; the id is new; the tenant is under its cap.
--- Writes  the record (PENDING), open set, listing indexes, the message, the key.
+-- Writes  the record (PENDING, with the message and its list until the task starts),
+--       open set, listing indexes, the message, the key.
 -- Returns {outcome, id, retry_after}: created | replay (id: the first task) | conflict
 --       (the key was used with another body) | rate_limited (retry_after seconds) |
 --       cap_reached | stale (the key names another task than the caller said: id is
@@ -52,6 +53,9 @@ if redis.call('EXISTS', record) == 1 then return {'replay', id, '0'} end
 if not has_room(open, now, open_age, cap) then return {'cap_reached', '', '0'} end
 open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
 redis.call('LPUSH', queue, message)
+-- kept until a worker starts the task (start.lua drops it): reconcile.lua pushes it again
+-- if a failover loses the message while the record stands
+redis.call('HSET', record, 'message', message, 'list', queue)
 if idem then
   -- the key's hash has only these two fields: HSET replaces what a used key held
   redis.call('HSET', idem, 'fp', fp, 'id', id)
