@@ -118,7 +118,7 @@ class Scheduler:
     def reconcile(self, now: float) -> int:
         """Every ``RECONCILE_INTERVAL``: push back the messages a failover lost
         (``lifecycle/reconcile.py``); how many were."""
-        every = self.settings.reconcile_interval
+        every = self.settings.reconcile_seconds
         if not every or now - self.reconciled < every:
             return 0
         self.reconciled = now

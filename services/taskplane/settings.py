@@ -354,12 +354,14 @@ class Settings:
         "Oldest tick, seconds back, that `catch_up: all` or `latest` still fires; below "
         "`IDEMPOTENCY_TTL`, so every fired tick's claim outlives it.",
     )
-    reconcile_interval: float = _setting(
-        "RECONCILE_INTERVAL", 10.0,
+    reconcile_interval: str = _setting(
+        "RECONCILE_INTERVAL", "auto",
         "Seconds between the scanning scheduler replica's passes over unfinished tasks "
         "older than this, looking for an accepted (PENDING) task whose message a Redis "
         "failover lost: one seen in no queue list and no unacked entry on two passes "
-        "is enqueued again. 0: no pass (a task lost that way stays PENDING).",
+        "is enqueued again. 0: no pass (a task lost that way stays PENDING). `auto`: 10 "
+        "behind Sentinel, where failovers happen, 0 for a single node (each pass reads the "
+        "queues' lists: a cost only a failover justifies).",
     )
     reconcile_batch: int = _setting(
         "RECONCILE_BATCH", 1000,
@@ -427,9 +429,11 @@ class Settings:
             raise SettingsError("MAX_SCHEDULES_PER_TENANT must be 0 (no cap) or more")
         if self.unacked_restore_interval < 1 or self.max_deliveries < 1:
             raise SettingsError("UNACKED_RESTORE_INTERVAL and MAX_DELIVERIES must be at least 1")
-        if self.reconcile_interval < 0 or self.reconcile_batch < 1:
-            raise SettingsError("RECONCILE_INTERVAL must be at least 0 and RECONCILE_BATCH "
-                                "at least 1")
+        interval = self.reconcile_interval.strip().lower()
+        if (interval != "auto" and not _non_negative_number(interval)) or \
+                self.reconcile_batch < 1:
+            raise SettingsError("RECONCILE_INTERVAL must be auto or at least 0, and "
+                                "RECONCILE_BATCH at least 1")
         if self.scheduler_interval <= 0 or self.scheduler_lease_ttl < 0 or \
                 self.scheduler_max_catch_up < 1 or self.scheduler_misfire_grace < \
                 self.scheduler_lease_ttl + 2 * self.scheduler_interval:
@@ -476,6 +480,15 @@ class Settings:
         if value == "auto":
             return 1 if is_sentinel(self.redis_url) else 0
         return int(value)
+
+    @property
+    def reconcile_seconds(self) -> float:
+        """``RECONCILE_INTERVAL`` in seconds: ``auto`` is 10 behind Sentinel, 0 (no pass)
+        for a single node."""
+        value = self.reconcile_interval.strip().lower()
+        if value == "auto":
+            return 10.0 if is_sentinel(self.redis_url) else 0.0
+        return float(value)
 
     def tokens(self) -> dict[str, str]:
         """Map each tenant bearer token to its tenant, reading the token file if one is named."""
@@ -641,3 +654,10 @@ def settings_table() -> str:
         shown = f"`{default}`" if default != "" else "(empty)"
         rows.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['doc']} |")
     return "\n".join(rows)
+
+
+def _non_negative_number(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False

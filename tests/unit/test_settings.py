@@ -115,3 +115,15 @@ def test_results_in_the_records_redis_are_accepted(results: str) -> None:
     s = Settings.from_env({"REDIS_URL": "redis://r:6379/1", "REDIS_PASSWORD": "pw/",
                            "RESULT_BACKEND_URL": results})
     assert s.result_backend_url in ("", s.redis_url)
+
+
+def test_the_reconcile_pass_runs_behind_sentinel_by_default_and_not_on_a_single_node() -> None:
+    single = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert single.reconcile_seconds == 0
+    sentinel = Settings.from_env({"REDIS_URL": "sentinel://127.0.0.1:26379/0",
+                                  "REDIS_SENTINEL_MASTER": "m"})
+    assert sentinel.reconcile_seconds == 10
+    assert Settings.from_env({"RECONCILE_INTERVAL": "2.5"}).reconcile_seconds == 2.5
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(SettingsError, match="RECONCILE_INTERVAL"):
+            Settings.from_env({"RECONCILE_INTERVAL": bad})
