@@ -83,11 +83,15 @@ def test_concurrent_submits_with_one_key_make_one_task(api: Api, redis_server: R
 
 
 def test_a_task_revoked_before_it_started_never_runs(api: Api, redis_server: RedisServer) -> None:
-    """DELETE races the worker's start: whichever wins, REVOKED means it did not run."""
+    """DELETE races the worker's start: whichever wins, REVOKED means it did not run.
+
+    An idle worker starts a task within a millisecond of its submission, before any HTTP
+    round trip: countdowns of 0 to 70 ms move the start across the DELETE's arrival, so
+    both sides of the race are met."""
     revoked = []
-    for _ in range(15):
+    for i in range(15):
         key = unique("race")
-        task = api.submit("test.count", kwargs={"key": key})
+        task = api.submit("test.count", kwargs={"key": key}, countdown=i * 0.005)
         r = api.delete(f"/v1/tasks/{task['id']}")
         if r.status_code == 202:
             assert r.json()["state"] == "REVOKED"
