@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -50,11 +51,24 @@ LIBS = ("lib", "workflow_lib")
 
 @functools.cache
 def source(name: str) -> str:
-    """The Lua of ``scripts/{name}.lua`` with the shared files (:data:`LIBS`) in front."""
+    """The Lua of ``scripts/{name}.lua`` with the shared files (:data:`LIBS`) it needs in
+    front: ``lib`` always, ``workflow_lib`` only for a script that calls one of its
+    functions. Every call runs the definitions of what is in front (each ``local
+    function`` is a closure made anew per call), so submit and start, which end no task,
+    do not pay for the workflow functions."""
     folder = resources.files(__package__).joinpath("scripts")
-    libs = [folder.joinpath(f"{lib}.lua").read_text(encoding="utf-8") for lib in LIBS]
     body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    libs = []
+    for lib in LIBS:
+        text = folder.joinpath(f"{lib}.lua").read_text(encoding="utf-8")
+        if lib == LIBS[0] or any(re.search(rf"\b{fn}\(", body) for fn in _functions(text)):
+            libs.append(text)
     return "\n".join([*libs, f"-- ---- {name}.lua ----", body])
+
+
+def _functions(lua: str) -> list[str]:
+    """The names of the ``local function``s a Lua file defines."""
+    return re.findall(r"^local function (\w+)", lua, flags=re.MULTILINE)
 
 
 class Store:

@@ -28,16 +28,17 @@ local value, value_ttl, keep = ARGV[8], ARGV[9], ARGV[10]
 local result
 if value ~= '' then result = KEYS[8] end
 
-local refused, current = may_end(record, result, value, value_ttl, tenant, run_ended)
+local refused, current, rec = may_end(record, result, value, value_ttl, tenant, run_ended,
+                                     true)
 if refused then return refused end
-local r = redis.call('HMGET', record, 'queue', 'priority', 'retries', 'submitted_at')
+local r = {rec.queue, rec.priority, rec.retries, rec.submitted}
 -- letter is a JSON object from the caller: append the record's fields as text
 -- (decoding and encoding it again would turn an empty list into an object).
 local entry = string.sub(letter, 1, -2) .. ',"tenant":' .. cjson.encode(tenant)
   .. ',"queue":' .. cjson.encode(r[1] or '') .. ',"priority":' .. (tonumber(r[2]) or 0)
   .. ',"retries":' .. (tonumber(r[3]) or 0) .. ',"submitted_at":' .. (r[4] or '0') .. '}'
-close(record, open, failed, id, 'FAILURE', now, ttl, keep)
-after_end(record, id, 'FAILURE', wf_error(letter), now)
+close(record, open, failed, id, 'FAILURE', now, ttl, keep, rec)
+after_end(record, id, 'FAILURE', wf_error(letter), now, rec)
 redis.call('SET', dead, entry, 'EX', letter_ttl)
 for _, key in ipairs(dead_indexes) do
   redis.call('ZADD', key, now, id)

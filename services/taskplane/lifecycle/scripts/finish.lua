@@ -43,10 +43,11 @@ if listed and state ~= '' and redis.call('EXISTS', record) == 0 then
   return {'adopted', ''}
 end
 
-local refused, current = may_end(record, result, value, value_ttl, tenant, run_ended)
+local refused, current, rec = may_end(record, result, value, value_ttl, tenant, run_ended,
+                                     state ~= '')
 if refused then return refused end
 if state == '' then return {'done', current or ''} end
-close(record, open, ended, id, state, now, ttl, keep)
+close(record, open, ended, id, state, now, ttl, keep, rec)
 if result then write_result(result, value, value_ttl) end
-after_end(record, id, state, wf_result(value), now)
+after_end(record, id, state, wf_result(value), now, rec)
 return {'done', current or ''}

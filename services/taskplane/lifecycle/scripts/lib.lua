@@ -27,26 +27,36 @@ end
 
 -- The precondition every ending shares: the record exists (else only the result, if
 -- given, is written), belongs to ``tenant`` and has not ended; the run is counted as
--- ended first when ``run_ended`` is '1'. Returns a refusal reply, or nil and the state.
+-- ended first when ``run_ended`` is '1'. Returns a refusal reply, or nil, the state and
+-- what the ending goes on to read of the record (``rec``: one HMGET instead of a read
+-- per field, each a command of its own inside the script). With ``defer`` the run's end
+-- is not written here but put in ``rec.extra`` for close() to write with the state.
 -- A run never counts more ends than starts: the run that ends may have started before
 -- ``retry_dead`` began the task afresh (its failure was filed, then task_postrun counts
 -- its end; or a redelivered twin ran on), and the new record's counts are not its own.
-local function may_end(record, result, value, ttl, tenant, run_ended)
-  if redis.call('EXISTS', record) == 0 then
+local function may_end(record, result, value, ttl, tenant, run_ended, defer)
+  local r = redis.call('HMGET', record, 'tenant', 'state', 'runs_started', 'runs_ended',
+                       'submitted_at', 'notify', 'wf_key', 'stage', 'position', 'queue',
+                       'priority', 'retries')
+  -- every record has a tenant and a state: neither, and the record is (nearly surely) gone
+  if not r[1] and not r[2] and redis.call('EXISTS', record) == 0 then
     if result and value ~= '' then write_result(result, value, ttl) end
     return {'missing', ''}
   end
-  local real = redis.call('HGET', record, 'tenant') or ''
+  local real = r[1] or ''
   if real ~= tenant then return {'tenant', real} end
+  local rec = {submitted = r[5], notify = r[6], wf = {r[7], r[8], r[9]}, queue = r[10],
+               priority = r[11], retries = r[12], extra = {}}
+  local current = r[2]
   if run_ended == '1' then
-    local runs = redis.call('HMGET', record, 'runs_started', 'runs_ended')
-    if (tonumber(runs[2]) or 0) < (tonumber(runs[1]) or 0) then
-      redis.call('HINCRBY', record, 'runs_ended', 1)
+    local ended = tonumber(r[4]) or 0
+    if ended < (tonumber(r[3]) or 0) then
+      if defer and not is_final(current) then rec.extra = {'runs_ended', ended + 1}
+      else redis.call('HSET', record, 'runs_ended', ended + 1) end
     end
   end
-  local current = redis.call('HGET', record, 'state')
   if is_final(current) then return {'final', current} end
-  return nil, current
+  return nil, current, rec
 end
 
 -- How often a write to a listing index also trims it: one write in TRIM_EVERY, chosen by
@@ -81,20 +91,29 @@ end
 -- Whether the tenant's ``open`` set has room under ``cap`` (0: no cap), once entries older
 -- than ``open_age`` seconds are dropped: the longest an unfinished record lives (its ttl
 -- plus the longest countdown), not the caller's own record ttl, or a submission without
--- a countdown would drop a waiting countdown task whose record still lives.
+-- a countdown would drop a waiting countdown task whose record still lives. The old
+-- entries are dropped only when they could matter (the set looks full) and on one call in
+-- TRIM_EVERY (as ``index`` trims), not on every submit: an entry only outlives its record
+-- when the task never ended, so the set holds few of them.
 local function has_room(open, now, open_age, cap)
+  now = tonumber(now)
+  if math.floor(now * 1000) % TRIM_EVERY ~= 0 and cap > 0 and redis.call('ZCARD', open) < cap then
+    return true
+  end
   redis.call('ZREMRANGEBYSCORE', open, '-inf', now - open_age)
   return cap <= 0 or redis.call('ZCARD', open) < cap
 end
 
 -- Mark the record final: stamp it, keep it for the result TTL, free the tenant's slot,
 -- list it among the tasks that ended in ``state`` (``ended``: the tenant's index and
--- every tenant's).
-local function close(record, open, ended, id, state, now, ttl, keep)
-  redis.call('HSET', record, 'state', state, 'finished_at', now)
+-- every tenant's). ``rec``: what may_end read of the record (nil: read it here).
+local function close(record, open, ended, id, state, now, ttl, keep, rec)
+  redis.call('HSET', record, 'state', state, 'finished_at', now, unpack(rec and rec.extra or {}))
   redis.call('EXPIRE', record, ttl)
   redis.call('ZREM', open, id)
-  local submitted = redis.call('HGET', record, 'submitted_at') or now
+  local submitted
+  if rec then submitted = rec.submitted else submitted = redis.call('HGET', record, 'submitted_at') end
+  submitted = submitted or now
   for _, key in ipairs(ended) do index(key, id, submitted, now, keep) end
 end
 

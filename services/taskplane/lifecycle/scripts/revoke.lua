@@ -23,11 +23,11 @@ local value, value_ttl, keep = ARGV[6], ARGV[7], ARGV[8]
 local result
 if value ~= '' then result = KEYS[5] end
 
-local refused, current = may_end(record, nil, '', 0, tenant, '0')
+local refused, current, rec = may_end(record, nil, '', 0, tenant, '0')
 if refused then return refused end
 current = current or 'PENDING'
 if current == 'STARTED' and terminate ~= '1' then return {'running', current} end
-close(record, open, revoked, id, 'REVOKED', now, ttl, keep)
-after_end(record, id, 'REVOKED', '', now)
+close(record, open, revoked, id, 'REVOKED', now, ttl, keep, rec)
+after_end(record, id, 'REVOKED', '', now, rec)
 if result then write_result(result, value, value_ttl) end
 return {'revoked', current}

@@ -29,9 +29,9 @@ local open, listed, result
 if adopt_ttl > 0 then open, listed = KEYS[2], keys_from(3, 6) end
 if started ~= '' then result = KEYS[listed and 9 or 2] end
 
--- one read for what was three (EXISTS, HGET state, HGET runs_ended): every record has a
--- state, so a missing state is a missing record
-local seen = redis.call('HMGET', record, 'state', 'runs_ended')
+-- one read for what was four (EXISTS, HGET state, HGET runs_ended, the HINCRBY of
+-- runs_started): every record has a state, so a missing state is a missing record
+local seen = redis.call('HMGET', record, 'state', 'runs_ended', 'runs_started')
 local state = seen[1]
 if not state then
   if listed then
@@ -46,9 +46,10 @@ if not state then
   return {'unknown', 0}
 end
 if is_final(state) then return {state, 0} end
-redis.call('HSET', record, 'state', 'STARTED', 'started_at', now, 'retries', retries)
+local runs = (tonumber(seen[3]) or 0) + 1
+redis.call('HSET', record, 'state', 'STARTED', 'started_at', now, 'retries', retries,
+           'runs_started', runs)
 redis.call('HDEL', record, 'finished_at', 'message', 'list', 'lost_seen')
-local runs = redis.call('HINCRBY', record, 'runs_started', 1)
 local ended = tonumber(seen[2] or '0')
 if result then write_result(result, started, started_ttl) end
 return {'run', runs - 1 - ended}

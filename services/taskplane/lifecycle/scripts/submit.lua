@@ -51,11 +51,15 @@ if held then
 end
 if redis.call('EXISTS', record) == 1 then return {'replay', id, '0'} end
 if not has_room(open, now, open_age, cap) then return {'cap_reached', '', '0'} end
+-- the message and its list are kept on the record until a worker starts the task
+-- (start.lua drops them): reconcile.lua pushes it again if a failover loses the message
+-- while the record stands. Written with the record's other fields: one HSET, not two.
+fields[#fields + 1] = 'message'
+fields[#fields + 1] = message
+fields[#fields + 1] = 'list'
+fields[#fields + 1] = queue
 open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
 redis.call('LPUSH', queue, message)
--- kept until a worker starts the task (start.lua drops it): reconcile.lua pushes it again
--- if a failover loses the message while the record stands
-redis.call('HSET', record, 'message', message, 'list', queue)
 if idem then
   -- the key's hash has only these two fields: HSET replaces what a used key held
   redis.call('HSET', idem, 'fp', fp, 'id', id)

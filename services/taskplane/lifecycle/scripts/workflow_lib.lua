@@ -69,9 +69,11 @@ end
 
 -- The webhook of a task or workflow (``hash``: its record) that just ended in ``state``:
 -- push its delivery message (held in the ``notify`` field: webhook_delivery.py), with
--- the state as the delivery task's first argument.
-local function notify_end(hash, id, state, now)
-  local raw = redis.call('HGET', hash, 'notify')
+-- the state as the delivery task's first argument. ``rec``: the record as may_end read it
+-- (nil: read the field here).
+local function notify_end(hash, id, state, now, rec)
+  local raw
+  if rec then raw = rec.notify else raw = redis.call('HGET', hash, 'notify') end
   if not raw then return end
   local n = cjson.decode(raw)
   push_held(n['msg'], n['queue'], '"' .. state .. '"', n['rest'], now,
@@ -102,8 +104,8 @@ end
 -- Count the member ``record`` (task ``id``, just ended in ``state``) in its workflow, if it has one;
 -- the last member of a stage pushes the next stage or ends the workflow. ``output`` is
 -- the member's result as JSON (SUCCESS), its error object (FAILURE), or ''.
-local function end_member(record, id, state, output, now)
-  local m = redis.call('HMGET', record, 'wf_key', 'stage', 'position')
+local function end_member(record, id, state, output, now, rec)
+  local m = rec and rec.wf or redis.call('HMGET', record, 'wf_key', 'stage', 'position')
   local wf = m[1]
   if not wf or redis.call('EXISTS', wf) == 0 then return end
   local stage, position = tonumber(m[2]), m[3]
@@ -200,8 +202,9 @@ local function revive_member(record, id, now)
 end
 
 -- Everything a task's ending sets off, in the script that ends it: its webhook, and its
--- count in its workflow (which may push the next stage or end the workflow).
-local function after_end(record, id, state, output, now)
-  notify_end(record, id, state, now)
-  end_member(record, id, state, output, now)
+-- count in its workflow (which may push the next stage or end the workflow). ``rec``: the
+-- record's fields as may_end read them, before the ending (which changes none of these).
+local function after_end(record, id, state, output, now, rec)
+  notify_end(record, id, state, now, rec)
+  end_member(record, id, state, output, now, rec)
 end
