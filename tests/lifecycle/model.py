@@ -48,9 +48,10 @@ ListingKey = tuple[str | None, str, str]
 
 
 def listing_keys(tenant: str, task: str, queue: str) -> list[ListingKey]:
-    """The six listing indexes a task is entered in (``lifecycle.listing_keys``)."""
-    return [(t, f, v) for f, v in (("", ""), ("task", task), ("queue", queue))
-            for t in (tenant, None)]
+    """The listing indexes a task is entered in (``lifecycle.listing_keys``): its tenant's
+    and every tenant's; none per task type or queue (those filters read the records)."""
+    del task, queue
+    return [(t, "", "") for t in (tenant, None)]
 
 
 @dataclass
@@ -345,16 +346,12 @@ class Model:
     def _index_for(self, tenant: str | None, state: str | None, task: str | None,
                    queue: str | None) -> set[str]:
         """The smallest index that holds every task the query can match: the tasks ended
-        in a final state, the tenant's unfinished tasks, one task type's, one queue's,
-        or all."""
+        in a final state, the tenant's unfinished tasks, or all (a task type or a queue
+        is checked on the records)."""
         if state in FINAL:
             return self.ended.setdefault((tenant, state), set())
         if state is not None and tenant is not None:
             return self.open.setdefault(tenant, set())
-        if task is not None:
-            return self.listings.setdefault((tenant, "task", task), set())
-        if queue is not None:
-            return self.listings.setdefault((tenant, "queue", queue), set())
         return self.listings.setdefault((tenant, "", ""), set())
 
     # --- views --------------------------------------------------------------------------

@@ -209,8 +209,7 @@ class RealLifecycle:
         """Every key the model knows of, in one round trip."""
         scopes: list[str | None] = [*TENANTS, None]
         order = sorted(ids)
-        listing = [(t, f, v) for t in scopes for f, vs in (("", ("",)), ("task", TASKS),
-                                                          ("queue", QUEUES)) for v in vs]
+        listing = [(t, "", "") for t in scopes]
         ended = [(t, s) for t in scopes for s in m.FINAL]
         idem = [(t, k) for t in TENANTS for k in IDEMPOTENCY_KEYS]
         lists = [(q, key) for q in QUEUES for key in broker.queue_keys(q)]
@@ -225,7 +224,7 @@ class RealLifecycle:
             for t in scopes:
                 pipe.zrange(lifecycle.dead_index_key(t), 0, -1)
             for t, f, v in listing:
-                pipe.zrange(lifecycle.tasks_index_key(t, f, v), 0, -1, withscores=True)
+                pipe.zrange(lifecycle.tasks_index_key(t), 0, -1, withscores=True)
             for t, s in ended:
                 pipe.zrange(lifecycle.ended_index_key(t, s), 0, -1)
             for t, k in idem:

@@ -380,7 +380,6 @@ def test_a_workers_revoke_adopts_a_task_no_worker_started(app: TaskplaneCelery, 
     for key in (lifecycle.tasks_index_key(system), lifecycle.tasks_index_key(None),
                 *lifecycle.ended_index_keys(system, "REVOKED")):
         assert client.zscore(key, "stock") is not None, key
-    assert not client.exists(lifecycle.tasks_index_key(system, "task", ""))  # name unknown
     assert not client.zscore(lifecycle.open_key(system), "stock")
     assert life.finish("stock", states.REVOKED, tenant=system, adopt=unknown).outcome == "final"
     assert life.start("stock", retries=0, adopt=unknown).verdict == "REVOKED"

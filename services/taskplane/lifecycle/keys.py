@@ -31,10 +31,9 @@ key                                           type    holds
                                                       submission time (the per-tenant cap).
 ``taskplane:rate:{tenant}``                   hash    token bucket of the tenant's request rate.
 ``taskplane:tasks:{tenant}``                  zset    the tenant's task ids by submission time
-                                                      (``GET /v1/tasks``); ``taskplane:tasks``
-                                                      holds every tenant's. The same with
-                                                      ``:task:{name}`` or ``:queue:{name}``
-                                                      appended: one task type's, one queue's.
+                                                      (``GET /v1/tasks``; filters by task type
+                                                      or queue read the records);
+                                                      ``taskplane:tasks`` holds every tenant's.
 ``taskplane:ended:{tenant}:{state}``          zset    ids of the tenant's tasks that ended in
                                                       ``state`` (SUCCESS, FAILURE, REVOKED) by
                                                       submission time; ``taskplane:ended:{state}``
@@ -130,27 +129,25 @@ def dead_index_keys(tenant: str) -> list[str]:
     return [dead_index_key(tenant), dead_index_key(None)]
 
 
-def tasks_index_key(tenant: str | None, field: str = "", value: str = "") -> str:
-    """The tasks of a tenant (``None``: of every tenant) by submission time: all of them,
-    or (``field`` "task" or "queue") those of one task type or queue."""
-    base = f"{PREFIX}tasks:{tenant}" if tenant is not None else f"{PREFIX}tasks"
-    return f"{base}:{field}:{value}" if field else base
+def tasks_index_key(tenant: str | None) -> str:
+    """The tasks of a tenant (``None``: of every tenant) by submission time."""
+    return f"{PREFIX}tasks:{tenant}" if tenant is not None else f"{PREFIX}tasks"
 
 
-def listing_keys(tenant: str, task: str, queue: str) -> list[str]:
-    """The six listing indexes a task is entered in when submitted (or adopted): all, by
-    task type, by queue; each for its tenant and for every tenant."""
-    return [tasks_index_key(t, f, v) for f, v in (("", ""), ("task", task), ("queue", queue))
-            for t in (tenant, None)]
+def listing_keys(tenant: str, task: str = "", queue: str = "") -> list[str]:
+    """The listing indexes a task is entered in when submitted (or adopted): its tenant's
+    and every tenant's (as many as ``lib.lua``'s ``LISTED``). There is no index per task
+    type or queue: each cost every submission a ZADD and an EXPIRE in Redis (issue 29);
+    a listing filtered by them walks the tenant's index and reads the records
+    (``listing.py``). ``task`` and ``queue`` are taken for the callers' sake only."""
+    del task, queue
+    return [tasks_index_key(tenant), tasks_index_key(None)]
 
 
 def adopted_listing_keys(tenant: str, task: str, queue: str) -> list[str]:
-    """The listing indexes of a record adopted with what is known of it: the by-type and
-    by-queue ones only when the task's name and queue are known (a revoke of a task no
-    worker saw knows neither)."""
-    if task and queue:
-        return listing_keys(tenant, task, queue)
-    return [tasks_index_key(tenant), tasks_index_key(None)]
+    """The listing indexes of a record adopted with what is known of it (a revoke of a task
+    no worker saw knows neither its name nor its queue): the same as any task's."""
+    return listing_keys(tenant, task, queue)
 
 
 def ended_index_key(tenant: str | None, state: str) -> str:

@@ -59,6 +59,10 @@ local function may_end(record, result, value, ttl, tenant, run_ended, defer)
   return nil, current, rec
 end
 
+-- How many listing indexes a task is entered in (keys.listing_keys: its tenant's and
+-- every tenant's), so how many KEYS each script that lists a task takes for them.
+local LISTED = 2
+
 -- How often a write to a listing index also trims it: one write in TRIM_EVERY, chosen by
 -- the write's millisecond (``now``, an argument, so replicas and the AOF see the same).
 local TRIM_EVERY = 16

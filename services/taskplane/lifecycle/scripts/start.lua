@@ -4,7 +4,7 @@
 -- KEYS  record        the task's record
 --       open          the adopted record's tenant's unfinished tasks
 --                                                        (only when adopt_ttl > 0)
---       listed x6     the listing indexes of the record to adopt (keys.listing_keys)
+--       listed x2     the listing indexes of the record to adopt (keys.listing_keys)
 --                                                        (only when adopt_ttl > 0)
 --       result        Celery's result key                (only when started ~= '')
 -- ARGV  now, retries (the run's retry count), started (the STARTED result to store; ''
@@ -26,8 +26,8 @@ local now, retries = ARGV[1], ARGV[2]
 local started, started_ttl = ARGV[3], ARGV[4]
 local adopt_ttl, keep, id, adopted = tonumber(ARGV[5]), ARGV[6], ARGV[7], args_from(8)
 local open, listed, result
-if adopt_ttl > 0 then open, listed = KEYS[2], keys_from(3, 6) end
-if started ~= '' then result = KEYS[listed and 9 or 2] end
+if adopt_ttl > 0 then open, listed = KEYS[2], keys_from(3, LISTED) end
+if started ~= '' then result = KEYS[listed and 3 + LISTED or 2] end
 
 -- one read for what was four (EXISTS, HGET state, HGET runs_ended, the HINCRBY of
 -- runs_started): every record has a state, so a missing state is a missing record

@@ -5,7 +5,7 @@
 -- KEYS  record        the new task's record
 --       open          the tenant's unfinished tasks (its cap)
 --       queue         the queue list the message goes to
---       listed x6     the listing indexes (keys.listing_keys)
+--       listed x2     the listing indexes (keys.listing_keys; lib.lua LISTED)
 --       bucket        the tenant's rate bucket           (only when rate > 0)
 --       idem          the Idempotency-Key's hash         (only when fp ~= '')
 --       held          the record of the task the key held when the caller read it
@@ -25,12 +25,12 @@
 --       that task; call again passing its record, so this script can see it exists).
 
 local record, open, queue = KEYS[1], KEYS[2], KEYS[3]
-local listed = keys_from(4, 6)
+local listed = keys_from(4, LISTED)
 local id, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local cap, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local fp, idem_ttl, held_read = ARGV[7], ARGV[8], ARGV[9]
 local message, keep, open_age, fields = ARGV[10], ARGV[11], tonumber(ARGV[12]), args_from(13)
-local optional = 9
+local optional = 3 + LISTED
 local bucket, idem, held
 if rate > 0 then optional = optional + 1; bucket = KEYS[optional] end
 if fp ~= '' then optional = optional + 1; idem = KEYS[optional] end

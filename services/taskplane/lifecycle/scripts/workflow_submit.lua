@@ -11,7 +11,7 @@
 --       held          the workflow hash the key held when the caller read it
 --                                                        (only when held_read ~= '')
 --       records x n   each member's record, in member order
---       indexes x 6g  g groups of a task's six listing indexes (keys.listing_keys)
+--       indexes x 2g  g groups of a task's listing indexes (keys.listing_keys; LISTED)
 --       queues x q    the queue lists first-stage messages go to
 -- ARGV  id, now, record ttl, cap (0: none), fp (body fingerprint; '' without a key),
 --       idempotency ttl, held_read ('' if none), keep (index lifetime), n, g, q,
@@ -47,8 +47,8 @@ local idem, held
 if fp ~= '' then nk = nk + 1; idem = KEYS[nk] end
 if held_read ~= '' then nk = nk + 1; held = KEYS[nk] end
 local records = keys_from(nk + 1, n)
-local indexes = keys_from(nk + 1 + n, 6 * g)
-local queues = keys_from(nk + 1 + n + 6 * g, q)
+local indexes = keys_from(nk + 1 + n, LISTED * g)
+local queues = keys_from(nk + 1 + n + LISTED * g, q)
 local rest = args_from(14)  -- the f workflow pairs, then five values per member
 
 if idem then
@@ -71,8 +71,8 @@ local at = 2 * f + 1
 for m = 1, n do
   local member, group, queue = rest[at], tonumber(rest[at + 1]), tonumber(rest[at + 2])
   local message, fields = rest[at + 3], cjson.decode(rest[at + 4])
-  local first = 6 * (group - 1)
-  open_record(records[m], open, {unpack(indexes, first + 1, first + 6)}, member, now, ttl,
+  local first = LISTED * (group - 1)
+  open_record(records[m], open, {unpack(indexes, first + 1, first + LISTED)}, member, now, ttl,
               open_age, keep, fields)
   if queue > 0 then redis.call('LPUSH', queues[queue], message) end
   at = at + 5
