@@ -223,7 +223,7 @@ class RealLifecycle:
                 pipe.zrange(lifecycle.open_key(t), 0, -1)
             for t in scopes:
                 pipe.zrange(lifecycle.dead_index_key(t), 0, -1)
-            for t, f, v in listing:
+            for t, _f, _v in listing:
                 pipe.zrange(lifecycle.tasks_index_key(t), 0, -1, withscores=True)
             for t, s in ended:
                 pipe.zrange(lifecycle.ended_index_key(t, s), 0, -1)
