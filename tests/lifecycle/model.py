@@ -216,8 +216,7 @@ class Model:
             task, queue, priority = adopt
             self.records[task_id] = Record(SYSTEM, task, queue, priority, state=state)
             self._list(task_id, SYSTEM, task, queue)
-            for scope in (SYSTEM, None):
-                self.ended.setdefault((scope, state), set()).add(task_id)
+            self.ended.setdefault((SYSTEM, state), set()).add(task_id)
             self._write_result(task_id, state)
             return "adopted", ""
         refused = self._may_end(task_id, state, run_ended)
@@ -321,8 +320,7 @@ class Model:
         rec = self.records[task_id]
         rec.state = state
         self.open.get(rec.tenant, set()).discard(task_id)
-        for scope in (rec.tenant, None):
-            self.ended.setdefault((scope, state), set()).add(task_id)
+        self.ended.setdefault((rec.tenant, state), set()).add(task_id)
 
     def _write_result(self, task_id: str, status: str) -> bool:
         """``write_result``: Celery's result, never over a final one."""
@@ -348,7 +346,7 @@ class Model:
         """The smallest index that holds every task the query can match: the tasks ended
         in a final state, the tenant's unfinished tasks, or all (a task type or a queue
         is checked on the records)."""
-        if state in FINAL:
+        if state in FINAL and tenant is not None:
             return self.ended.setdefault((tenant, state), set())
         if state is not None and tenant is not None:
             return self.open.setdefault(tenant, set())

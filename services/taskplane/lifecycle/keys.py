@@ -36,9 +36,10 @@ key                                           type    holds
                                                       ``taskplane:tasks`` holds every tenant's.
 ``taskplane:ended:{tenant}:{state}``          zset    ids of the tenant's tasks that ended in
                                                       ``state`` (SUCCESS, FAILURE, REVOKED) by
-                                                      submission time; ``taskplane:ended:{state}``
-                                                      for every tenant. Entries of expired
-                                                      records are pruned when read and by age.
+                                                      submission time (every tenant's: the
+                                                      tasks index, records checked). Entries
+                                                      of expired records are pruned when read
+                                                      and by age.
 ``taskplane:dead:{id}``                       string  JSON dead letter (arguments, error, reason);
                                                       TTL ``DEAD_LETTER_TTL``.
 ``taskplane:dead-letters:{tenant}``           zset    dead-letter ids by time of death.
@@ -158,8 +159,11 @@ def ended_index_key(tenant: str | None, state: str) -> str:
 
 
 def ended_index_keys(tenant: str, state: str) -> list[str]:
-    """The tenant's index of tasks that ended in ``state`` and every tenant's, in that order."""
-    return [ended_index_key(tenant, state), ended_index_key(None, state)]
+    """The indexes a task that ended in ``state`` is entered in (as many as ``lib.lua``'s
+    ``ENDED``): its tenant's only. Every tenant's (``ended_index_key(None, state)``, no
+    longer written: a ZADD and an EXPIRE per task, issue 29) is read off the index of
+    every tenant's tasks, checking the records' states (``listing.py``)."""
+    return [ended_index_key(tenant, state)]
 
 
 def schedules_key() -> str:

@@ -87,12 +87,13 @@ class Listing:
         """A page of tasks matching ``query``, newest submission first, with their raw
         results, and the cursor of the next page (None: the end).
 
-        Walks the one index that holds every possible match (:meth:`_index_for`: the tasks
-        that ended in a final state, the tenant's unfinished tasks, or all), from
-        ``cursor`` down, reading records a batch per round trip. Unfiltered or with a final
-        state (and the time window) a page costs O(log n + page); a task type, a queue or
-        an unfinished state is checked on the records (no index per task type or queue:
-        each cost every submission two more sorted-set writes in Redis, issue 29), reading
+        Walks the one index that holds every possible match (:meth:`_index_for`: the
+        tenant's tasks that ended in a final state, the tenant's unfinished tasks, or all),
+        from ``cursor`` down, reading records a batch per round trip. Unfiltered or with a
+        tenant's final state (and the time window) a page costs O(log n + page); a task
+        type, a queue, an unfinished state or (every tenant's) a final state is checked on
+        the records (no index per task type, queue or every tenant's final state: each cost
+        every task more sorted-set writes in Redis, issue 29), reading
         at most ``max_examined`` entries per page, so a page may hold fewer than ``limit``
         tasks, and ``next`` says where to go on. Entries whose record has expired are
         dropped from the index as they are met.
@@ -145,7 +146,7 @@ class Listing:
     @staticmethod
     def _index_for(query: TaskQuery) -> str:
         """The smallest index that holds every task ``query`` can match."""
-        if query.state in FINAL_STATES:
+        if query.state in FINAL_STATES and query.tenant is not None:
             return ended_index_key(query.tenant, query.state)
         if query.state is not None and query.tenant is not None:
             return open_key(query.tenant)  # unfinished tasks only, by submission time

@@ -5,7 +5,7 @@
 --       open          the tenant's unfinished tasks
 --       dead          the task's dead letter
 --       dead_index x2 the tenant's and every tenant's dead-letter index
---       failed x2     the tenant's and every tenant's index of tasks ended in FAILURE
+--       failed x1     the tenant's index of tasks ended in FAILURE (lib.lua ENDED)
 --       result        Celery's result key                (only when value ~= '')
 -- ARGV  id, now, result ttl (the record's lifetime once final), tenant (the caller's
 --       guess), run_ended ('1'/'0', as finish), letter (the dead letter's JSON object,
@@ -20,13 +20,13 @@
 
 local record, open, dead = KEYS[1], KEYS[2], KEYS[3]
 local dead_indexes = keys_from(4, 2)
-local failed = keys_from(6, 2)
+local failed = keys_from(6, ENDED)
 local id, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local tenant, run_ended = ARGV[4], ARGV[5]
 local letter, letter_ttl = ARGV[6], tonumber(ARGV[7])
 local value, value_ttl, keep = ARGV[8], ARGV[9], ARGV[10]
 local result
-if value ~= '' then result = KEYS[8] end
+if value ~= '' then result = KEYS[6 + ENDED] end
 
 local refused, current, rec = may_end(record, result, value, value_ttl, tenant, run_ended,
                                      true)

@@ -4,7 +4,7 @@
 --
 -- KEYS  record        the task's record
 --       open          the tenant's unfinished tasks      (only when state ~= '')
---       ended x2      the tenant's and every tenant's index of tasks ended in state
+--       ended x1      the tenant's index of tasks ended in state (lib.lua ENDED)
 --                                                        (only when state ~= '')
 --       listed xN     the listing indexes of the record to adopt (N = adopt)
 --       result        Celery's result key                (only when value ~= '')
@@ -30,7 +30,7 @@ local value, value_ttl, keep = ARGV[7], ARGV[8], ARGV[9]
 local adopt, fields = tonumber(ARGV[10]), args_from(11)
 local open, ended, listed, result
 local next_key = 2
-if state ~= '' then open, ended, next_key = KEYS[2], keys_from(3, 2), 5 end
+if state ~= '' then open, ended, next_key = KEYS[2], keys_from(3, ENDED), 3 + ENDED end
 if adopt > 0 then listed, next_key = keys_from(next_key, adopt), next_key + adopt end
 if value ~= '' then result = KEYS[next_key] end
 

@@ -62,6 +62,9 @@ end
 -- How many listing indexes a task is entered in (keys.listing_keys: its tenant's and
 -- every tenant's), so how many KEYS each script that lists a task takes for them.
 local LISTED = 2
+-- How many indexes of tasks ended in a state a task's ending enters it in
+-- (keys.ended_index_keys: its tenant's only).
+local ENDED = 1
 
 -- How often a write to a listing index also trims it: one write in TRIM_EVERY, chosen by
 -- the write's millisecond (``now``, an argument, so replicas and the AOF see the same).

@@ -6,7 +6,7 @@
 --       queue         the queue list the message goes to
 --       dead          the task's dead letter
 --       dead_index x2 the tenant's and every tenant's dead-letter index
---       failed x2     the tenant's and every tenant's index of tasks ended in FAILURE
+--       failed x1     the tenant's index of tasks ended in FAILURE (lib.lua ENDED)
 --       listed x2     the listing indexes (keys.listing_keys; lib.lua LISTED)
 --       result        Celery's result key: the old FAILURE goes
 -- ARGV  id, record ttl, now, cap (0: none), read (the dead letter as the caller read
@@ -22,9 +22,9 @@
 
 local record, open, queue, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dead_indexes = keys_from(5, 2)
-local failed = keys_from(7, 2)
-local listed = keys_from(9, LISTED)
-local result = KEYS[9 + LISTED]
+local failed = keys_from(7, ENDED)
+local listed = keys_from(7 + ENDED, LISTED)
+local result = KEYS[7 + ENDED + LISTED]
 local id, ttl, now, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local read, message, keep, open_age = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 local fields = args_from(9)

@@ -3,7 +3,7 @@
 --
 -- KEYS  record        the task's record
 --       open          the tenant's unfinished tasks
---       revoked x2    the tenant's and every tenant's index of REVOKED tasks
+--       revoked x1    the tenant's index of REVOKED tasks (lib.lua ENDED)
 --       result        Celery's result key                (only when value ~= '')
 -- ARGV  id, now, result ttl (the record's lifetime once final), tenant, terminate
 --       ('1'/'0'), value (the REVOKED result; '' for none), value_ttl, keep (index
@@ -16,12 +16,12 @@
 --       without terminate) | tenant (as finish).
 
 local record, open = KEYS[1], KEYS[2]
-local revoked = keys_from(3, 2)
+local revoked = keys_from(3, ENDED)
 local id, now, ttl = ARGV[1], ARGV[2], ARGV[3]
 local tenant, terminate = ARGV[4], ARGV[5]
 local value, value_ttl, keep = ARGV[6], ARGV[7], ARGV[8]
 local result
-if value ~= '' then result = KEYS[5] end
+if value ~= '' then result = KEYS[3 + ENDED] end
 
 local refused, current, rec = may_end(record, nil, '', 0, tenant, '0')
 if refused then return refused end
