@@ -135,6 +135,7 @@ def create_celery(settings: Settings, patient: bool = False,
                                 result_backend(app).get_key_for_task(task_id)),
                             max_countdown=settings.max_countdown,
                             acks=settings.replicas_ack, ack_timeout=settings.redis_ack_timeout,
+                            keep_messages=settings.reconcile_seconds > 0,
                             # a worker ending a task repeats the ending until a replica
                             # has it (or half the visibility timeout), then acks
                             strict_acks=not patient, on_ack=app_metrics.count_replica_ack,

@@ -427,3 +427,25 @@ def test_submit_enters_the_task_in_every_listing_index(app: TaskplaneCelery, lif
     rows, _ = life.list_tasks(query, 10)
     assert [record.id for record, _ in rows] == [task_id]
     assert life.list_tasks(lifecycle.TaskQuery(tenant=TENANT, task="other"), 10) == ([], None)
+
+
+def test_submit_keeps_the_message_on_the_record_only_where_a_reconcile_pass_runs(
+        app: TaskplaneCelery, lifecycle_redis: RedisServer, client: redis.Redis) -> None:
+    """The copy is for ``reconcile.lua`` alone (issue 29: a 1-2 kB write per task, and a
+    record too big for Redis' compact hash encoding): kept with ``RECONCILE_INTERVAL`` set
+    (``auto`` behind Sentinel), not on a single node's default, and dropped at start."""
+    assert app.runtime.settings.reconcile_seconds == 0
+    plain = accept(app)
+    assert client.hmget(lifecycle.record_key(plain), "message", "list") == [None, None]
+    assert client.object("encoding", lifecycle.record_key(plain)) == b"listpack"
+    reconciling = make_app(lifecycle_redis, RECONCILE_INTERVAL="10")
+    try:
+        kept = accept(reconciling)
+        message, queue_list = client.hmget(lifecycle.record_key(kept), "message", "list")
+        assert queue_list is not None and message is not None
+        assert json.loads(message)["headers"]["id"] == kept
+        assert message in client.lrange(queue_list, 0, -1)
+        assert reconciling.runtime.lifecycle.start(kept, 0).verdict == "run"
+        assert client.hmget(lifecycle.record_key(kept), "message", "list") == [None, None]
+    finally:
+        reconciling.close()

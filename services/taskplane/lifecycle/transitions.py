@@ -60,6 +60,7 @@ class Transitions:
     dead_letter_ttl: int
     keep: int
     open_age: int
+    keep_messages: bool
     result_key: Callable[[str], str]
 
     def submit(self, record: TaskRecord, push: tuple[str, str], *, cap: int = 0,
@@ -86,7 +87,8 @@ class Transitions:
         for _ in range(5):
             keys = [*fixed, record_key(held)] if held else fixed
             args = [record.id, ttl, now, cap, rate, burst, fp, self.idempotency_ttl, held,
-                    push[1], self.keep, self.open_age, *record.fields()]
+                    push[1], self.keep, self.open_age, int(self.keep_messages),
+                    *record.fields()]
             outcome, task_id, wait = self._store.run("submit", keys, args)
             outcome = outcome.decode()
             if outcome != "stale":

@@ -14,10 +14,12 @@
 --       fp (body fingerprint; '' without a key), idempotency ttl, held_read (the id the
 --       key held when the caller read it; '' if none), message, keep (index lifetime),
 --       open_age (the longest an unfinished record lives: the open set's pruning age),
---       the record's field/value pairs...
+--       keep_message ('1': keep the message and its list on the record, for
+--       reconcile.lua), the record's field/value pairs...
 -- Precondition  the key still holds what the caller read; a token is free; the key is
 --       unused or its task's record expired; the id is new; the tenant is under its cap.
--- Writes  the record (PENDING, with the message and its list until the task starts),
+-- Writes  the record (PENDING; with keep_message, the message and its list until the
+--       task starts),
 --       open set, listing indexes, the message, the key.
 -- Returns {outcome, id, retry_after}: created | replay (id: the first task) | conflict
 --       (the key was used with another body) | rate_limited (retry_after seconds) |
@@ -29,7 +31,8 @@ local listed = keys_from(4, LISTED)
 local id, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local cap, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local fp, idem_ttl, held_read = ARGV[7], ARGV[8], ARGV[9]
-local message, keep, open_age, fields = ARGV[10], ARGV[11], tonumber(ARGV[12]), args_from(13)
+local message, keep, open_age = ARGV[10], ARGV[11], tonumber(ARGV[12])
+local keep_message, fields = ARGV[13] == '1', args_from(14)
 local optional = 3 + LISTED
 local bucket, idem, held
 if rate > 0 then optional = optional + 1; bucket = KEYS[optional] end
@@ -51,13 +54,17 @@ if held then
 end
 if redis.call('EXISTS', record) == 1 then return {'replay', id, '0'} end
 if not has_room(open, now, open_age, cap) then return {'cap_reached', '', '0'} end
--- the message and its list are kept on the record until a worker starts the task
--- (start.lua drops them): reconcile.lua pushes it again if a failover loses the message
--- while the record stands. Written with the record's other fields: one HSET, not two.
-fields[#fields + 1] = 'message'
-fields[#fields + 1] = message
-fields[#fields + 1] = 'list'
-fields[#fields + 1] = queue
+-- with keep_message, the message and its list are kept on the record until a worker
+-- starts the task (start.lua drops them): reconcile.lua pushes it again if a failover
+-- loses the message while the record stands. Written with the record's other fields: one
+-- HSET, not two. Without (no reconcile pass runs), the record stays small: a field over
+-- 64 bytes turns Redis' compact hash encoding into a hash table.
+if keep_message then
+  fields[#fields + 1] = 'message'
+  fields[#fields + 1] = message
+  fields[#fields + 1] = 'list'
+  fields[#fields + 1] = queue
+end
 open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
 redis.call('LPUSH', queue, message)
 if idem then
