@@ -103,7 +103,7 @@ end
 -- TRIM_EVERY (as ``index`` trims), not on every submit: an entry only outlives its record
 -- when the task never ended, so the set holds few of them.
 local function has_room(open, now, open_age, cap)
-  now = tonumber(now)
+  now, open_age = tonumber(now), tonumber(open_age)
   if math.floor(now * 1000) % TRIM_EVERY ~= 0 and cap > 0 and redis.call('ZCARD', open) < cap then
     return true
   end

@@ -28,10 +28,12 @@
 
 local record, open, queue = KEYS[1], KEYS[2], KEYS[3]
 local listed = keys_from(4, LISTED)
-local id, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- ttl, now and open_age stay the strings they came as: a Lua number passed to redis.call
+-- is formatted again (%.17g), about as dear as a short command of its own
+local id, ttl, now = ARGV[1], ARGV[2], ARGV[3]
 local cap, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local fp, idem_ttl, held_read = ARGV[7], ARGV[8], ARGV[9]
-local message, keep, open_age = ARGV[10], ARGV[11], tonumber(ARGV[12])
+local message, keep, open_age = ARGV[10], ARGV[11], ARGV[12]
 local keep_message, fields = ARGV[13] == '1', args_from(14)
 local optional = 3 + LISTED
 local bucket, idem, held
