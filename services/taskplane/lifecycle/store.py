@@ -51,38 +51,24 @@ LIBS = ("lib", "workflow_lib")
 
 @functools.cache
 def source(name: str) -> str:
-    """The Lua of ``scripts/{name}.lua`` with, in front, the definitions of the shared
-    files (:data:`LIBS`) it uses, directly or through another definition, in the files'
-    order. Every call runs what is in front (each ``local function`` is a closure made
-    anew per call, before the script's first command), so a script carries only the
-    shared functions it can call: submit and start none of the workflow ones."""
+    """The Lua of ``scripts/{name}.lua`` with the shared files (:data:`LIBS`) it needs in
+    front: ``lib`` always, ``workflow_lib`` only for a script that calls one of its
+    functions. Every call runs the definitions of what is in front (each ``local
+    function`` is a closure made anew per call), so submit and start, which end no task,
+    do not pay for the workflow functions."""
     folder = resources.files(__package__).joinpath("scripts")
     body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    chunks = [c for lib in LIBS
-              for c in _definitions(folder.joinpath(f"{lib}.lua").read_text(encoding="utf-8"))]
-    wanted, text = set(), _code(body)
-    while True:  # the definitions ``text`` names, until nothing new is named
-        new = {n for n, _ in chunks if n not in wanted and re.search(rf"\b{n}\b", text)}
-        if not new:
-            break
-        wanted |= new
-        text = _code("\n".join(c for n, c in chunks if n in new))
-    used = [c for n, c in chunks if n in wanted]
-    return "\n".join([*used, f"-- ---- {name}.lua ----", body])
+    libs = []
+    for lib in LIBS:
+        text = folder.joinpath(f"{lib}.lua").read_text(encoding="utf-8")
+        if lib == LIBS[0] or any(re.search(rf"\b{fn}\(", body) for fn in _functions(text)):
+            libs.append(text)
+    return "\n".join([*libs, f"-- ---- {name}.lua ----", body])
 
 
-def _code(lua: str) -> str:
-    """Lua without its comments (what a comment names is not used)."""
-    return re.sub(r"--[^\n]*", "", lua)
-
-
-def _definitions(lua: str) -> list[tuple[str, str]]:
-    """A Lua file's top-level definitions (``local function f`` or ``local NAME =``), each
-    with its name and its text up to the next one (the comment of the next one included:
-    only comments stand between two definitions of these files)."""
-    starts = list(re.finditer(r"^local (?:function )?(\w+)", lua, flags=re.MULTILINE))
-    return [(m.group(1), lua[m.start():starts[i + 1].start() if i + 1 < len(starts) else None])
-            for i, m in enumerate(starts)]
+def _functions(lua: str) -> list[str]:
+    """The names of the ``local function``s a Lua file defines."""
+    return re.findall(r"^local function (\w+)", lua, flags=re.MULTILINE)
 
 
 class Store:
