@@ -65,7 +65,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -408,6 +409,21 @@ class RideThroughQoS(kombu_redis.QoS):
         #: Acks Redis did not take (it was away): sent again on reconnection.
         self.pending_acks: set[str] = set()
         self._guard = threading.Lock()
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        """kombu's, but a pipeline of its own is a plain one, not MULTI/EXEC: a delivery's
+        lease (ZADD into the unacked index, HSET of the message) and its ack (ZREM, HDEL)
+        are each two commands in one round trip either way, and the transaction cost
+        Redis two more commands each time (issue 29). Nothing relies on it: the sweep
+        hands back only leases older than the visibility timeout (a new one is not, even
+        with its message not yet filed), ignores an index entry without a message, and
+        restores under WATCH of the unacked hash, which any HSET or HDEL trips."""
+        if pipe:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as conn:  # type: ignore[attr-defined]  # the Redis channel's, not in the stubs
+                yield conn.pipeline(transaction=False)
 
     def restore_unacked_once(self, stderr: Any = None) -> None:
         if getattr(self.channel, "detached", False):
