@@ -105,3 +105,30 @@ def test_channel_keeps_one_sync_client_per_pool() -> None:
     assert channel._create_client(asynchronous=True) is not first  # BRPOP's own, as kombu's
     channel.pool = Pool()
     assert channel._create_client() is not first
+
+
+def test_lease_and_ack_bookkeeping_is_a_plain_pipeline() -> None:
+    """kombu files a delivery's lease (``append``) and drops it (``_remove_from_indices``:
+    ack, reject) through ``pipe_or_acquire``; Taskplane's gives them a pipeline without
+    MULTI/EXEC (issue 29: two commands fewer each), and still uses a pipeline it is given."""
+    import contextlib
+    from collections.abc import Iterator
+
+    import redis
+
+    for name in ("append", "_remove_from_indices"):
+        assert "pipe_or_acquire" in inspect.getsource(getattr(kombu_redis.QoS, name)), name
+    client = redis.Redis(port=1)  # never connected: building a pipeline sends nothing
+
+    class Channel:
+        @contextlib.contextmanager
+        def conn_or_acquire(self, given: object = None) -> Iterator[redis.Redis]:
+            yield client
+
+    qos = broker.RideThroughQoS.__new__(broker.RideThroughQoS)
+    qos.channel = Channel()
+    with qos.pipe_or_acquire() as pipe:
+        assert isinstance(pipe, redis.client.Pipeline) and not pipe.transaction
+    given = client.pipeline()
+    with qos.pipe_or_acquire(given) as pipe:
+        assert pipe is given
