@@ -32,8 +32,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from time import monotonic, sleep
 from typing import Any
 
+import redis
+
+from .errors import OutcomeUnknown
 from .keys import (
     adopted_listing_keys,
     dead_index_keys,
@@ -49,6 +53,43 @@ from .records import ResultWrite, RunStart, Submission, TaskRecord, Transition
 from .states import FAILURE, REVOKED
 from .store import Store
 
+#: First pause between two tries of a submission riding through a failover; it doubles
+#: up to :data:`RIDE_PAUSE_MAX`.
+RIDE_PAUSE, RIDE_PAUSE_MAX = 0.05, 0.5
+
+
+class RideThrough:
+    """Tries of one submission through a failover, for up to ``seconds``
+    (``SUBMIT_RIDE_THROUGH``).
+
+    Trying ``submit`` again is safe: the task's id is fixed before the first try, and the
+    script answers ``replay`` for a record that exists, so a try whose reply was lost
+    (:class:`OutcomeUnknown`) is found, never written twice. What ends the ride: an
+    answer, or the time running out; then the error is raised, as :class:`OutcomeUnknown`
+    if any try may have been applied (never "nothing was accepted" for a write that may
+    have happened), else the last connection error (nothing was).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = monotonic() + seconds
+        self.unknown: OutcomeUnknown | None = None  # the first try whose outcome is unknown
+
+    def run(self, attempt: Callable[..., Any], *args: Any) -> Any:
+        pause = RIDE_PAUSE
+        while True:
+            try:
+                return attempt(*args)
+            except (OutcomeUnknown, redis.ConnectionError, redis.TimeoutError) as exc:
+                if isinstance(exc, OutcomeUnknown) and self.unknown is None:
+                    self.unknown = exc
+                left = self.deadline - monotonic()
+                if left <= 0:
+                    if self.unknown is not None and self.unknown is not exc:
+                        raise self.unknown from exc
+                    raise
+            sleep(min(pause, left))  # pacing: a failover's next step cannot be polled
+            pause = min(pause * 2, RIDE_PAUSE_MAX)
+
 
 class Transitions:
     """The transitions part of :class:`~taskplane.lifecycle.Lifecycle`."""
@@ -61,6 +102,7 @@ class Transitions:
     keep: int
     open_age: int
     result_key: Callable[[str], str]
+    ride_through: float
 
     def submit(self, record: TaskRecord, push: tuple[str, str], *, cap: int = 0,
                rate: float = 0.0, burst: int = 1, idempotency: tuple[str, str] | None = None
@@ -82,16 +124,28 @@ class Transitions:
         if idempotency is not None:
             fixed.append(idempotency_key(record.tenant, idempotency[0]))
             fp = idempotency[1]
-        held = ""  # the task the key names, as far as this call knows: learnt from 'stale'
-        for _ in range(5):
+
+        def submit_once(held: str) -> Any:
             keys = [*fixed, record_key(held)] if held else fixed
-            args = [record.id, ttl, now, cap, rate, burst, fp, self.idempotency_ttl, held,
-                    push[1], self.keep, self.open_age, *record.fields()]
-            outcome, task_id, wait = self._store.run("submit", keys, args)
-            outcome = outcome.decode()
+            return self._store.run("submit", keys, [
+                record.id, ttl, now, cap, rate, burst, fp, self.idempotency_ttl, held, push[1],
+                self.keep, self.open_age, *record.fields()])
+
+        held = ""  # the task the key names, as far as this call knows: learnt from 'stale'
+        ride = RideThrough(self.ride_through)
+        for _ in range(5):
+            outcome, task_id, wait = ride.run(submit_once, held)
+            outcome, task_id = outcome.decode(), task_id.decode()
+            if ride.unknown is not None:
+                if outcome == "replay" and task_id == record.id:
+                    outcome = "created"  # an earlier try, whose reply was lost, wrote it
+                elif outcome == "rate_limited":
+                    # the script takes the token before it can see a task an earlier try
+                    # wrote: refused now, that try may still have been accepted
+                    raise ride.unknown
             if outcome != "stale":
-                return Submission(outcome, task_id.decode(), float(wait))
-            held = task_id.decode()
+                return Submission(outcome, task_id, float(wait))
+            held = task_id
         raise RuntimeError("the Idempotency-Key kept changing under this request")
 
     def start(self, task_id: str, retries: int, started: ResultWrite | None = None,
