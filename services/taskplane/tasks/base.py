@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Task, current_task
 from celery.app.task import get_actual_ignore_result  # type: ignore[attr-defined]  # Celery's own helper, absent from celery-types
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from ..lifecycle import PoisonedTask, TaskRecord
 from ..results import ResultBackend, stock_record
@@ -89,12 +89,20 @@ class TaskplaneTask(Task[Any, Any]):
         now (acknowledged). Due, it finds the task ended (dropped), still leased (sent
         again), or abandoned by a dead worker (run, as a redelivery)."""
         margin = runtime_of(self.app).settings.lease_interval
-        self.signature_from_request(request, countdown=wait + margin,
-                                    retries=request.retries or 0).apply_async()
+        request.taskplane_skipped = True  # no run started here: none ends (worker.py)
+        try:
+            self.signature_from_request(request, countdown=wait + margin,
+                                        retries=request.retries or 0).apply_async()
+        except Exception as exc:
+            # Not sent: never let it fail the task (the live run's record would end
+            # FAILURE); hand this delivery back to its queue to be tried again.
+            log.warning("task %s[%s] runs on a live worker; sending its delivery again "
+                        "failed (%s): handed back", self.name, request.id,
+                        type(exc).__name__)
+            raise Reject(exc, requeue=True) from exc
         log.warning("task %s[%s] is running on a live worker: delivery postponed %.1fs",
                     self.name, request.id, wait + margin)
         request.taskplane_postponed = True
-        request.taskplane_skipped = True
         raise Ignore()
 
     def _adopted(self, request: Any) -> TaskRecord | None:
