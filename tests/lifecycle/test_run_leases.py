@@ -6,12 +6,14 @@ node (no lease) starts a redelivery at once, as before. Against a real Redis."""
 from __future__ import annotations
 
 import time
+import uuid
 
+import pytest
 import redis
 from celery import states
 
 from taskplane import lifecycle
-from taskplane.lifecycle import Lifecycle, RunLeases, record_key
+from taskplane.lifecycle import Lifecycle, RunLeases, record_key, transitions
 from taskplane.runtime import TaskplaneCelery
 from taskplane.settings import Settings
 from tests.lifecycle.conftest import TENANT, accept
@@ -59,6 +61,22 @@ def test_the_start_goes_ahead_once_the_lease_lapses_counting_the_dead_run(
     again = life.start(task_id, retries=0)
     assert again.verdict == "run" and again.died == 1  # the silent worker's run died
     assert life.start(task_id, retries=0).verdict == "running"  # and the new run holds it
+
+
+def test_a_start_repeated_after_a_lost_reply_runs_and_counts_its_run_once(
+        app: TaskplaneCelery, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's client sends a start again when the reply was lost (a failover right
+    after the write reached a replica): it finds its own run, not another's."""
+    life = leased(app, client)
+    task_id = accept(app)
+    token = uuid.uuid4()
+    monkeypatch.setattr(transitions.uuid, "uuid4", lambda: token)  # the same call, again
+    assert life.start(task_id, retries=0).verdict == "run"
+    again = life.start(task_id, retries=0)
+    assert again.verdict == "run" and again.died == 0
+    assert client.hget(record_key(task_id), "runs_started") == b"1"
+    monkeypatch.undo()
+    assert life.start(task_id, retries=0).verdict == "running"  # another start's
 
 
 def test_a_renewal_keeps_the_lease_and_never_touches_an_ended_or_missing_record(

@@ -21,8 +21,9 @@ key                                           type    holds
                                                       list (what submit pushed, where), and
                                                       lost_seen (``reconcile.lua``). Behind
                                                       Sentinel, a running task's also
-                                                      run_seen: its run lease, renewed by
-                                                      its worker (``renew_runs.lua``). Its
+                                                      run_seen (its run lease, renewed by
+                                                      its worker: ``renew_runs.lua``) and
+                                                      run_by (the start that took it). Its
                                                       existence makes an id
                                                       "submitted" (else 404). TTL
                                                       ``TASK_RECORD_TTL`` (plus any countdown),

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,8 +113,9 @@ class Transitions:
         lease lapses.
         """
         keys = [record_key(task_id)]
+        # the token tells this start, repeated after a lost reply, from another's
         args: list[Any] = [time.time(), retries, "", 0, 0, self.keep, task_id,
-                           repr(self.run_lease)]
+                           repr(self.run_lease), uuid.uuid4().hex if self.run_lease > 0 else ""]
         if adopt is not None:
             keys += [open_key(adopt.tenant), *listing_keys(adopt.tenant, adopt.task, adopt.queue)]
             args[4] = self.record_ttl

@@ -10,7 +10,8 @@
 -- ARGV  now, retries (the run's retry count), started (the STARTED result to store; ''
 --       for none), started_ttl, adopt_ttl (ttl of the record to create for a task
 --       sent around the API; 0: adopt none), keep (index lifetime), id, hold (the run
---       lease, seconds: HA only, else 0), the adopted record's field/value pairs...
+--       lease, seconds: HA only, else 0), token (this start's own, unique: a call repeated
+--       after a lost reply is known by it), the adopted record's field/value pairs...
 -- Precondition  the record exists and has not ended. A task without a record (sent
 --       around the API: a stock Celery client, ``celery call``) runs, and is adopted
 --       under the system tenant when adopt_ttl > 0.
@@ -18,8 +19,11 @@
 --       the dead master to a second worker while the first still runs it): a record
 --       STARTED by a run that has not ended, whose worker renewed ``run_seen`` (at start,
 --       then renew_runs.lua every LEASE_INTERVAL) less than ``hold`` seconds ago, is
---       another live run's: this delivery is refused (postponed) and nothing written.
--- Writes  the record: STARTED, started_at, retries, runs_started + 1, run_seen (hold > 0),
+--       another live run's: this delivery is refused (postponed) and nothing written;
+--       unless the run is this very start (``run_by`` = token), whose reply was lost:
+--       answered as it was, nothing written again.
+-- Writes  the record: STARTED, started_at, retries, runs_started + 1, run_seen and run_by
+--       (hold > 0),
 --       no longer the message submit kept (reconcile.lua); the result. An
 --       adopted record also enters its tenant's open set (every unfinished task is
 --       there: the listing of unfinished states reads it) and the listing indexes.
@@ -32,15 +36,16 @@ local record = KEYS[1]
 local now, retries = ARGV[1], ARGV[2]
 local started, started_ttl = ARGV[3], ARGV[4]
 local adopt_ttl, keep, id, hold = tonumber(ARGV[5]), ARGV[6], ARGV[7], tonumber(ARGV[8])
-local adopted = args_from(9)
-local lease = hold > 0 and {'run_seen', now} or {}
+local token, adopted = ARGV[9], args_from(10)
+local lease = hold > 0 and {'run_seen', now, 'run_by', token} or {}
 local open, listed, result
 if adopt_ttl > 0 then open, listed = KEYS[2], keys_from(3, 6) end
 if started ~= '' then result = KEYS[listed and 9 or 2] end
 
 -- one read for what was three (EXISTS, HGET state, HGET runs_ended): every record has a
 -- state, so a missing state is a missing record
-local seen = redis.call('HMGET', record, 'state', 'runs_ended', 'runs_started', 'run_seen')
+local seen = redis.call('HMGET', record, 'state', 'runs_ended', 'runs_started', 'run_seen',
+                        'run_by')
 local state = seen[1]
 if not state then
   if listed then
@@ -57,7 +62,9 @@ if not state then
 end
 if is_final(state) then return {state, 0} end
 local ended = tonumber(seen[2] or '0')
-if hold > 0 and state == 'STARTED' and seen[4] and tonumber(seen[3] or '0') > ended then
+local runs_started = tonumber(seen[3] or '0')
+if hold > 0 and state == 'STARTED' and seen[4] and runs_started > ended then
+  if seen[5] == token then return {'run', runs_started - 1 - ended} end
   local left = hold - (tonumber(now) - tonumber(seen[4]))
   if left > 0 then return {'running', tostring(left)} end
 end
