@@ -9,7 +9,9 @@ Celery cancels the timer entries of a broker connection when it loses it, so the
 are armed by ``LeaseStep``, a consumer bootstep that starts again on every (re)connection.
 Its start also settles what the lost connection left behind (``broker.settle_detached``)
 and renews every lease at once, before the restarted loop's first sweep for expired
-leases can hand a running task to someone else.
+leases can hand a running task to someone else. Behind Sentinel the same renewal keeps
+the run lease of every task the pool runs (``lifecycle.RunLeases``), which holds off a
+second start of it that a failover could deliver while this worker lives.
 
 The HTTP port is bound before Celery starts (``serve_probes``): a worker whose first
 Redis connection is slow answers ``/livez`` from its first second (it is starting, not
