@@ -503,6 +503,19 @@ class Settings:
         return float(value)
 
     @property
+    def run_lease(self) -> float:
+        """Seconds a running task's lease holds off a second start of it (0: no lease).
+
+        Only with acknowledged writes (``replicas_ack`` > 0: HA), where a failover can hand
+        a message to a second worker while its first worker still runs it
+        (``lifecycle/run_leases.py``). A live worker renews it every ``LEASE_INTERVAL``; it
+        lapses one interval before the broker's own lease (``VISIBILITY_TIMEOUT``), so a
+        dead worker's message, handed back by the sweep, is never held back by it."""
+        if self.replicas_ack <= 0:
+            return 0.0
+        return float(self.visibility_timeout) - self.lease_interval
+
+    @property
     def reconcile_seconds(self) -> float:
         """``RECONCILE_INTERVAL`` in seconds: ``auto`` is 10 behind Sentinel, 0 (no pass)
         for a single node."""

@@ -8,7 +8,9 @@ submitting, and then checks what the issue promises:
 * every task answered 202 is still there and ran to its end (none erased);
 * the API's unavailable window (first refused submission to the next 202);
 * no worker, scheduler or API process exited;
-* tasks that ran twice (no worker dies here, so any is the failover's doing: reported);
+* no task ran (or finished) twice: no worker dies here, so a second run would be the
+  failover's doing (a run's start is acknowledged and its lease holds off a second
+  delivery while its worker lives: ``lifecycle/run_leases.py``);
 * a schedule firing every second beside the load: no tick fired twice or went missing.
 
 The contrast: the node-loss fault again with ``REDIS_MIN_REPLICAS_ACK=0``, reporting how
@@ -144,6 +146,9 @@ def assert_promises_kept(report: dict[str, Any]) -> None:
     # ends: an unfinished one means a message lost for good or a consumer stopped.
     assert report["not_finished"] == [], report
     assert report["exited"] == [], report
+    # no worker died: a task ran twice only where one did, so none did here
+    assert report["ran_twice"] == [], report
+    assert report["finished_twice"] == [], report
     assert report["window_seconds"] <= WINDOW_TARGET, report
     # the schedule beside the load: every tick fired once, none missing, each run once
     assert report["ticks_after_fault"] >= 2, report

@@ -13,7 +13,9 @@ transition          from                        guarantee
                                                 and message: all written or none; a replayed key
                                                 returns the first task, never a second one
 ``start``           PENDING, RETRY, STARTED     a revoked or finished task never runs again; the
-                    (redelivered)               run is counted (poison detection); STARTED stored
+                    (redelivered)               run is counted (poison detection); STARTED stored;
+                                                behind Sentinel, never while another run's lease
+                                                is live (a failover's second delivery waits)
 ``write``           STARTED                     progress and RETRY never land on a finished task
 ``finish``          any but a final state       result, record and tenant slot change together;
                                                 a final state is never overwritten
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from time import monotonic, sleep
 from typing import Any
@@ -101,6 +104,7 @@ class Transitions:
     dead_letter_ttl: int
     keep: int
     open_age: int
+    run_lease: float
     result_key: Callable[[str], str]
     ride_through: float
 
@@ -156,9 +160,16 @@ class Transitions:
         ``adopt``: the record to create if there is none, for a task sent around the API
         (a stock Celery client, ``celery call``): it then shows up for the operator, its
         failure is a dead letter, and nothing runs unaccounted for.
+
+        ``run_lease`` > 0 (Redis HA): a task STARTED by a run whose worker renewed its
+        lease (:class:`~taskplane.lifecycle.RunLeases`) less than ``run_lease`` seconds
+        ago is not started again: verdict ``running``, ``wait`` the seconds until that
+        lease lapses.
         """
         keys = [record_key(task_id)]
-        args: list[Any] = [time.time(), retries, "", 0, 0, self.keep, task_id]
+        # the token tells this start, repeated after a lost reply, from another's
+        args: list[Any] = [time.time(), retries, "", 0, 0, self.keep, task_id,
+                           repr(self.run_lease), uuid.uuid4().hex if self.run_lease > 0 else ""]
         if adopt is not None:
             keys += [open_key(adopt.tenant), *listing_keys(adopt.tenant, adopt.task, adopt.queue)]
             args[4] = self.record_ttl
@@ -167,6 +178,8 @@ class Transitions:
             keys.append(started[0])
             args[2:4] = [started[1], started[2]]
         verdict, died = self._store.run("start", keys, args)
+        if verdict == b"running":
+            return RunStart("running", 0, float(died))
         return RunStart(verdict.decode(), int(died))
 
     def write(self, task_id: str, result: ResultWrite, record_fields: Sequence[str] = ()
