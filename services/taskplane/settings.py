@@ -93,7 +93,9 @@ class Settings:
         "refused by a demoted master, no master named yet, no replica confirming) before it "
         "answers 503. Safe: a submission tried again never writes its task twice. `auto`: 5 "
         "behind Sentinel, so a failover (or the chart's Redis handover) costs clients slow "
-        "answers, not failed ones; 0 for a single node, whose outage lasts until it is back.",
+        "answers, not failed ones; 0 for a single node, whose outage lasts until it is back. "
+        "Behind your own sentinels set it to their down-after plus about 5 s (the chart "
+        "does).",
     )
     redis_startup_timeout: float = _setting(
         "REDIS_STARTUP_TIMEOUT", 60.0,
