@@ -73,7 +73,6 @@ from typing import Any
 
 import kombu.transport as kombu_transport
 import redis
-import redis.sentinel
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps as json_dumps
@@ -601,7 +600,7 @@ class RideThroughSentinelChannel(RideThroughChannelMixin, kombu_redis.SentinelCh
     def _fresh_pool(self) -> redis.ConnectionPool:
         params = {k: v for k, v in self._detached_params.items() if k not in ("host", "port")}
         credentials = {k: params[k] for k in ("username", "password") if k in params}
-        sentinel = redis.sentinel.Sentinel(
+        sentinel = redis_conn.FailoverSentinel(
             self._detached_sentinels, min_other_sentinels=getattr(self, "min_other_sentinels", 0),
             sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **params)
         master = sentinel.master_for(getattr(self, "master_name", None), redis.Redis, **credentials)

@@ -139,7 +139,9 @@ def create_celery(settings: Settings, patient: bool = False,
                             # a worker ending a task repeats the ending until a replica
                             # has it (or half the visibility timeout), then acks
                             strict_acks=not patient, on_ack=app_metrics.count_replica_ack,
-                            ack_patience=settings.visibility_timeout / 2 if patient else 0.0),
+                            ack_patience=settings.visibility_timeout / 2 if patient else 0.0,
+                            ride_through=settings.submit_ride_through_seconds,
+                            run_lease=settings.run_lease),
         broker=broker.RedisBroker(client),
         metrics=app_metrics,
         on_dead_letter=on_dead_letter,

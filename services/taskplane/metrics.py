@@ -59,9 +59,10 @@ FOLLOWER_REFUSALS = ("tenant", "process", "unavailable")
 
 #: How a task ended, as counted in ``taskplane_tasks_total``.
 #: ``redelivered`` counts runs of a message that came back (its worker or process died);
-#: ``poisoned`` counts tasks quarantined after MAX_DELIVERIES such deaths.
+#: ``poisoned`` counts tasks quarantined after MAX_DELIVERIES such deaths; ``postponed``
+#: (behind Sentinel) deliveries of a task another live worker runs, sent again for later.
 OUTCOMES = ("succeeded", "failed", "retried", "revoked", "dead_lettered", "rejected",
-            "redelivered", "poisoned")
+            "redelivered", "poisoned", "postponed")
 
 
 #: How a gauge's per-process values merge at scrape time (prometheus-client's modes).

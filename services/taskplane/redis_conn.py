@@ -28,7 +28,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import redis
@@ -36,7 +36,7 @@ from redis.backoff import ExponentialBackoff
 from redis.connection import Connection, SSLConnection
 from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -113,6 +113,68 @@ class MasterConnection(SentinelManagedConnection):
 
 class MasterSSLConnection(MasterConnection, SSLConnection):
     """:class:`MasterConnection` over TLS."""
+
+
+class FailoverSentinel(Sentinel):
+    """redis-py's :class:`~redis.sentinel.Sentinel`, asking every sentinel and taking the
+    newest answer, including a master promoted by a failover still under way.
+
+    redis-py takes the first sentinel's ``SENTINEL MASTERS`` entry it finds healthy. While
+    a failover runs, that is none (the old master is down) or the old master (a planned
+    failover's, write-paused), until the failover's last step. Only the sentinel running
+    the failover knows the promoted replica before then: it names it in ``SENTINEL
+    GET-MASTER-ADDR-BY-NAME`` as soon as the replica took the role (Sentinel does not roll
+    back from there), while the others learn the new configuration from its hello
+    messages, seconds later. So every sentinel is asked (a connection is opened rarely;
+    the pool keeps it), and the answer is, in order: a promoted replica, else the healthy
+    master of the highest ``config-epoch``. Writes to a just-promoted master are accepted
+    once a replica follows it (``min-replicas-to-write``).
+    """
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors: list[str] = []
+        best: tuple[int, tuple[str, int]] | None = None
+        for sentinel in self.sentinels:
+            try:
+                masters = cast(dict[str, dict[str, Any]], sentinel.sentinel_masters())
+                state = masters.get(service_name)
+                if not state:
+                    continue
+                if FAILOVER_FLAG in _flags(state) and \
+                        (promoted := self._promoted(sentinel, service_name, state)):
+                    return promoted
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            if self.check_master_state(state, service_name):
+                epoch = int(state.get("config-epoch") or 0)
+                if best is None or epoch > best[0]:
+                    best = (epoch, (state["ip"], int(state["port"])))
+        if best is None:
+            raise MasterNotFoundError(f"No master found for {service_name!r}"
+                                      + (f" : {', '.join(errors)}" if errors else ""))
+        return best[1]
+
+    @staticmethod
+    def _promoted(sentinel: redis.Redis, service_name: str,
+                  state: dict[str, Any]) -> tuple[str, int] | None:
+        """The replica the failover this sentinel runs has promoted, if it has yet."""
+        reply = cast(tuple[Any, Any] | None,
+                     sentinel.sentinel_get_master_addr_by_name(service_name))
+        if not reply:
+            return None
+        host, port = reply
+        address = (host.decode() if isinstance(host, bytes) else str(host), int(port))
+        return address if address != (state["ip"], int(state["port"])) else None
+
+
+#: The flag a sentinel sets on a master set while it runs that set's failover.
+FAILOVER_FLAG = "failover_in_progress"
+
+
+def _flags(state: dict[str, Any]) -> set[str]:
+    flags = state.get("flags", "")
+    return set(flags) if isinstance(flags, set) else set(str(flags).split(","))
 
 
 class SentinelUrlError(ValueError):
@@ -261,8 +323,8 @@ def client(url: str, settings: Settings, patient: bool = False,
             url, max_connections=settings.api_redis_connections, timeout=seconds, **options)
         return redis.Redis(connection_pool=pool)
     target = parse_sentinel_url(url)
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs(settings, seconds),
-                        **common)
+    sentinel = FailoverSentinel(list(target.sentinels),
+                                sentinel_kwargs=sentinel_kwargs(settings, seconds), **common)
     master: dict[str, Any] = {"db": target.db, "username": target.username,
                               "password": target.password,
                               "connection_class": MasterConnection}
@@ -279,8 +341,8 @@ def sentinels_of(url: str, settings: Settings, timeout: float | None = None) -> 
     """A :class:`Sentinel` handle on the sentinels ``url`` names, for asking them (not the
     master) questions: the exporter's view of the master set."""
     target = parse_sentinel_url(url)
-    return Sentinel(list(target.sentinels),
-                    sentinel_kwargs=sentinel_kwargs(settings, timeout), password=target.password)
+    return FailoverSentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs(settings, timeout),
+                            password=target.password)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,16 @@ class Settings:
         "REDIS_ACK_TIMEOUT", 1.0,
         "Seconds `WAIT` waits for `REDIS_MIN_REPLICAS_ACK` replicas; below `REDIS_TIMEOUT`.",
     )
+    submit_ride_through: str = _setting(
+        "SUBMIT_RIDE_THROUGH", "auto",
+        "Seconds a submission keeps trying through a failover (its reply lost, its write "
+        "refused by a demoted master, no master named yet, no replica confirming) before it "
+        "answers 503. Safe: a submission tried again never writes its task twice. `auto`: 5 "
+        "behind Sentinel, so a failover (or the chart's Redis handover) costs clients slow "
+        "answers, not failed ones; 0 for a single node, whose outage lasts until it is back. "
+        "Behind your own sentinels set it to their down-after plus about 5 s (the chart "
+        "does).",
+    )
     redis_startup_timeout: float = _setting(
         "REDIS_STARTUP_TIMEOUT", 60.0,
         "Seconds a worker or scheduler waits at start for the master behind Sentinel; then it "
@@ -465,6 +475,10 @@ class Settings:
                 "record and result in one atomic step. Leave RESULT_BACKEND_URL empty (see "
                 "\"One result store\" in README.md)")
 
+        ride = self.submit_ride_through.strip().lower()
+        if ride != "auto" and not _non_negative_number(ride):
+            raise SettingsError("SUBMIT_RIDE_THROUGH must be auto or a number of seconds "
+                                "(0 or more)")
         if is_sentinel(self.redis_url) and not self.redis_sentinel_master:
             raise SettingsError(
                 "REDIS_URL is a Sentinel URL: set REDIS_SENTINEL_MASTER to the name of the "
@@ -480,6 +494,28 @@ class Settings:
         if value == "auto":
             return 1 if is_sentinel(self.redis_url) else 0
         return int(value)
+
+    @property
+    def submit_ride_through_seconds(self) -> float:
+        """``SUBMIT_RIDE_THROUGH`` in seconds: ``auto`` is 5 behind Sentinel (a failover
+        takes the sentinels' down-after and a second or two), 0 for a single node."""
+        value = self.submit_ride_through.strip().lower()
+        if value == "auto":
+            return 5.0 if is_sentinel(self.redis_url) else 0.0
+        return float(value)
+
+    @property
+    def run_lease(self) -> float:
+        """Seconds a running task's lease holds off a second start of it (0: no lease).
+
+        Only with acknowledged writes (``replicas_ack`` > 0: HA), where a failover can hand
+        a message to a second worker while its first worker still runs it
+        (``lifecycle/run_leases.py``). A live worker renews it every ``LEASE_INTERVAL``; it
+        lapses one interval before the broker's own lease (``VISIBILITY_TIMEOUT``), so a
+        dead worker's message, handed back by the sweep, is never held back by it."""
+        if self.replicas_ack <= 0:
+            return 0.0
+        return float(self.visibility_timeout) - self.lease_interval
 
     @property
     def reconcile_seconds(self) -> float:

@@ -117,6 +117,8 @@ def _on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None
             m.task_end_to_end.labels(task.name, queue).observe(max(0.0, time.time() - submitted))
         outcome = {states.SUCCESS: "succeeded", states.RETRY: "retried",
                    states.REVOKED: "revoked", states.IGNORED: "revoked"}.get(state or "")
+        if getattr(task.request, "taskplane_postponed", False):
+            outcome = "postponed"  # another live worker runs it (tasks/base.py)
         if outcome:  # failures are counted once, by _on_failure, wherever they happen
             m.tasks.labels(task.name, queue, outcome).inc()
     request = task.request

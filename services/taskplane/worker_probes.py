@@ -9,7 +9,9 @@ Celery cancels the timer entries of a broker connection when it loses it, so the
 are armed by ``LeaseStep``, a consumer bootstep that starts again on every (re)connection.
 Its start also settles what the lost connection left behind (``broker.settle_detached``)
 and renews every lease at once, before the restarted loop's first sweep for expired
-leases can hand a running task to someone else.
+leases can hand a running task to someone else. Behind Sentinel the same renewal keeps
+the run lease of every task the pool runs (``lifecycle.RunLeases``), which holds off a
+second start of it that a failover could deliver while this worker lives.
 
 The HTTP port is bound before Celery starts (``serve_probes``): a worker whose first
 Redis connection is slow answers ``/livez`` from its first second (it is starting, not
@@ -28,6 +30,7 @@ from celery import bootsteps, signals
 
 from . import broker, httpserver, redis_conn
 from .broker import RedisBroker
+from .lifecycle import RunLeases
 from .metrics import Metrics
 from .settings import Settings
 
@@ -61,6 +64,16 @@ def running_delivery_tags() -> set[str]:
     return tags
 
 
+def running_task_ids() -> list[str]:
+    """Ids of the tasks this worker process's pool runs now (or is about to): their run
+    leases are renewed (``lifecycle.RunLeases``). Read from Celery's worker state, as
+    :func:`running_delivery_tags`."""
+    from celery.worker import state
+
+    return sorted({str(request.id) for request in list(state.active_requests)
+                   if getattr(request, "id", None)})
+
+
 def held_delivery_tags(consumer: Any) -> list[str]:
     """Delivery tags of every message this worker holds unacknowledged: on the live task
     channel, and on channels of lost connections it still runs tasks from."""
@@ -73,8 +86,11 @@ class WorkerProbes:
 
     def __init__(self, broker_: RedisBroker, settings: Settings,
                  probe_broker: RedisBroker | None = None,
-                 app_metrics: Metrics | None = None) -> None:
+                 app_metrics: Metrics | None = None,
+                 run_leases: RunLeases | None = None) -> None:
         self.broker = broker_
+        #: Behind Sentinel: the run leases of running tasks, renewed with the broker's.
+        self.run_leases = run_leases
         #: The worker app's metrics: lease renewals are counted, ``/metrics`` served.
         self.app_metrics = app_metrics or Metrics(settings.metrics_enabled)
         #: What ``/livez`` and ``/readyz`` ask: the same Redis, with a shorter timeout.
@@ -152,6 +168,10 @@ class WorkerProbes:
                 log.warning("settling the lost connection's messages failed: %s",
                             type(exc).__name__)
         try:
+            # run leases first: the broker's lease is then never the fresher of the two,
+            # so a message the sweep hands back always finds the run's lease lapsed
+            if self.run_leases is not None:
+                self.run_leases.renew(running_task_ids())
             tags = held_delivery_tags(self.consumer)
             if not tags:
                 self.broker.ping()  # holding nothing: still tell the sweep gate Redis answers
@@ -223,10 +243,12 @@ def probes_for(app: TaskplaneCelery) -> WorkerProbes:
             settings = runtime.settings
             # Probes and renewals must fail fast, not wait out an outage like task writes do.
             quick = min(settings.redis_timeout, PROBE_PING_TIMEOUT)
-            probes = WorkerProbes(RedisBroker(redis_conn.client(settings.redis_url, settings)),
+            leases = redis_conn.client(settings.redis_url, settings)
+            probes = WorkerProbes(RedisBroker(leases),
                                   settings, RedisBroker(redis_conn.client(
                                       settings.redis_url, settings, timeout=quick)),
-                                  runtime.metrics)
+                                  runtime.metrics,
+                                  RunLeases(leases) if settings.run_lease > 0 else None)
             probes.serve()
             app.worker_probes = probes
         return app.worker_probes

@@ -175,9 +175,9 @@ def test_compose_ha_profile_is_the_charts_sentinel_mode(yaml_module: Any) -> Non
 
 #: Variables whose value differs between compose and the chart by design: the Redis
 #: host and password source, and the token list inline instead of a mounted file.
-#: The Sentinel settings are empty unless the `ha` profile's variables are given.
+#: The Sentinel settings are empty (or auto) unless the `ha` profile's variables are given.
 COMPOSE_OWN = {"REDIS_URL", "REDIS_PASSWORD", "API_TOKENS", "REDIS_SENTINEL_MASTER",
-               "REDIS_SENTINEL_PASSWORD"}
+               "REDIS_SENTINEL_PASSWORD", "SUBMIT_RIDE_THROUGH"}
 
 
 def test_compose_settings_match_the_rendered_chart(helm: str, yaml_module: Any) -> None:

@@ -69,6 +69,7 @@ class Load:
         self._stop = threading.Event()
         self._next = 0
         self._workers: list[threading.Thread] = []
+        self._sent: list[float] = []  # when each request went out, answered or not yet
 
     def _body(self, n: int, key: str) -> dict[str, Any]:
         _kind, seconds, countdown = MIX[n % len(MIX)]
@@ -104,6 +105,8 @@ class Load:
     def _post(self, session: requests.Session, key: str, body: dict[str, Any],
               headers: dict[str, str]) -> Answer:
         sent = time.monotonic()
+        with self._lock:
+            self._sent.append(sent)
         try:
             r = session.post(self.base + "/v1/tasks", json=body, headers=headers, timeout=30)
         except requests.RequestException:
@@ -151,9 +154,17 @@ class Load:
         return max((b - a for a, b in itertools.pairwise(marks)), default=0.0)
 
     def accepted_between(self, start: float, end: float) -> int:
-        """202 answers to requests sent in [start, end)."""
+        """202 answers to requests sent and answered in [start, end). (A request sent then
+        but answered later, once it rode through the failover, was answered by the new
+        master: no promise only the old one held.)"""
         with self._lock:
-            return sum(1 for a in self.answers if a.status == 202 and start <= a.sent < end)
+            return sum(1 for a in self.answers
+                       if a.status == 202 and start <= a.sent and a.at < end)
+
+    def sent_since(self, since: float) -> int:
+        """Requests sent from ``since`` on, answered or still riding through a fault."""
+        with self._lock:
+            return sum(1 for at in self._sent if at >= since)
 
     def answers_since(self, since: float) -> int:
         with self._lock:

@@ -151,6 +151,42 @@ def test_a_demoted_master_answers_readonly_and_the_client_rediscovers(
     assert new.client().exists(f"taskplane:task:{record.id}")
 
 
+def test_one_request_waits_out_a_stalled_master_not_every_idle_connection(
+        sentinel_set: SentinelSet) -> None:
+    """The master stalls (SIGSTOP) and the sentinels promote a replica. The API's pool
+    holds idle connections to the old master; the first write waits out ``REDIS_TIMEOUT``
+    there, and the next one, even while another request holds a connection, lands on the
+    new master at once rather than on another idle connection to the stalled one: the
+    failed connection reopens through the sentinels, and finding a new address drops the
+    pool's idle connections (redis-py's pool does that; this test keeps it so)."""
+    settings = settings_for(sentinel_set, REDIS_TIMEOUT="1", REDIS_ACK_TIMEOUT="0.5")
+    client = redis_conn.client(settings.redis_url, settings)
+    pool = client.connection_pool
+    held = [pool.get_connection() for _ in range(4)]  # four pooled connections, now idle
+    for connection in held:
+        pool.release(connection)
+    assert client.set("k", "before")
+    old = sentinel_set.master()
+    old.pause()
+    try:
+        new = sentinel_set.wait_new_master(old)
+        with pytest.raises(redis.TimeoutError):
+            client.set("k", "stalled")  # an idle connection to the old master: waits it out
+        # a request in flight meanwhile holds a connection (the pool hands out the last one
+        # released, the failed one, first), so the next write takes another from the pool
+        busy = pool.get_connection()
+        started = time.monotonic()
+        try:
+            wait_for(lambda: _writable(client), 10, "a write on the new master")
+        finally:
+            pool.release(busy)
+        # another idle connection to the stalled master would have waited out the timeout
+        assert time.monotonic() - started < 0.9
+        assert new.client().get("probe") == b"1"
+    finally:
+        old.resume()
+
+
 def test_the_old_master_cut_off_from_its_replicas_gets_no_write_confirmed(
         sentinel_set: SentinelSet) -> None:
     """SIGSTOP the master past down-after, then SIGCONT. Right after it resumes, Redis

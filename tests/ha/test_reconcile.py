@@ -96,3 +96,76 @@ def test_a_lost_message_is_enqueued_again_and_runs(
                      30, f"{task_id} ran")
     finally:
         worker.stop()
+
+
+def _lose(r: redis.Redis, queue: str, task_id: str) -> str:
+    """Take the task's message off its list into nowhere; returns the list it was on."""
+    for key in queue_keys(queue):
+        for raw in r.lrange(key, 0, -1):
+            if task_id.encode() in raw:
+                r.lrem(key, 1, raw)
+                return key
+    raise AssertionError(f"no message of {task_id} in {queue}")
+
+
+def _queued_in(r: redis.Redis, queue: str, task_id: str) -> list[str]:
+    return [key for key in queue_keys(queue) for raw in r.lrange(key, 0, -1)
+            if task_id.encode() in raw]
+
+
+def _workflow(api: Api, body: dict) -> dict:
+    r = api.post("/v1/workflows", json=body)
+    assert r.status_code == 202, r.text
+    return dict(api.get(f"/v1/workflows/{r.json()['id']}").json())
+
+
+def test_lost_messages_of_a_dead_letter_retry_and_of_workflow_members_are_enqueued_again(
+) -> None:
+    """A dead letter's retry and a workflow's members (a first step, and a later step
+    pushed when the one before ended) keep their message in the record as submit does,
+    so a message a failover lost for them is enqueued again and the task runs."""
+    server = RedisServer().start()
+    env = {**ENV, "QUEUES": "default,parked"}
+    api = scheduler = worker = None
+    try:
+        api = Api(server.url, workers=1, **env)
+        scheduler = start_scheduler(server.url, **env)
+        r = server.client()
+        # a worker of the default queue only: a later step sent to "parked" stays queued
+        worker = start_worker(server.url, name="rec1", concurrency=1,
+                              **{**env, "QUEUES": "default"})
+        dead = api.submit("test.fail_once", kwargs={"key": "dead-once"})["id"]
+        api.wait_state(dead, "FAILURE", 30)
+        later = _workflow(api, {"chain": [{"task": "test.echo", "kwargs": {"value": 1}},
+                                          {"task": "test.echo", "queue": "parked"}]})
+        pushed = later["steps"][1]["id"]  # pushed by the first step's ending
+        wait_for(lambda: _queued_in(r, "parked", pushed), 30, "the later step pushed")
+        worker.stop()
+        worker = None
+
+        retried = api.post(f"/v1/dead-letters/{dead}/retry")
+        assert retried.status_code in (200, 202), retried.text
+        first = _workflow(api, {"chain": [{"task": "test.echo", "kwargs": {"value": 2}},
+                                          {"task": "test.echo"}]})["steps"][0]["id"]
+        lost = {dead: "default", first: "default", pushed: "parked"}
+        lists = {task_id: _lose(r, queue, task_id) for task_id, queue in lost.items()}
+        for task_id, queue in lost.items():
+            assert _queued_in(r, queue, task_id) == []
+            assert r.hget(f"taskplane:task:{task_id}", "message") is not None
+
+        for task_id, queue in lost.items():
+            wait_for(lambda t=task_id, q=queue: _queued_in(r, q, t) == [lists[t]], 30,
+                     f"the lost message of {task_id} enqueued again")
+            assert f"requeued task={task_id}" in scheduler.log()
+
+        worker = start_worker(server.url, name="rec2", concurrency=2, **env)
+        for task_id in lost:
+            api.wait_state(task_id, "SUCCESS", 30)
+    finally:
+        if worker is not None:
+            worker.stop()
+        if scheduler is not None:
+            scheduler.stop()
+        if api is not None:
+            api.close()
+        server.close()

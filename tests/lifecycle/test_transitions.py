@@ -288,6 +288,9 @@ def test_retry_dead_requeues_under_the_same_id_once(app: TaskplaneCelery, life: 
     assert result(app, task_id) is None  # the old FAILURE does not show through
     assert life.dead_letter(TENANT, task_id) is None and life.dead_letters(TENANT, 10, 0)[0] == 0
     assert waiting(client) == 1 and open_ids(client) == {task_id.encode()}
+    # the message is kept until the task starts, as submit keeps it (reconcile.lua)
+    kept = client.hmget(lifecycle.record_key(task_id), "message", "list")
+    assert kept[1] is not None and client.lrange(kept[1], 0, -1) == [kept[0]]
     before = snapshot(client)
     assert retry_dead_letter_task(app, TENANT, task_id, read[0]).outcome == "gone"
     assert snapshot(client) == before

@@ -143,3 +143,50 @@ def test_kombus_failover_between_sentinels_keeps_the_ride_through_transport() ->
     conn.maybe_switch_next()  # what a lost connection does
     assert conn.transport_cls == "sentinel"
     assert conn.get_transport_cls() is broker.RideThroughSentinelTransport
+
+
+class _StubSentinel:
+    """What one sentinel answers: its ``SENTINEL MASTERS`` entry and, when it runs the
+    failover, ``GET-MASTER-ADDR-BY-NAME``'s promoted replica (pure logic: no server)."""
+
+    def __init__(self, ip: str, flags: str, epoch: int = 1,
+                 names: tuple[str, int] | None = None, down: bool = False) -> None:
+        self.state = {"ip": ip, "port": 6379, "flags": flags, "config-epoch": epoch,
+                      "is_master": "master" in flags.split(","),
+                      "is_sdown": "s_down" in flags, "is_odown": "o_down" in flags,
+                      "num-other-sentinels": 2}
+        self.names, self.down = names or (ip, 6379), down
+
+    def sentinel_masters(self) -> dict[str, dict[str, object]]:
+        if self.down:
+            raise redis_conn.redis.ConnectionError("refused")
+        return {"mymaster": self.state}
+
+    def sentinel_get_master_addr_by_name(self, name: str) -> tuple[bytes, int]:
+        return self.names[0].encode(), self.names[1]
+
+
+def _discover(*sentinels: _StubSentinel) -> tuple[str, int]:
+    finder = redis_conn.FailoverSentinel([])
+    finder.sentinels = list(sentinels)  # type: ignore[arg-type]  # stubs of redis.Redis
+    return finder.discover_master("mymaster")
+
+
+def test_discovery_takes_the_replica_a_failover_under_way_promoted() -> None:
+    # a planned failover: two sentinels still name the old, healthy master; the one running
+    # the failover already names the promoted replica
+    old = _StubSentinel("10.0.0.1", "master")
+    leader = _StubSentinel("10.0.0.1", "master,failover_in_progress", names=("10.0.0.2", 6379))
+    assert _discover(old, old, leader) == ("10.0.0.2", 6379)
+    # before the promotion it names the old master, which is then what is found
+    waiting = _StubSentinel("10.0.0.1", "master,failover_in_progress")
+    assert _discover(old, waiting) == ("10.0.0.1", 6379)
+
+
+def test_discovery_takes_the_newest_configuration_and_skips_silent_sentinels() -> None:
+    stale = _StubSentinel("10.0.0.1", "master", epoch=3)
+    fresh = _StubSentinel("10.0.0.2", "master", epoch=4)
+    assert _discover(_StubSentinel("x", "master", down=True), stale, fresh) == ("10.0.0.2", 6379)
+    down = _StubSentinel("10.0.0.1", "master,s_down,o_down", epoch=5)
+    with pytest.raises(redis_conn.MasterNotFoundError, match="No master found"):
+        _discover(down, _StubSentinel("y", "master", down=True))

@@ -47,15 +47,26 @@ def ids_of(found: dict[str, Any], part: str) -> list[str]:
     return [m["id"] for m in found[part]]
 
 
+def kept(client: redis.Redis, task_id: str) -> bytes | None:
+    """The message a member's record keeps until it starts (reconcile.lua pushes it again
+    if a failover loses it), checked to be the one waiting on the list it names."""
+    message, where = client.hmget(f"taskplane:task:{task_id}", "message", "list")
+    if message is not None:
+        assert where is not None and message in client.lrange(where, 0, -1)
+    return message  # type: ignore[no-any-return]
+
+
 def test_a_chain_passes_each_result_on_and_holds_later_steps(
         http: FlaskClient, flask_app: Flask, life: Lifecycle, client: redis.Redis) -> None:
     found = submit(http, {"chain": [{"task": "test.echo", "kwargs": {"value": 1}},
                                     {"task": "test.echo"}, {"task": "test.echo", "args": []}]})
     steps = ids_of(found, "steps")
     assert [m["headers"]["id"] for m in queued(client)] == steps[:1]
+    assert kept(client, steps[0]) is not None and kept(client, steps[1]) is None  # held
     # an empty list survives the splice (decoding and encoding in Lua would make it {})
     assert succeed(flask_app, life, steps[0], {"a": [], "b": "x\"y"}) == "done"
     (message,) = [m for m in queued(client) if m["headers"]["id"] == steps[1]]
+    assert kept(client, steps[1]) is not None  # pushed: kept as a submitted task's is
     assert message["decoded"][0] == [{"a": [], "b": "x\"y"}]
     assert message["decoded"][1] == {}
     assert message["headers"]["taskplane_enqueued_at"] > 0

@@ -204,6 +204,9 @@ escaped, to a URL that has none. REDIS_TLS_CA_FILE when a CA Secret is given.
   value: {{ include "taskplane.sentinelUrl" . | quote }}
 - name: REDIS_SENTINEL_MASTER
   value: {{ .Values.redis.sentinel.masterSet | quote }}
+# a submission rides through a failover: down-after, then a few seconds of promotion
+- name: SUBMIT_RIDE_THROUGH
+  value: {{ add (div (add .Values.redis.sentinel.downAfterMilliseconds 999) 1000) 5 | quote }}
 - name: REDIS_SENTINEL_PASSWORD
   valueFrom:
     secretKeyRef:

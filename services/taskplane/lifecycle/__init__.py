@@ -10,6 +10,7 @@ A reader can walk it in this order:
 * ``transitions``: the Python face, one method per transition, with the guarantees table.
 * ``listing``, ``ratelimit``, ``schedule_state``: reads, the request rate, the scheduler.
 * ``reconcile``: accepted tasks whose message a failover lost, pushed back.
+* ``run_leases``: behind Sentinel, a live worker's runs hold off a second start.
 * ``workflow_state``: chains and groups, submitted in one step, advanced by endings.
 * ``records``, ``errors``: what goes in and comes out.
 * ``replies``: redis-py's replies narrowed to the bytes the lifecycle's client answers.
@@ -53,6 +54,7 @@ from .records import (
     fingerprint,
     visible_state,
 )
+from .run_leases import RunLeases
 from .states import (
     FAILURE,
     FINAL_STATES,
@@ -83,7 +85,7 @@ __all__ = [
     "FAILURE", "FINAL_STATES", "PENDING", "PREFIX", "PROGRESS", "RETRY", "REVOKED",
     "RUNNING_STATES", "STARTED", "STATES", "SUCCESS", "SYSTEM_TENANT", "TENANT_HEADER",
     "WORKFLOW_STATES", "Cursor", "HeldStage", "Lifecycle", "Member", "OutcomeUnknown",
-    "PoisonedTask", "ResultWrite", "RunStart", "Store", "Submission", "TaskQuery",
+    "PoisonedTask", "ResultWrite", "RunLeases", "RunStart", "Store", "Submission", "TaskQuery",
     "TaskRecord", "Transition", "Workflow", "WorkflowDraft", "WorkflowSubmission",
     "adopted_listing_keys", "dead_index_key", "dead_index_keys", "dead_key", "dead_letter",
     "ended_index_key", "ended_index_keys", "fingerprint", "idempotency_key", "listing_keys",

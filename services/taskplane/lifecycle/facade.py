@@ -35,7 +35,8 @@ class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, D
                  max_countdown: int = 0, acks: int = 0, ack_timeout: float = 1.0,
                  strict_acks: bool = True,
                  on_ack: Callable[[bool], None] | None = None,
-                 ack_patience: float = 0.0, keep_messages: bool = True) -> None:
+                 ack_patience: float = 0.0, ride_through: float = 0.0,
+                 run_lease: float = 0.0, keep_messages: bool = True) -> None:
         # acks: REDIS_MIN_REPLICAS_ACK; accepting transitions wait for replicas (store.py)
         self._store = Store(client, acks=acks, ack_timeout=ack_timeout, strict=strict_acks,
                             on_ack=on_ack, patience=ack_patience)
@@ -55,6 +56,10 @@ class Lifecycle(Transitions, Listing, RateLimit, ScheduleState, WorkflowState, D
         #: worth its Redis cost (a 1-2 kB copy per task, and a record too big for Redis'
         #: compact hash encoding) where that pass runs: ``RECONCILE_INTERVAL`` not 0.
         self.keep_messages = keep_messages
+        #: Seconds a submission keeps trying through a failover (``SUBMIT_RIDE_THROUGH``).
+        self.ride_through = ride_through
+        #: Seconds a run's lease holds off a second start (0: none; ``Settings.run_lease``)
+        self.run_lease = run_lease
 
     def ping(self) -> bool:
         """Whether Redis answers (readiness probes)."""

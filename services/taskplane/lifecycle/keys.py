@@ -19,7 +19,11 @@ key                                           type    holds
                                                       stage, position. Until it starts, a
                                                       submitted task's also keeps message and
                                                       list (what submit pushed, where), and
-                                                      lost_seen (``reconcile.lua``). Its
+                                                      lost_seen (``reconcile.lua``). Behind
+                                                      Sentinel, a running task's also
+                                                      run_seen (its run lease, renewed by
+                                                      its worker: ``renew_runs.lua``) and
+                                                      run_by (the start that took it). Its
                                                       existence makes an id
                                                       "submitted" (else 404). TTL
                                                       ``TASK_RECORD_TTL`` (plus any countdown),

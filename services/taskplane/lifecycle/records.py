@@ -83,8 +83,10 @@ class Submission:
 class RunStart:
     """Outcome of :meth:`Lifecycle.start`: whether the run goes ahead."""
 
-    verdict: str  # run | unknown | REVOKED | SUCCESS | FAILURE
+    verdict: str  # run | unknown | REVOKED | SUCCESS | FAILURE | running
     died: int  # earlier runs whose process died before they ended
+    #: ``running``: seconds until the live run's lease lapses (start no sooner)
+    wait: float = 0.0
 
     @property
     def runs(self) -> bool:

@@ -33,8 +33,11 @@ log = logging.getLogger("taskplane.lifecycle")
 
 #: Transitions answered only once ``REDIS_MIN_REPLICAS_ACK`` replicas have the write: the
 #: ones that accept work (a submission, a dead letter's retry, a schedule's fire moving its
-#: tick) and the ends of a run, whose loss in a failover would run the task again.
-ACKNOWLEDGED = frozenset({"submit", "retry_dead", "schedule_advance", "finish", "fail"})
+#: tick), the start of a run (its STARTED record and run lease must survive a failover
+#: before the body runs, or a second delivery would start it again: ``run_leases``) and
+#: the ends of a run, whose loss in a failover would run the task again.
+ACKNOWLEDGED = frozenset({"submit", "retry_dead", "schedule_advance", "start", "finish",
+                          "fail"})
 
 
 class NotReplicated(Exception):

@@ -13,7 +13,9 @@ transition          from                        guarantee
                                                 and message: all written or none; a replayed key
                                                 returns the first task, never a second one
 ``start``           PENDING, RETRY, STARTED     a revoked or finished task never runs again; the
-                    (redelivered)               run is counted (poison detection); STARTED stored
+                    (redelivered)               run is counted (poison detection); STARTED stored;
+                                                behind Sentinel, never while another run's lease
+                                                is live (a failover's second delivery waits)
 ``write``           STARTED                     progress and RETRY never land on a finished task
 ``finish``          any but a final state       result, record and tenant slot change together;
                                                 a final state is never overwritten
@@ -31,9 +33,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from time import monotonic, sleep
 from typing import Any
 
+import redis
+
+from .errors import OutcomeUnknown
 from .keys import (
     adopted_listing_keys,
     dead_index_keys,
@@ -49,6 +56,43 @@ from .records import ResultWrite, RunStart, Submission, TaskRecord, Transition
 from .states import FAILURE, REVOKED
 from .store import Store
 
+#: First pause between two tries of a submission riding through a failover; it doubles
+#: up to :data:`RIDE_PAUSE_MAX`.
+RIDE_PAUSE, RIDE_PAUSE_MAX = 0.05, 0.5
+
+
+class RideThrough:
+    """Tries of one submission through a failover, for up to ``seconds``
+    (``SUBMIT_RIDE_THROUGH``).
+
+    Trying ``submit`` again is safe: the task's id is fixed before the first try, and the
+    script answers ``replay`` for a record that exists, so a try whose reply was lost
+    (:class:`OutcomeUnknown`) is found, never written twice. What ends the ride: an
+    answer, or the time running out; then the error is raised, as :class:`OutcomeUnknown`
+    if any try may have been applied (never "nothing was accepted" for a write that may
+    have happened), else the last connection error (nothing was).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = monotonic() + seconds
+        self.unknown: OutcomeUnknown | None = None  # the first try whose outcome is unknown
+
+    def run(self, attempt: Callable[..., Any], *args: Any) -> Any:
+        pause = RIDE_PAUSE
+        while True:
+            try:
+                return attempt(*args)
+            except (OutcomeUnknown, redis.ConnectionError, redis.TimeoutError) as exc:
+                if isinstance(exc, OutcomeUnknown) and self.unknown is None:
+                    self.unknown = exc
+                left = self.deadline - monotonic()
+                if left <= 0:
+                    if self.unknown is not None and self.unknown is not exc:
+                        raise self.unknown from exc
+                    raise
+            sleep(min(pause, left))  # pacing: a failover's next step cannot be polled
+            pause = min(pause * 2, RIDE_PAUSE_MAX)
+
 
 class Transitions:
     """The transitions part of :class:`~taskplane.lifecycle.Lifecycle`."""
@@ -61,7 +105,9 @@ class Transitions:
     keep: int
     open_age: int
     keep_messages: bool
+    run_lease: float
     result_key: Callable[[str], str]
+    ride_through: float
 
     def submit(self, record: TaskRecord, push: tuple[str, str], *, cap: int = 0,
                rate: float = 0.0, burst: int = 1, idempotency: tuple[str, str] | None = None
@@ -83,17 +129,28 @@ class Transitions:
         if idempotency is not None:
             fixed.append(idempotency_key(record.tenant, idempotency[0]))
             fp = idempotency[1]
-        held = ""  # the task the key names, as far as this call knows: learnt from 'stale'
-        for _ in range(5):
+
+        def submit_once(held: str) -> Any:
             keys = [*fixed, record_key(held)] if held else fixed
-            args = [record.id, ttl, now, cap, rate, burst, fp, self.idempotency_ttl, held,
-                    push[1], self.keep, self.open_age, int(self.keep_messages),
-                    *record.fields()]
-            outcome, task_id, wait = self._store.run("submit", keys, args)
-            outcome = outcome.decode()
+            return self._store.run("submit", keys, [
+                record.id, ttl, now, cap, rate, burst, fp, self.idempotency_ttl, held, push[1],
+                self.keep, self.open_age, int(self.keep_messages), *record.fields()])
+
+        held = ""  # the task the key names, as far as this call knows: learnt from 'stale'
+        ride = RideThrough(self.ride_through)
+        for _ in range(5):
+            outcome, task_id, wait = ride.run(submit_once, held)
+            outcome, task_id = outcome.decode(), task_id.decode()
+            if ride.unknown is not None:
+                if outcome == "replay" and task_id == record.id:
+                    outcome = "created"  # an earlier try, whose reply was lost, wrote it
+                elif outcome == "rate_limited":
+                    # the script takes the token before it can see a task an earlier try
+                    # wrote: refused now, that try may still have been accepted
+                    raise ride.unknown
             if outcome != "stale":
-                return Submission(outcome, task_id.decode(), float(wait))
-            held = task_id.decode()
+                return Submission(outcome, task_id, float(wait))
+            held = task_id
         raise RuntimeError("the Idempotency-Key kept changing under this request")
 
     def start(self, task_id: str, retries: int, started: ResultWrite | None = None,
@@ -104,9 +161,16 @@ class Transitions:
         ``adopt``: the record to create if there is none, for a task sent around the API
         (a stock Celery client, ``celery call``): it then shows up for the operator, its
         failure is a dead letter, and nothing runs unaccounted for.
+
+        ``run_lease`` > 0 (Redis HA): a task STARTED by a run whose worker renewed its
+        lease (:class:`~taskplane.lifecycle.RunLeases`) less than ``run_lease`` seconds
+        ago is not started again: verdict ``running``, ``wait`` the seconds until that
+        lease lapses.
         """
         keys = [record_key(task_id)]
-        args: list[Any] = [time.time(), retries, "", 0, 0, self.keep, task_id]
+        # the token tells this start, repeated after a lost reply, from another's
+        args: list[Any] = [time.time(), retries, "", 0, 0, self.keep, task_id,
+                           repr(self.run_lease), uuid.uuid4().hex if self.run_lease > 0 else ""]
         if adopt is not None:
             keys += [open_key(adopt.tenant), *listing_keys(adopt.tenant, adopt.task, adopt.queue)]
             args[4] = self.record_ttl
@@ -115,6 +179,8 @@ class Transitions:
             keys.append(started[0])
             args[2:4] = [started[1], started[2]]
         verdict, died = self._store.run("start", keys, args)
+        if verdict == b"running":
+            return RunStart("running", 0, float(died))
         return RunStart(verdict.decode(), int(died))
 
     def write(self, task_id: str, result: ResultWrite, record_fields: Sequence[str] = ()

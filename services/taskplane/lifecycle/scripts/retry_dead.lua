@@ -15,7 +15,8 @@
 -- Precondition  the dead letter is there and is the one read; the tenant is under its
 --       cap.
 -- Writes  deletes the dead letter, its index entries, its FAILURE index entries and the
---       result; writes the record (PENDING), open set, listing indexes and message;
+--       result; writes the record (PENDING, keeping the message and its list until the
+--       task starts, as submit), open set, listing indexes and message;
 --       a workflow member is un-counted and its workflow reopened (revive_member).
 -- Returns {outcome}: queued | gone (no dead letter: another retry won, or it expired) |
 --       changed (not the dead letter read) | cap_reached.
@@ -38,7 +39,10 @@ for _, key in ipairs(dead_indexes) do redis.call('ZREM', key, id) end
 local membership = revive_member(record, id, now)
 redis.call('DEL', record)
 open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
-if #membership > 0 then redis.call('HSET', record, unpack(membership)) end
+-- the message kept until the task starts, as submit keeps it (reconcile.lua)
+local kept = {'message', message, 'list', queue}
+for _, v in ipairs(membership) do kept[#kept + 1] = v end
+redis.call('HSET', record, unpack(kept))
 for _, key in ipairs(failed) do redis.call('ZREM', key, id) end
 redis.call('DEL', result)
 redis.call('LPUSH', queue, message)

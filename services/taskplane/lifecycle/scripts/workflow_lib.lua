@@ -46,6 +46,7 @@ end
 
 -- Push a held message (see workflows.held_stage): its body, ``'[[' .. input .. rest``,
 -- goes in as a JSON string; the enqueue time and a delivery tag of its own are stamped.
+-- Returns the message pushed.
 local function push_held(template, queue, input, rest, now, tag)
   local msg = template
   local a, b = string.find(msg, '"@@NOW@@"', 1, true)
@@ -55,13 +56,18 @@ local function push_held(template, queue, input, rest, now, tag)
   a, b = string.find(msg, '"@@BODY@@"', 1, true)
   msg = string.sub(msg, 1, a - 1) .. cjson.encode('[[' .. input .. rest) .. string.sub(msg, b + 1)
   redis.call('LPUSH', queue, msg)
+  return msg
 end
 
--- Push stage ``s``'s held message with ``input`` as its first argument.
+-- Push stage ``s``'s held message with ``input`` as its first argument. Its record keeps
+-- the message and its list until it starts, as submit's does (reconcile.lua).
 local function wf_push(wf, s, input, now)
   local h = redis.call('HMGET', wf, 'msg:' .. s, 'queue:' .. s, 'rest:' .. s, 'record:' .. s,
                        'id:' .. s)
-  push_held(h[1], h[2], input, h[3], now, h[5] .. ':' .. now)
+  local msg = push_held(h[1], h[2], input, h[3], now, h[5] .. ':' .. now)
+  if redis.call('EXISTS', h[4]) == 1 then  -- never a stub record without a state
+    redis.call('HSET', h[4], 'message', msg, 'list', h[2])
+  end
   local record_ttl = redis.call('HGET', wf, 'ttl:record')
   redis.call('EXPIRE', h[4], record_ttl)
   redis.call('EXPIRE', wf, record_ttl)

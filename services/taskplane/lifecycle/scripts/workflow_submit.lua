@@ -22,7 +22,8 @@
 --       field/value strings).
 -- Precondition  the key still holds what the caller read; the key is unused or its
 --       workflow expired; the id is new; the tenant has room for n more tasks.
--- Writes  every member's record (PENDING), open set, listing indexes, the workflow
+-- Writes  every member's record (PENDING; a first-stage member's keeps its message and
+--       list until it starts, as submit's), open set, listing indexes, the workflow
 --       hash (ttl: the record ttl) and both workflow indexes, the totals, first-stage
 --       messages, the key.
 -- Returns {outcome, id}: created | replay (id: the first workflow) | conflict |
@@ -71,6 +72,11 @@ local at = 2 * f + 1
 for m = 1, n do
   local member, group, queue = rest[at], tonumber(rest[at + 1]), tonumber(rest[at + 2])
   local message, fields = rest[at + 3], cjson.decode(rest[at + 4])
+  if queue > 0 then
+    -- kept until the member starts, as submit keeps it (reconcile.lua)
+    fields[#fields + 1] = 'message'; fields[#fields + 1] = message
+    fields[#fields + 1] = 'list'; fields[#fields + 1] = queues[queue]
+  end
   local first = LISTED * (group - 1)
   open_record(records[m], open, {unpack(indexes, first + 1, first + LISTED)}, member, now, ttl,
               open_age, keep, fields)
