@@ -183,6 +183,7 @@ def _stream(following: _Following, celery: Any, status: TaskStatus,
         yield f"retry: {retry_after * 1000}\n\n"  # how long an SSE client waits to reconnect
         deadline = time.monotonic() + lasts
         current = load(celery, task_id) or status
+        del status  # a stream may stay open for hours: hold one copy of the task, not two
         sent, n = None, last_id
         while True:
             body = json.dumps(represent(current), separators=(",", ":"))
