@@ -64,9 +64,12 @@ wsgi_app = "taskplane.api:create_app()"
 
 def post_worker_init(worker: Any) -> None:
     """Followers end as soon as this worker is told to stop (SIGTERM), not after
-    ``graceful_timeout``: their clients reconnect to a pod that stays."""
-    from taskplane.api import followers  # after the fork, like the app itself
+    ``graceful_timeout``: their clients reconnect to a pod that stays. Under gevent, two
+    per-request costs nothing needs go first (``api/greenlets.py``)."""
+    from taskplane.api import followers, greenlets  # after the fork, like the app itself
 
+    if worker_class == "gevent":
+        greenlets.tune()  # two per-request costs of gevent that nothing needs
     followers.end_on_shutdown(worker.wsgi, lambda: bool(worker.alive))
 
 
