@@ -80,7 +80,7 @@ def tune() -> dict[str, bool]:
     if getattr(hiredis, "select", None) is select:
         _Poll.native = monkey.get_original("select", "poll")
         _Poll.green = select.poll
-        hiredis.select = _Select(select)  # type: ignore[attr-defined]
+        hiredis.select = _Select(select)  # type: ignore[assignment]  # a stand-in for the module
         done["redis_poll"] = True
     else:
         log.info("redis-py's parser has no select module to tune; readiness checks stay "
