@@ -129,6 +129,8 @@ def create_celery(settings: Settings, patient: bool = False,
             result_backend_max_sleep_between_retries_ms=int(
                 redis_conn.WORKER_REDIS_BACKOFF["cap"] * 1000),
         )
+    if shared_backend:  # built now, once: threads asking first at once would each build one
+        result_backend(app)
     client = redis_client(settings.redis_url, settings, patient=patient)
     app_metrics = Metrics(settings.metrics_enabled)
     app.runtime = Runtime(
