@@ -75,6 +75,7 @@ class Sizes:
     follower_waits: int = 2000
     follower_submit_rate: float = 100.0  # paced submits/s for the latency samples
     follower_submit_samples: int = 500
+    follower_memory: int = 1000  # followers of each kind probed (bench/follower_memory.py)
     cost_tasks: int = 2000  # tasks per side and round of "Redis per task" (rediscost.py)
     cost_rounds: int = 3
 
@@ -122,7 +123,7 @@ SMOKE = Sizes(
     ),
     profile_rate=100, profile_enqueue_seconds=1, profile_exec_tasks=300,
     follower_streams=40, follower_waits=40, follower_submit_rate=50,
-    follower_submit_samples=50,
+    follower_submit_samples=50, follower_memory=30,
     cost_tasks=30, cost_rounds=1,
 )
 

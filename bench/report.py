@@ -244,6 +244,7 @@ def render(results: dict[str, Any]) -> str:
                               for e in a["scale_ups"] + a["scale_downs"])
                   + ".", ""]
     lines += _followers_section(results.get("followers"))
+    lines += _follower_memory_section(results.get("follower_memory"))
     lines += _redis_cost_section(results.get("rediscost"))
     lines += _acks_section(results.get("acks"))
     return "\n".join(lines).rstrip() + "\n"
@@ -331,6 +332,69 @@ def _followers_section(fol: dict[str, Any] | None) -> list[str]:
                          f"{_fmt(cpu, '{:,.0f}')} µs "
                          f"({', '.join(_fmt(r, '{:,.0f}') for r in c.get('cpu_rounds', []))}) |")
         lines.append("")
+    return lines
+
+
+def _follower_memory_section(fm: dict[str, Any] | None) -> list[str]:
+    """Section 7, continued (``bench/follower_memory.py``): where a follower's memory goes."""
+    lines = ["### Memory per follower", ""]
+    failed = _failed("Memory per follower", fm)
+    if failed:
+        return lines + failed
+    assert fm is not None
+    n, rows = fm["followers"], fm["breakdown"]
+    stacks = {("_stream" if "_stream" in r["stack"] else "wait"): r
+              for r in fm["rss"].get("stacks", [])}
+    lines += [f"One API process (gunicorn `gevent`), {n:,} event streams and then {n:,} `?wait` "
+              "held on top of them, each on a task of its own, probed from inside "
+              "(`python -m bench --only follower_memory`, `bench/follower_memory.py`, finished "
+              f"{fm['finished_at']}, load average {fm['load_average']}): the total is RSS per "
+              "follower in a run without tracing; its split comes from a second run under "
+              "`tracemalloc`, each allocation charged to the package that made it; the "
+              "greenlet's C stack is greenlet's own count of the bytes it saved.", "",
+              "| Component | Event stream | `?wait` |", "|---|---:|---:|"]
+    for label in rows["streams"]:
+        bold = "**" if label.startswith("total") else ""
+        lines.append(f"| {bold}{label}{bold} | {bold}{rows['streams'][label]:,} B{bold} | "
+                     f"{bold}{rows['waits'][label]:,} B{bold} |")
+    floors = fm["floors"]
+    frames = ", ".join(f"a {'stream' if k == '_stream' else '`?wait`'} {r['frames']} Python "
+                       f"frames deep ({r['data_stack_bytes']:,} B of the data stack)"
+                       for k, r in stacks.items())
+    lines += ["", f"Waiting, {frames}. Below Taskplane's stack, a connection held the same way "
+              f"costs **{floors['greenlet']['rss_bytes']:,} B** as a bare gevent greenlet "
+              f"(`StreamServer`, an `Event`, 8 calls deep) and **{floors['asyncio']['rss_bytes']:,} "
+              "B** as an asyncio coroutine awaiting a future (`bench/follower_floor.py`).", "",
+              "What was cut (1,000 of each, RSS per follower, measured 2026-12-05 on this "
+              "machine): from **34.6 KB** (stream) and **34.2 KB** (`?wait`) to the totals "
+              "above. Celery keeps its result backend in a thread-local, which gevent makes "
+              "greenlet-local, so every request built a backend of its own (a Redis client, a "
+              "result consumer and its drainer: ~7 KB, held by each follower) and the API now "
+              "shares one (`result_backend_thread_safe`); a stream yields bytes that go to "
+              "gunicorn as they are (`direct_passthrough`: no werkzeug encoding generator and "
+              "closing wrapper, so 1.1 KB less C stack to copy out) and holds one copy of its "
+              "task, not two; greenlets no longer record the stack they were spawned from "
+              "(`api/greenlets.py`). The subscription entry is already small: a `Follower` "
+              "with its event ~0.4 KB, a channel's entry ~0.4 KB.", "",
+              "What holds the rest, and what would remove it: a few kilobytes are out of reach "
+              "under gunicorn's gevent worker. The greenlet's C stack (3.8-4.6 KB, copied out at "
+              "every switch; its depth is gunicorn's, Flask's and gevent's C calls), the "
+              "pages it touches of the 16 KiB data-stack chunk greenlet starts afresh for "
+              "each greenlet on CPython 3.11 (mapped outside the allocators tracemalloc sees: "
+              "in the untraced row, with allocator slack), and gunicorn's and Flask's "
+              "per-request objects (~4-7 KB) come with a greenlet per WSGI request. A "
+              "dedicated asyncio follower process would hold a follower in about the asyncio "
+              "floor above plus its subscription entry: some 5 KB, against the bare "
+              "greenlet's floor, which no change inside the API process can go below.", "",
+              "CPU per submit under `gevent` (wrk, `gevent` and `gthread` rounds interleaved, "
+              "3 each, 2026-12-05): **705 µs** against `gthread`'s **804 µs** with the two "
+              "cuts of `api/greenlets.py`, 723 µs against 821 µs without them; the +6-25% "
+              "measured earlier did not reproduce on a quieter machine. py-spy on a `gevent` "
+              "process: what gevent adds is its sockets' `send`/`recv` through the hub and the "
+              "hub itself, which go with the worker class, plus two costs nothing needed, now "
+              "removed: redis-py's readiness check on every pool checkout was gevent's "
+              "`poll` (14.6 µs a call, now the OS's: 3.2 µs), and greenlets recorded their "
+              "spawning stack.", ""]
     return lines
 
 

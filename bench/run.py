@@ -31,13 +31,23 @@ if __package__ in (None, ""):  # run as a script: bench/run.py
 
 from tests.support.procs import MissingBinary, find_binary
 
-from . import acks, autoscale, figures, followers, machine, plot, rediscost, report
+from . import (
+    acks,
+    autoscale,
+    figures,
+    follower_memory,
+    followers,
+    machine,
+    plot,
+    rediscost,
+    report,
+)
 from .stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 BENCHMARKS = ("enqueue", "redis", "execution", "rediscost", "latency", "memory", "autoscaling",
-              "followers", "acks")
+              "followers", "follower_memory", "acks")
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "enqueue": figures.enqueue,
     "redis": figures.redis_limits,
@@ -47,6 +57,7 @@ STEPS: dict[str, Callable[..., dict[str, Any]]] = {
     "memory": figures.memory,
     "autoscaling": autoscale.autoscaling,
     "followers": followers.followers,
+    "follower_memory": follower_memory.memory_per_follower,
     "acks": acks.replica_acks,
 }
 

@@ -42,8 +42,8 @@ def redis_client(url: str, settings: Settings, patient: bool = False) -> redis.R
 
 def create_celery(settings: Settings, patient: bool = False,
                   set_as_current: bool = True,
-                  on_dead_letter: Callable[[str, str, str], None] | None = None
-                  ) -> TaskplaneCelery:
+                  on_dead_letter: Callable[[str, str, str], None] | None = None,
+                  shared_backend: bool = False) -> TaskplaneCelery:
     """A Celery app configured from ``settings``, with every task module loaded.
 
     ``patient`` (workers): writes of results, records and dead letters retry through a
@@ -52,7 +52,14 @@ def create_celery(settings: Settings, patient: bool = False,
     ``shared_task`` resolve to): a worker's or scheduler's one app; the API passes False,
     as its app factory touches nothing process-wide. ``on_dead_letter``: called with (task
     name, task id, queue) when this app's result backend files a dead letter
-    (``Runtime.on_dead_letter``).
+    (``Runtime.on_dead_letter``). ``shared_backend`` (the API): one result backend for the
+    whole process (Celery's ``result_backend_thread_safe``) instead of one per thread.
+    Celery keeps it in a thread-local, which gevent makes greenlet-local: every request
+    built a backend of its own (a Redis client, a result consumer and its drainer, ~7 KB
+    held by each follower and CPU on every submit, BENCHMARKS.md section 7). What the API
+    asks of it is stateless (key names, decoding, lifecycle writes through the shared
+    pool); the one stateful part, the result consumer behind ``AsyncResult.get``, the API
+    never uses (its one ``send_task`` passes ``ignore_result``).
     """
     registry = Registry.from_modules(settings.task_modules, builtin=settings.builtin_tasks)
     if redis_conn.is_sentinel(settings.redis_url):
@@ -80,6 +87,7 @@ def create_celery(settings: Settings, patient: bool = False,
         task_routes=routes,
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         result_expires=settings.result_expires,
+        result_backend_thread_safe=shared_backend,
         result_extended=False,  # arguments stay out of results: they may be large or private
         worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
         worker_concurrency=settings.worker_concurrency,
@@ -121,6 +129,8 @@ def create_celery(settings: Settings, patient: bool = False,
             result_backend_max_sleep_between_retries_ms=int(
                 redis_conn.WORKER_REDIS_BACKOFF["cap"] * 1000),
         )
+    if shared_backend:  # built now, once: threads asking first at once would each build one
+        result_backend(app)
     client = redis_client(settings.redis_url, settings, patient=patient)
     app_metrics = Metrics(settings.metrics_enabled)
     app.runtime = Runtime(

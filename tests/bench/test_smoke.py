@@ -167,6 +167,20 @@ def test_acknowledged_acceptance(smoke):
     assert number(acks["ack_1_vs_0"]) and number(acks["p99_added_ms"])
 
 
+def test_memory_per_follower(smoke):
+    fm = smoke["results"]["follower_memory"]
+    for kind in ("streams", "waits"):
+        rss, traced = fm["rss"][kind], fm["traced"][kind]
+        assert rss["followers"] == fm["followers"] > 0 and rss["greenlets"] >= 0.9, kind
+        assert rss["rss_bytes"] > 0 and rss["greenlet_stack_saved_bytes"] > 0, kind
+        assert traced["traced_bytes"] > 0 and traced["traced_by_component"], kind
+        rows = fm["breakdown"][kind]
+        assert rows["total (RSS)"] == rss["rss_bytes"] and len(rows) >= 8, kind
+    assert {row["frames"] for row in fm["rss"]["stacks"]} and fm["rss"]["stacks"][0]["count"]
+    for kind in ("greenlet", "asyncio"):
+        assert fm["floors"][kind]["rss_bytes"] > 0, kind
+
+
 def test_pngs_and_markdown(smoke):
     for name in ("figures.png", "autoscaling.png"):
         assert (smoke["out"] / name).read_bytes()[:8] == PNG, name
@@ -175,7 +189,7 @@ def test_pngs_and_markdown(smoke):
     for heading in ("## 1. Enqueue", "## 2. Execution", "## 3. End-to-end latency", "## 4. Cost of metrics",
                     "## 5. Memory", "## 6. Where the time goes", "## 8. Redis per task",
                     "## 9. Acknowledged acceptance", "### Per request", "### Per task",
-                    "## Autoscaling"):
+                    "## Autoscaling", "### Memory per follower"):
         assert heading in text
     assert "| Floor: 2 plain loops" in text and "| Component | Share of CPU | µs per request" in text
     assert "failed" not in text.split("<!-- BEGIN bench")[1].lower().split("## 1.")[0]

@@ -159,3 +159,26 @@ def test_create_app_leaves_celerys_current_app_alone() -> None:
     before = current_app._get_current_object()
     create_app(Settings.from_env(AUTH_OFF))
     assert current_app._get_current_object() is before
+
+
+def test_the_api_shares_one_result_backend_across_threads_and_a_worker_does_not() -> None:
+    """Celery keeps a non-thread-safe backend per thread, which gevent makes per greenlet:
+    the API's would have been built again by every request (and held by each follower)."""
+    import threading
+
+    api = create_app(Settings.from_env(AUTH_OFF)).extensions["taskplane"].celery
+    worker = create_celery(Settings.from_env({}), set_as_current=False)
+    seen: dict[str, list[object]] = {"api": [], "worker": []}
+
+    def look() -> None:
+        seen["api"].append(api.backend)
+        seen["worker"].append(worker.backend)
+
+    threads = [threading.Thread(target=look) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    look()
+    assert len({id(b) for b in seen["api"]}) == 1
+    assert len({id(b) for b in seen["worker"]}) == 4  # Celery's default: one per thread

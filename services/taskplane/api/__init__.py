@@ -59,7 +59,7 @@ class NoSessions(SessionInterface):
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     tokens = settings.tokens()
-    celery = create_celery(settings, set_as_current=False)
+    celery = create_celery(settings, set_as_current=False, shared_backend=True)
     redis_conn.warn_if_too_few_replicas(settings, "api")
     app = TaskplaneFlask("taskplane")
     app.session_interface = NoSessions()

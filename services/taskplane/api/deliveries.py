@@ -68,7 +68,7 @@ def retry_dead_delivery(delivery_id: str) -> Response:
                        {"id": delivery_id[:200]})
     kind, subject, state = match[1], match[2], match[3]
     ctx.celery.send_task(DELIVER_TASK, args=[state, kind, subject],
-                         kwargs={"since": time.time()},
+                         kwargs={"since": time.time()}, ignore_result=True,
                          queue=ctx.settings.webhook_queue)
     response = jsonify({"id": delivery_id, "state": "queued"})
     response.status_code = 202

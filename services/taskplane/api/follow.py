@@ -147,12 +147,15 @@ def wait(status: TaskStatus, seconds: float) -> tuple[TaskStatus, str]:
         following.close()
 
 
-def events(status: TaskStatus, represent: Callable[[TaskStatus], Any]) -> Iterable[str]:
+def events(status: TaskStatus, represent: Callable[[TaskStatus], Any]) -> Iterable[bytes]:
     """Server-Sent Events of the task's state and progress, until it ends (or after
     ``MAX_EVENT_STREAM`` seconds). ``represent(status)`` is the body of each ``state`` event.
 
     Admission and the subscription happen now, so a refusal or an outage is an ordinary
-    error answer; the stream itself runs after the request context is gone."""
+    error answer; the stream itself runs after the request context is gone. It yields
+    bytes, so the response passes it to gunicorn as it is (``direct_passthrough``): no
+    werkzeug encoding generator and closing wrapper around it, two levels less of the C
+    stack a waiting greenlet keeps copied out (BENCHMARKS.md section 7)."""
     ctx = api_context()
     task_id = status.record.id
     try:
@@ -177,18 +180,19 @@ def _last_event_id() -> int:
 
 def _stream(following: _Following, celery: Any, status: TaskStatus,
             represent: Callable[[TaskStatus], Any], lasts: float, retry_after: int,
-            last_id: int) -> Iterator[str]:
+            last_id: int) -> Iterator[bytes]:
     task_id = status.record.id
     try:
-        yield f"retry: {retry_after * 1000}\n\n"  # how long an SSE client waits to reconnect
+        yield f"retry: {retry_after * 1000}\n\n".encode()  # how long an SSE client waits
         deadline = time.monotonic() + lasts
         current = load(celery, task_id) or status
+        del status  # a stream may stay open for hours: hold one copy of the task, not two
         sent, n = None, last_id
         while True:
             body = json.dumps(represent(current), separators=(",", ":"))
             if body != sent:
                 n += 1
-                yield f"id: {n}\nevent: state\ndata: {body}\n\n"
+                yield f"id: {n}\nevent: state\ndata: {body}\n\n".encode()
                 sent = body
             left = deadline - time.monotonic()
             if _final(current) or left <= 0:
@@ -196,14 +200,14 @@ def _stream(following: _Following, celery: Any, status: TaskStatus,
             if following.next_change(min(KEEPALIVE, left)):
                 current = load(celery, task_id) or current
             else:
-                yield ": keep-alive\n\n"
+                yield b": keep-alive\n\n"
     except (ClientGone, ServerClosing):  # gone; or closing: the client reconnects elsewhere
         return
     except UNAVAILABLE:
         error = {"code": "broker_unavailable", "message": "Redis is unreachable; reconnect "
                  "after retry_after seconds", "id": task_id, "retry_after": retry_after}
         yield (f"retry: {retry_after * 1000}\nevent: error\n"
-               f"data: {json.dumps(error, separators=(',', ':'))}\n\n")
+               f"data: {json.dumps(error, separators=(',', ':'))}\n\n").encode()
     finally:
         following.close()
 
@@ -212,11 +216,11 @@ class _Stream:
     """The event stream as gunicorn iterates it. ``close()`` gives the follower back even
     if the stream never started (a generator not yet started skips its ``finally``)."""
 
-    def __init__(self, following: _Following, body: Iterator[str]) -> None:
+    def __init__(self, following: _Following, body: Iterator[bytes]) -> None:
         self._following = following
         self._body = body
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[bytes]:
         return self._body
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from gunicorn import util
 
-from taskplane import logs, metrics
+from taskplane import logs, metrics, openfiles
 from taskplane.settings import Settings, listen_host
 
 _settings = Settings.from_env()
@@ -29,6 +29,10 @@ logs.configure(_settings.log_level)
 # Every gunicorn worker of this pod writes its metrics under one directory, emptied now,
 # before any worker is forked (and before prometheus_client is imported anywhere).
 metrics.prepare_multiprocess_dir("api")
+# Thousands of followers need as many sockets: the soft open-files limit goes up to what
+# one process needs (API_WORKER_CONNECTIONS and its Redis pool), up to the hard limit;
+# the workers inherit it. A warning names the setting when the hard limit is too low.
+openfiles.raise_for(_settings)
 
 _host = listen_host(_settings.api_host)
 bind = [f"[{_host}]:{_settings.api_port}" if ":" in _host else f"{_host}:{_settings.api_port}"]
@@ -60,9 +64,12 @@ wsgi_app = "taskplane.api:create_app()"
 
 def post_worker_init(worker: Any) -> None:
     """Followers end as soon as this worker is told to stop (SIGTERM), not after
-    ``graceful_timeout``: their clients reconnect to a pod that stays."""
-    from taskplane.api import followers  # after the fork, like the app itself
+    ``graceful_timeout``: their clients reconnect to a pod that stays. Under gevent, two
+    per-request costs nothing needs go first (``api/greenlets.py``)."""
+    from taskplane.api import followers, greenlets  # after the fork, like the app itself
 
+    if worker_class == "gevent":
+        greenlets.tune()  # two per-request costs of gevent that nothing needs
     followers.end_on_shutdown(worker.wsgi, lambda: bool(worker.alive))
 
 

@@ -227,7 +227,7 @@ def task_events(task_id: str) -> Response:
     status = _owned_or_unavailable(task_id)
     url = task_url(task_id)
     stream = follow.events(status, lambda current: represent(current, url))
-    return Response(stream, mimetype="text/event-stream",
+    return Response(stream, mimetype="text/event-stream", direct_passthrough=True,
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
