@@ -18,8 +18,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from typing import Any
+
+from tests.support.procs import wait_for
 
 from .stack import ROOT
 
@@ -108,11 +109,9 @@ def measure(kind: str, n: int) -> dict[str, Any]:
                 sock = socket.create_connection(("127.0.0.1", port), timeout=10)
                 sock.sendall(REQUEST)
                 socks.append(sock)
-            deadline = time.monotonic() + 60
-            while (held := stat())[0] < count:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{kind}: {held[0]} of {count} connections held")
-                time.sleep(0.1)
+            held: tuple[int, int] = wait_for(
+                lambda: (h := stat())[0] >= count and h, 60,
+                f"{kind}: {count} connections held", interval=0.1)
             return held[1]
 
         warm = min(50, n)

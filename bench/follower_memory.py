@@ -48,21 +48,15 @@ def _followers_open(api: Proc) -> float:
 
 
 def _until_open(api: Proc, count: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while (held := _followers_open(api)) != count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{held:g} followers open, expected {count}")
-        time.sleep(0.2)
+    api.wait_until(lambda: _followers_open(api) == count, timeout, f"{count} followers open",
+                   interval=0.2)
 
 
 def _probe(api: Proc, out: Path, name: str, frames: bool = False,
            timeout: float = 120) -> dict[str, Any]:
     (out / f"{name}.req").write_text("frames" if frames else "")
-    deadline = time.monotonic() + timeout
-    while not (out / f"{name}.json").exists():
-        if time.monotonic() > deadline or not api.alive():
-            raise RuntimeError(f"probe {name} did not answer")
-        time.sleep(0.1)
+    api.wait_until((out / f"{name}.json").exists, timeout, f"probe {name}'s answer",
+                   interval=0.1)
     report: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
     if "error" in report:
         raise RuntimeError(f"probe {name}: {report['error']}")

@@ -492,19 +492,13 @@ class Settings:
     def replicas_ack(self) -> int:
         """``REDIS_MIN_REPLICAS_ACK`` as a number: ``auto`` is 1 behind Sentinel (a failover
         must not erase what was answered), 0 for a single node (no replica to wait for)."""
-        value = self.redis_min_replicas_ack.strip().lower()
-        if value == "auto":
-            return 1 if is_sentinel(self.redis_url) else 0
-        return int(value)
+        return int(self._auto(self.redis_min_replicas_ack, behind_sentinel=1, single=0))
 
     @property
     def submit_ride_through_seconds(self) -> float:
         """``SUBMIT_RIDE_THROUGH`` in seconds: ``auto`` is 5 behind Sentinel (a failover
         takes the sentinels' down-after and a second or two), 0 for a single node."""
-        value = self.submit_ride_through.strip().lower()
-        if value == "auto":
-            return 5.0 if is_sentinel(self.redis_url) else 0.0
-        return float(value)
+        return self._auto(self.submit_ride_through, behind_sentinel=5, single=0)
 
     @property
     def run_lease(self) -> float:
@@ -523,9 +517,14 @@ class Settings:
     def reconcile_seconds(self) -> float:
         """``RECONCILE_INTERVAL`` in seconds: ``auto`` is 10 behind Sentinel, 0 (no pass)
         for a single node."""
-        value = self.reconcile_interval.strip().lower()
+        return self._auto(self.reconcile_interval, behind_sentinel=10, single=0)
+
+    def _auto(self, value: str, *, behind_sentinel: float, single: float) -> float:
+        """A setting that is ``auto`` or a number (checked in ``__post_init__``): ``auto``
+        is ``behind_sentinel`` for a Sentinel ``REDIS_URL``, ``single`` for one node."""
+        value = value.strip().lower()
         if value == "auto":
-            return 10.0 if is_sentinel(self.redis_url) else 0.0
+            return float(behind_sentinel if is_sentinel(self.redis_url) else single)
         return float(value)
 
     def tokens(self) -> dict[str, str]:
