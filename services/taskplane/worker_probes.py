@@ -46,8 +46,8 @@ LOOP_BEAT_SECONDS = 1.0
 PROBE_PING_TIMEOUT = 0.5
 
 
-def running_delivery_tags() -> set[str]:
-    """Delivery tags of the tasks this worker process is running now.
+def active_requests() -> list[Any]:
+    """The requests this worker process's pool runs now (or is about to).
 
     Celery's worker state (``celery.worker.state.active_requests``, a set of requests a
     pool process accepted) is not public API; this is the one function that reads it, and
@@ -55,8 +55,13 @@ def running_delivery_tags() -> set[str]:
     """
     from celery.worker import state
 
+    return list(state.active_requests)
+
+
+def running_delivery_tags() -> set[str]:
+    """Delivery tags of the tasks this worker process is running now."""
     tags = set()
-    for request in list(state.active_requests):
+    for request in active_requests():
         message = getattr(request, "message", None)
         tag = getattr(message, "delivery_tag", None)
         if tag is not None:
@@ -66,11 +71,8 @@ def running_delivery_tags() -> set[str]:
 
 def running_task_ids() -> list[str]:
     """Ids of the tasks this worker process's pool runs now (or is about to): their run
-    leases are renewed (``lifecycle.RunLeases``). Read from Celery's worker state, as
-    :func:`running_delivery_tags`."""
-    from celery.worker import state
-
-    return sorted({str(request.id) for request in list(state.active_requests)
+    leases are renewed (``lifecycle.RunLeases``)."""
+    return sorted({str(request.id) for request in active_requests()
                    if getattr(request, "id", None)})
 
 
