@@ -133,7 +133,7 @@ def test_submit_notices_a_key_that_changed_since_it_was_read(app: TaskplaneCeler
     first = accept(app, idempotency=("k", "fp"))
     ikey = lifecycle.idempotency_key(TENANT, "k")
     keys = [lifecycle.record_key("new"), lifecycle.open_key(TENANT), QUEUE,
-            *lifecycle.listing_keys(TENANT, TASK, QUEUE), ikey]
+            *lifecycle.listing_keys(TENANT), ikey]
     stale = life._store.run("submit", keys, ["new", 60, 0, 0, 0, 1, "fp", 60, "", "msg", 60,
                                              "tenant", TENANT])
     assert stale[0] == b"stale" and stale[1] == first.encode()
@@ -398,7 +398,7 @@ def test_a_workers_revoke_adopts_with_the_name_and_queue_it_knows(
     ended = life.finish("stock2", states.REVOKED, tenant=system, result=write, adopt=known)
     assert ended.outcome == "adopted"
     assert record(life, "stock2").state == "REVOKED" and result(app, "stock2")["status"] == "REVOKED"
-    for key in lifecycle.listing_keys(system, TASK, QUEUE):
+    for key in lifecycle.listing_keys(system):
         assert client.zscore(key, "stock2") is not None, key
     assert life.finish("stock2", states.REVOKED, tenant=system, adopt=known).outcome == "final"
     accepted = accept(app)  # a task with a record: adopt changes nothing
@@ -424,7 +424,7 @@ def test_every_dead_letter_is_in_the_operators_index_until_retried(
 def test_submit_enters_the_task_in_every_listing_index(app: TaskplaneCelery, life: Lifecycle,
                                                        client: redis.Redis) -> None:
     task_id = accept(app)
-    for key in lifecycle.listing_keys(TENANT, TASK, QUEUE):
+    for key in lifecycle.listing_keys(TENANT):
         assert client.zscore(key, task_id) is not None, key
     query = lifecycle.TaskQuery(tenant=TENANT, task=TASK)
     rows, _ = life.list_tasks(query, 10)

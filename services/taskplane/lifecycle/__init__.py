@@ -25,7 +25,6 @@ from .errors import OutcomeUnknown, PoisonedTask, never_sent
 from .facade import Lifecycle
 from .keys import (
     PREFIX,
-    adopted_listing_keys,
     dead_index_key,
     dead_index_keys,
     dead_key,
@@ -87,7 +86,7 @@ __all__ = [
     "WORKFLOW_STATES", "Cursor", "HeldStage", "Lifecycle", "Member", "OutcomeUnknown",
     "PoisonedTask", "ResultWrite", "RunLeases", "RunStart", "Store", "Submission", "TaskQuery",
     "TaskRecord", "Transition", "Workflow", "WorkflowDraft", "WorkflowSubmission",
-    "adopted_listing_keys", "dead_index_key", "dead_index_keys", "dead_key", "dead_letter",
+    "dead_index_key", "dead_index_keys", "dead_key", "dead_letter",
     "ended_index_key", "ended_index_keys", "fingerprint", "idempotency_key", "listing_keys",
     "never_sent", "open_key", "rate_key", "record_key", "result_state", "schedule_state_key",
     "scheduler_lease_key", "schedules_key", "tasks_index_key", "tenant_hint", "visible_state",

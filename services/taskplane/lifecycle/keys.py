@@ -139,20 +139,13 @@ def tasks_index_key(tenant: str | None) -> str:
     return f"{PREFIX}tasks:{tenant}" if tenant is not None else f"{PREFIX}tasks"
 
 
-def listing_keys(tenant: str, task: str = "", queue: str = "") -> list[str]:
+def listing_keys(tenant: str) -> list[str]:
     """The listing indexes a task is entered in when submitted (or adopted): its tenant's
     and every tenant's (as many as ``lib.lua``'s ``LISTED``). There is no index per task
     type or queue: each cost every submission a ZADD and an EXPIRE in Redis (issue 29);
     a listing filtered by them walks the tenant's index and reads the records
-    (``listing.py``). ``task`` and ``queue`` are taken for the callers' sake only."""
-    del task, queue
+    (``listing.py``)."""
     return [tasks_index_key(tenant), tasks_index_key(None)]
-
-
-def adopted_listing_keys(tenant: str, task: str, queue: str) -> list[str]:
-    """The listing indexes of a record adopted with what is known of it (a revoke of a task
-    no worker saw knows neither its name nor its queue): the same as any task's."""
-    return listing_keys(tenant, task, queue)
 
 
 def ended_index_key(tenant: str | None, state: str) -> str:

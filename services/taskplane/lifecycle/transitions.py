@@ -42,7 +42,6 @@ import redis
 
 from .errors import OutcomeUnknown
 from .keys import (
-    adopted_listing_keys,
     dead_index_keys,
     dead_key,
     ended_index_keys,
@@ -122,7 +121,7 @@ class Transitions:
         now = time.time()
         ttl = self.record_ttl + int(max(0.0, (record.eta or 0) - now))
         fixed = [record_key(record.id), open_key(record.tenant), push[0],
-                 *listing_keys(record.tenant, record.task, record.queue)]
+                 *listing_keys(record.tenant)]
         if rate > 0:
             fixed.append(rate_key(record.tenant))
         fp = ""
@@ -172,7 +171,7 @@ class Transitions:
         args: list[Any] = [time.time(), retries, "", 0, 0, self.keep, task_id,
                            repr(self.run_lease), uuid.uuid4().hex if self.run_lease > 0 else ""]
         if adopt is not None:
-            keys += [open_key(adopt.tenant), *listing_keys(adopt.tenant, adopt.task, adopt.queue)]
+            keys += [open_key(adopt.tenant), *listing_keys(adopt.tenant)]
             args[4] = self.record_ttl
             args += adopt.fields()
         if started is not None:
@@ -251,7 +250,7 @@ class Transitions:
         caller read it. Of concurrent retries exactly one finds it and wins."""
         keys = [record_key(record.id), open_key(record.tenant), push[0], dead_key(record.id),
                 *dead_index_keys(record.tenant), *ended_index_keys(record.tenant, FAILURE),
-                *listing_keys(record.tenant, record.task, record.queue)]
+                *listing_keys(record.tenant)]
         keys.append(self.result_key(record.id))
         (outcome,) = self._store.run("retry_dead", keys, [
             record.id, self.record_ttl, time.time(), cap, read, push[1], self.keep,
@@ -263,7 +262,7 @@ class Transitions:
         """The listing keys and the fields of a record to adopt (none: two empty lists)."""
         if adopt is None:
             return [], []
-        return adopted_listing_keys(adopt.tenant, adopt.task, adopt.queue), adopt.fields()
+        return listing_keys(adopt.tenant), adopt.fields()
 
     def _with_result(self, keys: list[str], result: ResultWrite | None
                      ) -> tuple[list[str], str | bytes, int]:

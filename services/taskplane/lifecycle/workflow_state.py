@@ -161,7 +161,7 @@ class WorkflowState:
             group = groups.get((r.task, r.queue))
             if group is None:
                 group = groups[(r.task, r.queue)] = len(groups) + 1
-                index_keys += listing_keys(tenant, r.task, r.queue)
+                index_keys += listing_keys(tenant)
             queue_no, message = 0, ""
             if m.push is not None:
                 queue_no = queues.get(m.push[0], 0)
