@@ -42,6 +42,11 @@ def test_totals_are_exact_across_gunicorn_and_pool_processes(isolated_redis: Red
                           WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(worker_dir))
     api = Api(isolated_redis.url, workers=3, PROMETHEUS_MULTIPROC_DIR=str(api_dir))
     try:
+        # Three slow tasks running at once occupy all three pool children, so each child
+        # writes its own counter file (fast tasks alone may all land on one child).
+        slow = [api.submit("test.slow", kwargs={"seconds": 1.5})["id"] for _ in range(3)]
+        wait_for(lambda: all(api.get(f"/v1/tasks/{s}").json()["state"] == "PROGRESS"
+                             for s in slow), 30, "three pool children busy at once")
         ids = []
         for i in range(N):  # a fresh connection each time, so gunicorn spreads them
             r = requests.post(api.base + "/v1/tasks", timeout=10,
@@ -51,7 +56,7 @@ def test_totals_are_exact_across_gunicorn_and_pool_processes(isolated_redis: Red
             ids.append(r.json()["id"])
         bad = api.post("/v1/tasks", json={"task": "test.echo"})
         assert bad.status_code == 422
-        for task_id in ids:
+        for task_id in ids + slow:
             api.wait_state(task_id, "SUCCESS")
 
         wm = scrape(f"http://127.0.0.1:{port}/metrics")
@@ -64,15 +69,15 @@ def test_totals_are_exact_across_gunicorn_and_pool_processes(isolated_redis: Red
         assert value(wm, "taskplane_worker_tasks_running") == 0
         assert value(wm, "taskplane_worker_up", worker=next(
             dict(ls)["worker"] for (n, ls) in wm if n == "taskplane_worker_up")) == 1
-        assert len(pids(worker_dir, "counter")) >= 3  # the main process and pool children
+        assert len(pids(worker_dir, "counter")) >= 3  # one per pool child that ran a task
         assert "999999" not in pids(worker_dir, "counter")
 
         am = scrape(api.base + "/metrics")
         assert value(am, "taskplane_api_tasks_accepted_total", task="test.echo") == N
         assert value(am, "taskplane_http_requests_total", route="/v1/tasks", method="POST",
-                     status="202") == N
+                     status="202") == N + 3  # the echoes and the three slow tasks
         assert value(am, "taskplane_api_tasks_rejected_total", reason="validation_failed") == 1
-        assert total(am, "taskplane_http_request_duration_seconds_count", route="/v1/tasks") == N + 1
+        assert total(am, "taskplane_http_request_duration_seconds_count", route="/v1/tasks") == N + 4
         # Routes are templates, never raw ids.
         assert not any(task_id in str(ls) for (_, ls) in am for task_id in ids)
         assert len(pids(api_dir, "counter")) >= 2, "requests did not reach several gunicorn workers"
