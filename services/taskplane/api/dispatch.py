@@ -56,7 +56,7 @@ class Follower:
 
     def __init__(self, channel: bytes) -> None:
         self.channel = channel
-        self.event = threading.Event()
+        self.event: threading.Event = threading.Event()
         self.changes = 0
         self.failure: BaseException | None = None
         self.gone = False
@@ -119,12 +119,15 @@ class Dispatcher:
 
     # --- followers ------------------------------------------------------------------
 
-    def join(self, channel: bytes | str) -> Follower:
-        """A follower of ``channel``, returned once Redis confirms the subscription.
+    def join(self, channel: bytes | str, follower: Follower | None = None) -> Follower:
+        """A follower of ``channel`` (``follower`` if given: a detached follower,
+        ``detached.py``, whose :meth:`Follower.wake` reaches the hub instead of an event),
+        returned once Redis confirms the subscription.
 
         Raises a redis ``ConnectionError``/``TimeoutError`` when Redis cannot be reached."""
         channel = _bytes(channel)
-        follower = Follower(channel)
+        if follower is None:
+            follower = Follower(channel)
         with self._lock:
             conn = self._connection()
             entry = self._channels.get(channel)

@@ -18,7 +18,6 @@ ends; its ``retry:`` field and ``Last-Event-ID`` let an SSE client come back by 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -26,15 +25,17 @@ from typing import Any
 from flask import request
 
 from .. import lifecycle
+from . import handoff, sse
 from .auth import current_tenant
 from .context import api_context
+from .detached import MARK, Detached
 from .dispatch import ClientGone, Follower, ServerClosing
 from .errors import UNAVAILABLE, ApiError
 from .followers import Followers, Refused, followers
-from .status import TaskStatus, load
+from .status import TaskStatus, load, represent
 
 #: A comment line this often keeps proxies from closing an idle stream.
-KEEPALIVE = 15.0
+KEEPALIVE = sse.KEEPALIVE
 #: The ``Taskplane-Wait`` header of a ``?wait`` answer: it held the request until the task
 #: ended or the wait ran out (``waited``), had no room to (``refused``), or was cut short
 #: because the process is shutting down (``interrupted``).
@@ -48,7 +49,11 @@ def _final(status: TaskStatus) -> bool:
 
 
 def unavailable(task_id: str) -> ApiError:
-    retry_after = api_context().settings.retry_after
+    return unavailable_error(task_id, api_context().settings.retry_after)
+
+
+def unavailable_error(task_id: str, retry_after: int) -> ApiError:
+    """A follower's answer when Redis is away: 503 naming the task, with ``Retry-After``."""
     return ApiError(503, "broker_unavailable",
                     "Redis is unreachable, so the task cannot be followed now; ask again",
                     {"id": task_id}, {"Retry-After": str(retry_after)})
@@ -74,24 +79,30 @@ def _socket() -> Any:
 
 class _Following:
     """One admitted follower: its slot, its channel subscription and its socket watch,
-    all given back by :meth:`close` (idempotent)."""
+    all given back by :meth:`close` (idempotent). With ``detached`` (a
+    :class:`~.detached.Detached` follower), the hub of detached followers watches the
+    socket and calls :meth:`close` when it ends."""
+
+    __slots__ = ("closed", "fd", "follower", "hub", "kind", "tenant")
 
     def __init__(self, hub: Followers, tenant: str, kind: str, task_id: str,
-                 sock: Any) -> None:
+                 sock: Any, detached: Detached | None = None) -> None:
         hub.admit(tenant, kind)
         self.hub, self.tenant, self.kind = hub, tenant, kind
         self.follower: Follower | None = None
         self.fd: int | None = None
         self.closed = False
+        if detached is not None:
+            detached.following = self
         try:
             channel = api_context().runtime.lifecycle.result_key(task_id)
-            self.follower = hub.dispatcher.join(channel)
+            self.follower = hub.dispatcher.join(channel, detached)
         except BaseException as exc:
             self.close()
             if isinstance(exc, UNAVAILABLE):
                 hub.refused("unavailable")
             raise
-        if sock is not None:
+        if sock is not None and detached is None:
             self.fd = hub.gone.watch(sock, self._gone)
 
     def _gone(self, seconds: float) -> None:
@@ -115,21 +126,45 @@ class _Following:
         self.hub.release(self.tenant, self.kind)
 
 
-def wait(status: TaskStatus, seconds: float) -> tuple[TaskStatus, str]:
+def _detached(hub: Followers, url: str) -> Detached | None:
+    """A detached follower for this request, if its connection can be handed over."""
+    if hub.detached is None or not handoff.detachable(request.environ):
+        return None
+    return Detached(hub.detached, url)
+
+
+def wait(status: TaskStatus, seconds: float, url: str) -> tuple[TaskStatus, str]:
     """``status`` once final, or after ``seconds`` the task's state then; with whether it
-    waited (``WAITED``) or found no room to (``REFUSED``)."""
+    waited (``WAITED``) or found no room to (``REFUSED``). ``url`` is the task's own.
+
+    Under the ``gevent`` worker the wait is detached (``detached.py``): this returns the
+    task as it is now, and the hub answers in place of the response built from it."""
     if _final(status) or seconds <= 0:
         return status, WAITED
     task_id = status.record.id
     celery = api_context().celery
+    hub = followers()
+    detached = _detached(hub, url)
     try:
-        following = _Following(followers(), current_tenant(), "wait", task_id, _socket())
+        following = _Following(hub, current_tenant(), "wait", task_id, _socket(), detached)
     except Refused as refused:
         if refused.reason == "tenant":
             raise _refused(refused) from None
         return status, REFUSED
     except UNAVAILABLE:
         raise unavailable(task_id) from None
+    if detached is not None:
+        try:
+            current = load(celery, task_id) or status
+        except UNAVAILABLE:
+            following.close()
+            raise unavailable(task_id) from None
+        if _final(current):
+            following.close()
+        else:
+            detached.deadline = time.monotonic() + seconds
+            request.environ[MARK] = detached
+        return current, WAITED
     try:
         deadline = time.monotonic() + seconds
         current = load(celery, task_id) or status
@@ -147,25 +182,48 @@ def wait(status: TaskStatus, seconds: float) -> tuple[TaskStatus, str]:
         following.close()
 
 
-def events(status: TaskStatus, represent: Callable[[TaskStatus], Any]) -> Iterable[bytes]:
+def events(status: TaskStatus, url: str) -> Iterable[bytes]:
     """Server-Sent Events of the task's state and progress, until it ends (or after
-    ``MAX_EVENT_STREAM`` seconds). ``represent(status)`` is the body of each ``state`` event.
+    ``MAX_EVENT_STREAM`` seconds). ``represent(status, url)`` is the body of each ``state``
+    event.
 
     Admission and the subscription happen now, so a refusal or an outage is an ordinary
-    error answer; the stream itself runs after the request context is gone. It yields
+    error answer. Under the ``gevent`` worker the stream is detached (``detached.py``):
+    this returns its first events, and the hub writes the rest. Otherwise the stream runs
+    after the request context is gone, in the request's greenlet or thread. It yields
     bytes, so the response passes it to gunicorn as it is (``direct_passthrough``): no
     werkzeug encoding generator and closing wrapper around it, two levels less of the C
     stack a waiting greenlet keeps copied out (BENCHMARKS.md section 7)."""
     ctx = api_context()
     task_id = status.record.id
+    hub = followers()
+    detached = _detached(hub, url)
     try:
-        following = _Following(followers(), current_tenant(), "events", task_id, _socket())
+        following = _Following(hub, current_tenant(), "events", task_id, _socket(), detached)
     except Refused as refused:
         raise _refused(refused) from None
     except UNAVAILABLE:
         raise unavailable(task_id) from None
-    return _Stream(following, _stream(following, ctx.celery, status, represent,
-                                      ctx.settings.max_event_stream, ctx.settings.retry_after,
+    settings = ctx.settings
+    if detached is not None:
+        try:
+            current = load(ctx.celery, task_id) or status
+        except UNAVAILABLE:
+            following.close()
+            raise unavailable(task_id) from None
+        body = sse.compact(represent(current, url))
+        detached.n = _last_event_id() + 1
+        first = sse.retry(settings.retry_after) + sse.state(detached.n, body)
+        if _final(current):
+            following.close()
+        else:
+            detached.sent = hash(body)
+            detached.deadline = time.monotonic() + settings.max_event_stream
+            request.environ[MARK] = detached
+        return [first]
+    return _Stream(following, _stream(following, ctx.celery, status,
+                                      lambda current: represent(current, url),
+                                      settings.max_event_stream, settings.retry_after,
                                       _last_event_id()))
 
 
@@ -183,16 +241,16 @@ def _stream(following: _Following, celery: Any, status: TaskStatus,
             last_id: int) -> Iterator[bytes]:
     task_id = status.record.id
     try:
-        yield f"retry: {retry_after * 1000}\n\n".encode()  # how long an SSE client waits
+        yield sse.retry(retry_after)
         deadline = time.monotonic() + lasts
         current = load(celery, task_id) or status
         del status  # a stream may stay open for hours: hold one copy of the task, not two
         sent, n = None, last_id
         while True:
-            body = json.dumps(represent(current), separators=(",", ":"))
+            body = sse.compact(represent(current))
             if body != sent:
                 n += 1
-                yield f"id: {n}\nevent: state\ndata: {body}\n\n".encode()
+                yield sse.state(n, body)
                 sent = body
             left = deadline - time.monotonic()
             if _final(current) or left <= 0:
@@ -200,14 +258,11 @@ def _stream(following: _Following, celery: Any, status: TaskStatus,
             if following.next_change(min(KEEPALIVE, left)):
                 current = load(celery, task_id) or current
             else:
-                yield b": keep-alive\n\n"
+                yield sse.KEEPALIVE_COMMENT
     except (ClientGone, ServerClosing):  # gone; or closing: the client reconnects elsewhere
         return
     except UNAVAILABLE:
-        error = {"code": "broker_unavailable", "message": "Redis is unreachable; reconnect "
-                 "after retry_after seconds", "id": task_id, "retry_after": retry_after}
-        yield (f"retry: {retry_after * 1000}\nevent: error\n"
-               f"data: {json.dumps(error, separators=(',', ':'))}\n\n").encode()
+        yield sse.unavailable(task_id, retry_after)
     finally:
         following.close()
 

@@ -1,8 +1,11 @@
 """The followers of one API process: who may follow, the shared subscription, gone clients.
 
-A follower (a ``?wait`` request held open, or an event stream) costs a greenlet, an event
-and a few small objects: no thread and no Redis connection of its own (``dispatch.py``
-fans one subscription out to all of them; ``gone.py`` notices clients that leave).
+A follower (a ``?wait`` request held open, or an event stream) costs a few small objects
+and its client's socket: no thread, no greenlet and no Redis connection of its own
+(``dispatch.py`` fans one subscription out to all of them, ``detached.py`` serves them
+once their requests have ended, ``gone.py`` notices clients that leave). Where a
+connection cannot be handed over (``gthread``, TLS, HTTP/2) a follower keeps its request's
+greenlet or thread instead.
 
 Admission is per API process, so it needs no Redis round trip and no shared state:
 
@@ -29,6 +32,8 @@ from flask import Flask, current_app
 
 from .. import metrics
 from ..settings import Settings
+from . import handoff
+from .detached import Detaching, Hub
 from .dispatch import Dispatcher
 from .gone import GoneWatch
 
@@ -64,6 +69,7 @@ class Followers:
         self.per_tenant = min(settings.max_followers_per_tenant, self.capacity)
         self.dispatcher = Dispatcher(connect, settings.redis_timeout)
         self.gone = GoneWatch()
+        self.detached: Hub | None = None  # set by detach_followers (gevent workers)
         self._lock = threading.Lock()
         self._open = 0
         self._tenants: dict[str, int] = {}
@@ -113,6 +119,7 @@ class Followers:
                                    "capacity": self.capacity, "per_tenant": self.per_tenant}
         out.update(self.dispatcher.stats())
         out["watched_sockets"] = self.gone.watching()
+        out["detached"] = len(self.detached) if self.detached is not None else 0
         return out
 
 
@@ -129,6 +136,31 @@ def end_on_shutdown(app: Flask, alive: Callable[[], bool], every: float = 0.25) 
         log.info("shutting down: ended %d followers", ended)
 
     threading.Thread(target=watch, name="taskplane-followers-shutdown", daemon=True).start()
+
+
+def detach_followers(app: Flask) -> bool:
+    """Serve ``app``'s followers detached from their requests (``detached.py``): call once
+    in a ``gevent`` worker, before it serves. False (and followers stay held by their
+    greenlets) when the installed gunicorn is not one the hand-off was tested with."""
+    if not handoff.supported():
+        return False
+    hub: Followers = app.extensions[_EXTENSION]
+    settings = app.extensions["taskplane"].settings
+    json = app.json
+    hub.detached = Hub(app.extensions["taskplane"].celery, settings.retry_after,
+                       lambda value: json.dumps(value, separators=(",", ":")),
+                       hub.gone, hub.gone_after)
+    app.wsgi_app = Detaching(app.wsgi_app, hub.detached)  # type: ignore[method-assign]
+    return True
+
+
+def finish(app: Flask, timeout: float = 5.0) -> int:
+    """End every follower of ``app`` now and wait (up to ``timeout``) for the detached ones
+    to be answered: gunicorn's worker, stopping, does not wait for connections it no longer
+    holds. How many had to be cut off."""
+    hub: Followers = app.extensions[_EXTENSION]
+    hub.dispatcher.close_all()
+    return hub.detached.drain(timeout) if hub.detached is not None else 0
 
 
 def init_app(app: Flask, settings: Settings, connect: Callable[[], Any],

@@ -64,10 +64,10 @@ class GoneWatch:
         self._last_check = time.monotonic()
 
     def watch(self, sock: Any, on_gone: Callable[[float], None]) -> int | None:
-        """Start watching ``sock`` (anything with ``fileno()``); the key for :meth:`forget`,
-        None if it cannot be watched (no socket: a test client)."""
+        """Start watching ``sock`` (a descriptor, or anything with ``fileno()``); the key for
+        :meth:`forget`, None if it cannot be watched (no socket: a test client)."""
         try:
-            fd = sock.fileno()
+            fd = sock if isinstance(sock, int) else sock.fileno()
         except (AttributeError, OSError):
             return None
         if not isinstance(fd, int) or fd < 0:

@@ -65,12 +65,24 @@ wsgi_app = "taskplane.api:create_app()"
 def post_worker_init(worker: Any) -> None:
     """Followers end as soon as this worker is told to stop (SIGTERM), not after
     ``graceful_timeout``: their clients reconnect to a pod that stays. Under gevent, two
-    per-request costs nothing needs go first (``api/greenlets.py``)."""
+    per-request costs nothing needs go first (``api/greenlets.py``), and followers are
+    detached from their requests' greenlets (``api/detached.py``)."""
     from taskplane.api import followers, greenlets  # after the fork, like the app itself
 
     if worker_class == "gevent":
         greenlets.tune()  # two per-request costs of gevent that nothing needs
+        followers.detach_followers(worker.wsgi)
     followers.end_on_shutdown(worker.wsgi, lambda: bool(worker.alive))
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the stopping worker, once it serves no more requests: detached followers are no
+    connections of gunicorn's, so they are answered (a wait's ``interrupted``) and closed
+    here, before the process exits."""
+    from taskplane.api import followers
+
+    if getattr(worker, "wsgi", None) is not None:
+        followers.finish(worker.wsgi)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -21,7 +21,7 @@ from .body import json_body, validate
 from .context import api_context
 from .errors import UNAVAILABLE, ApiError
 from .limits import enforce_rate
-from .status import TaskStatus, iso, load, represent
+from .status import TaskStatus, iso, load, not_found, represent
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
@@ -31,19 +31,14 @@ _TASK_ID = re.compile(schemas.TASK_ID_PATTERN)
 _IDEMPOTENCY_KEY = re.compile(schemas.IDEMPOTENCY_KEY_PATTERN)
 
 
-def _not_found(task_id: str) -> ApiError:
-    shown = task_id if len(task_id) <= 128 else task_id[:125] + "..."
-    return ApiError(404, "task_not_found", f"no task with id {shown!r}", {"id": shown})
-
-
 def _owned(task_id: str) -> TaskStatus:
     """The task if it exists and the caller may see it (its tenant, or an operator);
     another tenant's task is 404 too."""
     if not _TASK_ID.fullmatch(task_id):
-        raise _not_found(task_id)
+        raise not_found(task_id)
     status = load(api_context().celery, task_id)
     if status is None or not may_see(status.record.tenant):
-        raise _not_found(task_id)
+        raise not_found(task_id)
     return status
 
 
@@ -211,7 +206,7 @@ def get_task(task_id: str) -> Response:
     status = _owned_or_unavailable(task_id) if seconds else _owned(task_id)
     waited = None
     if seconds:
-        status, waited = follow.wait(status, seconds)
+        status, waited = follow.wait(status, seconds, task_url(task_id))
     response = jsonify(represent(status, task_url(task_id)))
     if waited is not None:
         response.headers[follow.WAIT_HEADER] = waited
@@ -225,8 +220,7 @@ def task_events(task_id: str) -> Response:
     """Server-Sent Events: the task's state (and progress) each time it changes, until it
     ends."""
     status = _owned_or_unavailable(task_id)
-    url = task_url(task_id)
-    stream = follow.events(status, lambda current: represent(current, url))
+    stream = follow.events(status, task_url(task_id))
     return Response(stream, mimetype="text/event-stream", direct_passthrough=True,
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -260,7 +254,7 @@ def revoke_task(task_id: str) -> Response:
                        "task is running; DELETE with ?terminate=true to stop it",
                        {"state": _shown_running(status)})
     if revoked.outcome != "revoked":  # its record expired meanwhile
-        raise _not_found(task_id)
+        raise not_found(task_id)
     revoked_status = TaskStatus(replace(status.record, state=lifecycle.REVOKED), None)
     response = jsonify(represent(_reread(task_id, revoked_status), task_url(task_id)))
     response.status_code = 202

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..lifecycle import FINAL_STATES, TaskRecord, visible_state
 from ..runtime import TaskplaneCelery
+from .errors import ApiError
 from .schemas import TERMINAL_STATES
 
 
@@ -37,6 +38,12 @@ def load(app: TaskplaneCelery, task_id: str) -> TaskStatus | None:
             and meta.get("date_done") and record.started_at is None:
         meta = None  # a result older than this submission (a dead letter being retried)
     return TaskStatus(record, meta)
+
+
+def not_found(task_id: str) -> ApiError:
+    """No such task, or one the caller may not see (another tenant's is 404 too)."""
+    shown = task_id if len(task_id) <= 128 else task_id[:125] + "..."
+    return ApiError(404, "task_not_found", f"no task with id {shown!r}", {"id": shown})
 
 
 def iso(ts: float | None) -> str | None:
