@@ -53,6 +53,21 @@ def read_until(sock: socket.socket, marker: bytes, timeout: float = 10) -> bytes
     return data
 
 
+def read_to_end(sock: socket.socket, timeout: float = 10) -> bytes:
+    """Bytes from ``sock`` until the peer closes it; fails after ``timeout`` seconds."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"still open after {timeout}s; got {data[-300:]!r}")
+        sock.settimeout(left)
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def open_stream(base: str, task_id: str, tenant: str = "acme") -> socket.socket:
     """An event stream that has sent its first ``state`` event (so it is following)."""
     sock = open_request(base, f"/v1/tasks/{task_id}/events", tenant)

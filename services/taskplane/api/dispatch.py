@@ -128,6 +128,8 @@ class Dispatcher:
         channel = _bytes(channel)
         if follower is None:
             follower = Follower(channel)
+        else:
+            follower.channel = channel
         with self._lock:
             conn = self._connection()
             entry = self._channels.get(channel)
