@@ -13,6 +13,7 @@ import requests
 
 from taskplane import lifecycle
 from tests.conftest import PARKED
+from tests.support.follow import open_request, read_to_end
 from tests.support.services import TEST_TOKENS, Api, RedisServer
 
 pytestmark = pytest.mark.integration
@@ -155,3 +156,57 @@ def test_an_operator_lists_every_tenants_tasks(api: Api) -> None:
     assert all("tenant" not in t for t in listing(api, submitted_after=since)["items"])
     pending = listing(api, tenant="ops", submitted_after=since, state="PENDING")["items"]
     assert {t["id"] for t in pending} == {ours, theirs}
+
+
+def _head_and_body(data: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    return lines[0], {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}, body
+
+
+def test_a_detached_stream_sends_every_update_and_its_final_event_then_closes(api: Api) -> None:
+    """Under gevent a stream's request ends once it follows; the process's hub writes its
+    events (body delimited by the connection's close, not chunked) and closes it at the end."""
+    task = api.submit("test.phases", kwargs={"before": 0.3, "seconds": 1.5})
+    sock = open_request(api.base, f"/v1/tasks/{task['id']}/events",
+                        headers={"Last-Event-ID": "41"})
+    status, headers, body = _head_and_body(read_to_end(sock, 30))
+    sock.close()
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["connection"] == "close" and headers["cache-control"] == "no-store"
+    assert "transfer-encoding" not in headers and "content-length" not in headers
+    assert headers["content-type"].startswith("text/event-stream")
+    blocks = [b for b in body.decode().split("\n\n") if b]
+    assert blocks[0].startswith("retry: ")  # the reconnection hint first
+    events = [dict(ln.split(": ", 1) for ln in b.split("\n")) for b in blocks[1:]
+              if not b.startswith(":")]
+    assert [int(e["id"]) for e in events] == list(range(42, 42 + len(events)))  # ids go on
+    states = [json.loads(e["data"])["state"] for e in events]
+    assert states[-1] == "SUCCESS" and "PROGRESS" in states
+    percents = [json.loads(e["data"])["progress"]["percent"] for e in events
+                if json.loads(e["data"])["state"] == "PROGRESS"]
+    assert len(percents) >= 3 and percents == sorted(percents)
+    assert body.endswith(b"\n\n")  # closed after a whole event
+
+
+def test_a_detached_wait_is_answered_whole_and_closes_its_connection(api: Api) -> None:
+    task = api.submit("test.slow", kwargs={"seconds": 1})
+    sock = open_request(api.base, f"/v1/tasks/{task['id']}?wait=20")
+    started = time.monotonic()
+    status, headers, body = _head_and_body(read_to_end(sock, 30))
+    sock.close()
+    assert time.monotonic() - started < 10
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["connection"] == "close" and headers["taskplane-wait"] == "waited"
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    answer = json.loads(body)
+    assert answer["state"] == "SUCCESS" and answer["links"]["self"].endswith(task["id"])
+    # the deadline: a parked task is answered as it is when the wait runs out
+    parked = api.submit("test.echo", kwargs={"value": 1}, queue=PARKED)["id"]
+    sock = open_request(api.base, f"/v1/tasks/{parked}?wait=1")
+    started = time.monotonic()
+    status, headers, body = _head_and_body(read_to_end(sock, 30))
+    sock.close()
+    assert 1 <= time.monotonic() - started < 5
+    assert headers["taskplane-wait"] == "waited" and json.loads(body)["state"] == "PENDING"
