@@ -173,6 +173,11 @@ FOLLOWERS_REFUSED = _m(
     "Follow requests refused: `tenant` (over MAX_FOLLOWERS_PER_TENANT), `process` (the "
     "process holds MAX_FOLLOWERS), `unavailable` (Redis away).",
     "A tenant at its share, a pod at its ceiling, or an outage.", "api")
+FOLLOWERS_DROPPED = _m(
+    "taskplane_api_followers_dropped_total", "counter", (),
+    "Detached followers dropped because their client read nothing for 10 s while answers "
+    "waited (or let 256 KiB pile up).",
+    "Clients (or proxies) that stop reading streams; their slots are freed.", "api")
 FOLLOWER_GONE_SECONDS = _m(
     "taskplane_api_follower_gone_detect_seconds", "histogram", (),
     "Seconds from a follower's socket last seen open to noticing its client had left (an "
@@ -283,7 +288,8 @@ CATALOGUE_SPECS: tuple[MetricSpec, ...] = (
     QUEUE_WAITING, QUEUE_RESERVED, QUEUE_SCHEDULED, QUEUE_OLDEST_AGE, REDIS_UP,
     EXPORTER_SCRAPE_SECONDS, LEASE_OLDEST_AGE, TASK_QUEUE_WAIT, TASK_RUNTIME, TASK_END_TO_END,
     TASKS, WORKER_RUNNING, WORKER_UP, LEASE_RENEWALS, HTTP_REQUESTS, HTTP_DURATION,
-    TASKS_ACCEPTED, TASKS_REJECTED, FOLLOWERS_OPEN, FOLLOWERS_REFUSED, FOLLOWER_GONE_SECONDS,
+    TASKS_ACCEPTED, TASKS_REJECTED, FOLLOWERS_OPEN, FOLLOWERS_REFUSED, FOLLOWERS_DROPPED,
+    FOLLOWER_GONE_SECONDS,
     SCHEDULE_FIRES, SCHEDULE_SKIPPED, SCHEDULE_MISSED,
     SCHEDULE_FIRE_LAG, SCHEDULE_NEXT_FIRE, SCHEDULER_LEADING, WEBHOOK_DELIVERIES,
     WEBHOOK_LATENCY, WORKFLOWS, REPLICA_ACKS, REDIS_MASTER,
@@ -376,6 +382,7 @@ class Instruments:
     tasks_rejected: Any
     followers_open: Any
     followers_refused: Any
+    followers_dropped: Any
     follower_gone: Any
     schedule_fires: Any
     schedule_skipped: Any
@@ -493,6 +500,7 @@ def _instruments(enabled: bool) -> tuple[CollectorRegistry, Instruments]:
         tasks_rejected=counter(TASKS_REJECTED),
         followers_open=gauge(FOLLOWERS_OPEN),
         followers_refused=counter(FOLLOWERS_REFUSED),
+        followers_dropped=counter(FOLLOWERS_DROPPED),
         follower_gone=histogram(FOLLOWER_GONE_SECONDS, GONE_BUCKETS),
         schedule_fires=counter(SCHEDULE_FIRES),
         schedule_skipped=counter(SCHEDULE_SKIPPED),

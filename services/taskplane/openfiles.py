@@ -1,8 +1,10 @@
 """Enough file descriptors for thousands of followers: the API's open-files limit.
 
-Under ``gevent`` a process holds up to ``API_WORKER_CONNECTIONS`` client sockets at once
-(each follower keeps one open), plus its Redis pool (``API_REDIS_CONNECTIONS``), its one
-pub/sub connection, and a few dozen files of its own (the listening socket, the event
+Under ``gevent`` a process holds up to ``API_WORKER_CONNECTIONS`` client sockets that
+gunicorn serves, plus up to ``MAX_FOLLOWERS`` sockets of detached followers (``api/
+detached.py``: connections gunicorn has handed over, no longer in its count), plus its
+Redis pool (``API_REDIS_CONNECTIONS``), its one pub/sub connection, and a few dozen files
+of its own (the listening socket, the event
 loop, pipes, logs, prometheus-client's multiprocess files). A container's default soft
 limit is often 1,024, so a process would fail to ``accept`` (``EMFILE``) long before its
 ``MAX_FOLLOWERS``.
@@ -33,8 +35,8 @@ MARGIN = 256
 
 def needed(settings: Settings) -> int:
     """Open files one API process needs at its busiest."""
-    if settings.api_worker_class == "gevent":
-        clients = settings.api_worker_connections
+    if settings.api_worker_class == "gevent":  # gunicorn's connections and detached followers
+        clients = settings.api_worker_connections + settings.max_followers
     else:  # gthread: gunicorn holds up to worker_connections too (keep-alive), threads serve
         clients = max(settings.api_worker_connections, settings.api_threads)
     return clients + settings.api_redis_connections + MARGIN
@@ -78,11 +80,12 @@ def raise_for(settings: Settings) -> Outcome:
     if outcome.short:
         log.warning(
             "open-files limit %d (hard %d) is below the %d one API process needs for "
-            "%s=%d plus %s=%d and %d spare: clients beyond it are refused at accept "
-            "(EMFILE). Raise the container's nofile limit (ulimit -Hn) or lower %s.",
+            "%s=%d (plus %s=%d under gevent) plus %s=%d and %d spare: clients beyond it "
+            "are refused at accept (EMFILE). Raise the container's nofile limit (ulimit -Hn) "
+            "or lower %s.",
             target, hard, need, "API_WORKER_CONNECTIONS", settings.api_worker_connections,
-            "API_REDIS_CONNECTIONS", settings.api_redis_connections, MARGIN,
-            "API_WORKER_CONNECTIONS")
+            "MAX_FOLLOWERS", settings.max_followers, "API_REDIS_CONNECTIONS",
+            settings.api_redis_connections, MARGIN, "API_WORKER_CONNECTIONS")
     elif target != soft:
         log.info("open-files limit raised from %d to %d (hard %d)", soft, target, hard)
     return outcome

@@ -139,10 +139,11 @@ class Settings:
     api_worker_connections: int = _setting(
         "API_WORKER_CONNECTIONS", 4000,
         "Open connections one `gevent` API process serves at once (gunicorn "
-        "`worker_connections`): followers plus everything else. Each is a file descriptor: "
-        "at start the API raises its soft open-files limit to this plus "
-        "`API_REDIS_CONNECTIONS` plus 256 per process, up to the hard limit (`ulimit -Hn`), "
-        "and logs a warning naming this setting when the hard limit is lower.",
+        "`worker_connections`): requests in progress, and followers that cannot be detached "
+        "(TLS, HTTP/2); detached followers are not counted here. Each is a file descriptor: "
+        "at start the API raises its soft open-files limit to this plus `MAX_FOLLOWERS` "
+        "plus `API_REDIS_CONNECTIONS` plus 256 per process, up to the hard limit "
+        "(`ulimit -Hn`), and logs a warning naming this setting when the hard limit is lower.",
     )
     api_threads: int = _setting(
         "API_THREADS", 8,

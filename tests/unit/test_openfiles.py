@@ -14,10 +14,14 @@ from taskplane.settings import Settings
 INF = resource.RLIM_INFINITY
 
 
-def test_a_process_needs_its_connections_its_redis_pool_and_a_margin() -> None:
+def test_a_process_needs_its_connections_its_followers_its_redis_pool_and_a_margin() -> None:
     s = Settings.from_env({"API_WORKER_CONNECTIONS": "5000", "API_REDIS_CONNECTIONS": "40",
                            "MAX_FOLLOWERS": "3000"})
-    assert openfiles.needed(s) == 5000 + 40 + openfiles.MARGIN
+    # under gevent, gunicorn's connections and the detached followers' sockets
+    assert openfiles.needed(s) == 5000 + 3000 + 40 + openfiles.MARGIN
+    threads = Settings.from_env({"API_WORKER_CONNECTIONS": "5000", "API_REDIS_CONNECTIONS": "40",
+                                 "MAX_FOLLOWERS": "3000", "API_WORKER_CLASS": "gthread"})
+    assert openfiles.needed(threads) == 5000 + 40 + openfiles.MARGIN
     # per process, not per pod: RLIMIT_NOFILE counts per process
     two = Settings.from_env({"API_WORKER_CONNECTIONS": "5000", "API_REDIS_CONNECTIONS": "40",
                              "MAX_FOLLOWERS": "3000", "API_WORKERS": "4"})

@@ -142,7 +142,8 @@ class Hub:
     """The detached followers of one process and the greenlet that serves them."""
 
     def __init__(self, celery: Any, retry_after: int, dumps: Callable[..., str],
-                 gone: Any, gone_after: Callable[[float], None]) -> None:
+                 gone: Any, gone_after: Callable[[float], None],
+                 dropped: Callable[[], None] = lambda: None) -> None:
         self._celery = celery
         self._retry_after = retry_after
         self._dumps = dumps
@@ -157,6 +158,7 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._heads: dict[bytes, bytes] = {}  # equal extra header lines, shared
         self.dropped = 0  # clients too slow to read (``STALL_LIMIT``, ``MAX_PENDING``)
+        self._count_dropped = dropped
 
     def __len__(self) -> int:
         return len(self._all)
@@ -392,6 +394,7 @@ class Hub:
 
     def _drop(self, f: Detached) -> None:
         self.dropped += 1
+        self._count_dropped()
         log.info("dropped a %s follower whose client read nothing for %.0f s", f.kind,
                  STALL_LIMIT)
         self._close(f)

@@ -78,6 +78,7 @@ class Followers:
         self._refused = {reason: m.followers_refused.labels(reason)
                          for reason in metrics.FOLLOWER_REFUSALS}  # at zero from the start
         self._gone_seconds = m.follower_gone
+        self.dropped = m.followers_dropped.inc  # detached clients too slow to read
 
     def admit(self, tenant: str, kind: str) -> None:
         """Take a follower slot for ``tenant`` or raise :class:`Refused`."""
@@ -149,7 +150,7 @@ def detach_followers(app: Flask) -> bool:
     json = app.json
     hub.detached = Hub(app.extensions["taskplane"].celery, settings.retry_after,
                        lambda value: json.dumps(value, separators=(",", ":")),
-                       hub.gone, hub.gone_after)
+                       hub.gone, hub.gone_after, hub.dropped)
     app.wsgi_app = Detaching(app.wsgi_app, hub.detached)  # type: ignore[method-assign]
     return True
 
