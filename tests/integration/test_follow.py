@@ -4,6 +4,7 @@ real API, workers and Redis."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,8 +14,8 @@ import requests
 
 from taskplane import lifecycle
 from tests.conftest import PARKED
-from tests.support.follow import open_request, read_to_end
-from tests.support.services import TEST_TOKENS, Api, RedisServer
+from tests.support.follow import followers_open, open_request, read_to_end, read_until
+from tests.support.services import TEST_TOKENS, Api, RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +211,31 @@ def test_a_detached_wait_is_answered_whole_and_closes_its_connection(api: Api) -
     sock.close()
     assert 1 <= time.monotonic() - started < 5
     assert headers["taskplane-wait"] == "waited" and json.loads(body)["state"] == "PENDING"
+
+
+def test_http10_followers_keep_their_greenlets_and_still_follow(api: Api) -> None:
+    """A connection that cannot be handed over (here HTTP/1.0; also TLS, HTTP/2, HEAD) is
+    followed as before, by its request's greenlet, to the same answers."""
+    task = api.submit("test.echo", kwargs={"value": 1}, queue=PARKED)["id"]
+    port = int(api.base.rsplit(":", 1)[1])
+
+    def old_request(path: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(f"GET {path} HTTP/1.0\r\nAuthorization: Bearer {TEST_TOKENS['acme']}"
+                     "\r\n\r\n".encode())
+        return sock
+
+    stream = old_request(f"/v1/tasks/{task}/events")
+    first = read_until(stream, b"event: state")
+    wait = old_request(f"/v1/tasks/{task}?wait=30")
+    # both held by greenlets, not detached: gunicorn's own head (it names itself)
+    assert first.startswith(b"HTTP/1.0 200") and b"\r\nServer: gunicorn" in first
+    wait_for(lambda: followers_open(api.base, "wait") == 1, 10, "the wait following")
+    assert api.delete(f"/v1/tasks/{task}").status_code == 202
+    rest = read_to_end(stream, 10)
+    assert b'"state":"REVOKED"' in rest and rest.endswith(b"\n\n")
+    status, headers, body = _head_and_body(read_to_end(wait, 10))
+    assert status == "HTTP/1.0 200 OK" and headers["server"] == "gunicorn"
+    assert headers["taskplane-wait"] == "waited" and json.loads(body)["state"] == "REVOKED"
+    stream.close()
+    wait.close()
