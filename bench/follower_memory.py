@@ -1,5 +1,9 @@
 """Where a follower's memory goes: one API process under gevent, probed from inside.
 
+Followers there are detached (``api/detached.py``): their requests' greenlets have ended,
+and what stays is the hub's small object, the subscription entry, the socket watch and the
+kernel's socket (not in RSS). The greenlet columns below stay, to show a held follower.
+
 ``python -m bench.follower_memory --followers 500`` serves the API (one gunicorn ``gevent``
 process, ``bench/memprobe_conf.py``) on a private Redis, warms it up (followers opened and
 closed, so pools, caches and free lists are filled), then opens ``--followers`` event
@@ -194,35 +198,40 @@ def measure(stack: Stack, n: int, frames: int) -> dict[str, Any]:
     return result
 
 
-#: The rows of the breakdown: traced components (``_component``) by what they hold.
+#: The rows of the breakdown: traced components (``_component``) by what they hold. A
+#: detached follower (``api/detached.py``) keeps nothing of its request: the first row is
+#: what is left of gunicorn, gevent and Flask per follower (about nothing once detached; a
+#: greenlet-held follower's request, parser, contexts and watchers otherwise).
 GROUPS = (
-    ("gunicorn: the request (parser, WSGI environ, body reader)", ("gunicorn",)),
-    ("gevent: the greenlet, its timeout and socket watchers", ("gevent",)),
-    ("Flask and werkzeug: request and app contexts, the response", ("flask", "werkzeug")),
+    ("the request: gunicorn, gevent, Flask and werkzeug (gone once detached)", (
+        "gunicorn", "gevent", "flask", "werkzeug")),
     ("redis-py: reply buffers (shared, grown with load)", ("redis",)),
-    ("Taskplane: the task as last read, the last body sent", (
-        "taskplane.lifecycle", "taskplane.api.status", "taskplane.api.follow (encoder)")),
-    ("Taskplane: slot, subscription entry, event, socket watch", (
+    ("Taskplane: the detached follower (descriptor, event id, deadline, timer)", (
+        "taskplane.api.detached", "taskplane.api.handoff")),
+    ("Taskplane: slot, URL, subscription entry, socket watch", (
         "taskplane.api.dispatch", "taskplane.api.follow", "taskplane.api.gone",
-        "taskplane.api.routes")),
+        "taskplane.api.routes", "taskplane.lifecycle", "taskplane.api.status")),
 )
+#: The row charged with the greenlet's saved C stack by ``tracemalloc`` (the line that
+#: switched away is in ``dispatch.py``), so the stack is counted once, in its own row.
+_SWITCHED_IN = "Taskplane: slot, URL, subscription entry, socket watch"
 
 
 def breakdown(rss: dict[str, Any], traced: dict[str, Any]) -> dict[str, int]:
     """Bytes per follower by component: the RSS run's total, split with the traced run's
-    components, the greenlet's saved C stack (which ``tracemalloc`` charges to the line
-    that switched away, in ``dispatch.py``) apart, and the rest as untraced memory."""
+    components, a held greenlet's saved C stack apart (none once detached), and the rest
+    as untraced memory."""
     comps: dict[str, int] = dict(traced["traced_by_component"])
-    stack_saved = rss["greenlet_stack_saved_bytes"]
+    stack_saved = max(0, rss["greenlet_stack_saved_bytes"])
     rows: dict[str, int] = {"greenlet: its C stack, copied out while it waits": stack_saved}
     taken: set[str] = set()
     for label, prefixes in GROUPS:
         names = [c for c in comps if c not in taken and c.startswith(prefixes)]
         taken.update(names)
         rows[label] = sum(comps[c] for c in names)
-    rows["Taskplane: slot, subscription entry, event, socket watch"] -= stack_saved
+    rows[_SWITCHED_IN] -= stack_saved
     rows["other traced Python objects"] = sum(v for c, v in comps.items() if c not in taken)
-    rows["untraced: the 3.11 data-stack chunk, allocator slack"] = (
+    rows["untraced: allocator slack (and a held greenlet's 16 KiB data-stack chunk)"] = (
         rss["rss_bytes"] - traced["traced_bytes"])
     rows["total (RSS)"] = rss["rss_bytes"]
     return rows

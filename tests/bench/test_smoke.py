@@ -171,12 +171,13 @@ def test_memory_per_follower(smoke):
     fm = smoke["results"]["follower_memory"]
     for kind in ("streams", "waits"):
         rss, traced = fm["rss"][kind], fm["traced"][kind]
-        assert rss["followers"] == fm["followers"] > 0 and rss["greenlets"] >= 0.9, kind
-        assert rss["rss_bytes"] > 0 and rss["greenlet_stack_saved_bytes"] > 0, kind
-        assert traced["traced_bytes"] > 0 and traced["traced_by_component"], kind
+        # detached: no greenlet per follower is left waiting (api/detached.py)
+        assert rss["followers"] == fm["followers"] > 0 and rss["greenlets"] < 0.1, kind
+        assert rss["rss_bytes"] > 0 and traced["traced_bytes"] > 0, kind
+        assert "taskplane.api.detached" in traced["traced_by_component"], kind
         rows = fm["breakdown"][kind]
-        assert rows["total (RSS)"] == rss["rss_bytes"] and len(rows) >= 8, kind
-    assert {row["frames"] for row in fm["rss"]["stacks"]} and fm["rss"]["stacks"][0]["count"]
+        assert rows["total (RSS)"] == rss["rss_bytes"] and len(rows) >= 7, kind
+    assert fm["rss"]["stacks"] == []  # no greenlet waits in a follower's frames
     for kind in ("greenlet", "asyncio"):
         assert fm["floors"][kind]["rss_bytes"] > 0, kind
 
