@@ -134,3 +134,21 @@ def test_the_wrapper_passes_a_refused_request_through_and_gives_its_slot_back() 
     body = wrapper(_environ(), lambda *args: started.append(args))
     assert list(body) == [b"{}"] and started[0][0].startswith("429")
     assert following.closed == 1
+
+
+def test_a_streams_timer_sends_a_keep_alive_then_ends_it_at_its_deadline() -> None:
+    ours, client = socket.socketpair()
+    fd = ours.detach()
+    os.set_blocking(fd, False)
+    hub = _hub()
+    follower, following = _follower(hub, fd)
+    follower.deadline = 100.0
+    reads: dict[str, Any] = {}
+    hub._look(follower, True, 50.0, reads)  # due before its deadline: a comment, next beat
+    client.settimeout(5)
+    assert client.recv(100) == b": keep-alive\n\n"
+    assert follower.due == min(50.0 + detached.sse.KEEPALIVE, 100.0) and not reads
+    hub._look(follower, True, 100.0, reads)  # due at its deadline: the stream ends
+    assert follower.fd is None and following.closed == 1 and not reads
+    assert client.recv(100) == b""  # closed, after whole events only
+    client.close()

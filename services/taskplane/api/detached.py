@@ -8,7 +8,8 @@ this process's :class:`Hub`:
 
 1. The view (``follow.py``) admits and subscribes as before, reads the task, and marks the
    WSGI environ with a :class:`Detached` follower. Flask finishes the request as usual
-   (``after_request`` headers, access log, request metrics).
+   (``after_request`` headers, access log, request metrics: their line, status and
+   duration are the hand-off's, a 200 in a few milliseconds, whatever the answer later).
 2. :class:`Detaching`, a thin WSGI wrapper around the Flask app, sees the mark. For an
    event stream it writes the status line and headers (``Connection: close``, no chunked
    encoding: the body ends where the connection does) and the first events; for a
@@ -242,40 +243,52 @@ class Hub:
                 due.add(follower)
         reads: dict[str, list[tuple[Detached, str]]] = {}
         for f in todo | due:
-            if f.fd is None or f.finished:
-                continue
-            if f.gone:
-                self._close(f)
-            elif f.failure is not None:
-                self._unavailable(f)
-            elif f.closing:
-                if f.kind == "events":
-                    self._close(f)
-                else:
-                    reads.setdefault(f.task_id, []).append((f, "closing"))
-            else:
-                if f in due and now >= f.deadline:
-                    if f.kind == "events":
-                        self._close(f)
-                        continue
-                    reads.setdefault(f.task_id, []).append((f, "deadline"))
-                elif f in due:  # a stream's keep-alive comment
-                    self._send(f, sse.KEEPALIVE_COMMENT, now)
-                    self._schedule(f, min(now + sse.KEEPALIVE, f.deadline))
-                if f.changes:
-                    f.changes = 0
-                    reads.setdefault(f.task_id, []).append((f, "change"))
+            if f.fd is not None and not f.finished:
+                self._guarded(self._look, f, f in due, now, reads)
         if reads:
             for task_id, result in self._read_all(list(reads)):
                 for f, why in reads[task_id]:
                     if f.fd is not None and not f.finished:
-                        self._deliver(f, why, result)
+                        self._guarded(self._deliver, f, why, result)
         self._flush(time.monotonic())
+
+    def _guarded(self, step: Callable[..., None], f: Detached, *args: Any) -> None:
+        """``step`` for one follower; a surprise ends that follower, not the others' turn."""
+        try:
+            step(f, *args)
+        except Exception:
+            log.exception("detached %s follower of %s ended by an error", f.kind, f.task_id)
+            self._close(f)
+
+    def _look(self, f: Detached, due: bool, now: float,
+              reads: dict[str, list[tuple[Detached, str]]]) -> None:
+        """What woke ``f`` (or its timer): end it, write to it, or read its task first."""
+        if f.gone:
+            self._close(f)
+        elif f.failure is not None:
+            self._unavailable(f)
+        elif f.closing:
+            if f.kind == "events":
+                self._close(f)
+            else:
+                reads.setdefault(f.task_id, []).append((f, "closing"))
+        else:
+            if due and now >= f.deadline:
+                if f.kind == "events":
+                    self._close(f)
+                    return
+                reads.setdefault(f.task_id, []).append((f, "deadline"))
+            elif due:  # a stream's keep-alive comment
+                self._send(f, sse.KEEPALIVE_COMMENT, now)
+                self._schedule(f, min(now + sse.KEEPALIVE, f.deadline))
+            if f.changes:
+                f.changes = 0
+                reads.setdefault(f.task_id, []).append((f, "change"))
 
     def _read(self, task_id: str) -> tuple[str, TaskStatus | BaseException | None]:
         try:
             return task_id, load(self._celery, task_id)
-        except UNAVAILABLE as exc:
+        except Exception as exc:  # UNAVAILABLE answers 503; anything else ends them
             return task_id, exc
 
     def _read_all(self, task_ids: list[str]) -> Iterable[tuple[str, Any]]:
@@ -287,9 +300,11 @@ class Hub:
         return list(Pool(READERS).imap_unordered(self._read, task_ids))
 
     def _deliver(self, f: Detached, why: str, result: Any) -> None:
-        if isinstance(result, BaseException):
+        if isinstance(result, UNAVAILABLE):
             self._unavailable(f)
             return
+        if isinstance(result, BaseException):
+            raise result
         status: TaskStatus | None = result
         if f.kind == "events":
             if status is None:  # the record is gone: nothing new to say
