@@ -157,7 +157,6 @@ class Hub:
         self._seq = itertools.count()
         self._signal = threading.Event()
         self._thread: threading.Thread | None = None
-        self._heads: dict[bytes, bytes] = {}  # equal extra header lines, shared
         self.dropped = 0  # clients too slow to read (``STALL_LIMIT``, ``MAX_PENDING``)
         self._count_dropped = dropped
 
@@ -181,8 +180,10 @@ class Hub:
                 "content-length", "transfer-encoding", "connection", "date")]
             environ["gunicorn.socket"].sendall(_head(status, kept) + body)
         else:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in _extra(headers)).encode("latin-1")
-            follower.head = self._heads.setdefault(extra, extra)
+            # usually none (b"" is one shared object); kept per follower, never pooled, as
+            # a header may differ per request
+            follower.head = "".join(f"{k}: {v}\r\n" for k, v in _extra(headers)).encode(
+                "latin-1")
         self.attach(follower, handoff.take(environ))
 
     def attach(self, follower: Detached, fd: int) -> None:
