@@ -39,6 +39,10 @@ def stack(isolated_redis: RedisServer) -> Iterator[tuple[Api, Process, RedisServ
               MAX_FOLLOWERS_PER_TENANT="300")
     worker = start_worker(isolated_redis.url, name="followers", concurrency=2, QUEUES=PARKED,
                           WORKER_QUEUES="default")
+    # the worker's broadcast (remote control) subscription may come just after it is ready:
+    # tests count pub/sub clients against it, so it must be there first
+    client = isolated_redis.client()
+    wait_for(lambda: pubsub_clients(client) >= 1, 20, "the worker's broadcast subscription")
     yield api, worker, isolated_redis
     worker.stop()
     api.close()
@@ -262,6 +266,9 @@ def test_a_stopping_api_ends_its_followers_at_once(isolated_redis: RedisServer) 
     second, so gunicorn exits long before its 20 s graceful timeout."""
     api = Api(isolated_redis.url, workers=2, QUEUES=PARKED)
     try:
+        # both workers past their boot: a SIGTERM before a worker's own handlers is lost
+        wait_for(lambda: api.process.log().count("ready; followers detached") == 2, 30,
+                 "both workers ready")
         task = parked(api, 1)[0]
         streams = [open_stream(api.base, task) for _ in range(10)]
         waits = [open_request(api.base, f"/v1/tasks/{task}?wait=50") for _ in range(10)]

@@ -69,10 +69,14 @@ def post_worker_init(worker: Any) -> None:
     detached from their requests' greenlets (``api/detached.py``)."""
     from taskplane.api import followers, greenlets  # after the fork, like the app itself
 
+    detached = False
     if worker_class == "gevent":
         greenlets.tune()  # two per-request costs of gevent that nothing needs
-        followers.detach_followers(worker.wsgi)
+        detached = followers.detach_followers(worker.wsgi)
     followers.end_on_shutdown(worker.wsgi, lambda: bool(worker.alive))
+    # its signal handlers are in place by now: a SIGTERM before them is lost (gunicorn)
+    followers.log.info("worker %d ready; followers %s", worker.pid,
+                       "detached" if detached else "held by their requests")
 
 
 def worker_exit(server: Any, worker: Any) -> None:
