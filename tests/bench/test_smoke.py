@@ -173,8 +173,9 @@ def test_memory_per_follower(smoke):
         rss, traced = fm["rss"][kind], fm["traced"][kind]
         # detached: no greenlet per follower is left waiting (api/detached.py)
         assert rss["followers"] == fm["followers"] > 0 and rss["greenlets"] < 0.1, kind
-        assert rss["rss_bytes"] > 0 and traced["traced_bytes"] > 0, kind
-        assert "taskplane.api.detached" in traced["traced_by_component"], kind
+        assert rss["rss_bytes"] > 0, kind
+        # live detached followers, each allocated anew (the warm-up's were freed)
+        assert traced["traced_by_component"].get("taskplane.api.detached", 0) > 0, kind
         rows = fm["breakdown"][kind]
         assert rows["total (RSS)"] == rss["rss_bytes"] and len(rows) >= 7, kind
     assert fm["rss"]["stacks"] == []  # no greenlet waits in a follower's frames
