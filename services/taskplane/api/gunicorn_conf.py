@@ -1,8 +1,9 @@
 """gunicorn settings for the API, from Taskplane's settings.
 
-``gevent`` workers (``API_WORKER_CLASS``): every request is a greenlet, so a request that
-waits (``?wait``, an event stream) costs a few kilobytes instead of a thread, and one
-process holds thousands of followers (``api/followers.py``) while it keeps answering
+``gevent`` workers (``API_WORKER_CLASS``): every request is a greenlet, and a request that
+waits (``?wait``, an event stream) hands its connection to the process's hub and ends
+(``api/detached.py``), so a follower costs a few kilobytes, no thread and no greenlet, and
+one process holds thousands of followers (``api/followers.py``) while it keeps answering
 submissions. The enqueue path spends its time waiting on Redis, which gevent's patched
 sockets turn into switches to other requests; Flask, redis-py (with hiredis) and
 prometheus-client's multiprocess files run unchanged. Why gevent and not a separate
