@@ -33,7 +33,17 @@ key                                           type    holds
                                                       ``IDEMPOTENCY_TTL``.
 ``taskplane:open:{tenant}``                   zset    the tenant's unfinished task ids by
                                                       submission time (the per-tenant cap).
-``taskplane:rate:{tenant}``                   hash    token bucket of the tenant's request rate.
+                                                      This set and the two kinds of index
+                                                      below also hold TTL marks, scored -inf
+                                                      (``ABOVE_MARKS``): not tasks.
+``taskplane:bucket:{tenant}``                 string  the tenant's request-rate token bucket, as
+                                                      GCRA keeps one: the epoch time at which it
+                                                      is full again; lives until then (missing:
+                                                      full). Replaced ``taskplane:rate:{tenant}``
+                                                      (a hash, one command more per request,
+                                                      issue 29): during a rollout from that
+                                                      version both buckets limit a tenant, one
+                                                      per version's pods, for a few seconds.
 ``taskplane:tasks:{tenant}``                  zset    the tenant's task ids by submission time
                                                       (``GET /v1/tasks``; filters by task type
                                                       or queue read the records);
@@ -102,6 +112,11 @@ from __future__ import annotations
 import hashlib
 
 PREFIX = "taskplane:"
+#: The low end of a score range over the open set, a listing index or an ended index that
+#: leaves out their TTL marks: members scored -inf that ``lib.lua``'s ``enter`` adds so a
+#: set's TTL is set once a period, not at every write (issue 29). Their names start with
+#: ``taskplane:mark:``; nothing else in these sets is scored -inf.
+ABOVE_MARKS = "(-inf"
 
 
 def record_key(task_id: str) -> str:
@@ -117,7 +132,7 @@ def open_key(tenant: str) -> str:
 
 
 def rate_key(tenant: str) -> str:
-    return f"{PREFIX}rate:{tenant}"
+    return f"{PREFIX}bucket:{tenant}"
 
 
 def dead_key(task_id: str) -> str:

@@ -12,7 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .keys import dead_index_key, dead_key, ended_index_key, open_key, record_key, tasks_index_key
+from .keys import (
+    ABOVE_MARKS,
+    dead_index_key,
+    dead_key,
+    ended_index_key,
+    open_key,
+    record_key,
+    tasks_index_key,
+)
 from .records import TaskRecord
 from .replies import fields, optional, scored
 from .states import FINAL_STATES, PROGRESS, STARTED
@@ -99,7 +107,7 @@ class Listing:
         dropped from the index as they are met.
         """
         index = self._index_for(query)
-        low = "-inf" if query.after is None else f"({query.after!r}"
+        low = ABOVE_MARKS if query.after is None else f"({query.after!r}"
         high = "+inf" if query.before is None else f"({query.before!r}"
         skip_ties: Cursor | None = None
         if cursor is not None:

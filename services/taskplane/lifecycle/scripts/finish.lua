@@ -48,6 +48,7 @@ local refused, current, rec = may_end(record, result, value, value_ttl, tenant, 
 if refused then return refused end
 if state == '' then return {'done', current or ''} end
 close(record, open, ended, id, state, now, ttl, keep, rec)
-if result then write_result(result, value, value_ttl) end
+-- may_end found the record not ended: neither is the result (lib.lua write_result)
+if result then write_result(result, value, value_ttl, true) end
 after_end(record, id, state, wf_result(value), now, rec)
 return {'done', current or ''}

@@ -45,7 +45,7 @@ if started ~= '' then result = KEYS[listed and 3 + LISTED or 2] end
 -- one read for what was four (EXISTS, HGET state, HGET runs_ended, the HINCRBY of
 -- runs_started): every record has a state, so a missing state is a missing record
 local seen = redis.call('HMGET', record, 'state', 'runs_ended', 'runs_started', 'run_seen',
-                        'run_by')
+                        'run_by', 'finished_at', 'message', 'list', 'lost_seen')
 local state = seen[1]
 if not state then
   if listed then
@@ -71,6 +71,13 @@ end
 local runs = runs_started + 1
 redis.call('HSET', record, 'state', 'STARTED', 'started_at', now, 'retries', retries,
            'runs_started', runs, unpack(lease))
-redis.call('HDEL', record, 'finished_at', 'message', 'list', 'lost_seen')
-if result then write_result(result, started, started_ttl) end
+-- the fields a run no longer has, dropped only when there (most records hold none: one
+-- command less per run)
+local drop = {}
+for i, field in ipairs({'finished_at', 'message', 'list', 'lost_seen'}) do
+  if seen[5 + i] then drop[#drop + 1] = field end
+end
+if #drop > 0 then redis.call('HDEL', record, unpack(drop)) end
+-- the record exists and has not ended: neither has the result (lib.lua write_result)
+if result then write_result(result, started, started_ttl, true) end
 return {'run', runs - 1 - ended}

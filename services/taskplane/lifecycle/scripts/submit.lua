@@ -67,7 +67,8 @@ if keep_message then
   fields[#fields + 1] = 'list'
   fields[#fields + 1] = queue
 end
-open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
+-- the record did not exist: its id is in none of the sets yet (lib.lua enter)
+open_record(record, open, listed, id, now, ttl, open_age, keep, fields, true)
 redis.call('LPUSH', queue, message)
 if idem then
   -- the key's hash has only these two fields: HSET replaces what a used key held

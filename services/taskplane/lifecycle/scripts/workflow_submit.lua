@@ -61,8 +61,9 @@ if held then
   if redis.call('EXISTS', held) == 1 then return {'replay', held_read} end
 end
 if redis.call('EXISTS', workflow) == 1 then return {'replay', id} end
-redis.call('ZREMRANGEBYSCORE', open, '-inf', now - open_age)
-if cap > 0 and redis.call('ZCARD', open) + n > cap then return {'cap_reached', ''} end
+redis.call('ZREMRANGEBYSCORE', open, '(-inf', now - open_age)
+-- above -inf: the open set's TTL marks (lib.lua enter) are not tasks
+if cap > 0 and redis.call('ZCOUNT', open, '(-inf', '+inf') + n > cap then return {'cap_reached', ''} end
 
 redis.call('HSET', workflow, unpack(rest, 1, 2 * f))
 redis.call('EXPIRE', workflow, ttl)
