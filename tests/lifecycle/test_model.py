@@ -209,7 +209,7 @@ class RealLifecycle:
         """Every key the model knows of, in one round trip."""
         scopes: list[str | None] = [*TENANTS, None]
         order = sorted(ids)
-        listing = [(t, "", "") for t in scopes]
+        listing = [(t, "", "") for t in TENANTS]
         ended = [(t, s) for t in TENANTS for s in m.FINAL]
         idem = [(t, k) for t in TENANTS for k in IDEMPOTENCY_KEYS]
         lists = [(q, key) for q in QUEUES for key in broker.queue_keys(q)]

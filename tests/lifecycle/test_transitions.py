@@ -445,9 +445,9 @@ def test_a_workers_revoke_adopts_a_task_no_worker_started(app: TaskplaneCelery, 
     assert (rec.tenant, rec.state, rec.task) == (system, "REVOKED", "")
     assert rec.finished_at is not None
     assert 0 < client.ttl(lifecycle.record_key("stock")) <= app.runtime.settings.result_expires
-    for key in (lifecycle.tasks_index_key(system), lifecycle.tasks_index_key(None),
-                *lifecycle.ended_index_keys(system, "REVOKED")):
+    for key in (lifecycle.tasks_index_key(system), *lifecycle.ended_index_keys(system, "REVOKED")):
         assert client.zscore(key, "stock") is not None, key
+    assert client.sismember(lifecycle.listing_keys(system)[1], lifecycle.tasks_index_key(system))
     assert not client.zscore(lifecycle.open_key(system), "stock")
     assert life.finish("stock", states.REVOKED, tenant=system, adopt=unknown).outcome == "final"
     assert life.start("stock", retries=0, adopt=unknown).verdict == "REVOKED"
@@ -463,8 +463,11 @@ def test_a_workers_revoke_adopts_with_the_name_and_queue_it_knows(
     ended = life.finish("stock2", states.REVOKED, tenant=system, result=write, adopt=known)
     assert ended.outcome == "adopted"
     assert record(life, "stock2").state == "REVOKED" and result(app, "stock2")["status"] == "REVOKED"
-    for key in lifecycle.listing_keys(system):
-        assert client.zscore(key, "stock2") is not None, key
+    index, registry = lifecycle.listing_keys(system)
+    assert client.zscore(index, "stock2") is not None
+    assert client.sismember(registry, index)  # an operator's listing merges it
+    page, _ = life.list_tasks(lifecycle.TaskQuery(None), limit=10)
+    assert "stock2" in {r.id for r, _ in page}
     assert life.finish("stock2", states.REVOKED, tenant=system, adopt=known).outcome == "final"
     accepted = accept(app)  # a task with a record: adopt changes nothing
     assert life.finish(accepted, states.REVOKED, tenant=TENANT, adopt=known).outcome == "done"
@@ -489,12 +492,42 @@ def test_every_dead_letter_is_in_the_operators_index_until_retried(
 def test_submit_enters_the_task_in_every_listing_index(app: TaskplaneCelery, life: Lifecycle,
                                                        client: redis.Redis) -> None:
     task_id = accept(app)
-    for key in lifecycle.listing_keys(TENANT):
-        assert client.zscore(key, task_id) is not None, key
+    index, registry = lifecycle.listing_keys(TENANT)
+    assert client.zscore(index, task_id) is not None
+    assert client.smembers(registry) == {index.encode()}
+    assert not client.exists(lifecycle.tasks_index_key(None))  # no every-tenant index
     query = lifecycle.TaskQuery(tenant=TENANT, task=TASK)
     rows, _ = life.list_tasks(query, 10)
     assert [record.id for record, _ in rows] == [task_id]
     assert life.list_tasks(lifecycle.TaskQuery(tenant=TENANT, task="other"), 10) == ([], None)
+
+
+def test_an_operators_listing_merges_every_tenants_index_in_order(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis) -> None:
+    """No index of every tenant's tasks is written (issue 29): an operator's listing merges
+    the registered tenants' indexes, newest first across them, page by page with the same
+    cursor, each task once, also from the index earlier versions wrote while it lives; a
+    registered index that expired leaves the registry."""
+    ids = [accept(app, tenant=("acme", "globex", "initech")[n % 3]) for n in range(7)]
+    legacy = "legacy-task"
+    client.hset(lifecycle.record_key(legacy), mapping={
+        "tenant": "umbrella", "state": "PENDING", "task": TASK, "queue": QUEUE,
+        "submitted_at": "1.0"})
+    client.zadd(lifecycle.tasks_index_key(None), {legacy: 1.0, ids[0]: 2.0})  # an old version's
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = life.list_tasks(lifecycle.TaskQuery(None), limit=3, cursor=cursor)
+        seen += [r.id for r, _ in page]
+        if cursor is None or not page:
+            break
+    assert seen == [*reversed(ids), legacy]
+    done, _ = life.list_tasks(lifecycle.TaskQuery(None, state="PENDING"), limit=20)
+    assert len(done) == 8
+    registry = lifecycle.listing_keys(TENANT)[1]
+    client.delete(lifecycle.tasks_index_key("initech"))
+    life.list_tasks(lifecycle.TaskQuery(None), limit=1)
+    assert lifecycle.tasks_index_key("initech").encode() not in client.smembers(registry)
 
 
 def test_submit_keeps_the_message_on_the_record_only_where_a_reconcile_pass_runs(

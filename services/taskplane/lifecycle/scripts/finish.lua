@@ -6,7 +6,7 @@
 --       open          the tenant's unfinished tasks      (only when state ~= '')
 --       ended x1      the tenant's index of tasks ended in state (lib.lua ENDED)
 --                                                        (only when state ~= '')
---       listed xN     the listing indexes of the record to adopt (N = adopt)
+--       listed xN     the listing index of the record to adopt and its registry (N = adopt)
 --       result        Celery's result key                (only when value ~= '')
 -- ARGV  id, now, result ttl (the record's lifetime once final), state ('' counts the run
 --       only), tenant (the caller's guess), run_ended ('1': count a run of this process
@@ -37,7 +37,7 @@ if value ~= '' then result = KEYS[next_key] end
 if listed and state ~= '' and redis.call('EXISTS', record) == 0 then
   redis.call('HSET', record, 'state', state, 'finished_at', now, unpack(fields))
   redis.call('EXPIRE', record, ttl)
-  for _, key in ipairs(listed) do index(key, id, now, now, keep) end
+  list_task(listed, id, now, now, keep, false)
   for _, key in ipairs(ended) do index(key, id, now, now, keep) end
   if result then write_result(result, value, value_ttl) end
   return {'adopted', ''}

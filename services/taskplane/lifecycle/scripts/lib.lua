@@ -62,8 +62,9 @@ local function may_end(record, result, value, ttl, tenant, run_ended, defer)
   return nil, current, rec
 end
 
--- How many listing indexes a task is entered in (keys.listing_keys: its tenant's and
--- every tenant's), so how many KEYS each script that lists a task takes for them.
+-- How many KEYS each script that lists a task takes for it (keys.listing_keys): its
+-- tenant's listing index, and the registry of those indexes (a set of their names, which
+-- an operator's listing of every tenant merges: list_task).
 local LISTED = 2
 -- How many indexes of tasks ended in a state a task's ending enters it in
 -- (keys.ended_index_keys: its tenant's only).
@@ -100,6 +101,7 @@ end
 local MARK_PERIOD = 600
 local MARK = 'taskplane:mark:'
 
+-- Returns whether the TTL was set (the period's first write, or not ``fresh``).
 local function enter(key, id, score, now, ttl, fresh)
   if fresh then
     local mark = MARK .. math.floor(tonumber(now) / MARK_PERIOD)
@@ -108,19 +110,36 @@ local function enter(key, id, score, now, ttl, fresh)
       redis.call('ZREMRANGEBYSCORE', key, '-inf', '-inf')
       redis.call('ZADD', key, '-inf', mark)
       redis.call('EXPIRE', key, tonumber(ttl) + MARK_PERIOD)
+      return true
     end
-  else
-    redis.call('ZADD', key, score, id)
-    redis.call('EXPIRE', key, ttl)
+    return false
   end
+  redis.call('ZADD', key, score, id)
+  redis.call('EXPIRE', key, ttl)
+  return true
 end
 
 -- ``index`` for an id surely not in the index yet: the TTL set once a MARK_PERIOD (enter).
+-- Returns whether it was set.
 local function index_fresh(key, id, score, now, keep)
   if math.floor(tonumber(now) * 1000) % TRIM_EVERY == 0 then
     redis.call('ZREMRANGEBYSCORE', key, '(-inf', tonumber(now) - tonumber(keep))
   end
-  enter(key, id, score, now, keep, true)
+  return enter(key, id, score, now, keep, true)
+end
+
+-- Enter a task in its tenant's listing index (``listed``: the KEYS keys.listing_keys
+-- gives, lib.lua LISTED), scored by ``score`` (its submission time). The index's name is
+-- put in the registry of listing indexes whenever its TTL is set (once a MARK_PERIOD
+-- for a fresh id; on every write for others): an operator's listing of every tenant
+-- merges the registered indexes (listing.py), where an index of every tenant's tasks
+-- cost each submission a ZADD into a set of every task (issue 29). The registry holds a
+-- name per tenant ever listed; a name whose index expired is dropped by the next listing.
+local function list_task(listed, id, score, now, keep, fresh)
+  local renewed
+  if fresh then renewed = index_fresh(listed[1], id, score, now, keep)
+  else index(listed[1], id, score, now, keep); renewed = true end
+  if renewed then redis.call('SADD', listed[2], listed[1]) end
 end
 
 -- Create the record of a task that waits to run: PENDING with ``fields`` (a list of
@@ -131,9 +150,7 @@ local function open_record(record, open, listed, id, now, ttl, open_age, keep, f
   redis.call('HSET', record, 'state', 'PENDING', unpack(fields))
   redis.call('EXPIRE', record, ttl)
   enter(open, id, now, now, open_age, fresh)
-  for _, key in ipairs(listed) do
-    if fresh then index_fresh(key, id, now, now, keep) else index(key, id, now, now, keep) end
-  end
+  list_task(listed, id, now, now, keep, fresh)
 end
 
 -- Whether the tenant's ``open`` set has room under ``cap`` (0: no cap), once entries older

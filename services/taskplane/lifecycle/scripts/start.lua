@@ -4,7 +4,8 @@
 -- KEYS  record        the task's record
 --       open          the adopted record's tenant's unfinished tasks
 --                                                        (only when adopt_ttl > 0)
---       listed x2     the listing indexes of the record to adopt (keys.listing_keys)
+--       listed x2     the listing index of the record to adopt and its registry
+--                     (keys.listing_keys)
 --                                                        (only when adopt_ttl > 0)
 --       result        Celery's result key                (only when started ~= '')
 -- ARGV  now, retries (the run's retry count), started (the STARTED result to store; ''
@@ -55,7 +56,7 @@ if not state then
     redis.call('EXPIRE', record, adopt_ttl)
     redis.call('ZADD', open, now, id)
     redis.call('EXPIRE', open, keep)
-    for _, key in ipairs(listed) do index(key, id, now, now, keep) end
+    list_task(listed, id, now, now, keep, false)
   end
   if result then write_result(result, started, started_ttl) end
   return {'unknown', 0}

@@ -11,7 +11,8 @@
 --       held          the workflow hash the key held when the caller read it
 --                                                        (only when held_read ~= '')
 --       records x n   each member's record, in member order
---       indexes x 2g  g groups of a task's listing indexes (keys.listing_keys; LISTED)
+--       indexes x 2g  g groups of a task's listing index and registry (keys.listing_keys;
+--                     LISTED)
 --       queues x q    the queue lists first-stage messages go to
 -- ARGV  id, now, record ttl, cap (0: none), fp (body fingerprint; '' without a key),
 --       idempotency ttl, held_read ('' if none), keep (index lifetime), n, g, q,
