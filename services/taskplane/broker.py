@@ -400,14 +400,39 @@ class SweepGate:
 SWEEPS = SweepGate()
 
 
+#: Transport option: seconds an ack may wait to be sent with others (0: each ack at once).
+ACK_BATCH_OPTION = "ack_batch_interval"
+#: The most acks one batch holds: a batch this full is sent at once.
+ACK_BATCH_MAX = 64
+
+
 class RideThroughQoS(kombu_redis.QoS):
-    """kombu's Redis QoS, which neither restores nor crashes once its channel is detached."""
+    """kombu's Redis QoS, which neither restores nor crashes once its channel is detached,
+    and sends acks in batches.
+
+    Batched acks (issue 29): with ``ack_batch_interval`` (``ACK_BATCH_OPTION``) above 0 an
+    ack is not a round trip of its own (ZREM + HDEL of one tag) but waits up to that long,
+    or until ``ACK_BATCH_MAX`` wait, and goes with the others in one ZREM + one HDEL. The
+    worker forgets an acked message at once (its prefetch slot is free); until the batch is
+    sent its tag stays among the ones whose lease this worker renews (``held_tags``), so no
+    sweep hands it out meanwhile. The batch is sent before the channel closes (warm and
+    soft shutdown), and kept as pending acks when the connection is lost (``settle``). Only
+    a worker killed outright loses the acks of its last interval: those messages come back
+    after the visibility timeout, as any unacked one does, and the ``start`` script refuses
+    to run a task whose record ended (it is acknowledged without running).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: Acks Redis did not take (it was away): sent again on reconnection.
         self.pending_acks: set[str] = set()
         self._guard = threading.Lock()
+        client = getattr(getattr(self.channel, "connection", None), "client", None)
+        options = getattr(client, "transport_options", None) or {}
+        self.ack_batch_interval = float(options.get(ACK_BATCH_OPTION, 0) or 0)
+        #: Acked tags not sent yet (with ``ack_batch_interval``), in ack order.
+        self._unsent: list[str] = []
+        self._flusher: threading.Timer | None = None
 
     @contextmanager
     def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
@@ -427,9 +452,48 @@ class RideThroughQoS(kombu_redis.QoS):
     def restore_unacked_once(self, stderr: Any = None) -> None:
         if getattr(self.channel, "detached", False):
             return  # held messages stay leased; settle() decides their fate on reconnection
+        self.flush_acks()  # the channel closes: the batch goes first
         super().restore_unacked_once(stderr)
 
+    def unsent_acks(self) -> list[str]:
+        """Tags acked on this channel whose ack is not sent yet (waiting for its batch)."""
+        with self._guard:
+            return list(self._unsent)
+
+    def flush_acks(self) -> None:
+        """Send the acks waiting for their batch: one ZREM and one HDEL in one round trip.
+        If Redis is away they become pending acks, sent again on reconnection."""
+        with self._guard:
+            tags, self._unsent = self._unsent, []
+            flusher, self._flusher = self._flusher, None
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.cancel()
+        if not tags:
+            return
+        try:
+            with self.pipe_or_acquire() as pipe:
+                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+        except Exception as exc:  # connection errors, and a channel closed under the timer
+            log.warning("ack of %d message(s) deferred until Redis answers: %s", len(tags),
+                        type(exc).__name__)
+            with self._guard:
+                self.pending_acks.update(tags)
+            _register(self)
+
     def ack(self, delivery_tag: str) -> None:
+        if self.ack_batch_interval > 0 and not getattr(self.channel, "detached", False) \
+                and not getattr(self.channel, "closed", False):
+            with self._guard:
+                self._unsent.append(str(delivery_tag))
+                full = len(self._unsent) >= ACK_BATCH_MAX
+                if not full and self._flusher is None:
+                    self._flusher = threading.Timer(self.ack_batch_interval, self.flush_acks)
+                    self._flusher.daemon = True
+                    self._flusher.start()
+            virtual.QoS.ack(self, delivery_tag)  # the worker no longer holds it
+            if full:
+                self.flush_acks()
+            return
         try:
             super().ack(delivery_tag)
         except self.channel.connection_errors as exc:  # type: ignore[attr-defined]  # kombu sets it on each channel; absent from its stubs
@@ -458,6 +522,12 @@ class RideThroughQoS(kombu_redis.QoS):
     def detach(self) -> None:
         """The connection is gone: forget nothing, restore nothing, talk to no one."""
         self._on_collect.cancel()  # type: ignore[attr-defined]  # kombu's QoS internals, not in its stubs
+        with self._guard:  # acks waiting for their batch are sent on reconnection
+            self.pending_acks.update(self._unsent)
+            self._unsent = []
+            flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
         if self.held() or self.pending_acks:
             _register(self)
 
@@ -480,7 +550,7 @@ class RideThroughQoS(kombu_redis.QoS):
         return requeued
 
     def settled(self) -> bool:
-        return not self.pending_acks and (
+        return not self.pending_acks and not self.unsent_acks() and (
             not getattr(self.channel, "detached", False) or not self.held())
 
 
@@ -674,6 +744,8 @@ def held_tags(channel: Any) -> list[str]:
         delivered = getattr(qos, "_delivered", None) or {}
         dirty: set[str] = getattr(qos, "_dirty", None) or set()
         tags.extend(str(tag) for tag in list(delivered) if tag not in dirty)
+        if isinstance(qos, RideThroughQoS):
+            tags.extend(qos.unsent_acks())  # leased until their batch is sent
     with _DETACHED_LOCK:
         detached = list(_DETACHED)
     for old in detached:

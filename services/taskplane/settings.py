@@ -284,6 +284,13 @@ class Settings:
         "UNACKED_RESTORE_INTERVAL", 5,
         "Seconds between sweeps that hand expired leases back to their queues.",
     )
+    ack_batch_interval: float = _setting(
+        "ACK_BATCH_INTERVAL", 0.05,
+        "Seconds a worker may hold a finished task's ack to send it with others in one "
+        "round trip (0: each ack at once). Sent before the worker stops; a worker killed "
+        "outright loses at most this interval's acks, and those tasks, already ended, are "
+        "not run again when they come back after `VISIBILITY_TIMEOUT`.",
+    )
     max_deliveries: int = _setting(
         "MAX_DELIVERIES", 5,
         "Runs of a task that may end with its process dying before it is dead-lettered as "
@@ -440,6 +447,8 @@ class Settings:
                 "or one late renewal lets a live worker's task be delivered twice")
         if self.max_schedules_per_tenant < 0:
             raise SettingsError("MAX_SCHEDULES_PER_TENANT must be 0 (no cap) or more")
+        if not 0 <= self.ack_batch_interval <= self.lease_interval:
+            raise SettingsError("ACK_BATCH_INTERVAL must be 0 to LEASE_INTERVAL")
         if self.unacked_restore_interval < 1 or self.max_deliveries < 1:
             raise SettingsError("UNACKED_RESTORE_INTERVAL and MAX_DELIVERIES must be at least 1")
         interval = self.reconcile_interval.strip().lower()

@@ -73,6 +73,85 @@ class ProbeWatch(threading.Thread):
 # --- the workaround at kombu level: fast, no worker ----------------------------------------
 
 
+def _commands(client: redis.Redis, name: str) -> int:
+    """How many ``name`` commands the server ran so far (``INFO commandstats``)."""
+    return int(client.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+def test_acks_go_in_batches_and_before_the_channel_closes() -> None:
+    """With ``ack_batch_interval`` (the worker's ``ACK_BATCH_INTERVAL``) acks wait for each
+    other: several messages acked within the interval leave ``unacked`` in one ZREM and one
+    HDEL. Until then their leases are still renewed (``held_tags``), and closing the
+    channel (a worker's warm or soft shutdown) sends what waits."""
+    server = RedisServer().start()
+    options = {**broker.transport_options(60, 5), broker.ACK_BATCH_OPTION: 0.5}
+    conn = Connection(server.url, transport=broker.TRANSPORT, transport_options=options)
+    client = server.client()
+    try:
+        channel = conn.default_channel
+        queue = Queue("batched", Exchange("batched", type="direct"), routing_key="batched")(channel)
+        queue.declare()
+        with conn.Producer(channel=channel) as producer:
+            for n in range(5):
+                producer.publish({"n": n}, exchange=queue.exchange, routing_key="batched")
+        messages = [queue.get(no_ack=False) for _ in range(5)]
+        assert all(m is not None for m in messages) and client.hlen("unacked") == 5
+        zrem_before = _commands(client, "zrem")
+        for m in messages[:3]:
+            m.ack()  # type: ignore[union-attr]  # checked above
+        tags = {m.delivery_tag for m in messages}  # type: ignore[union-attr]
+        # acked, not yet sent: still leased (renewed), and the worker's slots are free
+        assert client.hlen("unacked") == 5
+        assert set(broker.held_tags(channel)) == tags
+        assert len(channel.qos.unsent_acks()) == 3
+        wait_for(lambda: client.hlen("unacked") == 2, 5, "the batch of three sent")
+        assert _commands(client, "zrem") - zrem_before == 1  # one ZREM for the three
+        assert client.zcard("unacked_index") == 2
+        messages[3].ack()  # type: ignore[union-attr]
+        assert client.hlen("unacked") == 2
+        channel.close()  # what a worker's shutdown does: the waiting ack goes first
+        assert client.hlen("unacked") == 0  # the held fifth one was handed back...
+        assert client.llen("batched") == 1  # ...to its queue, as kombu does on close
+    finally:
+        conn.release()
+        server.close()
+
+
+def test_acks_waiting_for_their_batch_survive_a_lost_connection() -> None:
+    """A connection lost while acks wait for their batch: they become pending acks, keep
+    their leases, and are sent on reconnection (``settle_detached``), so the finished
+    tasks are not handed out again."""
+    server = RedisServer(appendonly=True).start()
+    options = {**broker.transport_options(60, 5), broker.ACK_BATCH_OPTION: 5.0}
+    conn = Connection(server.url, transport=broker.TRANSPORT, transport_options=options)
+    try:
+        channel = conn.default_channel
+        queue = Queue("batchlost", Exchange("batchlost", type="direct"),
+                      routing_key="batchlost")(channel)
+        queue.declare()
+        with conn.Producer(channel=channel) as producer:
+            for n in range(2):
+                producer.publish({"n": n}, exchange=queue.exchange, routing_key="batchlost")
+        done = [queue.get(no_ack=False) for _ in range(2)]
+        for m in done:
+            m.ack()  # type: ignore[union-attr]  # both acked, the batch not sent yet
+        assert server.client().hlen("unacked") == 2
+        server.stop(signal.SIGTERM)
+        conn.collect()  # Celery's consumer on a connection loss
+        tags = {m.delivery_tag for m in done}  # type: ignore[union-attr]
+        assert set(broker.held_tags(None)) == tags  # still leased while Redis is away
+        server.start()
+        client = server.client()
+        assert client.hlen("unacked") == 2
+        assert broker.settle_detached(lambda tag: False) == 0  # acks, not requeues
+        assert client.hlen("unacked") == 0 and client.llen("batchlost") == 0
+        assert broker.held_tags(None) == []
+    finally:
+        conn.release()
+        server.close()
+
+
+
 def test_detached_channel_keeps_held_messages_and_settles_them() -> None:
     """A lost connection leaves held messages leased (not requeued behind the worker's back);
     on reconnection the ones it dropped go back to the queue and the ones it still runs are

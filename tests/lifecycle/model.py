@@ -49,9 +49,10 @@ ListingKey = tuple[str | None, str, str]
 
 def listing_keys(tenant: str, task: str, queue: str) -> list[ListingKey]:
     """The listing indexes a task is entered in (``lifecycle.listing_keys``): its tenant's
-    and every tenant's; none per task type or queue (those filters read the records)."""
+    only; none per task type or queue (those filters read the records), nor of every
+    tenant's (an operator's listing merges the tenants' indexes)."""
     del task, queue
-    return [(t, "", "") for t in (tenant, None)]
+    return [(tenant, "", "")]
 
 
 @dataclass
@@ -337,20 +338,24 @@ class Model:
                    queue: str | None) -> set[str]:
         """``list_tasks``: the tasks of the one index that holds every possible match
         whose record matches; entries whose record is gone leave that index as met."""
-        index = self._index_for(tenant, state, task, queue)
-        index -= {i for i in index if i not in self.records}
-        return {i for i in index if matches(self.records[i], tenant, state, task, queue)}
+        found: set[str] = set()
+        for index in self._indexes_for(tenant, state, task, queue):
+            index -= {i for i in index if i not in self.records}
+            found |= {i for i in index if matches(self.records[i], tenant, state, task, queue)}
+        return found
 
-    def _index_for(self, tenant: str | None, state: str | None, task: str | None,
-                   queue: str | None) -> set[str]:
+    def _indexes_for(self, tenant: str | None, state: str | None, task: str | None,
+                     queue: str | None) -> list[set[str]]:
         """The smallest index that holds every task the query can match: the tasks ended
         in a final state, the tenant's unfinished tasks, or all (a task type or a queue
-        is checked on the records)."""
-        if state in FINAL and tenant is not None:
-            return self.ended.setdefault((tenant, state), set())
-        if state is not None and tenant is not None:
-            return self.open.setdefault(tenant, set())
-        return self.listings.setdefault((tenant, "", ""), set())
+        is checked on the records); an operator's (no tenant): every tenant's tasks."""
+        if tenant is None:
+            return [entries for (t, f, _), entries in self.listings.items() if t and not f]
+        if state in FINAL:
+            return [self.ended.setdefault((tenant, state), set())]
+        if state is not None:
+            return [self.open.setdefault(tenant, set())]
+        return [self.listings.setdefault((tenant, "", ""), set())]
 
     # --- views --------------------------------------------------------------------------
 

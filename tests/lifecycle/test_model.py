@@ -209,7 +209,7 @@ class RealLifecycle:
         """Every key the model knows of, in one round trip."""
         scopes: list[str | None] = [*TENANTS, None]
         order = sorted(ids)
-        listing = [(t, "", "") for t in scopes]
+        listing = [(t, "", "") for t in TENANTS]
         ended = [(t, s) for t in TENANTS for s in m.FINAL]
         idem = [(t, k) for t in TENANTS for k in IDEMPOTENCY_KEYS]
         lists = [(q, key) for q in QUEUES for key in broker.queue_keys(q)]
@@ -220,13 +220,14 @@ class RealLifecycle:
                 pipe.get(self.life.result_key(i))
                 pipe.get(lifecycle.dead_key(i))
             for t in TENANTS:
-                pipe.zrange(lifecycle.open_key(t), 0, -1)
+                pipe.zrangebyscore(lifecycle.open_key(t), lifecycle.ABOVE_MARKS, "+inf")
             for t in scopes:
                 pipe.zrange(lifecycle.dead_index_key(t), 0, -1)
             for t, _f, _v in listing:
-                pipe.zrange(lifecycle.tasks_index_key(t), 0, -1, withscores=True)
+                pipe.zrangebyscore(lifecycle.tasks_index_key(t), lifecycle.ABOVE_MARKS, "+inf",
+                                      withscores=True)
             for t, s in ended:
-                pipe.zrange(lifecycle.ended_index_key(t, s), 0, -1)
+                pipe.zrangebyscore(lifecycle.ended_index_key(t, s), lifecycle.ABOVE_MARKS, "+inf")
             for t, k in idem:
                 pipe.hget(lifecycle.idempotency_key(t, k), "id")
             for _, key in lists:

@@ -23,7 +23,7 @@ from taskplane.celery_app import (
 from taskplane.lifecycle import Lifecycle, OutcomeUnknown, TaskRecord
 from taskplane.runtime import TaskplaneCelery
 from tests.lifecycle.conftest import QUEUE, TASK, TENANT, accept, make_app
-from tests.support.services import RedisServer, free_port
+from tests.support.services import RedisServer, free_port, wait_for
 
 
 def waiting(client: redis.Redis) -> int:
@@ -58,7 +58,7 @@ def result(app: TaskplaneCelery, task_id: str) -> dict[str, Any] | None:
 
 
 def open_ids(client: redis.Redis, tenant: str = TENANT) -> set[bytes]:
-    return set(client.zrange(lifecycle.open_key(tenant), 0, -1))
+    return set(client.zrangebyscore(lifecycle.open_key(tenant), lifecycle.ABOVE_MARKS, "+inf"))
 
 
 def success(app: TaskplaneCelery, task_id: str, value: Any = "done") -> lifecycle.ResultWrite:
@@ -112,6 +112,71 @@ def test_rate_limit_is_taken_in_the_submit_step(lifecycle_redis: RedisServer,
         assert set(client.keys("taskplane:task:*")) == records and waiting(client) == 2
     finally:
         limited.close()
+
+
+def test_rate_bucket_refills_at_the_rate_up_to_the_burst(life: Lifecycle,
+                                                       client: redis.Redis) -> None:
+    """The bucket (``lib.lua`` take_token, GCRA: one string, the time it is full again):
+    ``burst`` tokens at once, then one per 1/rate seconds; a refusal says how long until
+    the next token and takes none; the key lives only until the bucket is full again."""
+    rate, burst = 20.0, 3
+    assert [life.take_token(TENANT, rate, burst) for _ in range(burst)] == [0.0] * burst
+    wait = life.take_token(TENANT, rate, burst)
+    assert 0 < wait <= 1 / rate  # one token short: back within 1/rate
+    assert client.type(lifecycle.rate_key(TENANT)) == b"string"
+    assert 0 < client.pttl(lifecycle.rate_key(TENANT)) <= 1000 * burst / rate
+    assert life.take_token("globex", rate, burst) == 0.0  # per tenant
+    wait_for(lambda: life.take_token(TENANT, rate, burst) == 0.0, 2, "a token refilled")
+    wait_for(lambda: not client.exists(lifecycle.rate_key(TENANT)), 2,
+             "the key gone once the bucket is full")
+
+
+def test_a_sets_ttl_is_set_once_a_period_not_at_every_write(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open set and the listing and ended indexes get their TTL on the first write of a
+    ``MARK_PERIOD`` (``lib.lua`` enter: a mark member scored -inf), not on every write;
+    a set holds one mark, and neither listings nor the cap count it."""
+    from taskplane.lifecycle import transitions
+
+    period = 600  # lib.lua MARK_PERIOD
+    clock = [1_000_000.0 * period + 1]
+    monkeypatch.setattr(transitions, "time", type("Clock", (), {
+        "time": staticmethod(lambda: clock[0])}))
+    index, opened = lifecycle.tasks_index_key(TENANT), lifecycle.open_key(TENANT)
+    first = accept(app)
+    assert life.keep < client.ttl(index) <= life.keep + period
+    assert life.open_age < client.ttl(opened) <= life.open_age + period
+    client.expire(index, 100)
+    client.expire(opened, 100)
+    clock[0] += 1
+    second = accept(app)  # the same period: no EXPIRE
+    assert client.ttl(index) <= 100 and client.ttl(opened) <= 100
+    clock[0] += period
+    third = accept(app)  # the next period's first write sets them again
+    assert client.ttl(index) > life.keep and client.ttl(opened) > life.open_age
+    for key in (index, opened):
+        assert len(client.zrangebyscore(key, "-inf", "-inf")) == 1, key  # one mark
+    assert open_ids(client) == {first.encode(), second.encode(), third.encode()}
+    page, _ = life.list_tasks(lifecycle.TaskQuery(TENANT), limit=10)
+    assert [r.id for r, _ in page] == [third, second, first]
+    ended = lifecycle.ended_index_key(TENANT, "SUCCESS")
+    assert life.finish(first, "SUCCESS", tenant=TENANT).outcome == "done"
+    assert life.keep < client.ttl(ended) <= life.keep + period
+    assert client.zrangebyscore(ended, lifecycle.ABOVE_MARKS, "+inf") == [first.encode()]
+
+
+def test_the_cap_does_not_count_the_open_sets_mark(lifecycle_redis: RedisServer,
+                                                   client: redis.Redis) -> None:
+    capped = make_app(lifecycle_redis, MAX_OPEN_TASKS_PER_TENANT="2")
+    try:
+        accept(capped)
+        accept(capped)  # the second of two: the mark is not a third
+        assert client.zcard(lifecycle.open_key(TENANT)) == 3
+        with pytest.raises(TenantCapReached):
+            accept(capped)
+    finally:
+        capped.close()
 
 
 def test_idempotency_key_replays_conflicts_and_restarts_after_expiry(
@@ -380,9 +445,9 @@ def test_a_workers_revoke_adopts_a_task_no_worker_started(app: TaskplaneCelery, 
     assert (rec.tenant, rec.state, rec.task) == (system, "REVOKED", "")
     assert rec.finished_at is not None
     assert 0 < client.ttl(lifecycle.record_key("stock")) <= app.runtime.settings.result_expires
-    for key in (lifecycle.tasks_index_key(system), lifecycle.tasks_index_key(None),
-                *lifecycle.ended_index_keys(system, "REVOKED")):
+    for key in (lifecycle.tasks_index_key(system), *lifecycle.ended_index_keys(system, "REVOKED")):
         assert client.zscore(key, "stock") is not None, key
+    assert client.sismember(lifecycle.listing_keys(system)[1], lifecycle.tasks_index_key(system))
     assert not client.zscore(lifecycle.open_key(system), "stock")
     assert life.finish("stock", states.REVOKED, tenant=system, adopt=unknown).outcome == "final"
     assert life.start("stock", retries=0, adopt=unknown).verdict == "REVOKED"
@@ -398,8 +463,11 @@ def test_a_workers_revoke_adopts_with_the_name_and_queue_it_knows(
     ended = life.finish("stock2", states.REVOKED, tenant=system, result=write, adopt=known)
     assert ended.outcome == "adopted"
     assert record(life, "stock2").state == "REVOKED" and result(app, "stock2")["status"] == "REVOKED"
-    for key in lifecycle.listing_keys(system):
-        assert client.zscore(key, "stock2") is not None, key
+    index, registry = lifecycle.listing_keys(system)
+    assert client.zscore(index, "stock2") is not None
+    assert client.sismember(registry, index)  # an operator's listing merges it
+    page, _ = life.list_tasks(lifecycle.TaskQuery(None), limit=10)
+    assert "stock2" in {r.id for r, _ in page}
     assert life.finish("stock2", states.REVOKED, tenant=system, adopt=known).outcome == "final"
     accepted = accept(app)  # a task with a record: adopt changes nothing
     assert life.finish(accepted, states.REVOKED, tenant=TENANT, adopt=known).outcome == "done"
@@ -424,12 +492,42 @@ def test_every_dead_letter_is_in_the_operators_index_until_retried(
 def test_submit_enters_the_task_in_every_listing_index(app: TaskplaneCelery, life: Lifecycle,
                                                        client: redis.Redis) -> None:
     task_id = accept(app)
-    for key in lifecycle.listing_keys(TENANT):
-        assert client.zscore(key, task_id) is not None, key
+    index, registry = lifecycle.listing_keys(TENANT)
+    assert client.zscore(index, task_id) is not None
+    assert client.smembers(registry) == {index.encode()}
+    assert not client.exists(lifecycle.tasks_index_key(None))  # no every-tenant index
     query = lifecycle.TaskQuery(tenant=TENANT, task=TASK)
     rows, _ = life.list_tasks(query, 10)
     assert [record.id for record, _ in rows] == [task_id]
     assert life.list_tasks(lifecycle.TaskQuery(tenant=TENANT, task="other"), 10) == ([], None)
+
+
+def test_an_operators_listing_merges_every_tenants_index_in_order(
+        app: TaskplaneCelery, life: Lifecycle, client: redis.Redis) -> None:
+    """No index of every tenant's tasks is written (issue 29): an operator's listing merges
+    the registered tenants' indexes, newest first across them, page by page with the same
+    cursor, each task once, also from the index earlier versions wrote while it lives; a
+    registered index that expired leaves the registry."""
+    ids = [accept(app, tenant=("acme", "globex", "initech")[n % 3]) for n in range(7)]
+    legacy = "legacy-task"
+    client.hset(lifecycle.record_key(legacy), mapping={
+        "tenant": "umbrella", "state": "PENDING", "task": TASK, "queue": QUEUE,
+        "submitted_at": "1.0"})
+    client.zadd(lifecycle.tasks_index_key(None), {legacy: 1.0, ids[0]: 2.0})  # an old version's
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = life.list_tasks(lifecycle.TaskQuery(None), limit=3, cursor=cursor)
+        seen += [r.id for r, _ in page]
+        if cursor is None or not page:
+            break
+    assert seen == [*reversed(ids), legacy]
+    done, _ = life.list_tasks(lifecycle.TaskQuery(None, state="PENDING"), limit=20)
+    assert len(done) == 8
+    registry = lifecycle.listing_keys(TENANT)[1]
+    client.delete(lifecycle.tasks_index_key("initech"))
+    life.list_tasks(lifecycle.TaskQuery(None), limit=1)
+    assert lifecycle.tasks_index_key("initech").encode() not in client.smembers(registry)
 
 
 def test_submit_keeps_the_message_on_the_record_only_where_a_reconcile_pass_runs(

@@ -23,7 +23,7 @@ from tests.support.services import (
 
 
 def tasks_of(client: redis.Redis, tenant: str) -> set[str]:
-    return {m.decode() for m in client.zrange(f"taskplane:tasks:{tenant}", 0, -1)}
+    return {m.decode() for m in client.zrangebyscore(f"taskplane:tasks:{tenant}", "(-inf", "+inf")}
 
 
 def test_two_schedulers_without_a_lease_fire_each_tick_once(

@@ -24,6 +24,7 @@ from __future__ import annotations
 from .errors import OutcomeUnknown, PoisonedTask, never_sent
 from .facade import Lifecycle
 from .keys import (
+    ABOVE_MARKS,
     PREFIX,
     dead_index_key,
     dead_index_keys,
@@ -81,7 +82,7 @@ from .workflow_state import (
 )
 
 __all__ = [
-    "FAILURE", "FINAL_STATES", "PENDING", "PREFIX", "PROGRESS", "RETRY", "REVOKED",
+    "ABOVE_MARKS", "FAILURE", "FINAL_STATES", "PENDING", "PREFIX", "PROGRESS", "RETRY", "REVOKED",
     "RUNNING_STATES", "STARTED", "STATES", "SUCCESS", "SYSTEM_TENANT", "TENANT_HEADER",
     "WORKFLOW_STATES", "Cursor", "HeldStage", "Lifecycle", "Member", "OutcomeUnknown",
     "PoisonedTask", "ResultWrite", "RunLeases", "RunStart", "Store", "Submission", "TaskQuery",

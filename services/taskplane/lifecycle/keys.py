@@ -33,11 +33,26 @@ key                                           type    holds
                                                       ``IDEMPOTENCY_TTL``.
 ``taskplane:open:{tenant}``                   zset    the tenant's unfinished task ids by
                                                       submission time (the per-tenant cap).
-``taskplane:rate:{tenant}``                   hash    token bucket of the tenant's request rate.
+                                                      This set and the two kinds of index
+                                                      below also hold TTL marks, scored -inf
+                                                      (``ABOVE_MARKS``): not tasks.
+``taskplane:bucket:{tenant}``                 string  the tenant's request-rate token bucket, as
+                                                      GCRA keeps one: the epoch time at which it
+                                                      is full again; lives until then (missing:
+                                                      full). Replaced ``taskplane:rate:{tenant}``
+                                                      (a hash, one command more per request,
+                                                      issue 29): during a rollout from that
+                                                      version both buckets limit a tenant, one
+                                                      per version's pods, for a few seconds.
 ``taskplane:tasks:{tenant}``                  zset    the tenant's task ids by submission time
                                                       (``GET /v1/tasks``; filters by task type
-                                                      or queue read the records);
-                                                      ``taskplane:tasks`` holds every tenant's.
+                                                      or queue read the records).
+``taskplane:tasks-indexes``                   set     the names of the tenants' tasks indexes,
+                                                      added when an index's TTL is set (once a
+                                                      period): an operator's listing merges
+                                                      them. ``taskplane:tasks`` (every tenant's
+                                                      tasks) is no longer written (issue 29) and
+                                                      is merged too while it lives.
 ``taskplane:ended:{tenant}:{state}``          zset    ids of the tenant's tasks that ended in
                                                       ``state`` (SUCCESS, FAILURE, REVOKED) by
                                                       submission time (every tenant's: the
@@ -102,6 +117,11 @@ from __future__ import annotations
 import hashlib
 
 PREFIX = "taskplane:"
+#: The low end of a score range over the open set, a listing index or an ended index that
+#: leaves out their TTL marks: members scored -inf that ``lib.lua``'s ``enter`` adds so a
+#: set's TTL is set once a period, not at every write (issue 29). Their names start with
+#: ``taskplane:mark:``; nothing else in these sets is scored -inf.
+ABOVE_MARKS = "(-inf"
 
 
 def record_key(task_id: str) -> str:
@@ -117,7 +137,7 @@ def open_key(tenant: str) -> str:
 
 
 def rate_key(tenant: str) -> str:
-    return f"{PREFIX}rate:{tenant}"
+    return f"{PREFIX}bucket:{tenant}"
 
 
 def dead_key(task_id: str) -> str:
@@ -135,17 +155,24 @@ def dead_index_keys(tenant: str) -> list[str]:
 
 
 def tasks_index_key(tenant: str | None) -> str:
-    """The tasks of a tenant (``None``: of every tenant) by submission time."""
+    """The tasks of a tenant by submission time (``None``: the index of every tenant's
+    tasks that versions before issue 29's third round wrote; read while it lives)."""
     return f"{PREFIX}tasks:{tenant}" if tenant is not None else f"{PREFIX}tasks"
 
 
+def tasks_indexes_key() -> str:
+    """The registry of the tenants' tasks indexes (a set of their key names)."""
+    return f"{PREFIX}tasks-indexes"
+
+
 def listing_keys(tenant: str) -> list[str]:
-    """The listing indexes a task is entered in when submitted (or adopted): its tenant's
-    and every tenant's (as many as ``lib.lua``'s ``LISTED``). There is no index per task
-    type or queue: each cost every submission a ZADD and an EXPIRE in Redis (issue 29);
-    a listing filtered by them walks the tenant's index and reads the records
-    (``listing.py``)."""
-    return [tasks_index_key(tenant), tasks_index_key(None)]
+    """What a script that lists a task when submitted (or adopted) takes for it (as many as
+    ``lib.lua``'s ``LISTED``): its tenant's index and the registry of those indexes. There
+    is no index per task type or queue, nor of every tenant's tasks: each cost every
+    submission a ZADD (and an EXPIRE) in Redis (issue 29). A listing filtered by task type
+    or queue walks the tenant's index and reads the records; an operator's listing of every
+    tenant merges the registered indexes (``listing.py``)."""
+    return [tasks_index_key(tenant), tasks_indexes_key()]
 
 
 def ended_index_key(tenant: str | None, state: str) -> str:

@@ -12,9 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .keys import dead_index_key, dead_key, ended_index_key, open_key, record_key, tasks_index_key
+from .keys import (
+    ABOVE_MARKS,
+    dead_index_key,
+    dead_key,
+    ended_index_key,
+    open_key,
+    record_key,
+    tasks_index_key,
+    tasks_indexes_key,
+)
 from .records import TaskRecord
-from .replies import fields, optional, scored
+from .replies import fields, optional, scored, text
 from .states import FINAL_STATES, PROGRESS, STARTED
 from .store import Store
 
@@ -87,19 +96,20 @@ class Listing:
         """A page of tasks matching ``query``, newest submission first, with their raw
         results, and the cursor of the next page (None: the end).
 
-        Walks the one index that holds every possible match (:meth:`_index_for`: the
-        tenant's tasks that ended in a final state, the tenant's unfinished tasks, or all),
-        from ``cursor`` down, reading records a batch per round trip. Unfiltered or with a
-        tenant's final state (and the time window) a page costs O(log n + page); a task
-        type, a queue, an unfinished state or (every tenant's) a final state is checked on
-        the records (no index per task type, queue or every tenant's final state: each cost
-        every task more sorted-set writes in Redis, issue 29), reading
-        at most ``max_examined`` entries per page, so a page may hold fewer than ``limit``
+        Walks the one index that holds every possible match (:meth:`_indexes_for`: the
+        tenant's tasks that ended in a final state, the tenant's unfinished tasks, or all;
+        for an operator, every tenant's tasks indexes merged), from ``cursor`` down,
+        reading records a batch per round trip. Unfiltered or with a tenant's final state
+        (and the time window) a page costs O(log n + page); a task type, a queue, an
+        unfinished state or (every tenant's) a final state is checked on the records (no
+        index per task type, queue or every tenant's final state: each cost every task
+        more sorted-set writes in Redis, issue 29), reading at most ``max_examined``
+        entries per page, so a page may hold fewer than ``limit``
         tasks, and ``next`` says where to go on. Entries whose record has expired are
         dropped from the index as they are met.
         """
-        index = self._index_for(query)
-        low = "-inf" if query.after is None else f"({query.after!r}"
+        indexes = self._indexes_for(query)
+        low = ABOVE_MARKS if query.after is None else f"({query.after!r}"
         high = "+inf" if query.before is None else f"({query.before!r}"
         skip_ties: Cursor | None = None
         if cursor is not None:
@@ -110,12 +120,7 @@ class Listing:
         examined, last = 0, cursor
         batch = max(limit, 50)
         while len(found) < limit and examined < max_examined:
-            entries = scored(self._store.redis.zrevrangebyscore(index, high, low, start=0,
-                                                                num=batch, withscores=True))
-            if skip_ties is not None:  # entries at the cursor's score not yet passed
-                tie = skip_ties
-                entries = [(m, sc) for m, sc in entries
-                           if not (sc == tie.score and m.decode() >= tie.task_id)]
+            entries = self._newest(indexes, high, low, batch, skip_ties)
             if not entries:
                 return found, None
             with self._store.redis.pipeline(transaction=False) as pipe:
@@ -138,19 +143,60 @@ class Listing:
                 if len(found) >= limit or examined >= max_examined:
                     break
             if gone:
-                self._store.redis.zrem(index, *gone)
+                with self._store.redis.pipeline(transaction=False) as pipe:
+                    for index in indexes:
+                        pipe.zrem(index, *gone)
+                    pipe.execute()
             if last is not None:
                 high, skip_ties = repr(last.score), last
         return found, last
 
-    @staticmethod
-    def _index_for(query: TaskQuery) -> str:
-        """The smallest index that holds every task ``query`` can match."""
-        if query.state in FINAL_STATES and query.tenant is not None:
-            return ended_index_key(query.tenant, query.state)
-        if query.state is not None and query.tenant is not None:
-            return open_key(query.tenant)  # unfinished tasks only, by submission time
-        return tasks_index_key(query.tenant)  # a task type or queue: its records say
+    def _newest(self, indexes: list[str], high: str, low: str, batch: int,
+                skip_ties: Cursor | None) -> list[tuple[bytes, float]]:
+        """Up to ``batch`` entries of ``indexes`` with scores from ``high`` down to ``low``,
+        newest first (ties: the greater id first, as ZREVRANGEBYSCORE orders them), past
+        ``skip_ties``' entries at its score; merged across the indexes (one round trip),
+        each id once."""
+        with self._store.redis.pipeline(transaction=False) as pipe:
+            for index in indexes:
+                pipe.zrevrangebyscore(index, high, low, start=0, num=batch, withscores=True)
+            replies = pipe.execute()
+        merged: dict[bytes, float] = {}
+        for reply in replies:
+            for member, score in scored(reply):
+                if skip_ties is not None and score == skip_ties.score and \
+                        member.decode() >= skip_ties.task_id:
+                    continue  # at the cursor's score, not yet passed
+                merged[member] = score
+        return sorted(merged.items(), key=lambda e: (e[1], e[0]), reverse=True)[:batch]
+
+    def _indexes_for(self, query: TaskQuery) -> list[str]:
+        """The smallest index that holds every task ``query`` can match; for an operator's
+        listing (every tenant), every tenant's tasks index merged: the registered ones
+        (``lib.lua`` list_task), and the index of every tenant's tasks earlier versions
+        wrote, while it lives. A registered name whose index expired is dropped."""
+        if query.tenant is None:
+            registry = tasks_indexes_key()
+            with self._store.redis.pipeline(transaction=False) as pipe:
+                pipe.smembers(registry)
+                pipe.exists(tasks_index_key(None))
+                names, legacy = pipe.execute()
+            indexes = sorted(text(n) for n in names)
+            if indexes:
+                with self._store.redis.pipeline(transaction=False) as pipe:
+                    for index in indexes:
+                        pipe.exists(index)
+                    alive = pipe.execute()
+                gone = [i for i, live in zip(indexes, alive, strict=True) if not live]
+                if gone:
+                    self._store.redis.srem(registry, *gone)
+                indexes = [i for i, live in zip(indexes, alive, strict=True) if live]
+            return [*indexes, tasks_index_key(None)] if legacy else indexes
+        if query.state in FINAL_STATES:
+            return [ended_index_key(query.tenant, query.state)]
+        if query.state is not None:
+            return [open_key(query.tenant)]  # unfinished tasks only, by submission time
+        return [tasks_index_key(query.tenant)]  # a task type or queue: its records say
 
     def runs_over(self, task_ids: Sequence[str]) -> bool:
         """Whether none of these tasks is running any more (each ended, is waiting for a

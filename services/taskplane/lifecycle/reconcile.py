@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
-from .keys import PREFIX, record_key
+from .keys import ABOVE_MARKS, PREFIX, record_key
 from .replies import text
 from .states import PENDING
 from .store import Store
@@ -33,7 +33,7 @@ class Reconcile:
             if room <= 0:
                 break
             out += [text(cast(bytes, m)) for m in self._store.redis.zrangebyscore(
-                key, "-inf", older_than, start=0, num=room)]
+                key, ABOVE_MARKS, older_than, start=0, num=room)]
         return out
 
     def reconcile(self, task_id: str, now: float, after: float, unacked: str,

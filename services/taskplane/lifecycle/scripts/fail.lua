@@ -45,5 +45,6 @@ for _, key in ipairs(dead_indexes) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(now) - letter_ttl)
   redis.call('EXPIRE', key, letter_ttl)
 end
-if result then write_result(result, value, value_ttl) end
+-- may_end found the record not ended: neither is the result (lib.lua write_result)
+if result then write_result(result, value, value_ttl, true) end
 return {'done', current or ''}

@@ -6,7 +6,7 @@
 --       open          the tenant's unfinished tasks      (only when state ~= '')
 --       ended x1      the tenant's index of tasks ended in state (lib.lua ENDED)
 --                                                        (only when state ~= '')
---       listed xN     the listing indexes of the record to adopt (N = adopt)
+--       listed xN     the listing index of the record to adopt and its registry (N = adopt)
 --       result        Celery's result key                (only when value ~= '')
 -- ARGV  id, now, result ttl (the record's lifetime once final), state ('' counts the run
 --       only), tenant (the caller's guess), run_ended ('1': count a run of this process
@@ -37,7 +37,7 @@ if value ~= '' then result = KEYS[next_key] end
 if listed and state ~= '' and redis.call('EXISTS', record) == 0 then
   redis.call('HSET', record, 'state', state, 'finished_at', now, unpack(fields))
   redis.call('EXPIRE', record, ttl)
-  for _, key in ipairs(listed) do index(key, id, now, now, keep) end
+  list_task(listed, id, now, now, keep, false)
   for _, key in ipairs(ended) do index(key, id, now, now, keep) end
   if result then write_result(result, value, value_ttl) end
   return {'adopted', ''}
@@ -48,6 +48,7 @@ local refused, current, rec = may_end(record, result, value, value_ttl, tenant, 
 if refused then return refused end
 if state == '' then return {'done', current or ''} end
 close(record, open, ended, id, state, now, ttl, keep, rec)
-if result then write_result(result, value, value_ttl) end
+-- may_end found the record not ended: neither is the result (lib.lua write_result)
+if result then write_result(result, value, value_ttl, true) end
 after_end(record, id, state, wf_result(value), now, rec)
 return {'done', current or ''}

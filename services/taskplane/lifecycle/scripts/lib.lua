@@ -16,9 +16,12 @@ local function result_is_final(key)
 end
 
 -- Store and publish the Celery result ``value`` at ``key`` unless the stored result is
--- final (``ttl`` 0: no expiry). Returns 1 if written, else 0.
-local function write_result(key, value, ttl)
-  if result_is_final(key) then return 0 end
+-- final (``ttl`` 0: no expiry). Returns 1 if written, else 0. ``unended``: the caller read
+-- the task's record and it has not ended, so the result has not either (one result store:
+-- a final result is only written with its record's ending, in the same script, and
+-- retry_dead deletes it with the record it replaces); the GET is then skipped.
+local function write_result(key, value, ttl, unended)
+  if not unended and result_is_final(key) then return 0 end
   if tonumber(ttl) > 0 then redis.call('SET', key, value, 'EX', ttl)
   else redis.call('SET', key, value) end
   redis.call('PUBLISH', key, value)
@@ -59,8 +62,9 @@ local function may_end(record, result, value, ttl, tenant, run_ended, defer)
   return nil, current, rec
 end
 
--- How many listing indexes a task is entered in (keys.listing_keys: its tenant's and
--- every tenant's), so how many KEYS each script that lists a task takes for them.
+-- How many KEYS each script that lists a task takes for it (keys.listing_keys): its
+-- tenant's listing index, and the registry of those indexes (a set of their names, which
+-- an operator's listing of every tenant merges: list_task).
 local LISTED = 2
 -- How many indexes of tasks ended in a state a task's ending enters it in
 -- (keys.ended_index_keys: its tenant's only).
@@ -79,20 +83,74 @@ local TRIM_EVERY = 16
 local function index(key, id, score, now, keep)
   redis.call('ZADD', key, score, id)
   if math.floor(tonumber(now) * 1000) % TRIM_EVERY == 0 then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', tonumber(now) - tonumber(keep))
+    redis.call('ZREMRANGEBYSCORE', key, '(-inf', tonumber(now) - tonumber(keep))
   end
   redis.call('EXPIRE', key, keep)
 end
 
+-- A task's sorted sets (the open set, the listing and ended indexes) get their TTL once
+-- per MARK_PERIOD seconds rather than at every write (issue 29: an EXPIRE a set per task).
+-- The write that enters a task also enters the period's mark, a member scored -inf named
+-- MARK .. the period's number: when the mark was not there yet (ZADD answers 2), the set
+-- is new or this is the period's first write, and only then the TTL is set, to ``ttl`` +
+-- MARK_PERIOD, and the previous period's mark dropped (a set holds one mark). So a set
+-- still outlives its last write by ``ttl`` at least, and one no one writes still expires.
+-- Readers and trims skip the marks: they take scores above -inf (``(-inf``), and no task
+-- id starts with MARK. Only for an id surely not in the set yet (``fresh``); an id
+-- written again (a dead letter retried, a task adopted) takes the EXPIRE as before.
+local MARK_PERIOD = 600
+local MARK = 'taskplane:mark:'
+
+-- Returns whether the TTL was set (the period's first write, or not ``fresh``).
+local function enter(key, id, score, now, ttl, fresh)
+  if fresh then
+    local mark = MARK .. math.floor(tonumber(now) / MARK_PERIOD)
+    if redis.call('ZADD', key, score, id, '-inf', mark) == 2 then
+      -- the period's first write (or the set's): the TTL is set, the old mark goes
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', '-inf')
+      redis.call('ZADD', key, '-inf', mark)
+      redis.call('EXPIRE', key, tonumber(ttl) + MARK_PERIOD)
+      return true
+    end
+    return false
+  end
+  redis.call('ZADD', key, score, id)
+  redis.call('EXPIRE', key, ttl)
+  return true
+end
+
+-- ``index`` for an id surely not in the index yet: the TTL set once a MARK_PERIOD (enter).
+-- Returns whether it was set.
+local function index_fresh(key, id, score, now, keep)
+  if math.floor(tonumber(now) * 1000) % TRIM_EVERY == 0 then
+    redis.call('ZREMRANGEBYSCORE', key, '(-inf', tonumber(now) - tonumber(keep))
+  end
+  return enter(key, id, score, now, keep, true)
+end
+
+-- Enter a task in its tenant's listing index (``listed``: the KEYS keys.listing_keys
+-- gives, lib.lua LISTED), scored by ``score`` (its submission time). The index's name is
+-- put in the registry of listing indexes whenever its TTL is set (once a MARK_PERIOD
+-- for a fresh id; on every write for others): an operator's listing of every tenant
+-- merges the registered indexes (listing.py), where an index of every tenant's tasks
+-- cost each submission a ZADD into a set of every task (issue 29). The registry holds a
+-- name per tenant ever listed; a name whose index expired is dropped by the next listing.
+local function list_task(listed, id, score, now, keep, fresh)
+  local renewed
+  if fresh then renewed = index_fresh(listed[1], id, score, now, keep)
+  else index(listed[1], id, score, now, keep); renewed = true end
+  if renewed then redis.call('SADD', listed[2], listed[1]) end
+end
+
 -- Create the record of a task that waits to run: PENDING with ``fields`` (a list of
 -- field/value pairs), living ``ttl``, in the tenant's ``open`` set (which lives
--- ``open_age``: see has_room) and every listing index of ``listed``.
-local function open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
+-- ``open_age``: see has_room) and every listing index of ``listed``. ``fresh``: the id is
+-- new (submit), so in none of them yet (enter).
+local function open_record(record, open, listed, id, now, ttl, open_age, keep, fields, fresh)
   redis.call('HSET', record, 'state', 'PENDING', unpack(fields))
   redis.call('EXPIRE', record, ttl)
-  redis.call('ZADD', open, now, id)
-  redis.call('EXPIRE', open, open_age)
-  for _, key in ipairs(listed) do index(key, id, now, now, keep) end
+  enter(open, id, now, now, open_age, fresh)
+  list_task(listed, id, now, now, keep, fresh)
 end
 
 -- Whether the tenant's ``open`` set has room under ``cap`` (0: no cap), once entries older
@@ -104,11 +162,15 @@ end
 -- when the task never ended, so the set holds few of them.
 local function has_room(open, now, open_age, cap)
   now, open_age = tonumber(now), tonumber(open_age)
-  if math.floor(now * 1000) % TRIM_EVERY ~= 0 and cap > 0 and redis.call('ZCARD', open) < cap then
+  -- ZCARD counts the open set's mark (enter) too, so below the cap it surely has room;
+  -- at the cap the exact count (ZCOUNT above -inf, O(log n): about 5 µs against 1 on a
+  -- set of a few thousand) decides
+  if math.floor(now * 1000) % TRIM_EVERY ~= 0 and cap > 0
+      and redis.call('ZCARD', open) < cap then
     return true
   end
-  redis.call('ZREMRANGEBYSCORE', open, '-inf', now - open_age)
-  return cap <= 0 or redis.call('ZCARD', open) < cap
+  redis.call('ZREMRANGEBYSCORE', open, '(-inf', now - open_age)
+  return cap <= 0 or redis.call('ZCOUNT', open, '(-inf', '+inf') < cap
 end
 
 -- Mark the record final: stamp it, keep it for the result TTL, free the tenant's slot,
@@ -121,23 +183,27 @@ local function close(record, open, ended, id, state, now, ttl, keep, rec)
   local submitted
   if rec then submitted = rec.submitted else submitted = redis.call('HGET', record, 'submitted_at') end
   submitted = submitted or now
-  for _, key in ipairs(ended) do index(key, id, submitted, now, keep) end
+  -- a task ends once, and a dead letter's retry takes it out of the FAILURE index: fresh
+  for _, key in ipairs(ended) do index_fresh(key, id, submitted, now, keep) end
 end
 
 -- Spend one token of the bucket at ``bucket``: ``rate`` tokens a second up to ``burst``,
 -- on Redis' clock. Returns whether a token was granted, and the tokens left.
+-- The bucket is kept as GCRA keeps one: a string holding the time at which it would be
+-- full again (the "theoretical arrival time"), living until then (a missing key is a full
+-- bucket). Tokens left at ``clock`` = burst - (full_at - clock) * rate: the same bucket as
+-- a hash of tokens and their time, in a GET and a SET ... PX instead of HMGET, HSET and
+-- EXPIRE (issue 29).
 local function take_token(bucket, rate, burst)
   local t = redis.call('TIME')
   local clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
-  local b = redis.call('HMGET', bucket, 'tokens', 'at')
-  local tokens = tonumber(b[1]) or burst
-  local at = tonumber(b[2]) or clock
-  tokens = math.min(burst, tokens + math.max(0, clock - at) * rate)
-  local granted = tokens >= 1
-  if granted then tokens = tokens - 1 end
-  redis.call('HSET', bucket, 'tokens', tostring(tokens), 'at', tostring(clock))
-  redis.call('EXPIRE', bucket, math.ceil(burst / rate) + 1)
-  return granted, tokens
+  local full_at = math.max(tonumber(redis.call('GET', bucket)) or clock, clock)
+  local tokens = burst - (full_at - clock) * rate
+  if tokens < 1 then return false, tokens end
+  full_at = full_at + 1 / rate
+  redis.call('SET', bucket, string.format('%.6f', full_at), 'PX',
+             math.max(1, math.ceil((full_at - clock) * 1000)))
+  return true, tokens - 1
 end
 
 -- The keys ``KEYS[first..]`` as a list of ``count``.

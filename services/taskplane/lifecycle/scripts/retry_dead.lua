@@ -7,7 +7,8 @@
 --       dead          the task's dead letter
 --       dead_index x2 the tenant's and every tenant's dead-letter index
 --       failed x1     the tenant's index of tasks ended in FAILURE (lib.lua ENDED)
---       listed x2     the listing indexes (keys.listing_keys; lib.lua LISTED)
+--       listed x2     the tenant's listing index and its registry (keys.listing_keys;
+--                     lib.lua LISTED)
 --       result        Celery's result key: the old FAILURE goes
 -- ARGV  id, record ttl, now, cap (0: none), read (the dead letter as the caller read
 --       it), message, keep (index lifetime), open_age (the open set's pruning age, as

@@ -4,7 +4,8 @@
 -- KEYS  record        the task's record
 --       open          the adopted record's tenant's unfinished tasks
 --                                                        (only when adopt_ttl > 0)
---       listed x2     the listing indexes of the record to adopt (keys.listing_keys)
+--       listed x2     the listing index of the record to adopt and its registry
+--                     (keys.listing_keys)
 --                                                        (only when adopt_ttl > 0)
 --       result        Celery's result key                (only when started ~= '')
 -- ARGV  now, retries (the run's retry count), started (the STARTED result to store; ''
@@ -45,7 +46,7 @@ if started ~= '' then result = KEYS[listed and 3 + LISTED or 2] end
 -- one read for what was four (EXISTS, HGET state, HGET runs_ended, the HINCRBY of
 -- runs_started): every record has a state, so a missing state is a missing record
 local seen = redis.call('HMGET', record, 'state', 'runs_ended', 'runs_started', 'run_seen',
-                        'run_by')
+                        'run_by', 'finished_at', 'message', 'list', 'lost_seen')
 local state = seen[1]
 if not state then
   if listed then
@@ -55,7 +56,7 @@ if not state then
     redis.call('EXPIRE', record, adopt_ttl)
     redis.call('ZADD', open, now, id)
     redis.call('EXPIRE', open, keep)
-    for _, key in ipairs(listed) do index(key, id, now, now, keep) end
+    list_task(listed, id, now, now, keep, false)
   end
   if result then write_result(result, started, started_ttl) end
   return {'unknown', 0}
@@ -71,6 +72,13 @@ end
 local runs = runs_started + 1
 redis.call('HSET', record, 'state', 'STARTED', 'started_at', now, 'retries', retries,
            'runs_started', runs, unpack(lease))
-redis.call('HDEL', record, 'finished_at', 'message', 'list', 'lost_seen')
-if result then write_result(result, started, started_ttl) end
+-- the fields a run no longer has, dropped only when there (most records hold none: one
+-- command less per run)
+local drop = {}
+for i, field in ipairs({'finished_at', 'message', 'list', 'lost_seen'}) do
+  if seen[5 + i] then drop[#drop + 1] = field end
+end
+if #drop > 0 then redis.call('HDEL', record, unpack(drop)) end
+-- the record exists and has not ended: neither has the result (lib.lua write_result)
+if result then write_result(result, started, started_ttl, true) end
 return {'run', runs - 1 - ended}

@@ -5,7 +5,8 @@
 -- KEYS  record        the new task's record
 --       open          the tenant's unfinished tasks (its cap)
 --       queue         the queue list the message goes to
---       listed x2     the listing indexes (keys.listing_keys; lib.lua LISTED)
+--       listed x2     the tenant's listing index and its registry (keys.listing_keys;
+--                     lib.lua LISTED)
 --       bucket        the tenant's rate bucket           (only when rate > 0)
 --       idem          the Idempotency-Key's hash         (only when fp ~= '')
 --       held          the record of the task the key held when the caller read it
@@ -67,7 +68,8 @@ if keep_message then
   fields[#fields + 1] = 'list'
   fields[#fields + 1] = queue
 end
-open_record(record, open, listed, id, now, ttl, open_age, keep, fields)
+-- the record did not exist: its id is in none of the sets yet (lib.lua enter)
+open_record(record, open, listed, id, now, ttl, open_age, keep, fields, true)
 redis.call('LPUSH', queue, message)
 if idem then
   -- the key's hash has only these two fields: HSET replaces what a used key held

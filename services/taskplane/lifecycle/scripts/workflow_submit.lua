@@ -11,7 +11,8 @@
 --       held          the workflow hash the key held when the caller read it
 --                                                        (only when held_read ~= '')
 --       records x n   each member's record, in member order
---       indexes x 2g  g groups of a task's listing indexes (keys.listing_keys; LISTED)
+--       indexes x 2g  g groups of a task's listing index and registry (keys.listing_keys;
+--                     LISTED)
 --       queues x q    the queue lists first-stage messages go to
 -- ARGV  id, now, record ttl, cap (0: none), fp (body fingerprint; '' without a key),
 --       idempotency ttl, held_read ('' if none), keep (index lifetime), n, g, q,
@@ -61,8 +62,9 @@ if held then
   if redis.call('EXISTS', held) == 1 then return {'replay', held_read} end
 end
 if redis.call('EXISTS', workflow) == 1 then return {'replay', id} end
-redis.call('ZREMRANGEBYSCORE', open, '-inf', now - open_age)
-if cap > 0 and redis.call('ZCARD', open) + n > cap then return {'cap_reached', ''} end
+redis.call('ZREMRANGEBYSCORE', open, '(-inf', now - open_age)
+-- above -inf: the open set's TTL marks (lib.lua enter) are not tasks
+if cap > 0 and redis.call('ZCOUNT', open, '(-inf', '+inf') + n > cap then return {'cap_reached', ''} end
 
 redis.call('HSET', workflow, unpack(rest, 1, 2 * f))
 redis.call('EXPIRE', workflow, ttl)
