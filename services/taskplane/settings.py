@@ -288,8 +288,10 @@ class Settings:
         "ACK_BATCH_INTERVAL", 0.05,
         "Seconds a worker may hold a finished task's ack to send it with others in one "
         "round trip (0: each ack at once). Sent before the worker stops; a worker killed "
-        "outright loses at most this interval's acks, and those tasks, already ended, are "
-        "not run again when they come back after `VISIBILITY_TIMEOUT`.",
+        "outright loses at most this interval's acks, whose messages come back after "
+        "`VISIBILITY_TIMEOUT`: a task that ended is then dropped, not run again; an earlier "
+        "attempt of a task that asked for a retry may run again, as any task whose worker "
+        "died (at least once).",
     )
     max_deliveries: int = _setting(
         "MAX_DELIVERIES", 5,
