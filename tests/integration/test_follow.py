@@ -165,17 +165,31 @@ def _head_and_body(data: bytes) -> tuple[str, dict[str, str], bytes]:
     return lines[0], {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}, body
 
 
+def _dechunk(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body's data; fails unless it ends with the last, empty chunk."""
+    data = b""
+    while True:
+        size, _, rest = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            assert rest == b"\r\n", "bytes after the last chunk"
+            return data
+        assert rest[n:n + 2] == b"\r\n", "a chunk not ended by CRLF"
+        data, body = data + rest[:n], rest[n + 2:]
+
+
 def test_a_detached_stream_sends_every_update_and_its_final_event_then_closes(api: Api) -> None:
     """Under gevent a stream's request ends once it follows; the process's hub writes its
-    events (body delimited by the connection's close, not chunked) and closes it at the end."""
+    events (in HTTP/1.1 chunks, as gunicorn did) and ends the body, then closes."""
     task = api.submit("test.phases", kwargs={"before": 0.3, "seconds": 1.5})
     sock = open_request(api.base, f"/v1/tasks/{task['id']}/events",
                         headers={"Last-Event-ID": "41"})
-    status, headers, body = _head_and_body(read_to_end(sock, 30))
+    status, headers, chunked = _head_and_body(read_to_end(sock, 30))
     sock.close()
+    body = _dechunk(chunked)
     assert status == "HTTP/1.1 200 OK"
     assert headers["connection"] == "close" and headers["cache-control"] == "no-store"
-    assert "transfer-encoding" not in headers and "content-length" not in headers
+    assert headers["transfer-encoding"] == "chunked" and "content-length" not in headers
     assert headers["content-type"].startswith("text/event-stream")
     blocks = [b for b in body.decode().split("\n\n") if b]
     assert blocks[0].startswith("retry: ")  # the reconnection hint first
@@ -188,6 +202,21 @@ def test_a_detached_stream_sends_every_update_and_its_final_event_then_closes(ap
                 if json.loads(e["data"])["state"] == "PROGRESS"]
     assert len(percents) >= 3 and percents == sorted(percents)
     assert body.endswith(b"\n\n")  # closed after a whole event
+
+
+def test_a_stream_read_in_chunks_gets_its_first_event_at_once(api: Api) -> None:
+    """requests' ``iter_lines`` (urllib3 beneath) reads 512 bytes at a time unless the body
+    is chunked: a stream whose first event is shorter would wait for keep-alive comments to
+    fill the buffer (the CLI's ``taskplane wait`` printed nothing for minutes)."""
+    parked = api.submit("test.echo", kwargs={"value": 1}, queue=PARKED)  # never runs
+    started = time.monotonic()
+    with requests.get(f"{api.base}/v1/tasks/{parked['id']}/events", stream=True,
+                      timeout=(5, 5),  # a read that waits 5 s raises: keep-alive is 15 s
+                      headers={"Authorization": f"Bearer {TEST_TOKENS['acme']}"}) as r:
+        first = next(line for line in r.iter_lines() if line.startswith(b"data: "))
+    assert json.loads(first[len(b"data: "):])["state"] == "PENDING"
+    assert time.monotonic() - started < 5
+    api.delete(f"/v1/tasks/{parked['id']}")
 
 
 def test_a_detached_wait_is_answered_whole_and_closes_its_connection(api: Api) -> None:

@@ -115,7 +115,9 @@ def test_a_slow_client_gets_everything_before_its_stream_closes() -> None:
         got += client.recv(65536)
         hub._flush(1.0)
     got += b"".join(iter(lambda: client.recv(65536), b""))
-    assert got == sent and following.closed == 1 and hub.dropped == 0
+    # one chunk, then the last (empty) one: the chunked body ends before the connection
+    assert got == detached._chunk(sent) + detached.LAST_CHUNK
+    assert following.closed == 1 and hub.dropped == 0
     client.close()
 
 
@@ -146,9 +148,10 @@ def test_a_streams_timer_sends_a_keep_alive_then_ends_it_at_its_deadline() -> No
     reads: dict[str, Any] = {}
     hub._look(follower, True, 50.0, reads)  # due before its deadline: a comment, next beat
     client.settimeout(5)
-    assert client.recv(100) == b": keep-alive\n\n"
+    assert client.recv(100) == b"e\r\n: keep-alive\n\n\r\n"  # one chunk of 14 bytes
     assert follower.due == min(50.0 + detached.sse.KEEPALIVE, 100.0) and not reads
     hub._look(follower, True, 100.0, reads)  # due at its deadline: the stream ends
     assert follower.fd is None and following.closed == 1 and not reads
-    assert client.recv(100) == b""  # closed, after whole events only
+    assert client.recv(100) == detached.LAST_CHUNK  # the body ends, whole events only
+    assert client.recv(100) == b""  # then the connection closes
     client.close()

@@ -11,8 +11,7 @@ this process's :class:`Hub`:
    (``after_request`` headers, access log, request metrics: their line, status and
    duration are the hand-off's, a 200 in a few milliseconds, whatever the answer later).
 2. :class:`Detaching`, a thin WSGI wrapper around the Flask app, sees the mark. For an
-   event stream it writes the status line and headers (``Connection: close``, no chunked
-   encoding: the body ends where the connection does) and the first events; for a
+   event stream it writes the status line and headers and the first events; for a
    ``?wait`` it keeps the headers for the answer. It duplicates the socket's descriptor
    and tells gunicorn the request consumed the connection (``handoff.py``, the one place
    relying on gunicorn's internals). The greenlet ends.
@@ -25,10 +24,14 @@ this process's :class:`Hub`:
    leaves frees its slot within about a second.
 
 Bodies are the greenlet-held path's, byte for byte (``sse.py``, ``status.represent``, the
-error envelope): a ``?wait`` answers once, whole (``Content-Length``, ``Connection:
-close``), with ``Taskplane-Wait: waited`` or ``interrupted``, or a 503 naming the task when
-Redis goes away; a stream ends with an ``error`` event then, and simply closes at its
-``MAX_EVENT_STREAM`` end or when the process stops. Slots, per-tenant shares and metrics
+error envelope). A stream is sent as gunicorn sent it, in HTTP/1.1 chunks (one per
+write, ended by the last, empty chunk), so a client that reads chunk by chunk, as
+requests' ``iter_lines`` and urllib3 do, gets each event as it comes, not once its read
+buffer fills; then the connection closes (``Connection: close``). A ``?wait`` answers
+once, whole (``Content-Length``, ``Connection: close``), with ``Taskplane-Wait: waited``
+or ``interrupted``, or a 503 naming the task when Redis goes away; a stream ends with an
+``error`` event then, and its body simply ends at its ``MAX_EVENT_STREAM`` end or when
+the process stops. Slots, per-tenant shares and metrics
 are the follower's ``_Following``'s (``follow.py``), given back when the hub closes it.
 
 Only plain HTTP/1.1 ``GET``s on a plain socket under the ``gevent`` worker detach
@@ -68,6 +71,8 @@ MAX_PENDING = 256 * 1024
 FLUSH_EVERY = 0.25
 #: Task reads in flight at once when many followed tasks change together.
 READERS = 16
+#: The chunk that ends a stream's chunked body.
+LAST_CHUNK = b"0\r\n\r\n"
 #: Header names a detached answer sets itself (the rest of Flask's headers are kept).
 _OWN_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding", "connection",
                           "date", "taskplane-wait", "retry-after"})
@@ -135,6 +140,11 @@ def _head(status: str, headers: Iterable[tuple[str, str]]) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (nothing for no data: an empty chunk ends the body)."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
 def _extra(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k.lower() not in _OWN_HEADERS]
 
@@ -178,7 +188,8 @@ class Hub:
         if follower.kind == "events":
             kept = [(k, v) for k, v in headers if k.lower() not in (
                 "content-length", "transfer-encoding", "connection", "date")]
-            environ["gunicorn.socket"].sendall(_head(status, kept) + body)
+            kept.append(("Transfer-Encoding", "chunked"))
+            environ["gunicorn.socket"].sendall(_head(status, kept) + _chunk(body))
         else:
             # usually none (b"" is one shared object); kept per follower, never pooled, as
             # a header may differ per request
@@ -270,13 +281,13 @@ class Hub:
             self._unavailable(f)
         elif f.closing:
             if f.kind == "events":
-                self._close(f)
+                self._end(f)
             else:
                 reads.setdefault(f.task_id, []).append((f, "closing"))
         else:
             if due and now >= f.deadline:
                 if f.kind == "events":
-                    self._close(f)
+                    self._end(f)
                     return
                 reads.setdefault(f.task_id, []).append((f, "deadline"))
             elif due:  # a stream's keep-alive comment
@@ -359,9 +370,13 @@ class Hub:
 
     # --- writing --------------------------------------------------------------------------
 
-    def _send(self, f: Detached, data: bytes, now: float) -> None:
+    def _send(self, f: Detached, data: bytes, now: float, framed: bool = False) -> None:
+        """Write ``data`` to ``f``'s client without blocking (a stream's as one chunk,
+        unless ``framed`` already); what the socket does not take waits in ``pending``."""
         if f.fd is None:
             return
+        if f.kind == "events" and not framed:
+            data = _chunk(data)
         if f.pending:
             f.pending += data
             if len(f.pending) > MAX_PENDING:
@@ -380,7 +395,12 @@ class Hub:
             self._stalled.add(f)
 
     def _end(self, f: Detached) -> None:
-        """Close once everything written has left (at once if nothing waits)."""
+        """Close once everything written has left (at once if nothing waits); a stream's
+        body is ended first with its last chunk."""
+        if f.kind == "events" and f.fd is not None and not f.finished:
+            self._send(f, LAST_CHUNK, time.monotonic(), framed=True)
+            if f.fd is None:  # the write found the client gone
+                return
         if f.pending:
             f.finished = True
         else:
