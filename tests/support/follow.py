@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,14 +38,15 @@ def open_request(base: str, path: str, tenant: str = "acme",
     return sock
 
 
-def read_until(sock: socket.socket, marker: bytes, timeout: float = 10) -> bytes:
-    """Bytes from ``sock`` until ``marker`` has arrived (or the peer closed)."""
+def _read(sock: socket.socket, done: Callable[[bytes], bool], timeout: float,
+          waited_for: str) -> bytes:
+    """Bytes from ``sock`` until ``done(data)`` or the peer closes; fails after ``timeout``."""
     data = b""
     deadline = time.monotonic() + timeout
-    while marker not in data:
+    while not done(data):
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"no {marker!r} within {timeout}s; got {data[-300:]!r}")
+            raise TimeoutError(f"{waited_for} after {timeout}s; got {data[-300:]!r}")
         sock.settimeout(left)
         chunk = sock.recv(65536)
         if not chunk:
@@ -53,19 +55,14 @@ def read_until(sock: socket.socket, marker: bytes, timeout: float = 10) -> bytes
     return data
 
 
+def read_until(sock: socket.socket, marker: bytes, timeout: float = 10) -> bytes:
+    """Bytes from ``sock`` until ``marker`` has arrived (or the peer closed)."""
+    return _read(sock, lambda data: marker in data, timeout, f"no {marker!r}")
+
+
 def read_to_end(sock: socket.socket, timeout: float = 10) -> bytes:
     """Bytes from ``sock`` until the peer closes it; fails after ``timeout`` seconds."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"still open after {timeout}s; got {data[-300:]!r}")
-        sock.settimeout(left)
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
+    return _read(sock, lambda data: False, timeout, "still open")
 
 
 def open_stream(base: str, task_id: str, tenant: str = "acme") -> socket.socket:

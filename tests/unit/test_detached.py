@@ -74,11 +74,17 @@ def _follower(hub: detached.Hub, fd: int) -> tuple[detached.Detached, _Following
     return follower, following
 
 
-def test_a_client_that_reads_nothing_is_dropped_after_the_stall_limit() -> None:
+def _slow_pair() -> tuple[int, socket.socket]:
+    """A non-blocking descriptor whose send buffer fills fast, and its peer (the client)."""
     ours, client = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     fd = ours.detach()
     os.set_blocking(fd, False)
+    return fd, client
+
+
+def test_a_client_that_reads_nothing_is_dropped_after_the_stall_limit() -> None:
+    fd, client = _slow_pair()
     hub = _hub()
     follower, following = _follower(hub, fd)
     event = b"x" * 1024
@@ -98,10 +104,7 @@ def test_a_client_that_reads_nothing_is_dropped_after_the_stall_limit() -> None:
 
 
 def test_a_slow_client_gets_everything_before_its_stream_closes() -> None:
-    ours, client = socket.socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    fd = ours.detach()
-    os.set_blocking(fd, False)
+    fd, client = _slow_pair()
     hub = _hub()
     follower, following = _follower(hub, fd)
     sent = b"".join(bytes([65 + i % 26]) * 1024 for i in range(64))
