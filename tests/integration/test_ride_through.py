@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -78,6 +79,18 @@ def _commands(client: redis.Redis, name: str) -> int:
     return int(client.info("commandstats").get(f"cmdstat_{name}", {}).get("calls", 0))
 
 
+
+def _queue_of(conn: Connection, name: str, messages: int) -> Any:
+    """A direct queue ``name`` declared on ``conn``'s channel, holding ``messages`` published
+    messages ``{"n": 0..}``."""
+    channel = conn.default_channel
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)(channel)
+    queue.declare()
+    with conn.Producer(channel=channel) as producer:
+        for n in range(messages):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key=name)
+    return queue
+
 def test_acks_go_in_batches_and_before_the_channel_closes() -> None:
     """With ``ack_batch_interval`` (the worker's ``ACK_BATCH_INTERVAL``) acks wait for each
     other: several messages acked within the interval leave ``unacked`` in one ZREM and one
@@ -88,12 +101,8 @@ def test_acks_go_in_batches_and_before_the_channel_closes() -> None:
     conn = Connection(server.url, transport=broker.TRANSPORT, transport_options=options)
     client = server.client()
     try:
-        channel = conn.default_channel
-        queue = Queue("batched", Exchange("batched", type="direct"), routing_key="batched")(channel)
-        queue.declare()
-        with conn.Producer(channel=channel) as producer:
-            for n in range(5):
-                producer.publish({"n": n}, exchange=queue.exchange, routing_key="batched")
+        queue = _queue_of(conn, "batched", 5)
+        channel = conn.default_channel  # the queue's
         messages = [queue.get(no_ack=False) for _ in range(5)]
         assert all(m is not None for m in messages) and client.hlen("unacked") == 5
         zrem_before = _commands(client, "zrem")
@@ -125,13 +134,7 @@ def test_acks_waiting_for_their_batch_survive_a_lost_connection() -> None:
     options = {**broker.transport_options(60, 5), broker.ACK_BATCH_OPTION: 5.0}
     conn = Connection(server.url, transport=broker.TRANSPORT, transport_options=options)
     try:
-        channel = conn.default_channel
-        queue = Queue("batchlost", Exchange("batchlost", type="direct"),
-                      routing_key="batchlost")(channel)
-        queue.declare()
-        with conn.Producer(channel=channel) as producer:
-            for n in range(2):
-                producer.publish({"n": n}, exchange=queue.exchange, routing_key="batchlost")
+        queue = _queue_of(conn, "batchlost", 2)
         done = [queue.get(no_ack=False) for _ in range(2)]
         for m in done:
             m.ack()  # type: ignore[union-attr]  # both acked, the batch not sent yet
@@ -160,13 +163,7 @@ def test_detached_channel_keeps_held_messages_and_settles_them() -> None:
     conn = Connection(server.url, transport=broker.TRANSPORT,
                       transport_options=broker.transport_options(60, 5))
     try:
-        channel = conn.default_channel
-        queue = Queue("ridethrough", Exchange("ridethrough", type="direct"),
-                      routing_key="ridethrough")(channel)
-        queue.declare()
-        with conn.Producer(channel=channel) as producer:
-            for n in range(3):
-                producer.publish({"n": n}, exchange=queue.exchange, routing_key="ridethrough")
+        queue = _queue_of(conn, "ridethrough", 3)
         running, dropped, finished = (queue.get(no_ack=False) for _ in range(3))
         assert running is not None and dropped is not None and finished is not None
         assert server.client().hlen("unacked") == 3
