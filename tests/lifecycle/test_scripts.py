@@ -44,6 +44,48 @@ def test_a_script_compiles_with_the_shared_library(name: str, client: redis.Redi
     assert len(client.script_load(store.source(name))) == 40
 
 
+def test_the_function_library_loads_and_holds_every_script(client: redis.Redis) -> None:
+    name, code = store.library()
+    assert name.startswith(store.LIBRARY_PREFIX) and code.startswith(f"#!lua name={name}\n")
+    assert client.function_load(code, replace=True) == name.encode()
+    (loaded,) = client.function_list(library=name)
+    loaded = dict(zip(loaded[::2], loaded[1::2], strict=True))  # RESP2: a flat list
+    functions = {dict(zip(f[::2], f[1::2], strict=True))[b"name"].decode()
+                 for f in loaded[b"functions"]}
+    assert functions == {store.function_name(s) for s in SCRIPTS}
+
+
+def test_a_store_loads_the_library_where_redis_lost_it_and_falls_back_where_it_has_none(
+        client: redis.Redis) -> None:
+    """The first call on a Redis without the library (restarted without persistence, or
+    never loaded) loads it and runs; a Redis that refuses functions (before 7.0, or an ACL)
+    turns the store to EVALSHA, whose results are the same."""
+    name = store.library()[0]
+    client.function_flush()
+    life = store.Store(client)
+    assert life.run("take_token", ["test:bucket:fn"], [1, 5]) == life.run(
+        "take_token", ["test:bucket:fn2"], [1, 5])
+    assert life.functions and client.function_list(library=name)
+    client.function_flush()
+    # a user who may run scripts but not functions: as on a server before Redis 7
+    client.acl_setuser("no-functions", enabled=True, nopass=True, keys=["*"],
+                       commands=["+@all", "-fcall", "-function"])
+    kwargs = client.connection_pool.connection_kwargs
+    limited = redis.Redis(host=kwargs["host"], port=kwargs["port"], username="no-functions")
+    try:
+        eval_only = store.Store(limited)
+        first = eval_only.run("take_token", ["test:bucket:ev"], [1, 5])
+        assert not eval_only.functions  # NOPERM on FCALL: EVALSHA from then on
+        assert first == eval_only.run("take_token", ["test:bucket:ev2"], [1, 5])
+        assert first == life.run("take_token", ["test:bucket:fn3"], [1, 5])
+        assert client.function_list(library=name)  # life's store loaded it again
+    finally:
+        limited.close()
+        client.acl_deluser("no-functions")
+        client.delete("test:bucket:fn", "test:bucket:fn2", "test:bucket:fn3", "test:bucket:ev",
+                      "test:bucket:ev2")
+
+
 def test_only_the_store_registers_or_evaluates_scripts() -> None:
     for module in PACKAGE.glob("*.py"):
         if module.name != "store.py":

@@ -1,11 +1,16 @@
 """The Redis the lifecycle lives in, and the one function every script call goes through.
 
 Each transition is a file in ``scripts/`` (``submit.lua``, ``start.lua``…) opening with
-its contract. :func:`source` reads it with ``scripts/lib.lua`` (the shared functions) in
-front, and :meth:`Store.run` registers each script once per client (``EVALSHA``, loaded
-again when Redis answers ``NOSCRIPT``) and runs it. Every state change passes through
-:meth:`Store.run`, so what every accepted transition needs (the translation of a lost
-reply into :class:`OutcomeUnknown`, later a ``WAIT`` for replicas) is added in one place.
+its contract. On Redis 7 and later they are loaded together as one function library
+(:func:`library`: ``FUNCTION LOAD`` once, then ``FCALL``): the shared files
+(``scripts/lib.lua``, ``scripts/workflow_lib.lua``) are defined once when the library
+loads, not again in every call, and a call does not build ``KEYS``/``ARGV`` globals
+(issue 29: a third of a transition's Redis CPU less). Before Redis 7, or where the
+user may not load functions, :func:`source` reads a script with the shared files in
+front and :meth:`Store.run` runs it with ``EVALSHA`` (loaded again on ``NOSCRIPT``). The
+same ``.lua`` files serve both. Every state change passes through :meth:`Store.run`, so
+what every accepted transition needs (the translation of a lost reply into
+:class:`OutcomeUnknown`, a ``WAIT`` for replicas) is added in one place.
 
 Modules of this package read with :attr:`Store.redis`; nothing outside the package
 holds the client: it asks the lifecycle by name (``ping``, ``subscribe``…).
@@ -14,6 +19,7 @@ holds the client: it asks the lifecycle by name (``ping``, ``subscribe``…).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import time
@@ -74,6 +80,117 @@ def _functions(lua: str) -> list[str]:
     return re.findall(r"^local function (\w+)", lua, flags=re.MULTILINE)
 
 
+#: The name every Taskplane function library starts with (followed by its digest).
+LIBRARY_PREFIX = "taskplane_"
+
+
+@functools.cache
+def library() -> tuple[str, str]:
+    """The name and the code of the function library holding every script of ``scripts/``.
+
+    The shared files come first, once, at the library's top level; each script becomes a
+    function of ``(KEYS, ARGV)``, registered as ``{script}_{digest}``. The name carries a
+    digest of the code, so two versions of Taskplane side by side (a rolling upgrade)
+    each load and call their own library, never the other's. ``KEYS`` and ``ARGV`` are
+    upvalues the shared functions read (``lib.lua`` ``keys_from``), set as each function
+    starts: a function runs to its end before another starts."""
+    folder = resources.files(__package__).joinpath("scripts")
+    names = sorted(f.name[:-4] for f in folder.iterdir()
+                   if f.name.endswith(".lua") and f.name[:-4] not in LIBS)
+    parts = ["local KEYS, ARGV"]
+    parts += [folder.joinpath(f"{lib}.lua").read_text(encoding="utf-8") for lib in LIBS]
+    for name in names:
+        body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+        parts.append(f"-- ---- {name}.lua ----\nlocal function {name}_fn(keys, args)\n"
+                     f"KEYS, ARGV = keys, args\n{body}\nend")
+    code = "\n".join(parts)
+    digest = hashlib.sha1(code.encode(), usedforsecurity=False).hexdigest()[:12]
+    registrations = "\n".join(f"redis.register_function('{name}_{digest}', {name}_fn)"
+                               for name in names)
+    name = f"{LIBRARY_PREFIX}{digest}"
+    return name, f"#!lua name={name}\n{code}\n{registrations}\n"
+
+
+def function_name(script: str) -> str:
+    """The library's function for ``scripts/{script}.lua``."""
+    return f"{script}_{library()[0].removeprefix(LIBRARY_PREFIX)}"
+
+
+def _function_missing(exc: redis.ResponseError) -> bool:
+    """Redis has not got the library (restarted without it, or never loaded)."""
+    return str(exc).startswith("Function not found")
+
+
+def _functions_refused(exc: redis.ResponseError) -> bool:
+    """Redis cannot or may not run functions: before 7.0 (an unknown command), or an ACL
+    without them (NOPERM)."""
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return True
+    text = str(exc).upper()
+    return "UNKNOWN COMMAND" in text and ("FCALL" in text or "FUNCTION" in text)
+
+
+class _Caller:
+    """How one script is called on one Redis: ``FCALL`` of the library's function, or
+    ``EVALSHA`` of the script (its :class:`redis.commands.core.Script`)."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.name = name
+        self.script: Script | None = None
+
+    def _script(self) -> Script:
+        if self.script is None:
+            self.script = self.store.redis.register_script(source(self.name))
+        return self.script
+
+    def command(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+        if self.store.functions:
+            return ("FCALL", function_name(self.name), len(keys), *keys, *args)
+        return ("EVALSHA", self._script().sha, len(keys), *keys, *args)
+
+    def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        if not self.store.functions:
+            return self._script()(keys=keys, args=args)
+        for attempt in (1, 2):
+            try:
+                return self.store.redis.execute_command(*self.command(keys, args))
+            except redis.ResponseError as exc:
+                if attempt == 1 and self.reload(exc):
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def reload(self, exc: redis.ResponseError, conn: Any = None) -> bool:
+        """After an error reply that may mean the library or script is not there: make it
+        so and return True (call again), or False (the error stands)."""
+        if isinstance(exc, NoScriptError) and not self.store.functions:
+            command: tuple[Any, ...] = ("SCRIPT", "LOAD", self._script().script)
+        elif self.store.functions and _function_missing(exc):
+            command = ("FUNCTION", "LOAD", library()[1])
+        elif self.store.functions and _functions_refused(exc):
+            log.warning("Redis runs no functions (%s): the lifecycle uses EVALSHA", exc)
+            self.store.functions = False
+            return True
+        else:
+            return False
+        try:
+            if conn is None:
+                self.store.redis.execute_command(*command)
+            else:
+                conn.send_command(*command)
+                conn.read_response()
+        except redis.ResponseError as load_error:
+            if "already exists" not in str(load_error):  # another process loaded it first
+                if _functions_refused(load_error):
+                    log.warning("Redis loads no functions (%s): the lifecycle uses EVALSHA",
+                                load_error)
+                    self.store.functions = False
+                    return True
+                raise
+        return True
+
+
 class Store:
     """One Redis client and the scripts registered on it.
 
@@ -96,9 +213,12 @@ class Store:
 
     def __init__(self, client: redis.Redis, *, acks: int = 0, ack_timeout: float = 1.0,
                  strict: bool = True, on_ack: Callable[[bool], None] | None = None,
-                 patience: float = 0.0) -> None:
+                 patience: float = 0.0, functions: bool = True) -> None:
         self.redis = client
-        self._scripts: dict[str, Script] = {}
+        #: Whether scripts run as the function library (``FCALL``); turned off for good
+        #: by a Redis that has no functions or may not load them (``EVALSHA`` then).
+        self.functions = functions
+        self._callers: dict[str, _Caller] = {}
         self.acks = acks
         self.ack_timeout_ms = max(1, int(ack_timeout * 1000))
         self.strict = strict
@@ -115,9 +235,9 @@ class Store:
         applied) is tried once more: its connection was dropped, so the second attempt goes
         to the master the sentinels name now. Refused again, it propagates as the connection
         error it is: nothing was accepted."""
-        script = self._scripts.get(name)
+        script = self._callers.get(name)
         if script is None:
-            script = self._scripts[name] = self.redis.register_script(source(name))
+            script = self._callers[name] = _Caller(self, name)
         acknowledged = self.acks > 0 and name in ACKNOWLEDGED
         for attempt in (1, 2):
             try:
@@ -125,7 +245,7 @@ class Store:
                     return self._run_until_confirmed(script, keys, args)
                 if acknowledged:
                     return self._run_acknowledged(script, keys, args)
-                return script(keys=keys, args=args)
+                return script(keys, args)
             except WriteRefused:
                 if attempt == 2:
                     raise
@@ -135,7 +255,7 @@ class Store:
                 raise OutcomeUnknown(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_acknowledged(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    def _run_acknowledged(self, script: _Caller, keys: list[str], args: list[Any]) -> Any:
         """The script and its ``WAIT``; a shortfall raises (``strict``) or is logged."""
         reply, confirmed = self._acknowledge(script, keys, args)
         if confirmed < self.acks:
@@ -145,9 +265,9 @@ class Store:
             log.warning("write not confirmed by replicas: %s", shortfall)
         return reply
 
-    def _acknowledge(self, script: Script, keys: list[str], args: list[Any]
+    def _acknowledge(self, script: _Caller, keys: list[str], args: list[Any]
                      ) -> tuple[Any, int]:
-        """``EVALSHA`` then ``WAIT`` in one round trip on one connection (the offset
+        """The script (``FCALL`` or ``EVALSHA``) then ``WAIT`` in one round trip on one connection (the offset
         ``WAIT`` waits for is its connection's last write): the reply, and how many
         replicas confirmed it (``on_ack`` is told whether enough did)."""
         pool = self.redis.connection_pool
@@ -165,7 +285,7 @@ class Store:
             self.on_ack(confirmed >= self.acks)
         return reply, confirmed
 
-    def _run_until_confirmed(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    def _run_until_confirmed(self, script: _Caller, keys: list[str], args: list[Any]) -> Any:
         """:meth:`_run_acknowledged` again (``patience``) until a replica confirms; the
         first reply, which did the work (later ones find the task ended)."""
         deadline = time.monotonic() + self.patience
@@ -181,20 +301,18 @@ class Store:
                 return first
             time.sleep(0.1)  # pacing: each attempt already waited ack_timeout for a replica
 
-    def _evalsha_wait(self, conn: Any, script: Script, keys: list[str],
+    def _evalsha_wait(self, conn: Any, script: _Caller, keys: list[str],
                       args: list[Any]) -> tuple[Any, int]:
         wait = ("WAIT", self.acks, self.ack_timeout_ms)
         for attempt in (1, 2):
-            conn.send_packed_command(conn.pack_commands(
-                [("EVALSHA", script.sha, len(keys), *keys, *args), wait]))
+            conn.send_packed_command(conn.pack_commands([script.command(keys, args), wait]))
             try:
                 reply = conn.read_response()
             except redis.ResponseError as exc:
                 conn.read_response()  # WAIT's reply: the connection stays in step
-                if isinstance(exc, NoScriptError) and attempt == 1:
-                    # a promoted replica's empty script cache: load it, send both again
-                    conn.send_command("SCRIPT", "LOAD", script.script)
-                    conn.read_response()
+                # a promoted replica's empty script cache (functions are replicated, but a
+                # restarted Redis without persistence has none): load, send both again
+                if attempt == 1 and script.reload(exc, conn):
                     continue
                 raise
             return reply, int(conn.read_response())
