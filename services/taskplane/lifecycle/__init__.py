@@ -6,7 +6,8 @@ A reader can walk it in this order:
 * ``keys``: every Redis key, one function each, with the table of what each holds.
 * ``scripts/*.lua``: one file per transition, each opening with its contract (KEYS and
   ARGV by name, precondition, writes, reply); ``scripts/lib.lua`` is shared by all.
-* ``store``: loads the scripts and runs every one of them through one function.
+* ``store``: loads the scripts (one function library on Redis 7+, else one script each)
+  and runs every one of them through one function.
 * ``transitions``: the Python face, one method per transition, with the guarantees table.
 * ``listing``, ``ratelimit``, ``schedule_state``: reads, the request rate, the scheduler.
 * ``reconcile``: accepted tasks whose message a failover lost, pushed back.
