@@ -89,3 +89,35 @@ def test_a_countdown_task_keeps_its_open_slot_while_its_record_lives(
     accept(app)
     members = client.zrange(lifecycle.open_key(TENANT), 0, -1)
     assert late.encode() in members
+
+
+def test_without_a_cap_the_open_set_is_pruned_on_one_submit_in_sixteen(
+        life: Lifecycle, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no cap (``MAX_OPEN_TASKS_PER_TENANT=0``) a submit has room whatever the open set
+    holds, so it need not prune it: entries older than the longest an unfinished record
+    lives go on one submit in 16 (chosen by its millisecond, as listing indexes are
+    trimmed), not on every one (issue 29: a ZREMRANGEBYSCORE per submit, found by the
+    benchmark's bare side)."""
+    from taskplane.lifecycle import transitions
+
+    clock = [2_000_000.0]
+    monkeypatch.setattr(transitions, "time", type("Clock", (), {
+        "time": staticmethod(lambda: clock[0])}))
+
+    def submit(task_id: str) -> None:
+        record = TaskRecord(id=task_id, tenant=TENANT, task=TASK, queue=QUEUE, priority=5,
+                            submitted_at=clock[0])
+        assert life.submit(record, ("test:pruned-queue", "{}"), cap=0).outcome == "created"
+
+    opened = lifecycle.open_key(TENANT)
+    submit("old-1")
+    clock[0] += life.open_age + 60  # old-1's record is surely gone: its entry may go
+    clock[0] += 0.001  # a millisecond that is not a trim tick (2_000_000.001... % 16 != 0)
+    assert int(clock[0] * 1000) % 16 != 0
+    submit("new-1")
+    assert b"old-1" in client.zrange(opened, 0, -1)  # not pruned on this submit
+    clock[0] = (int(clock[0] * 1000) // 16 + 1) * 16 / 1000  # the next trim tick
+    submit("new-2")
+    members = client.zrange(opened, 0, -1)
+    assert b"old-1" not in members and b"new-1" in members and b"new-2" in members
+    client.delete("test:pruned-queue")

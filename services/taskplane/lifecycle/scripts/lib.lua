@@ -162,15 +162,20 @@ end
 -- when the task never ended, so the set holds few of them.
 local function has_room(open, now, open_age, cap)
   now, open_age = tonumber(now), tonumber(open_age)
+  local trim = math.floor(now * 1000) % TRIM_EVERY == 0
+  -- no cap: always room; the old entries still go, on one call in TRIM_EVERY
+  if cap <= 0 then
+    if trim then redis.call('ZREMRANGEBYSCORE', open, '(-inf', now - open_age) end
+    return true
+  end
   -- ZCARD counts the open set's mark (enter) too, so below the cap it surely has room;
   -- at the cap the exact count (ZCOUNT above -inf, O(log n): about 5 µs against 1 on a
   -- set of a few thousand) decides
-  if math.floor(now * 1000) % TRIM_EVERY ~= 0 and cap > 0
-      and redis.call('ZCARD', open) < cap then
+  if not trim and redis.call('ZCARD', open) < cap then
     return true
   end
   redis.call('ZREMRANGEBYSCORE', open, '(-inf', now - open_age)
-  return cap <= 0 or redis.call('ZCOUNT', open, '(-inf', '+inf') < cap
+  return redis.call('ZCOUNT', open, '(-inf', '+inf') < cap
 end
 
 -- Mark the record final: stamp it, keep it for the result TTL, free the tenant's slot,
