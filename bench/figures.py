@@ -77,7 +77,7 @@ class Sizes:
     follower_submit_samples: int = 500
     follower_memory: int = 1000  # followers of each kind probed (bench/follower_memory.py)
     cost_tasks: int = 2000  # tasks per side and round of "Redis per task" (rediscost.py)
-    cost_rounds: int = 3
+    cost_rounds: int = 5
 
 
 # Chart values the autoscaling experiment overrides so the whole run fits the bench's

@@ -1,10 +1,15 @@
 """Redis per task (issue 29): the Redis server's CPU and commands one task costs, from its
-submission to its stored result, for four sides, each on a private redis-server:
+submission to its stored result, for five sides, each on a private redis-server:
 
 - ``taskplane``: the full path with every guarantee on. ``POST /v1/tasks`` with an
   ``Idempotency-Key`` through Taskplane's API (auth, tenant cap, rate limit, task record,
   listing indexes, metrics), run by a Taskplane worker pod (acks late, leases, result,
   record updates, metrics).
+- ``taskplane_bare``: the same path with what a request can switch off switched off: no
+  ``Idempotency-Key``, ``RATE_LIMIT=0``, ``MAX_OPEN_TASKS_PER_TENANT=0``. What is left is
+  the task's record and its three transitions (submit, start, finish: one script each),
+  its listing indexes, the result and kombu's own acks-late bookkeeping: the part of the
+  cost no setting removes, against which the guarantees' share can be read.
 - ``celery_acks_late``: plain Celery configured for no loss (``baseline/ackslate.py``:
   ``task_acks_late=True``, results in Redis), the same task sent with ``send_task``.
 - ``seed``: the blog post's ``.delay()`` and worker (acks early).
@@ -55,10 +60,12 @@ from .loadgen import Client
 from .stack import Stack
 
 #: The sides, in the order the rounds rotate; ``celery_acks_late`` is the yardstick.
-SIDES = ("taskplane", "celery_acks_late", "seed", "floor")
+SIDES = ("taskplane", "taskplane_bare", "celery_acks_late", "seed", "floor")
 BASELINE_SIDE = "celery_acks_late"
 LABELS = {
     "taskplane": "Taskplane, every guarantee on (API submit with Idempotency-Key → worker → SUCCESS)",
+    "taskplane_bare": "Taskplane without the guarantees a setting can switch off (no Idempotency-Key, "
+                      "`RATE_LIMIT=0`, `MAX_OPEN_TASKS_PER_TENANT=0`): records, transitions, results",
     "celery_acks_late": "plain Celery, `task_acks_late=True`, results in Redis (`send_task`)",
     "seed": "the post's `.delay()` and worker (acks early)",
     "floor": "the floor: one LPUSH, then BLMOVE; SET + LREM",
@@ -138,8 +145,13 @@ def per_task(before: dict[str, Any], after: dict[str, Any], n: int, ours: dict[s
             "commands": rows}
 
 
-def _submit_http(base: str, token: str, n: int) -> list[str]:
-    """``n`` POST /v1/tasks, each with its own Idempotency-Key, from ``SUBMITTERS`` connections."""
+#: What ``taskplane_bare`` switches off on the API (and its submissions carry no key).
+BARE_ENV = {"RATE_LIMIT": "0", "MAX_OPEN_TASKS_PER_TENANT": "0"}
+
+
+def _submit_http(base: str, token: str, n: int, keyed: bool = True) -> list[str]:
+    """``n`` POST /v1/tasks, each with its own Idempotency-Key (``keyed``), from
+    ``SUBMITTERS`` connections."""
     ids: list[str] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -152,8 +164,8 @@ def _submit_http(base: str, token: str, n: int) -> list[str]:
                 with lock:
                     if next(counter, None) is None:
                         return
-                status, body = client.request("POST", SUBMIT_PATH, NOOP_BODY,
-                                              headers={"Idempotency-Key": uuid.uuid4().hex})
+                headers = {"Idempotency-Key": uuid.uuid4().hex} if keyed else {}
+                status, body = client.request("POST", SUBMIT_PATH, NOOP_BODY, headers=headers)
                 with lock:
                     if 200 <= status < 300:
                         ids.append(body["id"])
@@ -194,8 +206,9 @@ def run_side(stack: Stack, side: str, n: int, rnd: int) -> dict[str, Any]:
         poller = Poller(client)
         procs = []
         try:
-            if side == "taskplane":
-                procs = [stack.start_api(f"cost-api-{rnd}", metrics=True, wait=False),
+            if side in ("taskplane", "taskplane_bare"):
+                bare = BARE_ENV if side == "taskplane_bare" else {}
+                procs = [stack.start_api(f"cost-api-{rnd}", metrics=True, wait=False, **bare),
                          stack.start_worker(f"cost-{rnd}", metrics=True, wait=False)]
                 procs[0].wait_http()
                 stack.wait_worker_ready(procs[1])
@@ -209,8 +222,8 @@ def run_side(stack: Stack, side: str, n: int, rnd: int) -> dict[str, Any]:
                 procs = [stack.start_exec_floor(f"cost-floor-{rnd}", key)]
             before = poller.stats()
             started = time.monotonic()
-            if side == "taskplane":
-                ids = _submit_http(procs[0].base, stack.token, n)
+            if side in ("taskplane", "taskplane_bare"):
+                ids = _submit_http(procs[0].base, stack.token, n, keyed=side == "taskplane")
             elif side == "floor":
                 ids = floor_ids
                 with client.pipeline(transaction=False) as pipe:
@@ -231,7 +244,7 @@ def run_side(stack: Stack, side: str, n: int, rnd: int) -> dict[str, Any]:
 
 
 def redis_cost(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any]:
-    """Redis CPU and commands per task, the four sides alternated over ``cost_rounds`` rounds."""
+    """Redis CPU and commands per task, the sides alternated over ``cost_rounds`` rounds."""
     n, rounds = sizes.cost_tasks, sizes.cost_rounds
     sides = list(SIDES)
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
@@ -272,6 +285,6 @@ def redis_cost(stack: Stack, sizes: Sizes, rep: logging.Logger) -> dict[str, Any
         "targets": dict(TARGETS),
         "met": {name: bool(ratios[name] <= t) for name, t in TARGETS.items()},  # NaN: not met
         "how": "commands the benchmark sends (INFO, its result polls) are taken out; commands run "
-               "inside Lua scripts appear on their own rows as well as in the EVALSHA that ran them",
+               "inside Lua scripts appear on their own rows as well as in the FCALL (EVALSHA) that ran them",
     }
 

@@ -421,7 +421,8 @@ EXEC_RATIO_LABELS = {
 
 
 #: The sides of "Redis per task", in the table's order, with their short names.
-COST_SIDES = {"taskplane": "Taskplane", "celery_acks_late": "Plain Celery, acks late",
+COST_SIDES = {"taskplane": "Taskplane", "taskplane_bare": "Taskplane, bare",
+              "celery_acks_late": "Plain Celery, acks late",
               "seed": "The post's worker", "floor": "Floor"}
 
 

@@ -103,7 +103,7 @@ def test_redis_per_task(smoke):
     """Issue 29: Redis CPU and commands per task, each side on its own Redis, one ratio per round."""
     cost = smoke["results"]["rediscost"]
     assert cost["baseline"] == "celery_acks_late"
-    for side in ("taskplane", "celery_acks_late", "seed", "floor"):
+    for side in ("taskplane", "taskplane_bare", "celery_acks_late", "seed", "floor"):
         row = cost["results"][side]
         assert number(row["cpu_us_per_task"]) and row["cpu_us_per_task"] > 0, side
         assert number(row["tasks_per_s_per_core"]) and row["commands"], side
@@ -114,8 +114,12 @@ def test_redis_per_task(smoke):
     assert floor["lpush"] == 1 and floor["set"] == 1 and floor["lrem"] == 1 and floor["blmove"] >= 1
     taskplane = {c["command"] for c in cost["results"]["taskplane"]["commands"]}
     assert "fcall" in taskplane and "brpop" in taskplane
+    # the bare side takes no rate token and writes no Idempotency-Key: fewer commands
+    assert cost["results"]["taskplane_bare"]["commands_per_task"] < \
+        cost["results"]["taskplane"]["commands_per_task"]
     assert cost["results"]["taskplane"]["commands_per_task"] > cost["results"]["floor"]["commands_per_task"]
-    for name in ("taskplane_vs_celery_acks_late", "seed_vs_celery_acks_late", "floor_vs_celery_acks_late"):
+    for name in ("taskplane_vs_celery_acks_late", "taskplane_bare_vs_celery_acks_late",
+                 "seed_vs_celery_acks_late", "floor_vs_celery_acks_late"):
         assert number(cost["ratios"][name]) and len(cost["per_round_ratios"][name]) == cost["rounds"]
     assert isinstance(cost["met"]["taskplane_vs_celery_acks_late"], bool)
 
