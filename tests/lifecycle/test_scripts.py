@@ -73,17 +73,25 @@ def test_a_store_loads_the_library_where_redis_lost_it_and_falls_back_where_it_h
     kwargs = client.connection_pool.connection_kwargs
     limited = redis.Redis(host=kwargs["host"], port=kwargs["port"], username="no-functions")
     try:
+        client.script_flush()  # nor has it the script: NOPERM, then NOSCRIPT, then it runs
         eval_only = store.Store(limited)
         first = eval_only.run("take_token", ["test:bucket:ev"], [1, 5])
         assert not eval_only.functions  # NOPERM on FCALL: EVALSHA from then on
         assert first == eval_only.run("take_token", ["test:bucket:ev2"], [1, 5])
         assert first == life.run("take_token", ["test:bucket:fn3"], [1, 5])
         assert client.function_list(library=name)  # life's store loaded it again
+        # the same on the path that sends WAIT after the call (REDIS_MIN_REPLICAS_ACK > 0;
+        # no replica here: a non-strict store logs the shortfall and answers)
+        client.script_flush()
+        waiting = store.Store(limited, acks=1, ack_timeout=0.05, strict=False)
+        reply = waiting._run_acknowledged(store._Caller(waiting, "take_token"),
+                                          ["test:bucket:ev3"], [1, 5])
+        assert reply == first and not waiting.functions
     finally:
         limited.close()
         client.acl_deluser("no-functions")
         client.delete("test:bucket:fn", "test:bucket:fn2", "test:bucket:fn3", "test:bucket:ev",
-                      "test:bucket:ev2")
+                      "test:bucket:ev2", "test:bucket:ev3")
 
 
 def test_only_the_store_registers_or_evaluates_scripts() -> None:

@@ -150,9 +150,9 @@ class _Caller:
         return ("EVALSHA", self._script().sha, len(keys), *keys, *args)
 
     def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        if not self.store.functions:
-            return self._script()(keys=keys, args=args)
         for attempt in (1, 2):
+            if not self.store.functions:  # redis-py's Script loads it again on NOSCRIPT
+                return self._script()(keys=keys, args=args)
             try:
                 return self.store.redis.execute_command(*self.command(keys, args))
             except redis.ResponseError as exc:
@@ -304,7 +304,8 @@ class Store:
     def _evalsha_wait(self, conn: Any, script: _Caller, keys: list[str],
                       args: list[Any]) -> tuple[Any, int]:
         wait = ("WAIT", self.acks, self.ack_timeout_ms)
-        for attempt in (1, 2):
+        # a third attempt: functions refused (EVALSHA from then on), then NOSCRIPT
+        for attempt in (1, 2, 3):
             conn.send_packed_command(conn.pack_commands([script.command(keys, args), wait]))
             try:
                 reply = conn.read_response()
@@ -312,7 +313,7 @@ class Store:
                 conn.read_response()  # WAIT's reply: the connection stays in step
                 # a promoted replica's empty script cache (functions are replicated, but a
                 # restarted Redis without persistence has none): load, send both again
-                if attempt == 1 and script.reload(exc, conn):
+                if attempt < 3 and script.reload(exc, conn):
                     continue
                 raise
             return reply, int(conn.read_response())
