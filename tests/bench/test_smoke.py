@@ -177,7 +177,9 @@ def test_memory_per_follower(smoke):
         rss, traced = fm["rss"][kind], fm["traced"][kind]
         # detached: no greenlet per follower is left waiting (api/detached.py)
         assert rss["followers"] == fm["followers"] > 0 and rss["greenlets"] < 0.1, kind
-        assert rss["rss_bytes"] > 0, kind
+        # measured, not asserted: at the smoke test's few followers a page freed elsewhere
+        # outweighs them (a CI run read -4 kB a wait); BENCHMARKS.md's run is the figure
+        assert number(rss["rss_bytes"]), kind
         # live detached followers, each allocated anew (the warm-up's were freed)
         assert traced["traced_by_component"].get("taskplane.api.detached", 0) > 0, kind
         rows = fm["breakdown"][kind]
