@@ -62,6 +62,8 @@ from .stack import Stack
 #: The sides, in the order the rounds rotate; ``celery_acks_late`` is the yardstick.
 SIDES = ("taskplane", "taskplane_bare", "celery_acks_late", "seed", "floor")
 BASELINE_SIDE = "celery_acks_late"
+#: The sides that run Taskplane's own API and worker.
+TASKPLANE_SIDES = ("taskplane", "taskplane_bare")
 LABELS = {
     "taskplane": "Taskplane, every guarantee on (API submit with Idempotency-Key → worker → SUCCESS)",
     "taskplane_bare": "Taskplane without the guarantees a setting can switch off (no Idempotency-Key, "
@@ -206,7 +208,7 @@ def run_side(stack: Stack, side: str, n: int, rnd: int) -> dict[str, Any]:
         poller = Poller(client)
         procs = []
         try:
-            if side in ("taskplane", "taskplane_bare"):
+            if side in TASKPLANE_SIDES:
                 bare = BARE_ENV if side == "taskplane_bare" else {}
                 procs = [stack.start_api(f"cost-api-{rnd}", metrics=True, wait=False, **bare),
                          stack.start_worker(f"cost-{rnd}", metrics=True, wait=False)]
@@ -222,7 +224,7 @@ def run_side(stack: Stack, side: str, n: int, rnd: int) -> dict[str, Any]:
                 procs = [stack.start_exec_floor(f"cost-floor-{rnd}", key)]
             before = poller.stats()
             started = time.monotonic()
-            if side in ("taskplane", "taskplane_bare"):
+            if side in TASKPLANE_SIDES:
                 ids = _submit_http(procs[0].base, stack.token, n, keyed=side == "taskplane")
             elif side == "floor":
                 ids = floor_ids

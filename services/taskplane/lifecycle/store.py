@@ -132,11 +132,18 @@ def _functions_refused(exc: redis.ResponseError) -> bool:
 
 class _Caller:
     """How one script is called on one Redis: ``FCALL`` of the library's function, or
-    ``EVALSHA`` of the script (its :class:`redis.commands.core.Script`)."""
+    ``EVALSHA`` of the script. Both are sent as one command; an error reply that means
+    Redis has not got the library or the script, or runs no functions, is mended by
+    :meth:`reload` and the command sent again (by :meth:`__call__`, and by the store's
+    path that sends ``WAIT`` after it)."""
+
+    #: Sends of one call: functions refused (EVALSHA from then on), then NOSCRIPT, then run.
+    ATTEMPTS = 3
 
     def __init__(self, store: Store, name: str) -> None:
         self.store = store
         self.name = name
+        self.function = function_name(name)
         self.script: Script | None = None
 
     def _script(self) -> Script:
@@ -146,32 +153,34 @@ class _Caller:
 
     def command(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
         if self.store.functions:
-            return ("FCALL", function_name(self.name), len(keys), *keys, *args)
+            return ("FCALL", self.function, len(keys), *keys, *args)
         return ("EVALSHA", self._script().sha, len(keys), *keys, *args)
 
     def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        for attempt in (1, 2):
-            if not self.store.functions:  # redis-py's Script loads it again on NOSCRIPT
-                return self._script()(keys=keys, args=args)
+        for attempt in range(1, self.ATTEMPTS + 1):
             try:
                 return self.store.redis.execute_command(*self.command(keys, args))
             except redis.ResponseError as exc:
-                if attempt == 1 and self.reload(exc):
+                if attempt < self.ATTEMPTS and self.reload(exc):
                     continue
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _fall_back(self, exc: redis.ResponseError) -> bool:
+        log.warning("Redis runs no functions (%s): the lifecycle uses EVALSHA", exc)
+        self.store.functions = False
+        return True
+
     def reload(self, exc: redis.ResponseError, conn: Any = None) -> bool:
         """After an error reply that may mean the library or script is not there: make it
-        so and return True (call again), or False (the error stands)."""
+        so and return True (call again), or False (the error stands). ``conn``: the
+        connection to load on (else the store's client)."""
         if isinstance(exc, NoScriptError) and not self.store.functions:
             command: tuple[Any, ...] = ("SCRIPT", "LOAD", self._script().script)
         elif self.store.functions and _function_missing(exc):
             command = ("FUNCTION", "LOAD", library()[1])
         elif self.store.functions and _functions_refused(exc):
-            log.warning("Redis runs no functions (%s): the lifecycle uses EVALSHA", exc)
-            self.store.functions = False
-            return True
+            return self._fall_back(exc)
         else:
             return False
         try:
@@ -181,12 +190,9 @@ class _Caller:
                 conn.send_command(*command)
                 conn.read_response()
         except redis.ResponseError as load_error:
+            if _functions_refused(load_error):
+                return self._fall_back(load_error)
             if "already exists" not in str(load_error):  # another process loaded it first
-                if _functions_refused(load_error):
-                    log.warning("Redis loads no functions (%s): the lifecycle uses EVALSHA",
-                                load_error)
-                    self.store.functions = False
-                    return True
                 raise
         return True
 
@@ -267,14 +273,14 @@ class Store:
 
     def _acknowledge(self, script: _Caller, keys: list[str], args: list[Any]
                      ) -> tuple[Any, int]:
-        """The script (``FCALL`` or ``EVALSHA``) then ``WAIT`` in one round trip on one connection (the offset
-        ``WAIT`` waits for is its connection's last write): the reply, and how many
-        replicas confirmed it (``on_ack`` is told whether enough did)."""
+        """The script (``FCALL`` or ``EVALSHA``) then ``WAIT`` in one round trip on one
+        connection (the offset ``WAIT`` waits for is its connection's last write): the
+        reply, and how many replicas confirmed it (``on_ack`` is told whether enough did)."""
         pool = self.redis.connection_pool
         conn = pool.get_connection()
         try:
             reply, confirmed = conn.retry.call_with_retry(
-                lambda: self._evalsha_wait(conn, script, keys, args),
+                lambda: self._call_and_wait(conn, script, keys, args),
                 lambda error: conn.disconnect())
         except BaseException:
             conn.disconnect()
@@ -301,11 +307,10 @@ class Store:
                 return first
             time.sleep(0.1)  # pacing: each attempt already waited ack_timeout for a replica
 
-    def _evalsha_wait(self, conn: Any, script: _Caller, keys: list[str],
-                      args: list[Any]) -> tuple[Any, int]:
+    def _call_and_wait(self, conn: Any, script: _Caller, keys: list[str],
+                       args: list[Any]) -> tuple[Any, int]:
         wait = ("WAIT", self.acks, self.ack_timeout_ms)
-        # a third attempt: functions refused (EVALSHA from then on), then NOSCRIPT
-        for attempt in (1, 2, 3):
+        for attempt in range(1, script.ATTEMPTS + 1):
             conn.send_packed_command(conn.pack_commands([script.command(keys, args), wait]))
             try:
                 reply = conn.read_response()
@@ -313,7 +318,7 @@ class Store:
                 conn.read_response()  # WAIT's reply: the connection stays in step
                 # a promoted replica's empty script cache (functions are replicated, but a
                 # restarted Redis without persistence has none): load, send both again
-                if attempt < 3 and script.reload(exc, conn):
+                if attempt < script.ATTEMPTS and script.reload(exc, conn):
                     continue
                 raise
             return reply, int(conn.read_response())
